@@ -1,0 +1,2 @@
+//! The slr routing core (being written).
+pub mod time;

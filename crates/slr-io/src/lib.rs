@@ -1,0 +1,1 @@
+//! Packet I/O for slr (placeholder, being written).

@@ -1,0 +1,2 @@
+//! The slr binary (being written).
+fn main() {}
