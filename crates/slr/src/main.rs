@@ -1,2 +1,69 @@
-//! The slr binary (being written).
-fn main() {}
+//! `slr`: one binary for every role of the service level routing system.
+//!
+//! - `slr router -c FILE`: a Service Level Router (any level of the hierarchy).
+//! - `slr host -c FILE`: the host agent on a host server (tunnel termination, AnyIP).
+//! - `slr lab ...`: a namespace lab that runs the whole system on one machine.
+//! - `slr ctl ...`: inspect and steer a running daemon.
+//!
+//! The routing decisions themselves live in `slr-core`; this crate is the shell around it.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod lab;
+mod serve;
+
+/// Service level routing: virtual hosts routed per connection to host servers over IP-in-IP.
+#[derive(Parser)]
+#[command(name = "slr", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Service Level Router.
+    Router {
+        /// Configuration file (TOML, see docs/CONFIG.md).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the host agent on a host server.
+    Host {
+        /// Configuration file (TOML, see docs/CONFIG.md).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Build, inspect and tear down a lab of network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+    /// Serve HTTP (and UDP echo) on a lab host: answers say which host served them.
+    #[command(hide = true)]
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Router { config } => {
+            let _ = config;
+            Err(anyhow::anyhow!("router: not built yet"))
+        }
+        Command::Host { config } => {
+            let _ = config;
+            Err(anyhow::anyhow!("host: not built yet"))
+        }
+        Command::Lab { command } => lab::run(command),
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slr: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
