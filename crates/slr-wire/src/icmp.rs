@@ -112,11 +112,20 @@ pub fn quoted_flow(quoted: &[u8]) -> Result<QuotedFlow> {
     let (src_port, dst_port) = match protocol {
         Protocol::Tcp | Protocol::Udp if p.frag_offset() == 0 => {
             let t = quoted.get(hl..hl + 4).ok_or(Error::Truncated)?;
-            (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]))
+            (
+                u16::from_be_bytes([t[0], t[1]]),
+                u16::from_be_bytes([t[2], t[3]]),
+            )
         }
         _ => (0, 0),
     };
-    Ok(QuotedFlow { src_addr: p.src_addr(), dst_addr: p.dst_addr(), protocol, src_port, dst_port })
+    Ok(QuotedFlow {
+        src_addr: p.src_addr(),
+        dst_addr: p.dst_addr(),
+        protocol,
+        src_port,
+        dst_port,
+    })
 }
 
 /// An ICMP error slr emits.
@@ -141,7 +150,9 @@ impl IcmpRepr {
 
     /// How many bytes of `original` the error quotes: as much as fits in a 576-byte datagram.
     pub fn quote_len(original: &[u8]) -> usize {
-        original.len().min(MAX_ERROR_DATAGRAM - ipv4::HEADER_LEN - HEADER_LEN)
+        original
+            .len()
+            .min(MAX_ERROR_DATAGRAM - ipv4::HEADER_LEN - HEADER_LEN)
     }
 
     /// Length of the whole IPv4 datagram [`IcmpRepr::emit_datagram`] writes for `original`.
@@ -155,7 +166,13 @@ impl IcmpRepr {
     /// The IP header has DF clear and fragment offset 0, TTL 64; the ICMP checksum covers the
     /// message. `out` must hold [`IcmpRepr::datagram_len`] bytes and `original` must be a checked
     /// IPv4 packet (at least its 20-byte header).
-    pub fn emit_datagram(&self, src: Ipv4Addr, original: &[u8], ident: u16, out: &mut [u8]) -> usize {
+    pub fn emit_datagram(
+        &self,
+        src: Ipv4Addr,
+        original: &[u8],
+        ident: u16,
+        out: &mut [u8],
+    ) -> usize {
         let q = Self::quote_len(original);
         let icmp_len = HEADER_LEN + q;
         let orig = Ipv4Packet::new_unchecked(original);
@@ -209,7 +226,12 @@ mod tests {
     fn frag_needed_is_well_formed() {
         let o = original(1500);
         let mut out = vec![0xa5u8; 1600];
-        let n = IcmpRepr::FragNeeded { mtu: 1480 }.emit_datagram(Ipv4Addr::new(10, 200, 0, 1), &o, 9, &mut out);
+        let n = IcmpRepr::FragNeeded { mtu: 1480 }.emit_datagram(
+            Ipv4Addr::new(10, 200, 0, 1),
+            &o,
+            9,
+            &mut out,
+        );
         assert_eq!(n, 576);
         let ip = Ipv4Packet::new_checked(&out[..n]).unwrap();
         let r = Ipv4Repr::parse(&ip).unwrap();
@@ -218,7 +240,10 @@ mod tests {
         assert!(!ip.dont_frag() && !ip.more_frags());
         let icmp = IcmpPacket::new_checked(ip.payload()).unwrap();
         assert!(icmp.verify_checksum());
-        assert_eq!((icmp.msg_type(), icmp.code()), (DST_UNREACHABLE, CODE_FRAG_NEEDED));
+        assert_eq!(
+            (icmp.msg_type(), icmp.code()),
+            (DST_UNREACHABLE, CODE_FRAG_NEEDED)
+        );
         assert_eq!(icmp.rest_of_header() & 0xffff, 1480);
         let f = quoted_flow(icmp.data()).unwrap();
         assert_eq!((f.src_port, f.dst_port), (40000, 80));

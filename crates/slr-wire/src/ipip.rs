@@ -16,7 +16,13 @@ pub const OVERHEAD: usize = ipv4::HEADER_LEN;
 ///
 /// The inner packet must already be a checked IPv4 packet. `ident` fills the outer IP id (callers
 /// vary it for entropy and fragment reassembly).
-pub fn encapsulate(buf: &mut PacketBuf, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, ident: u16) -> Result<()> {
+pub fn encapsulate(
+    buf: &mut PacketBuf,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    ident: u16,
+) -> Result<()> {
     let inner_len = buf.len();
     if inner_len + OVERHEAD > u16::MAX as usize {
         return Err(Error::BadTotalLen);
@@ -113,12 +119,22 @@ mod tests {
         let i = inner();
         let mut b = PacketBuf::from_slice(&i);
         let before = b.as_ref().as_ptr();
-        encapsulate(&mut b, Ipv4Addr::new(10, 200, 0, 2), Ipv4Addr::new(10, 200, 1, 2), 64, 3).unwrap();
+        encapsulate(
+            &mut b,
+            Ipv4Addr::new(10, 200, 0, 2),
+            Ipv4Addr::new(10, 200, 1, 2),
+            64,
+            3,
+        )
+        .unwrap();
         assert_eq!(b.len(), 80);
         assert_eq!(unsafe_free_offset(&b, before), 20);
         let o = Ipv4Packet::new_checked(b.as_ref()).unwrap();
         let r = Ipv4Repr::parse(&o).unwrap();
-        assert_eq!((r.protocol, r.tos, r.dont_frag, r.payload_len), (Protocol::IpIp, 0x28, true, 60));
+        assert_eq!(
+            (r.protocol, r.tos, r.dont_frag, r.payload_len),
+            (Protocol::IpIp, 0x28, true, 60)
+        );
         let outer = decapsulate(&mut b).unwrap();
         assert_eq!(outer.src_addr, Ipv4Addr::new(10, 200, 0, 2));
         assert_eq!(b.as_ref(), &i[..]);
@@ -135,7 +151,10 @@ mod tests {
         assert_eq!(decapsulate(&mut b).unwrap_err(), DecapError::NotIpIp);
         let mut b = PacketBuf::from_slice(&i[..30]);
         encapsulate(&mut b, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 64, 0).unwrap();
-        assert_eq!(decapsulate(&mut b).unwrap_err(), DecapError::Inner(Error::Truncated));
+        assert_eq!(
+            decapsulate(&mut b).unwrap_err(),
+            DecapError::Inner(Error::Truncated)
+        );
         let mut b = PacketBuf::with_headroom(0, 100);
         b.set_len(60);
         assert_eq!(

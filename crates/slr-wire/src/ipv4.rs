@@ -335,7 +335,10 @@ impl Ipv4Cidr {
             return None;
         }
         let a = u32::from(addr) & Self::mask_of(prefix_len);
-        Some(Ipv4Cidr { addr: Ipv4Addr::from(a), prefix_len })
+        Some(Ipv4Cidr {
+            addr: Ipv4Addr::from(a),
+            prefix_len,
+        })
     }
     fn mask_of(len: u8) -> u32 {
         if len == 0 {
@@ -397,7 +400,8 @@ mod tests {
 
     // A TCP SYN 10.0.0.1 -> 10.99.0.1 (header only, 20-byte TCP header follows).
     const SYN: [u8; 20] = [
-        0x45, 0x00, 0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1, 10, 99, 0, 1,
+        0x45, 0x00, 0x00, 0x28, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1, 10,
+        99, 0, 1,
     ];
 
     fn with_checksum(mut h: [u8; 20]) -> [u8; 40] {
@@ -433,18 +437,33 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         let mut b = with_checksum(SYN);
-        assert_eq!(Ipv4Packet::new_checked(&b[..19]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..19]).unwrap_err(),
+            Error::Truncated
+        );
         b[0] = 0x44;
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::BadHeaderLen);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            Error::BadHeaderLen
+        );
         b[0] = 0x4f;
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::BadHeaderLen);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            Error::BadHeaderLen
+        );
         b[0] = 0x65;
         assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::NotIpv4);
         b[0] = 0x45;
         b[2..4].copy_from_slice(&41u16.to_be_bytes());
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            Error::Truncated
+        );
         b[2..4].copy_from_slice(&19u16.to_be_bytes());
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).unwrap_err(), Error::BadTotalLen);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).unwrap_err(),
+            Error::BadTotalLen
+        );
     }
 
     #[test]
@@ -472,6 +491,9 @@ mod tests {
         assert!("10.99.0.1/16".parse::<Ipv4Cidr>().is_err());
         assert!("10.99.0.0/33".parse::<Ipv4Cidr>().is_err());
         assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().prefix_len(), 0);
-        assert_eq!("10.1.2.3".parse::<Ipv4Cidr>().unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(
+            "10.1.2.3".parse::<Ipv4Cidr>().unwrap().to_string(),
+            "10.1.2.3/32"
+        );
     }
 }

@@ -212,10 +212,19 @@ mod tests {
     fn rejects_bad_offsets() {
         let mut s = syn_with_mss(1460, false);
         s[12] = 4 << 4;
-        assert_eq!(TcpPacket::new_checked(&s[..]).unwrap_err(), Error::BadTransportLen);
+        assert_eq!(
+            TcpPacket::new_checked(&s[..]).unwrap_err(),
+            Error::BadTransportLen
+        );
         s[12] = 15 << 4;
-        assert_eq!(TcpPacket::new_checked(&s[..]).unwrap_err(), Error::Truncated);
-        assert_eq!(TcpPacket::new_checked(&s[..10]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            TcpPacket::new_checked(&s[..]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(
+            TcpPacket::new_checked(&s[..10]).unwrap_err(),
+            Error::Truncated
+        );
     }
 
     #[test]

@@ -64,12 +64,24 @@ mod tests {
     fn lengths() {
         let d = [0x9c, 0x40, 0x00, 0x35, 0x00, 0x0a, 0, 0, 0xab, 0xcd];
         let p = UdpPacket::new_checked(&d[..]).unwrap();
-        assert_eq!((p.src_port(), p.dst_port(), p.payload()), (40000, 53, &[0xab, 0xcd][..]));
+        assert_eq!(
+            (p.src_port(), p.dst_port(), p.payload()),
+            (40000, 53, &[0xab, 0xcd][..])
+        );
         let mut bad = d;
         bad[5] = 7;
-        assert_eq!(UdpPacket::new_checked(&bad[..]).unwrap_err(), Error::BadTransportLen);
+        assert_eq!(
+            UdpPacket::new_checked(&bad[..]).unwrap_err(),
+            Error::BadTransportLen
+        );
         bad[5] = 11;
-        assert_eq!(UdpPacket::new_checked(&bad[..]).unwrap_err(), Error::Truncated);
-        assert_eq!(UdpPacket::new_checked(&d[..7]).unwrap_err(), Error::Truncated);
+        assert_eq!(
+            UdpPacket::new_checked(&bad[..]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(
+            UdpPacket::new_checked(&d[..7]).unwrap_err(),
+            Error::Truncated
+        );
     }
 }

@@ -10,7 +10,14 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod config;
+mod ctl;
+mod daemon;
+mod health;
+mod host_daemon;
 mod lab;
+mod metrics;
+mod router_daemon;
 mod serve;
 
 /// Service level routing: virtual hosts routed per connection to host servers over IP-in-IP.
@@ -28,13 +35,21 @@ enum Command {
         /// Configuration file (TOML, see docs/CONFIG.md).
         #[arg(short, long)]
         config: PathBuf,
+        /// Only check the configuration file, then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// Run the host agent on a host server.
     Host {
         /// Configuration file (TOML, see docs/CONFIG.md).
         #[arg(short, long)]
         config: PathBuf,
+        /// Only check the configuration file, then exit.
+        #[arg(long)]
+        check: bool,
     },
+    /// Inspect or steer a running router or host agent.
+    Ctl(ctl::CtlArgs),
     /// Build, inspect and tear down a lab of network namespaces.
     Lab {
         #[command(subcommand)]
@@ -48,14 +63,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Router { config } => {
-            let _ = config;
-            Err(anyhow::anyhow!("router: not built yet"))
-        }
-        Command::Host { config } => {
-            let _ = config;
-            Err(anyhow::anyhow!("host: not built yet"))
-        }
+        Command::Router { config, check } => router_daemon::run(&config, check),
+        Command::Host { config, check } => host_daemon::run(&config, check),
+        Command::Ctl(args) => ctl::run(args),
         Command::Lab { command } => lab::run(command),
         Command::Serve(args) => serve::run(args),
     };

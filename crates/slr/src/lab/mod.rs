@@ -1,19 +1,168 @@
-//! The namespace lab (being written).
+//! `slr lab`: the whole system on one machine, in network namespaces.
+//!
+//! A lab is built from a topology file (format: [`topology`]). Every node is a network
+//! namespace `slr-<lab>-<node>` joined to a core namespace by a veth pair; the core
+//! routes each virtual subnet to the router(s), so a client's packets to a VIP go
+//! client → core → router → (IP-in-IP) → core → host, and the host's answer goes
+//! host → core → client without touching the router (direct server return).
+//!
+//! - `slr lab up FILE` builds the namespaces and links, writes the daemons' configs,
+//!   starts `slr router`, `slr host` and `slr serve`, and waits until every host and
+//!   every VIP answers. A failure (or Ctrl-C) tears down what was built.
+//! - `slr lab status [--json] [NAME]` shows nodes, addresses, processes and VIPs.
+//! - `slr lab down [NAME]` stops the lab's processes and deletes its namespaces: only
+//!   what its state file ([`state`]) records, so it is safe after a crash and idempotent.
+//! - `slr lab run FILE` is up, a demo of real traffic with a one-screen summary
+//!   ([`demo`]), and down.
+//!
+//! Everything needs root (namespaces) and the `ip` command; the demo also uses `curl`
+//! and `tcpdump`.
+
+use anyhow::{bail, Result};
 use clap::Subcommand;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+mod configs;
+mod demo;
+mod lifecycle;
+mod netns;
+mod pcap;
+mod probe;
+mod state;
+mod topology;
 
 /// `slr lab` subcommands.
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 pub enum LabCommand {
-    /// Bring a lab up from a topology file.
+    /// Build a lab from a topology file and wait until its VIPs answer.
     Up {
-        /// Topology file.
-        file: std::path::PathBuf,
+        /// Topology file (TOML), e.g. examples/site.toml.
+        file: PathBuf,
+        /// Seconds to wait for the hosts and the VIPs to answer.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// Build the network and start `slr serve` on the hosts, but not the router and
+        /// host daemons (to run those by hand, e.g. under a debugger). VIPs will not answer
+        /// until they run; hosts answer on their own addresses.
+        #[arg(long)]
+        no_daemons: bool,
+    },
+    /// Show a lab: nodes, namespaces, addresses, processes, virtual hosts.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Lab name (optional when exactly one lab is up).
+        name: Option<String>,
+    },
+    /// Stop a lab's processes and delete its namespaces (only what it created).
+    Down {
+        /// Lab name (optional when exactly one lab is up).
+        name: Option<String>,
+    },
+    /// Bring a lab up, send demo traffic, print a summary, and tear it down.
+    Run {
+        /// Topology file (TOML), e.g. examples/site.toml.
+        file: PathBuf,
+        /// HTTP requests each client makes to each VIP (a new connection each).
+        #[arg(long, default_value_t = 30)]
+        requests: u32,
+        /// Seconds to wait for the hosts and the VIPs to answer.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+        /// Leave the lab up afterwards (tear it down later with `slr lab down`).
+        #[arg(long)]
+        keep: bool,
     },
 }
 
 /// Runs a lab subcommand.
-pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
+pub fn run(cmd: LabCommand) -> Result<()> {
     match cmd {
-        LabCommand::Up { file } => anyhow::bail!("lab up {}: not built yet", file.display()),
+        LabCommand::Up {
+            file,
+            timeout,
+            no_daemons,
+        } => {
+            install_signal_handlers();
+            let opts = lifecycle::UpOptions {
+                ready_timeout: Duration::from_secs(timeout),
+                daemons: !no_daemons,
+            };
+            let state = lifecycle::up(&file, &opts)?;
+            lifecycle::print_up_summary(&state);
+            Ok(())
+        }
+        LabCommand::Status { json, name } => lifecycle::status(name.as_deref(), json),
+        LabCommand::Down { name } => lifecycle::down(name.as_deref()),
+        LabCommand::Run {
+            file,
+            requests,
+            timeout,
+            keep,
+        } => {
+            install_signal_handlers();
+            let opts = lifecycle::UpOptions {
+                ready_timeout: Duration::from_secs(timeout),
+                daemons: true,
+            };
+            demo::run(
+                &file,
+                &opts,
+                &demo::DemoOptions {
+                    requests_per_client: requests,
+                    keep,
+                },
+            )
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM; long operations check it between steps and in waits.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Only an atomic store: the one thing a signal handler may safely do here.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C (and SIGTERM) set [`INTERRUPTED`] instead of killing the process, so
+/// `up` and `run` can tear down what they built.
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(
+                sig,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+/// Whether Ctrl-C or SIGTERM arrived.
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails if Ctrl-C or SIGTERM arrived (call between steps).
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps up to `d`, waking early if interrupted.
+fn sleep_interruptible(d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while !interrupted() {
+        let now = std::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
     }
 }

@@ -1,0 +1,519 @@
+//! Configuration files of `slr router` and `slr host` (TOML; every key in docs/CONFIG.md).
+//!
+//! Parsing happens in two steps: serde reads the file into plain structs (unknown keys and wrong
+//! types are refused there, with line and column), then [`RouterFile::into_config`] and
+//! [`HostFile::into_config`] check meanings (prefixes, addresses, policies, durations) and turn
+//! them into the core's types. Every error names the file, the key and the value at fault.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use slr_core::flow_table::FlowTableConfig;
+use slr_core::router::{NextHopConfig, RouterConfig, UdpMode, VirtualHostConfig};
+use slr_core::select::Policy;
+use slr_wire::Ipv4Cidr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Reads and parses a TOML file into `T`, naming the file in errors.
+pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+}
+
+/// Parses a duration such as `"5s"`, `"500ms"`, `"2m"`, `"1h"` or `"250us"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "us" | "µs" => v / 1e6,
+        "ms" => v / 1e3,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, value: impl std::fmt::Debug, why: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {}: {} (value {:?})", self.file.display(), key, why, value)
+    }
+    fn cidr(&self, key: &str, v: &str) -> Result<Ipv4Cidr> {
+        v.parse().map_err(|_| self.err(key, v, "not an IPv4 prefix such as 10.99.0.0/24 (host bits must be zero)"))
+    }
+    fn addr(&self, key: &str, v: &str) -> Result<Ipv4Addr> {
+        v.parse().map_err(|_| self.err(key, v, "not an IPv4 address"))
+    }
+    fn duration(&self, key: &str, v: &str) -> Result<Duration> {
+        parse_duration(v).ok_or_else(|| self.err(key, v, "not a duration such as \"500ms\", \"5s\", \"2m\""))
+    }
+    fn socket(&self, key: &str, v: &str) -> Result<SocketAddr> {
+        v.parse().map_err(|_| self.err(key, v, "not an address:port such as 127.0.0.1:9464"))
+    }
+}
+
+/// `slr router` configuration file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFile {
+    router: RouterSection,
+    #[serde(default)]
+    flow_table: FlowTableSection,
+    #[serde(default)]
+    health_check: HealthSection,
+    #[serde(default)]
+    virtual_hosts: Vec<VirtualHostSection>,
+    #[serde(default)]
+    next_hops: Vec<NextHopSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouterSection {
+    name: String,
+    tunnel_source: String,
+    #[serde(default = "default_tun")]
+    tun: String,
+    #[serde(default = "default_mtu")]
+    tunnel_mtu: u16,
+    #[serde(default)]
+    mss_clamp: bool,
+    #[serde(default)]
+    hash_seed: u64,
+    control_socket: Option<String>,
+    metrics_listen: Option<String>,
+    #[serde(default = "default_icmp_rate")]
+    icmp_rate_limit: u32,
+    #[serde(default)]
+    trusted_parents: Vec<String>,
+}
+
+fn default_tun() -> String {
+    "slr0".into()
+}
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_icmp_rate() -> u32 {
+    1000
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FlowTableSection {
+    max_flows: Option<usize>,
+    tcp_half_open_timeout: Option<String>,
+    tcp_established_timeout: Option<String>,
+    tcp_closing_timeout: Option<String>,
+    udp_timeout: Option<String>,
+    other_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthSection {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_interval")]
+    interval: String,
+    #[serde(default = "default_timeout")]
+    timeout: String,
+    #[serde(default = "default_count")]
+    count: u32,
+    address: Option<String>,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_kind() -> String {
+    "http".into()
+}
+fn default_port() -> u16 {
+    80
+}
+fn default_path() -> String {
+    "/health".into()
+}
+fn default_interval() -> String {
+    "1s".into()
+}
+fn default_timeout() -> String {
+    "500ms".into()
+}
+fn default_count() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VirtualHostSection {
+    name: String,
+    subnet: String,
+    #[serde(default = "default_policy")]
+    policy: String,
+    #[serde(default = "default_udp")]
+    udp: String,
+    #[serde(default)]
+    next_hops: Vec<String>,
+}
+
+fn default_policy() -> String {
+    "maglev".into()
+}
+fn default_udp() -> String {
+    "pin".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextHopSection {
+    name: String,
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How the router checks its next hops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Whether checks run at all (off: every next hop counts as available).
+    pub enabled: bool,
+    /// `http` (GET path, expect 2xx) or `tcp` (a completed handshake).
+    pub http: bool,
+    /// Port on the virtual host.
+    pub port: u16,
+    /// HTTP path.
+    pub path: String,
+    /// Time between checks of one next hop.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive results that change the state.
+    pub count: u32,
+    /// Virtual host address to probe (default: first address of the first virtual subnet).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// Everything `slr router` needs.
+#[derive(Debug, Clone)]
+pub struct RouterDaemonConfig {
+    /// Router name.
+    pub name: String,
+    /// TUN device name.
+    pub tun: String,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Prometheus listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Health checks.
+    pub health: HealthConfig,
+    /// The core's configuration.
+    pub core: RouterConfig,
+}
+
+impl RouterFile {
+    /// Reads and checks a router configuration file.
+    pub fn load(path: &Path) -> Result<RouterDaemonConfig> {
+        read_toml::<RouterFile>(path)?.into_config(path)
+    }
+
+    /// Checks meanings and converts.
+    pub fn into_config(self, file: &Path) -> Result<RouterDaemonConfig> {
+        let c = Ctx { file };
+        let r = &self.router;
+        let tunnel_source = c.addr("router.tunnel_source", &r.tunnel_source)?;
+        if r.tunnel_mtu < 576 {
+            bail!(c.err("router.tunnel_mtu", r.tunnel_mtu, "must be at least 576"));
+        }
+        if r.tun.is_empty() || r.tun.len() > 15 {
+            bail!(c.err("router.tun", &r.tun, "an interface name has 1 to 15 characters"));
+        }
+        let mut core = RouterConfig::new(tunnel_source);
+        core.tunnel_mtu = r.tunnel_mtu;
+        // Clamp so that a full segment plus TCP/IP headers (40) plus the tunnel fits the MTU.
+        core.mss_clamp = r.mss_clamp.then(|| r.tunnel_mtu - 40 - slr_core::router::IPIP_OVERHEAD as u16);
+        core.hash_seed = r.hash_seed;
+        core.icmp_rate_limit = r.icmp_rate_limit;
+        for (i, p) in r.trusted_parents.iter().enumerate() {
+            core.trusted_parents.push(c.cidr(&format!("router.trusted_parents[{i}]"), p)?);
+        }
+        let mut ft = FlowTableConfig::default();
+        let f = &self.flow_table;
+        if let Some(m) = f.max_flows {
+            if m == 0 {
+                bail!(c.err("flow_table.max_flows", m, "must be at least 1"));
+            }
+            ft.max_flows = m;
+        }
+        let timeouts: [(&str, &Option<String>, &mut slr_core::time::Duration); 5] = [
+            ("flow_table.tcp_half_open_timeout", &f.tcp_half_open_timeout, &mut ft.tcp_half_open_timeout),
+            ("flow_table.tcp_established_timeout", &f.tcp_established_timeout, &mut ft.tcp_established_timeout),
+            ("flow_table.tcp_closing_timeout", &f.tcp_closing_timeout, &mut ft.tcp_closing_timeout),
+            ("flow_table.udp_timeout", &f.udp_timeout, &mut ft.udp_timeout),
+            ("flow_table.other_timeout", &f.other_timeout, &mut ft.other_timeout),
+        ];
+        for (key, v, slot) in timeouts {
+            if let Some(v) = v {
+                let d = c.duration(key, v)?;
+                if d.is_zero() {
+                    bail!(c.err(key, v, "must be above zero"));
+                }
+                *slot = d.into();
+            }
+        }
+        core.flow_table = ft;
+        for (i, n) in self.next_hops.iter().enumerate() {
+            let key = format!("next_hops[{i}]");
+            if n.name.is_empty() {
+                bail!(c.err(&format!("{key}.name"), &n.name, "must not be empty"));
+            }
+            if core.next_hops.iter().any(|o: &NextHopConfig| o.name == n.name) {
+                bail!(c.err(&format!("{key}.name"), &n.name, "is used by another next hop"));
+            }
+            core.next_hops.push(NextHopConfig {
+                name: n.name.clone(),
+                address: c.addr(&format!("{key}.address"), &n.address)?,
+                weight: n.weight,
+            });
+        }
+        for (i, v) in self.virtual_hosts.iter().enumerate() {
+            let key = format!("virtual_hosts[{i}]");
+            let subnet = c.cidr(&format!("{key}.subnet"), &v.subnet)?;
+            let policy: Policy = v.policy.parse().map_err(|_| {
+                c.err(&format!("{key}.policy"), &v.policy, "unknown policy (expected round_robin, weighted, least_flows or maglev)")
+            })?;
+            let udp: UdpMode = v
+                .udp
+                .parse()
+                .map_err(|_| c.err(&format!("{key}.udp"), &v.udp, "unknown udp mode (expected pin or per_datagram)"))?;
+            for (j, n) in v.next_hops.iter().enumerate() {
+                if !core.next_hops.iter().any(|h| &h.name == n) {
+                    bail!(c.err(&format!("{key}.next_hops[{j}]"), n, "no [[next_hops]] entry has this name"));
+                }
+            }
+            if let Some(o) = core.virtual_hosts.iter().find(|o: &&VirtualHostConfig| {
+                o.subnet.contains_cidr(&subnet) || subnet.contains_cidr(&o.subnet)
+            }) {
+                bail!(c.err(&format!("{key}.subnet"), &v.subnet, format!("overlaps virtual host {:?}", o.name)));
+            }
+            core.virtual_hosts.push(VirtualHostConfig {
+                name: v.name.clone(),
+                subnet,
+                policy,
+                udp,
+                next_hops: v.next_hops.clone(),
+            });
+        }
+        let h = &self.health_check;
+        let http = match h.kind.as_str() {
+            "http" => true,
+            "tcp" => false,
+            other => bail!(c.err("health_check.kind", other, "expected http or tcp")),
+        };
+        let interval = c.duration("health_check.interval", &h.interval)?;
+        let timeout = c.duration("health_check.timeout", &h.timeout)?;
+        if timeout >= interval || timeout.is_zero() {
+            bail!(c.err("health_check.timeout", &h.timeout, "must be above zero and below health_check.interval"));
+        }
+        if h.count == 0 {
+            bail!(c.err("health_check.count", h.count, "must be at least 1"));
+        }
+        let address = h.address.as_deref().map(|a| c.addr("health_check.address", a)).transpose()?;
+        let health = HealthConfig {
+            enabled: h.enabled,
+            http,
+            port: h.port,
+            path: h.path.clone(),
+            interval,
+            timeout,
+            count: h.count,
+            address,
+        };
+        let control_socket = PathBuf::from(r.control_socket.clone().unwrap_or_else(|| format!("/run/slr/{}.sock", r.name)));
+        let metrics_listen = r.metrics_listen.as_deref().map(|m| c.socket("router.metrics_listen", m)).transpose()?;
+        Ok(RouterDaemonConfig { name: r.name.clone(), tun: r.tun.clone(), control_socket, metrics_listen, health, core })
+    }
+}
+
+/// `slr host` configuration file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    host: HostSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostSection {
+    name: String,
+    virtual_subnets: Vec<String>,
+    trusted_tunnel_sources: Vec<String>,
+    #[serde(default = "default_host_tun")]
+    tun: String,
+    control_socket: Option<String>,
+    metrics_listen: Option<String>,
+    #[serde(default = "yes")]
+    manage_routes: bool,
+}
+
+fn default_host_tun() -> String {
+    "slrh0".into()
+}
+
+/// Everything `slr host` needs.
+#[derive(Debug, Clone)]
+pub struct HostDaemonConfig {
+    /// Host name.
+    pub name: String,
+    /// Virtual subnets accepted as local (AnyIP).
+    pub virtual_subnets: Vec<Ipv4Cidr>,
+    /// Outer sources whose tunnels are terminated.
+    pub trusted_tunnel_sources: Vec<Ipv4Cidr>,
+    /// TUN device for re-injection.
+    pub tun: String,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Prometheus listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether the agent adds and removes the AnyIP routes itself.
+    pub manage_routes: bool,
+}
+
+impl HostFile {
+    /// Reads and checks a host configuration file.
+    pub fn load(path: &Path) -> Result<HostDaemonConfig> {
+        let f = read_toml::<HostFile>(path)?;
+        let c = Ctx { file: path };
+        let h = f.host;
+        if h.virtual_subnets.is_empty() {
+            bail!(c.err("host.virtual_subnets", &h.virtual_subnets, "must name at least one virtual subnet"));
+        }
+        if h.trusted_tunnel_sources.is_empty() {
+            bail!(c.err(
+                "host.trusted_tunnel_sources",
+                &h.trusted_tunnel_sources,
+                "must name at least one prefix (the routers of the site)"
+            ));
+        }
+        if h.tun.is_empty() || h.tun.len() > 15 {
+            bail!(c.err("host.tun", &h.tun, "an interface name has 1 to 15 characters"));
+        }
+        let virtual_subnets = h
+            .virtual_subnets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| c.cidr(&format!("host.virtual_subnets[{i}]"), s))
+            .collect::<Result<Vec<_>>>()?;
+        let trusted_tunnel_sources = h
+            .trusted_tunnel_sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| c.cidr(&format!("host.trusted_tunnel_sources[{i}]"), s))
+            .collect::<Result<Vec<_>>>()?;
+        let metrics_listen = h.metrics_listen.as_deref().map(|m| c.socket("host.metrics_listen", m)).transpose()?;
+        Ok(HostDaemonConfig {
+            control_socket: PathBuf::from(h.control_socket.unwrap_or_else(|| format!("/run/slr/{}.sock", h.name))),
+            name: h.name,
+            virtual_subnets,
+            trusted_tunnel_sources,
+            tun: h.tun,
+            metrics_listen,
+            manage_routes: h.manage_routes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("slr-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"
+[router]
+name = "r1"
+tunnel_source = "10.200.2.2"
+[[virtual_hosts]]
+name = "web"
+subnet = "10.99.0.0/24"
+policy = "weighted"
+udp = "per_datagram"
+[[next_hops]]
+name = "h1"
+address = "10.200.3.2"
+weight = 2
+"#;
+
+    #[test]
+    fn good_router_file() {
+        let p = write("good.toml", GOOD);
+        let c = RouterFile::load(&p).unwrap();
+        assert_eq!(c.core.virtual_hosts[0].policy, Policy::Weighted);
+        assert_eq!(c.core.virtual_hosts[0].udp, UdpMode::PerDatagram);
+        assert_eq!(c.core.next_hops[0].weight, 2);
+        assert_eq!(c.health.count, 3);
+        assert_eq!(c.control_socket, PathBuf::from("/run/slr/r1.sock"));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_value() {
+        let cases = [
+            (GOOD.replace("10.99.0.0/24", "10.99.0.1/24"), "virtual_hosts[0].subnet", "10.99.0.1/24"),
+            (GOOD.replace("\"weighted\"", "\"fastest\""), "virtual_hosts[0].policy", "fastest"),
+            (GOOD.replace("\"10.200.3.2\"", "\"10.200.3\""), "next_hops[0].address", "10.200.3"),
+            (GOOD.replace("per_datagram", "sometimes"), "virtual_hosts[0].udp", "sometimes"),
+            (GOOD.to_string() + "[health_check]\ntimeout = \"2s\"\n", "health_check.timeout", "2s"),
+            (GOOD.to_string() + "[flow_table]\nudp_timeout = \"soon\"\n", "flow_table.udp_timeout", "soon"),
+        ];
+        for (i, (text, key, value)) in cases.iter().enumerate() {
+            let p = write(&format!("bad{i}.toml"), text);
+            let e = format!("{:#}", RouterFile::load(&p).unwrap_err());
+            assert!(e.contains(&p.display().to_string()), "{e}");
+            assert!(e.contains(key), "{e}");
+            assert!(e.contains(value), "{e}");
+        }
+        let p = write("typo.toml", &GOOD.replace("policy =", "polcy ="));
+        let e = format!("{:#}", RouterFile::load(&p).unwrap_err());
+        assert!(e.contains("polcy") && e.contains("typo.toml"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+}

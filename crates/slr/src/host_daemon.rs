@@ -1,0 +1,174 @@
+//! `slr host`: the host agent on a host server (MISSION F1, F6, F7).
+//!
+//! It makes the virtual subnets local (AnyIP: `ip route add local SUBNET dev lo`), receives every
+//! IP-in-IP packet on a raw socket, lets the core's [`TunnelTerminator`] decide (trusted source,
+//! virtual subnet, well-formed, not nested), and writes accepted inner packets into its TUN
+//! device: the host's stack takes them as if they had arrived on that interface, and the server
+//! answers from the VIP straight to the client (direct server return). The routes are removed
+//! when the agent exits.
+
+use crate::config::{HostDaemonConfig, HostFile};
+use crate::daemon::{Routes, Signals};
+use crate::metrics::{self, Page};
+use anyhow::{Context, Result};
+use serde_json::json;
+use slr_core::terminate::{TerminateDrop, TunnelTerminator};
+use slr_io::{poll_readable, IpipSocket, PacketDevice, TunDevice};
+use slr_wire::PacketBuf;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BATCH: usize = 64;
+
+/// Counters shared with the control socket and the metrics listener.
+#[derive(Default, Clone)]
+struct Shared {
+    packets_in: u64,
+    packets_delivered: u64,
+    bytes_delivered: u64,
+    drops: Vec<(String, u64)>,
+    per_subnet: Vec<(String, u64)>,
+    inject_failures: u64,
+    device_drops: u64,
+}
+
+fn render(name: &str, s: &Shared) -> String {
+    let mut p = Page::default();
+    let h = [("host", name)];
+    p.counter("slr_host_tunnel_packets_total", "IP-in-IP packets received.", &h, s.packets_in);
+    p.counter("slr_host_delivered_packets_total", "Inner packets delivered to the stack.", &h, s.packets_delivered);
+    p.counter("slr_host_delivered_bytes_total", "Inner bytes delivered to the stack.", &h, s.bytes_delivered);
+    for (reason, v) in &s.drops {
+        p.counter("slr_host_drops_total", "Tunnel packets dropped, by reason.", &[("host", name), ("reason", reason)], *v);
+    }
+    for (subnet, v) in &s.per_subnet {
+        p.counter(
+            "slr_host_virtual_subnet_packets_total",
+            "Packets delivered per virtual subnet.",
+            &[("host", name), ("virtual_subnet", subnet)],
+            *v,
+        );
+    }
+    p.counter("slr_host_inject_failures_total", "Inner packets the TUN refused.", &h, s.inject_failures);
+    p.counter("slr_host_device_drops_total", "Packets the socket dropped before the agent saw them.", &h, s.device_drops);
+    p.counter("slr_process_cpu_microseconds_total", "CPU time used by the process.", &h, (metrics::process_cpu_seconds() * 1e6) as u64);
+    p.gauge("slr_process_resident_bytes", "Resident memory of the process.", &h, metrics::process_resident_bytes() as f64);
+    p.finish()
+}
+
+/// Runs the host agent until SIGTERM/SIGINT.
+pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
+    let cfg = HostFile::load(config_path)?;
+    if check_only {
+        println!("{}: ok", config_path.display());
+        return Ok(());
+    }
+    crate::daemon::init_logging();
+    let signals = Signals::install()?;
+    let mut tun = TunDevice::create(&cfg.tun, 65535).with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
+    let mut ipip = IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
+    let _ = ipip.set_recv_buffer_size(8 << 20);
+    let mut routes = Routes::new();
+    if cfg.manage_routes {
+        for s in &cfg.virtual_subnets {
+            routes.replace(&["local", &s.to_string(), "dev", "lo"])?;
+        }
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    {
+        let (shared, name) = (shared.clone(), cfg.name.clone());
+        let trusted: Vec<String> = cfg.trusted_tunnel_sources.iter().map(|c| c.to_string()).collect();
+        let subnets: Vec<String> = cfg.virtual_subnets.iter().map(|c| c.to_string()).collect();
+        crate::ctl::serve(&cfg.control_socket, move |req| {
+            let s = shared.lock().map(|s| s.clone()).unwrap_or_default();
+            match req["cmd"].as_str().unwrap_or("") {
+                "status" | "stats" => json!({
+                    "ok": true, "kind": "host", "name": name,
+                    "virtual_subnets": subnets, "trusted_tunnel_sources": trusted,
+                    "packets_in": s.packets_in, "packets_delivered": s.packets_delivered,
+                    "bytes_delivered": s.bytes_delivered, "drops": s.drops, "per_subnet": s.per_subnet,
+                    "inject_failures": s.inject_failures, "device_drops": s.device_drops,
+                    "cpu_seconds": metrics::process_cpu_seconds(),
+                }),
+                "metrics" => json!({"ok": true, "text": render(&name, &s)}),
+                other => json!({"ok": false, "error": format!("unknown command {other:?} for a host agent (status, stats, metrics)")}),
+            }
+        })?;
+    }
+    if let Some(addr) = cfg.metrics_listen {
+        let (shared, name) = (shared.clone(), cfg.name.clone());
+        metrics::serve(addr, move || render(&name, &shared.lock().map(|s| s.clone()).unwrap_or_default()))?;
+    }
+    tracing::info!(host = %cfg.name, tun = %cfg.tun, subnets = ?cfg.virtual_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "host agent up");
+    let result = pump(&cfg, &signals, &mut tun, &mut ipip, &shared);
+    routes.remove_all();
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    tracing::info!("host agent down");
+    result
+}
+
+fn pump(
+    cfg: &HostDaemonConfig,
+    signals: &Signals,
+    tun: &mut TunDevice,
+    ipip: &mut IpipSocket,
+    shared: &Mutex<Shared>,
+) -> Result<()> {
+    let mut term = TunnelTerminator::new(cfg.trusted_tunnel_sources.clone(), cfg.virtual_subnets.clone());
+    let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(65535 + 64)).collect();
+    let mut inject_failures = 0u64;
+    let mut ready = [false; 1];
+    let mut last_publish = std::time::Instant::now();
+    loop {
+        if signals.stopping() {
+            return Ok(());
+        }
+        for b in bufs.iter_mut() {
+            b.reset(0);
+        }
+        let n = ipip.recv_batch(&mut bufs)?;
+        if n > 0 {
+            let mut k = 0;
+            for i in 0..n {
+                match term.handle_packet(&mut bufs[i]) {
+                    Ok(_) => {
+                        bufs.swap(i, k);
+                        k += 1;
+                    }
+                    Err(reason) => tracing::trace!(?reason, "tunnel packet dropped"),
+                }
+            }
+            let mut sent = 0;
+            while sent < k {
+                match tun.send_batch(&bufs[sent..k]) {
+                    Ok(0) | Err(_) => {
+                        inject_failures += (k - sent) as u64;
+                        break;
+                    }
+                    Ok(m) => sent += m,
+                }
+            }
+        } else {
+            poll_readable(&[ipip.fd()], Some(Duration::from_millis(200)), &mut ready)?;
+        }
+        if n == 0 || last_publish.elapsed() >= Duration::from_millis(100) {
+            last_publish = std::time::Instant::now();
+            let c = term.counters();
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.packets_in = c.packets_in;
+            s.packets_delivered = c.packets_delivered;
+            s.bytes_delivered = c.bytes_delivered;
+            s.drops = TerminateDrop::ALL.iter().map(|&d| (d.as_str().to_string(), c.drops(d))).collect();
+            s.per_subnet = term
+                .virtual_subnets()
+                .iter()
+                .zip(&c.per_subnet_packets)
+                .map(|(s, v)| (s.to_string(), *v))
+                .collect();
+            s.inject_failures = inject_failures;
+            s.device_drops = ipip.stats().total_drops();
+        }
+    }
+}
+

@@ -1,0 +1,664 @@
+//! `slr lab run`: bring a lab up, send real traffic, show at a glance that it was
+//! spread over the hosts and answered by direct server return, and tear it down.
+//!
+//! The traffic: from every client, `--requests` runs of real `curl` (a new connection
+//! each, `-m 5`) to `http://<vip>/` of every virtual host, and a few UDP datagrams to
+//! `<vip>:7` (one of 3000 bytes, which travels as IP fragments) whose echoes must come
+//! back intact. Meanwhile `tcpdump` records the router's and the clients' `eth0`:
+//! a reply (source in a virtual subnet, destination a client) seen on a router's link
+//! crossed the router, which direct server return forbids; replies seen at the clients
+//! show which source address they really carried. After the capture, a few requests go
+//! straight to each host's own address, as a latency baseline.
+//!
+//! The run fails (non-zero exit) if any request or datagram failed, any answer came
+//! from another address than the VIP dialled, or any reply crossed a router.
+
+use super::configs::{HTTP_PORT, ROUTER_METRICS_PORT, UDP_PORT};
+use super::lifecycle::{self, UpOptions};
+use super::netns;
+use super::pcap;
+use super::probe;
+use super::state::{self, State};
+use super::topology::{Role, Topology};
+use super::{check_interrupted, interrupted, sleep_interruptible};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How `lab run` behaves.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// curl requests each client makes to each VIP.
+    pub requests_per_client: u32,
+    /// Leave the lab up afterwards.
+    pub keep: bool,
+}
+
+/// Sizes of the UDP datagrams each client sends to each VIP; 3000 bytes is fragmented
+/// on the 1500-byte links, so the whole path must carry fragments.
+const UDP_SIZES: [usize; 5] = [64, 512, 1400, 3000, 100];
+/// Direct requests per client per host for the latency baseline.
+const DIRECT_REQUESTS: usize = 3;
+
+/// `slr lab run FILE`.
+pub fn run(file: &Path, up_opts: &UpOptions, opts: &DemoOptions) -> Result<()> {
+    // `up` tears down by itself if it fails.
+    let mut state = lifecycle::up(file, up_opts)?;
+    let t = state.topology.clone();
+    eprintln!("slr lab: {} is up; sending demo traffic", t.name);
+    let outcome = demo(&mut state, opts);
+    if let Ok(summary) = &outcome {
+        summary.print(&t);
+    }
+    let down = if opts.keep && !interrupted() {
+        println!(
+            "lab left up (--keep): slr lab status {0}; slr lab down {0}",
+            t.name
+        );
+        Ok(())
+    } else {
+        lifecycle::teardown(&state).context("tearing the lab down")
+    };
+    let summary = match outcome {
+        Ok(summary) => summary,
+        Err(e) => {
+            if let Err(de) = down {
+                eprintln!("slr lab: {de:#}");
+            }
+            return Err(e);
+        }
+    };
+    down?;
+    let problems = summary.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("lab run {} failed: {}", t.name, problems.join("; "))
+    }
+}
+
+/// One curl request's outcome.
+#[derive(Debug, Clone)]
+struct Request {
+    client: String,
+    url: String,
+    /// Host that answered, if it did.
+    served_by: Option<String>,
+    /// Why it failed, if it did.
+    error: Option<String>,
+    /// curl's `time_total`, seconds.
+    seconds: f64,
+}
+
+/// Everything a client did.
+#[derive(Debug, Default)]
+struct ClientReport {
+    requests: Vec<Request>,
+    udp_sent: usize,
+    udp_answered: usize,
+    udp_fragmented_ok: usize,
+    udp_resent: usize,
+    udp_per_host: BTreeMap<String, usize>,
+    udp_errors: Vec<String>,
+}
+
+/// The demo's findings.
+#[derive(Debug, Default)]
+pub struct Summary {
+    requests: Vec<Request>,
+    udp_sent: usize,
+    udp_answered: usize,
+    udp_fragmented: usize,
+    udp_fragmented_ok: usize,
+    /// Datagrams answered only after a resend.
+    udp_resent: usize,
+    udp_per_host: BTreeMap<String, usize>,
+    udp_errors: Vec<String>,
+    /// Replies (source in a virtual subnet, to a client) captured on router links.
+    router_reply_packets: usize,
+    /// Packets captured on router links in total.
+    router_packets: usize,
+    /// Replies captured at clients with a VIP as source.
+    client_vip_replies: usize,
+    /// Replies (from port 80 or 7) captured at clients with any other source.
+    client_other_replies: usize,
+    /// Sum of `slr_router_packets_total` over routers, if every router exposes it.
+    router_metric: Option<f64>,
+    /// curl `time_total` of the direct baseline requests, seconds.
+    direct_seconds: Vec<f64>,
+}
+
+fn median_ms(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2] * 1000.0)
+}
+
+impl Summary {
+    fn failed_requests(&self) -> Vec<&Request> {
+        self.requests.iter().filter(|r| r.error.is_some()).collect()
+    }
+
+    /// Why the run failed; empty if it passed.
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let failed = self.failed_requests().len();
+        if failed > 0 {
+            p.push(format!(
+                "{failed} of {} requests failed",
+                self.requests.len()
+            ));
+        }
+        if self.udp_answered < self.udp_sent {
+            p.push(format!(
+                "{} of {} UDP datagrams got no intact answer",
+                self.udp_sent - self.udp_answered,
+                self.udp_sent
+            ));
+        }
+        if self.router_reply_packets > 0 {
+            p.push(format!(
+                "{} reply packets crossed the router",
+                self.router_reply_packets
+            ));
+        }
+        if self.client_other_replies > 0 {
+            p.push(format!(
+                "clients received {} replies from an address other than the VIP",
+                self.client_other_replies
+            ));
+        }
+        if self.client_vip_replies == 0 && !self.requests.is_empty() {
+            p.push("the client capture saw no reply from a VIP (is tcpdump working?)".into());
+        }
+        p
+    }
+
+    /// Prints the summary readable at a glance.
+    fn print(&self, t: &Topology) {
+        let count = |r| t.nodes_with(r).count();
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        println!();
+        println!(
+            "slr lab run: {} ({}, {}, {})",
+            t.name,
+            plural(count(Role::Router), "router"),
+            plural(count(Role::Host), "host"),
+            plural(count(Role::Client), "client")
+        );
+        let failed = self.failed_requests();
+        let vips: Vec<String> = t
+            .virtual_hosts
+            .iter()
+            .map(|v| v.vip().to_string())
+            .collect();
+        println!(
+            "requests   {} made, {} failed  (curl http://{}/, a new connection each)",
+            self.requests.len(),
+            failed.len(),
+            vips.join("/, http://")
+        );
+        let mut per_host: BTreeMap<&str, usize> = t
+            .nodes_with(Role::Host)
+            .map(|h| (h.name.as_str(), 0))
+            .collect();
+        for r in &self.requests {
+            if let Some(h) = &r.served_by {
+                *per_host.entry(h.as_str()).or_default() += 1;
+            }
+        }
+        let hosts_line = |counts: &dyn Fn(&str) -> usize| {
+            t.nodes_with(Role::Host)
+                .map(|h| format!("{} {}", h.name, counts(&h.name)))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        println!(
+            "per host   {}",
+            hosts_line(&|h| per_host.get(h).copied().unwrap_or(0))
+        );
+        for r in failed.iter().take(3) {
+            println!(
+                "  failed   {} -> {}: {}",
+                r.client,
+                r.url,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        if failed.len() > 3 {
+            println!("  failed   ... and {} more", failed.len() - 3);
+        }
+        println!(
+            "udp        {} datagrams, {} answered intact ({} of {} fragmented 3000-byte ones{}); per host {}",
+            self.udp_sent,
+            self.udp_answered,
+            self.udp_fragmented_ok,
+            self.udp_fragmented,
+            if self.udp_resent > 0 {
+                format!(", {} after a resend", self.udp_resent)
+            } else {
+                String::new()
+            },
+            hosts_line(&|h| self.udp_per_host.get(h).copied().unwrap_or(0))
+        );
+        for e in self.udp_errors.iter().take(3) {
+            println!("  failed   {e}");
+        }
+        let replies = self.client_vip_replies + self.client_other_replies;
+        if replies == 0 {
+            println!("client saw no reply packets in the capture (is tcpdump working?)");
+        } else {
+            let pct = 100.0 * self.client_vip_replies as f64 / replies as f64;
+            println!(
+                "client saw source {} on {}% of replies{}",
+                vips.join(" or "),
+                if pct == 100.0 {
+                    "100".to_string()
+                } else {
+                    format!("{pct:.1}")
+                },
+                if self.client_other_replies == 0 {
+                    " (direct server return)".to_string()
+                } else {
+                    format!("; {} came from another address", self.client_other_replies)
+                }
+            );
+        }
+        println!(
+            "router     saw {} reply packets; clients received {} reply packets from the VIP, {}",
+            self.router_reply_packets,
+            self.client_vip_replies,
+            if self.router_reply_packets == 0 {
+                "all bypassing the router".to_string()
+            } else {
+                format!("{} of them through the router", self.router_reply_packets)
+            }
+        );
+        if let Some(m) = self.router_metric {
+            println!("router     forwarded {m} packets (slr_router_packets_total)");
+        }
+        let vip_ms = median_ms(
+            &self
+                .requests
+                .iter()
+                .filter(|r| r.error.is_none())
+                .map(|r| r.seconds)
+                .collect::<Vec<_>>(),
+        );
+        if let (Some(v), Some(d)) = (vip_ms, median_ms(&self.direct_seconds)) {
+            println!(
+                "latency    median {v:.1} ms through the VIP, {d:.1} ms direct to a host (curl time_total, new connection)"
+            );
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            println!("result     PASS");
+        } else {
+            println!("result     FAIL: {}", problems.join("; "));
+        }
+    }
+}
+
+/// Runs curl in a namespace: returns (exit ok, stdout, stderr).
+fn curl(ns: &str, url: &str, write_out: &str, max_seconds: u32) -> Result<(bool, String, String)> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "curl", "-sS", "--noproxy", "*", "-m"])
+        .arg(max_seconds.to_string())
+        .args(["-o", "-", "-w", write_out, url])
+        .stdin(Stdio::null());
+    // A proxy from the environment would send lab traffic elsewhere.
+    for var in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .output()
+        .context("running `ip netns exec ... curl` (is curl installed?)")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    ))
+}
+
+/// One request to a VIP, checked: status 200, `served-by=` present, and both the
+/// server's `vip=` and curl's `remote_ip` equal to the VIP.
+fn vip_request(ns: &str, client: &str, vip: Ipv4Addr) -> Result<Request> {
+    let url = format!("http://{vip}/");
+    let (ok, stdout, stderr) = curl(ns, &url, "\n%{http_code} %{remote_ip} %{time_total}", 5)?;
+    let (body, trailer) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+    let mut fields = trailer.split_whitespace();
+    let code = fields.next().unwrap_or("");
+    let remote_ip = fields.next().unwrap_or("");
+    let seconds: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let served_by = body
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("served-by="))
+        .map(str::to_string);
+    let server_vip = crate::serve::vip_of(body);
+    let error = if !ok {
+        Some(if stderr.is_empty() {
+            "curl failed".into()
+        } else {
+            stderr
+        })
+    } else if code != "200" {
+        Some(format!("HTTP status {code}"))
+    } else if served_by.is_none() {
+        Some(format!("unexpected body {:?}", body.trim()))
+    } else if remote_ip != vip.to_string() {
+        Some(format!("curl connected to {remote_ip}, not {vip}"))
+    } else if server_vip != Some(std::net::IpAddr::V4(vip)) {
+        Some(format!(
+            "server saw local address {server_vip:?}, not {vip}"
+        ))
+    } else {
+        None
+    };
+    Ok(Request {
+        client: client.to_string(),
+        url,
+        served_by: if error.is_none() { served_by } else { None },
+        error,
+        seconds,
+    })
+}
+
+fn client_traffic(t: &Topology, client: &str, requests: u32) -> Result<ClientReport> {
+    let ns = t.netns(client);
+    let mut report = ClientReport::default();
+    for vh in &t.virtual_hosts {
+        for _ in 0..requests {
+            if interrupted() {
+                return Ok(report);
+            }
+            report.requests.push(vip_request(&ns, client, vh.vip())?);
+        }
+    }
+    for vh in &t.virtual_hosts {
+        let target = SocketAddrV4::new(vh.vip(), UDP_PORT);
+        let client_name = client.to_string();
+        let echoes = netns::in_netns(&ns, move || {
+            Ok(UDP_SIZES
+                .iter()
+                .enumerate()
+                .map(|(seq, &size)| {
+                    // Distinct content per datagram, so a mixed-up answer shows.
+                    let payload: Vec<u8> =
+                        (0..size).map(|i| (i * 31 + seq * 7 + 1) as u8).collect();
+                    let echo = probe::udp_echo(target, &payload, 3, Duration::from_secs(1));
+                    (size, echo)
+                })
+                .collect::<Vec<_>>())
+        })?;
+        for (size, echo) in echoes {
+            report.udp_sent += 1;
+            match echo {
+                Ok(e) if e.intact && e.from == std::net::SocketAddr::V4(target) => {
+                    report.udp_answered += 1;
+                    if e.attempts > 1 {
+                        report.udp_resent += 1;
+                    }
+                    if size > 1472 {
+                        report.udp_fragmented_ok += 1;
+                    }
+                    *report.udp_per_host.entry(e.served_by).or_default() += 1;
+                }
+                Ok(e) => report.udp_errors.push(format!(
+                    "{client_name} -> {target} ({size} bytes): answer from {} by {} {}",
+                    e.from,
+                    e.served_by,
+                    if e.intact { "intact" } else { "NOT intact" }
+                )),
+                Err(e) => report
+                    .udp_errors
+                    .push(format!("{client_name} -> {target} ({size} bytes): {e:#}")),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A running capture.
+struct Capture {
+    node: String,
+    role: Role,
+    pcap: PathBuf,
+}
+
+fn start_captures(state: &mut State) -> Result<Vec<Capture>> {
+    let t = state.topology.clone();
+    let mut captures = Vec::new();
+    for node in t
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Router | Role::Client))
+    {
+        let pcap = state.dir().join(format!("capture-{}.pcap", node.name));
+        // --immediate-mode: hand each packet over at once (TPACKET_V3 otherwise holds
+        // them in a ring block for up to a second, and SIGTERM discards that block);
+        // -U: write each packet at once; -Z root: Debian's tcpdump otherwise drops to
+        // its own user, which may not write here.
+        let args: Vec<String> = [
+            "-i",
+            "eth0",
+            "-n",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "160",
+            "-Z",
+            "root",
+            "-w",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([pcap.display().to_string()])
+        .collect();
+        lifecycle::start(
+            state,
+            &node.name,
+            "tcpdump",
+            std::ffi::OsStr::new("tcpdump"),
+            &args,
+        )?;
+        captures.push(Capture {
+            node: node.name.clone(),
+            role: node.role,
+            pcap,
+        });
+    }
+    // tcpdump says "listening on" once the capture is armed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in state.processes.iter().filter(|p| p.kind == "tcpdump") {
+        loop {
+            check_interrupted()?;
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            if log.contains("listening on") {
+                break;
+            }
+            if !p.is_running() || Instant::now() >= deadline {
+                bail!(
+                    "tcpdump on {} did not start (is it installed? `apt-get install tcpdump`); {}:\n{}",
+                    p.node,
+                    p.log.display(),
+                    state::log_tail(&p.log, 10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(captures)
+}
+
+fn stop_captures(state: &mut State) -> Result<()> {
+    let (tcpdumps, rest): (Vec<_>, Vec<_>) =
+        state.processes.drain(..).partition(|p| p.kind == "tcpdump");
+    state.processes = rest;
+    state::stop_processes(&tcpdumps, Duration::from_secs(3));
+    state.save()
+}
+
+/// `slr_router_packets_total` summed over every router; `None` if any router does not
+/// expose it (the metric is optional).
+fn router_metric(t: &Topology) -> Option<f64> {
+    let mut total = 0.0;
+    for r in t.nodes_with(Role::Router) {
+        let url = format!("http://127.0.0.1:{ROUTER_METRICS_PORT}/metrics");
+        let (ok, text, _) = curl(&t.netns(&r.name), &url, "", 2).ok()?;
+        if !ok {
+            return None;
+        }
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("slr_router_packets_total")
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        total += values.iter().sum::<f64>();
+    }
+    Some(total)
+}
+
+fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
+    let t = state.topology.clone();
+    let captures = start_captures(state)?;
+
+    let reports: Vec<Result<ClientReport>> = std::thread::scope(|s| {
+        let handles: Vec<_> = t
+            .nodes_with(Role::Client)
+            .map(|c| {
+                let t = &t;
+                let name = c.name.clone();
+                s.spawn(move || client_traffic(t, &name, opts.requests_per_client))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("client thread panicked")))
+            .collect()
+    });
+    check_interrupted()?;
+    // Let the last packets (FINs, ACKs) reach the captures.
+    sleep_interruptible(Duration::from_millis(300));
+    stop_captures(state)?;
+
+    let mut summary = Summary::default();
+    for report in reports {
+        let r = report?;
+        summary.requests.extend(r.requests);
+        summary.udp_sent += r.udp_sent;
+        summary.udp_answered += r.udp_answered;
+        summary.udp_fragmented_ok += r.udp_fragmented_ok;
+        summary.udp_resent += r.udp_resent;
+        summary.udp_errors.extend(r.udp_errors);
+        for (h, n) in r.udp_per_host {
+            *summary.udp_per_host.entry(h).or_default() += n;
+        }
+    }
+    summary.udp_fragmented = t.nodes_with(Role::Client).count()
+        * t.virtual_hosts.len()
+        * UDP_SIZES.iter().filter(|s| **s > 1472).count();
+
+    let clients: Vec<Ipv4Addr> = t
+        .nodes_with(Role::Client)
+        .filter_map(|c| t.address(&c.name))
+        .collect();
+    for cap in &captures {
+        let packets = pcap::read_ipv4(&cap.pcap)?;
+        match cap.role {
+            Role::Router => {
+                summary.router_packets += packets.len();
+                let is_reply =
+                    |ip: &pcap::Ipv4Info| t.is_virtual(ip.src) && clients.contains(&ip.dst);
+                summary.router_reply_packets += packets
+                    .iter()
+                    .filter(|p| is_reply(&p.outer) || p.inner.as_ref().is_some_and(is_reply))
+                    .count();
+            }
+            Role::Client => {
+                let me = t.address(&cap.node).expect("client has a link");
+                for p in packets.iter().filter(|p| p.outer.dst == me) {
+                    if t.is_virtual(p.outer.src) {
+                        summary.client_vip_replies += 1;
+                    } else if matches!(p.outer.src_port, Some(HTTP_PORT | UDP_PORT)) {
+                        summary.client_other_replies += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Baseline: the same request straight to each host's own address.
+    for c in t.nodes_with(Role::Client) {
+        for h in t.nodes_with(Role::Host) {
+            for _ in 0..DIRECT_REQUESTS {
+                check_interrupted()?;
+                let addr = t.address(&h.name).expect("host has a link");
+                let url = format!("http://{addr}/");
+                let (ok, out, _) = curl(&t.netns(&c.name), &url, "\n%{time_total}", 5)?;
+                if let (true, Some(secs)) = (
+                    ok,
+                    out.rsplit_once('\n')
+                        .and_then(|(_, s)| s.trim().parse().ok()),
+                ) {
+                    summary.direct_seconds.push(secs);
+                }
+            }
+        }
+    }
+    summary.router_metric = router_metric(&t);
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(served_by: Option<&str>, error: Option<&str>) -> Request {
+        Request {
+            client: "c1".into(),
+            url: "http://10.99.0.1/".into(),
+            served_by: served_by.map(str::to_string),
+            error: error.map(str::to_string),
+            seconds: 0.002,
+        }
+    }
+
+    #[test]
+    fn passes_only_with_no_failure_and_no_reply_through_the_router() {
+        let mut s = Summary {
+            requests: vec![request(Some("h1"), None), request(Some("h2"), None)],
+            udp_sent: 2,
+            udp_answered: 2,
+            client_vip_replies: 10,
+            ..Summary::default()
+        };
+        assert!(s.problems().is_empty());
+        s.router_reply_packets = 1;
+        assert_eq!(s.problems(), ["1 reply packets crossed the router"]);
+        s.router_reply_packets = 0;
+        s.requests.push(request(None, Some("curl: (28) timeout")));
+        assert_eq!(s.problems(), ["1 of 3 requests failed"]);
+        s.requests.pop();
+        s.client_vip_replies = 0;
+        assert_eq!(s.problems().len(), 1, "an empty capture is a failure");
+    }
+
+    #[test]
+    fn median() {
+        assert_eq!(median_ms(&[]), None);
+        assert_eq!(median_ms(&[0.003, 0.001, 0.002]), Some(2.0));
+    }
+}

@@ -1,0 +1,622 @@
+//! `lab up`, `lab down` and `lab status`.
+//!
+//! `up` records every namespace and process in the state file *before* moving on, so
+//! that whatever stops it (an error, Ctrl-C, a crash) leaves a state that `down` can
+//! undo completely, and `down` undoes only what is recorded.
+
+use super::configs::{self, HTTP_PORT};
+use super::netns;
+use super::probe;
+use super::state::{self, lab_dir, Process, State};
+use super::topology::{Role, Topology, LINK_PREFIX, NODE_IFNAME};
+use super::{check_interrupted, interrupted, sleep_interruptible};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How `up` behaves.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// How long to wait for hosts and VIPs to answer.
+    pub ready_timeout: Duration,
+    /// Start `slr router` and `slr host` (false: network and servers only).
+    pub daemons: bool,
+}
+
+/// Grace period between SIGTERM and SIGKILL in `down`.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Reads and validates a topology file; errors name the file, key and value.
+pub fn load_topology(file: &Path) -> Result<Topology> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Topology::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))
+}
+
+/// Builds a lab; on any failure (or Ctrl-C) tears down what it built and returns the
+/// error.
+pub fn up(file: &Path, opts: &UpOptions) -> Result<State> {
+    let topology = load_topology(file)?;
+    let dir = lab_dir(&topology.name);
+    if dir.exists() {
+        bail!(
+            "lab {:?} is already up (state in {}); run `slr lab down {}` first",
+            topology.name,
+            dir.display(),
+            topology.name
+        );
+    }
+    for node in &topology.nodes {
+        let ns = topology.netns(&node.name);
+        if netns::exists(&ns) {
+            bail!(
+                "network namespace {ns} already exists but no lab state records it; \
+                 remove it (`ip netns delete {ns}`) or rename the lab"
+            );
+        }
+    }
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating {}", dir.join("logs").display()))?;
+    let mut state = State::new(topology, file.to_path_buf());
+    state.save()?;
+    match build(&mut state, opts) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            eprintln!("slr lab: up failed, tearing down lab {:?}", state.lab);
+            if let Err(te) = teardown(&state) {
+                eprintln!("slr lab: teardown: {te:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
+    let t = state.topology.clone();
+    let core = t.core().name.clone();
+    let core_ns = t.netns(&core);
+    eprintln!(
+        "slr lab: building {:?}: {} namespaces",
+        t.name,
+        t.nodes.len()
+    );
+
+    // The core forwards between all links. rp_filter stays off everywhere: paths are
+    // asymmetric by design (requests via the router, replies straight back).
+    netns::add(&core_ns)?;
+    state.namespaces.push(core_ns.clone());
+    state.save()?;
+    let mut core_sysctls = vec![
+        ("net.ipv4.ip_forward".to_string(), "1"),
+        ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+        ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+        // With several routers, spread flows over them by 5-tuple, not address pair.
+        ("net.ipv4.fib_multipath_hash_policy".to_string(), "1"),
+    ];
+
+    for node in t.nodes.iter().filter(|n| n.role != Role::Core) {
+        check_interrupted()?;
+        let ns = t.netns(&node.name);
+        let link = t.link(&node.name).expect("non-core node has a link");
+        netns::add(&ns)?;
+        state.namespaces.push(ns.clone());
+        state.save()?;
+        netns::add_veth(&core_ns, &link.core_ifname, &ns, NODE_IFNAME)?;
+        netns::add_address(
+            &ns,
+            NODE_IFNAME,
+            &format!("{}/{LINK_PREFIX}", link.node_address),
+        )?;
+        netns::add_address(
+            &core_ns,
+            &link.core_ifname,
+            &format!("{}/{LINK_PREFIX}", link.core_address),
+        )?;
+        netns::ip_in(
+            &ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &link.core_address.to_string(),
+            ],
+        )?;
+        let mut sysctls = vec![
+            ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+            ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+            (format!("net.ipv4.conf.{NODE_IFNAME}.rp_filter"), "0"),
+        ];
+        if node.role == Role::Router {
+            sysctls.push(("net.ipv4.ip_forward".to_string(), "1"));
+        }
+        netns::sysctl(&ns, &sysctls)?;
+        core_sysctls.push((format!("net.ipv4.conf.{}.rp_filter", link.core_ifname), "0"));
+    }
+    netns::sysctl(&core_ns, &core_sysctls)?;
+
+    // Clients reach VIPs through the router(s): the core routes each virtual subnet there.
+    let routers: Vec<Ipv4Addr> = t
+        .nodes_with(Role::Router)
+        .map(|r| t.address(&r.name).expect("router has a link"))
+        .collect();
+    for vh in &t.virtual_hosts {
+        let subnet = vh.subnet.to_string();
+        let mut args = vec!["route".to_string(), "add".to_string(), subnet];
+        if let [only] = routers.as_slice() {
+            args.extend(["via".to_string(), only.to_string()]);
+        } else {
+            for r in &routers {
+                args.extend(["nexthop".to_string(), "via".to_string(), r.to_string()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        netns::ip_in(&core_ns, &args)?;
+    }
+    check_interrupted()?;
+
+    // Daemon configs, then the processes: routers, host agents, servers.
+    for node in t
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Router | Role::Host))
+    {
+        let text = if node.role == Role::Router {
+            configs::router_config(&t, &node.name)
+        } else {
+            configs::host_config(&t, &node.name)
+        };
+        let path = configs::config_path(&t.name, &node.name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    if opts.daemons {
+        for role in [Role::Router, Role::Host] {
+            for node in t.nodes_with(role) {
+                let config = configs::config_path(&t.name, &node.name);
+                let args = vec![
+                    role.as_str().to_string(),
+                    "-c".to_string(),
+                    config.display().to_string(),
+                ];
+                start(state, &node.name, role.as_str(), exe.as_os_str(), &args)?;
+            }
+        }
+    }
+    for host in t.nodes_with(Role::Host) {
+        let args = configs::serve_args(&t, &host.name);
+        start(state, &host.name, "serve", exe.as_os_str(), &args)?;
+    }
+
+    wait_ready(state, opts)?;
+    state.ready = true;
+    state.save()
+}
+
+/// Starts a process in a node's namespace and records it at once.
+pub fn start(
+    state: &mut State,
+    node: &str,
+    kind: &str,
+    program: &std::ffi::OsStr,
+    args: &[String],
+) -> Result<()> {
+    let ns = state.topology.netns(node);
+    let log = lab_dir(&state.lab)
+        .join("logs")
+        .join(format!("{node}-{kind}.log"));
+    let child = netns::spawn_in(&ns, program, args, &log)?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    let start_time = state::start_time(pid).unwrap_or(0);
+    state.processes.push(Process {
+        node: node.to_string(),
+        kind: kind.to_string(),
+        netns: ns,
+        pid,
+        start_time,
+        log,
+    });
+    state.save()
+}
+
+/// Log tails of every process, for error messages.
+fn log_tails(state: &State) -> String {
+    state
+        .processes
+        .iter()
+        .map(|p| {
+            format!(
+                "\n--- {} {} (pid {}), {}:\n{}",
+                p.node,
+                p.kind,
+                p.pid,
+                p.log.display(),
+                state::log_tail(&p.log, 15)
+            )
+        })
+        .collect()
+}
+
+/// Fails if a process the lab started has exited.
+fn check_processes(state: &State) -> Result<()> {
+    if let Some(p) = state.processes.iter().find(|p| !p.is_running()) {
+        bail!(
+            "{} {} (pid {}) exited; its log {}:\n{}",
+            p.node,
+            p.kind,
+            p.pid,
+            p.log.display(),
+            state::log_tail(&p.log, 20)
+        );
+    }
+    Ok(())
+}
+
+/// Waits until every host answers `/health` on its own address and every VIP answers
+/// `/` through the router, both from the first client.
+fn wait_ready(state: &State, opts: &UpOptions) -> Result<()> {
+    let t = &state.topology;
+    let client = t
+        .nodes_with(Role::Client)
+        .next()
+        .expect("validated: a client");
+    let client_ns = t.netns(&client.name);
+    let deadline = Instant::now() + opts.ready_timeout;
+    let mut targets: Vec<(String, SocketAddrV4, &str)> = t
+        .nodes_with(Role::Host)
+        .map(|h| {
+            let addr = t.address(&h.name).expect("host has a link");
+            (
+                format!("host {} at {addr}", h.name),
+                SocketAddrV4::new(addr, HTTP_PORT),
+                "/health",
+            )
+        })
+        .collect();
+    if opts.daemons {
+        targets.extend(t.virtual_hosts.iter().map(|v| {
+            (
+                format!(
+                    "virtual host {} at {} (through the router)",
+                    v.name,
+                    v.vip()
+                ),
+                SocketAddrV4::new(v.vip(), HTTP_PORT),
+                "/",
+            )
+        }));
+    }
+    for (what, addr, path) in targets {
+        eprintln!("slr lab: waiting for {what}");
+        let mut last_error;
+        loop {
+            check_interrupted()?;
+            check_processes(state)?;
+            let attempt = netns::in_netns(&client_ns, move || {
+                probe::http_get(addr, path, Duration::from_millis(700))
+            });
+            match attempt {
+                Ok((200, body)) if path != "/" || body.starts_with("served-by=") => break,
+                Ok((status, body)) => {
+                    last_error = format!("status {status}, body {:?}", body.trim())
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{what} did not answer from {} within {:?} (last: {last_error}){}",
+                    client_ns,
+                    opts.ready_timeout,
+                    log_tails(state)
+                );
+            }
+            sleep_interruptible(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+/// Stops a lab's recorded processes, deletes its recorded namespaces (newest first) and
+/// removes its state directory. Keeps going past errors so as much as possible goes.
+pub fn teardown(state: &State) -> Result<()> {
+    let killed = state::stop_processes(&state.processes, STOP_GRACE);
+    if !killed.is_empty() {
+        eprintln!(
+            "slr lab: killed after {:?}: {}",
+            STOP_GRACE,
+            killed.join(", ")
+        );
+    }
+    let mut errors = Vec::new();
+    for ns in state.namespaces.iter().rev() {
+        if let Err(e) = netns::delete(ns) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if errors.is_empty() {
+        let dir = state.dir();
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(())
+    } else {
+        // Keep the state so that another `down` can retry.
+        bail!("{}", errors.join("\n"))
+    }
+}
+
+/// Picks the lab a command is about: the named one, or the only one up.
+/// `Ok(None)` when none is up.
+fn select_lab(name: Option<&str>) -> Result<Option<String>> {
+    if let Some(name) = name {
+        // The name becomes a path under /run/slr-lab that `down` removes: accept only
+        // what a topology could have produced.
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            bail!("{name:?} is not a lab name");
+        }
+        return Ok(lab_dir(name).exists().then(|| name.to_string()));
+    }
+    let labs = state::list_labs()?;
+    match labs.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => bail!("several labs are up ({}); name one", many.join(", ")),
+    }
+}
+
+/// `slr lab down [NAME]`.
+pub fn down(name: Option<&str>) -> Result<()> {
+    let Some(lab) = select_lab(name)? else {
+        match name {
+            Some(n) => println!("slr lab: lab {n:?} is not up"),
+            None => println!("slr lab: no lab is up"),
+        }
+        return Ok(());
+    };
+    let dir = lab_dir(&lab);
+    let Some(state) = State::load(&dir)? else {
+        // A crash before the first save: nothing was created yet.
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        println!(
+            "slr lab: lab {lab:?} had nothing recorded; removed {}",
+            dir.display()
+        );
+        return Ok(());
+    };
+    teardown(&state).with_context(|| format!("tearing down lab {lab:?}"))?;
+    println!(
+        "slr lab: lab {lab:?} is down ({} processes stopped, {} namespaces deleted)",
+        state.processes.len(),
+        state.namespaces.len()
+    );
+    Ok(())
+}
+
+/// `slr lab status [--json] [NAME]`.
+pub fn status(name: Option<&str>, json: bool) -> Result<()> {
+    let Some(lab) = select_lab(name)? else {
+        match name {
+            Some(n) => bail!("lab {n:?} is not up"),
+            None => bail!("no lab is up (start one with `slr lab up examples/site.toml`)"),
+        }
+    };
+    let state = State::load(&lab_dir(&lab))?
+        .with_context(|| format!("lab {lab:?} has no state file yet (still starting?)"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&state))?);
+    } else {
+        print_status(&state);
+    }
+    Ok(())
+}
+
+/// The JSON form of `status` (a struct, so keys keep this documented order).
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Lab name.
+    pub lab: String,
+    /// Whether `up` finished (every host and VIP answered).
+    pub ready: bool,
+    /// The lab's state directory (configs, logs, sockets).
+    pub state_dir: String,
+    /// Every node, the core included.
+    pub nodes: Vec<NodeJson>,
+    /// Every virtual host.
+    pub virtual_hosts: Vec<VirtualHostJson>,
+    /// Every process the lab started.
+    pub processes: Vec<ProcessJson>,
+}
+
+/// A node in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct NodeJson {
+    /// Node name.
+    pub name: String,
+    /// client, router, host or core.
+    pub role: &'static str,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its addresses, CIDR notation.
+    pub addresses: Vec<String>,
+    /// Pids of the processes the lab runs there.
+    pub pids: Vec<i32>,
+}
+
+/// A virtual host in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct VirtualHostJson {
+    /// Name.
+    pub name: String,
+    /// Virtual subnet.
+    pub subnet: String,
+    /// The first address of the subnet, which the lab's servers and clients use.
+    pub vip: String,
+}
+
+/// A process in [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct ProcessJson {
+    /// Node it runs on.
+    pub node: String,
+    /// router, host, serve or tcpdump.
+    pub kind: String,
+    /// Process id.
+    pub pid: i32,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Its log file.
+    pub log: String,
+}
+
+/// Builds the JSON form of `status`.
+pub fn status_json(state: &State) -> StatusJson {
+    let t = &state.topology;
+    StatusJson {
+        lab: state.lab.clone(),
+        ready: state.ready,
+        state_dir: state.dir().display().to_string(),
+        nodes: t
+            .nodes
+            .iter()
+            .map(|n| NodeJson {
+                name: n.name.clone(),
+                role: n.role.as_str(),
+                netns: t.netns(&n.name),
+                addresses: t.addresses(n),
+                pids: state.pids(&n.name),
+            })
+            .collect(),
+        virtual_hosts: t
+            .virtual_hosts
+            .iter()
+            .map(|v| VirtualHostJson {
+                name: v.name.clone(),
+                subnet: v.subnet.to_string(),
+                vip: v.vip().to_string(),
+            })
+            .collect(),
+        processes: state
+            .processes
+            .iter()
+            .map(|p| ProcessJson {
+                node: p.node.clone(),
+                kind: p.kind.clone(),
+                pid: p.pid,
+                running: p.is_running(),
+                log: p.log.display().to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn since(created_unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(created_unix);
+    let s = now.saturating_sub(created_unix);
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+fn print_status(state: &State) {
+    let t = &state.topology;
+    println!(
+        "lab {}: {}, up for {} (topology {}, state {})",
+        state.lab,
+        if state.ready { "ready" } else { "NOT READY" },
+        since(state.created_unix),
+        state.topology_file.display(),
+        state.dir().display()
+    );
+    println!(
+        "  {:<10} {:<7} {:<20} {:<18} PROCESSES",
+        "NODE", "ROLE", "NETNS", "ADDRESS"
+    );
+    for n in &t.nodes {
+        let addrs = t.addresses(n);
+        let addr = match addrs.as_slice() {
+            [] => "-".to_string(),
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} +{}", rest.len()),
+        };
+        let procs: Vec<String> = state
+            .processes
+            .iter()
+            .filter(|p| p.node == n.name)
+            .map(|p| {
+                format!(
+                    "{} {}{}",
+                    p.kind,
+                    p.pid,
+                    if p.is_running() { "" } else { " (exited)" }
+                )
+            })
+            .collect();
+        println!(
+            "  {:<10} {:<7} {:<20} {:<18} {}",
+            n.name,
+            n.role.as_str(),
+            t.netns(&n.name),
+            addr,
+            if procs.is_empty() {
+                "-".to_string()
+            } else {
+                procs.join(", ")
+            }
+        );
+    }
+    println!(
+        "  {:<10} {:<18} {:<15} {:<12} UDP",
+        "VHOST", "SUBNET", "VIP", "POLICY"
+    );
+    for v in &t.virtual_hosts {
+        println!(
+            "  {:<10} {:<18} {:<15} {:<12} {}",
+            v.name,
+            v.subnet.to_string(),
+            v.vip().to_string(),
+            v.policy.as_str(),
+            v.udp.as_str()
+        );
+    }
+}
+
+/// What `up` prints when the lab is ready: where things are and what to try.
+pub fn print_up_summary(state: &State) {
+    let t = &state.topology;
+    let count = |r| t.nodes_with(r).count();
+    println!(
+        "slr lab: {} is up ({} router(s), {} host(s), {} client(s)); state and logs in {}",
+        state.lab,
+        count(Role::Router),
+        count(Role::Host),
+        count(Role::Client),
+        state.dir().display()
+    );
+    let client = t.nodes_with(Role::Client).next().map(|c| t.netns(&c.name));
+    let host = t.nodes_with(Role::Host).next();
+    if let (Some(client_ns), Some(host)) = (client, host) {
+        for v in &t.virtual_hosts {
+            println!("  try: ip netns exec {client_ns} curl http://{}/", v.vip());
+        }
+        println!(
+            "  direct to a host: ip netns exec {client_ns} curl http://{}/",
+            t.address(&host.name).expect("host has a link")
+        );
+    }
+    println!(
+        "  status: slr lab status; tear down: slr lab down {}",
+        state.lab
+    );
+    if interrupted() {
+        println!("  (interrupted after it came up)");
+    }
+}
