@@ -110,6 +110,29 @@ pub fn poll_readable(
             revents: 0,
         };
     }
+    let n = poll(pfds, timeout)?;
+    for (r, p) in ready.iter_mut().zip(pfds.iter()) {
+        *r = n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    }
+    Ok(ready[..fds.len()].iter().filter(|&&r| r).count())
+}
+
+/// Waits until `fd` can take more packets, or `timeout` passes (`None`: no limit); returns
+/// whether it can. For a device whose `send_batch` stopped short because it was full. Errors
+/// count as writable, so that the next send reports them. Same timeout rules as
+/// [`poll_readable`].
+pub fn poll_writable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = [libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    let n = poll(&mut pfd, timeout)?;
+    Ok(n > 0 && pfd[0].revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0)
+}
+
+/// poll(2) with the timeout rules of [`poll_readable`]; an interrupted wait returns 0.
+fn poll(pfds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     let ms = match timeout {
         None => -1,
         Some(t) => {
@@ -119,17 +142,12 @@ pub fn poll_readable(
     };
     // SAFETY: `pfds` is a live, exclusive array of exactly `pfds.len()` pollfds.
     let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    let n = match sys::cvt(r) {
-        Ok(n) => n as usize,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-        Err(e) => return Err(e),
-    };
-    for (r, p) in ready.iter_mut().zip(pfds.iter()) {
-        *r = n > 0 && p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    match sys::cvt(r) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
     }
-    Ok(ready[..fds.len()].iter().filter(|&&r| r).count())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

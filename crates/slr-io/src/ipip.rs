@@ -41,13 +41,14 @@ struct CmsgBuf([u8; CMSG_ROOM]);
 ///
 /// - default ([`IpipSocket::open`]): the socket sends the bytes after the outer header to the
 ///   outer destination, and the kernel writes the outer header itself (the fastest path on this
-///   machine). From the caller's header it keeps the destination, the source (if not 0.0.0.0;
-///   it must be a local address, else [`IoDrop::TxRejected`] with `ENETUNREACH`, see
-///   [`IpipSocket::set_any_source`]), the TTL (if not 0)
-///   and the TOS byte; the kernel chooses the identification, and DF is always clear
-///   (`IP_PMTUDISC_DONT`): an outer packet larger than the route MTU is fragmented by the kernel.
-///   Senders answer DF inner packets that would not fit with ICMP fragmentation-needed before
-///   they get here. Outer options are not sent.
+///   machine). From the caller's header it keeps the destination; the source, unless 0.0.0.0
+///   (it must be a local address, else [`IoDrop::TxRejected`] with `ENETUNREACH`; see
+///   [`IpipSocket::set_any_source`]); the TTL, unless 0 (then the system default); and the TOS
+///   byte. Source, a TTL other than the default and a TOS other than 0 travel as control
+///   messages, a few percent of throughput each. The kernel chooses the identification, and DF
+///   is always clear (`IP_PMTUDISC_DONT`): an outer packet larger than the route MTU is
+///   fragmented by the kernel. Senders answer DF inner packets that would not fit with ICMP
+///   fragmentation-needed before they get here. Outer options are not sent.
 /// - [`IpipSocket::with_header_included`] (`IP_HDRINCL`): the caller's outer header goes out as
 ///   written, except that the kernel rewrites the total length and checksum (and fills a zero
 ///   identification and a 0.0.0.0 source). Slower here (a route per packet), and a packet
@@ -148,9 +149,14 @@ impl IpipSocket {
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DONT,
         )?;
+        // Pin the socket's TTL to the system default, so that a caller's TTL equal to it needs
+        // no control message and route metrics cannot change it behind the caller's back.
+        let default_ttl = sys::getsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TTL)?.clamp(1, 255);
+        sys::setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TTL, default_ttl)?;
         let s = IpipSocket {
             fd,
             header_included: false,
+            default_ttl: default_ttl as u8,
             stats: DeviceStats::default(),
         };
         s.set_recv_buffer_size(DEFAULT_BUFFER)?;
@@ -214,14 +220,18 @@ impl IpipSocket {
         let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { mem::zeroed() };
         let mut cmsgs = [CmsgBuf([0; CMSG_ROOM]); BATCH];
         let mut cmsg_lens = [0usize; BATCH];
+        // For message j: the packet it sends, its length, and how many malformed packets came
+        // before it (counted only once they are consumed, so that a retry does not count twice).
         let mut index = [0usize; BATCH];
         let mut lens = [0usize; BATCH];
+        let mut malformed_before = [0usize; BATCH];
 
         let mut m = 0;
+        let mut malformed = 0;
         for (i, p) in pkts.iter().enumerate() {
             let bytes = p.as_ref();
             let Some(o) = parse_outer(bytes) else {
-                self.stats.count_drop(IoDrop::TxMalformed);
+                malformed += 1;
                 continue;
             };
             let payload = if self.header_included {
@@ -239,6 +249,7 @@ impl IpipSocket {
             }
             index[m] = i;
             lens[m] = o.total_len;
+            malformed_before[m] = malformed;
             m += 1;
         }
         for j in 0..m {
@@ -254,7 +265,11 @@ impl IpipSocket {
         }
 
         let mut sent = 0;
-        while sent < m {
+        // None: every message went out; Some(None): the socket is full; Some(Some(e)): it failed.
+        let stopped = loop {
+            if sent == m {
+                break None;
+            }
             // SAFETY: msgs[sent..m] are initialised mmsghdrs whose name, iovec and control
             // pointers point into the arrays above and into `pkts`, all alive and unmoved until
             // the call returns; the kernel only reads them (and writes msg_len).
@@ -273,17 +288,25 @@ impl IpipSocket {
                     }
                     sent += k as usize;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(index[sent]),
+                Err(e) if sys::is_full(&e) => break Some(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if sys::is_per_packet_send_error(&e) => {
                     self.stats.count_rejected(&e);
                     sent += 1;
                 }
-                Err(_) if index[sent] > 0 => return Ok(index[sent]),
-                Err(e) => return Err(e),
+                Err(e) => break Some(Some(e)),
             }
+        };
+        let (consumed, malformed) = match stopped {
+            None => (pkts.len(), malformed),
+            Some(_) => (index[sent], malformed_before[sent]),
+        };
+        self.stats
+            .count_drops(IoDrop::TxMalformed, malformed as u64);
+        match stopped {
+            Some(Some(e)) if consumed == 0 => Err(e),
+            _ => Ok(consumed),
         }
-        Ok(pkts.len())
     }
 
     /// Receives at most [`BATCH`] packets into `bufs`; returns (packets kept, whether the kernel

@@ -35,7 +35,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use event::{poll_readable, EventFd};
+pub use event::{poll_readable, poll_writable, EventFd};
 pub use fault::{FaultConfigError, FaultInjector, FaultStats, Xorshift64};
 pub use ipip::IpipSocket;
 pub use memory::MemoryDevice;
@@ -66,7 +66,7 @@ pub trait PacketDevice {
     /// `pkts[..n]` are done with: sent, or dropped because they were malformed or because the
     /// kernel refused that packet for good (no route, too big, ...), each counted by
     /// [`IoDrop`]. `pkts[n..]` were not tried because the device is full; a full device is not
-    /// an error, retry them once the descriptor is writable (or drop them). An `Err` means the
+    /// an error: retry them once the descriptor is writable ([`poll_writable`]), or drop them. An `Err` means the
     /// device itself failed and nothing was consumed.
     fn send_batch(&mut self, pkts: &[PacketBuf]) -> io::Result<usize>;
 
@@ -136,7 +136,11 @@ impl DeviceStats {
     }
 
     pub(crate) fn count_drop(&mut self, reason: IoDrop) {
-        self.drops[reason.index()] += 1;
+        self.count_drops(reason, 1);
+    }
+
+    pub(crate) fn count_drops(&mut self, reason: IoDrop, n: u64) {
+        self.drops[reason.index()] += n;
     }
 
     pub(crate) fn count_rx(&mut self, len: usize) {

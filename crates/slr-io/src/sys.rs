@@ -189,11 +189,17 @@ pub(crate) fn is_per_packet_send_error(e: &io::Error) -> bool {
                 | libc::EPERM
                 | libc::EACCES
                 | libc::EADDRNOTAVAIL
-                | libc::ENOBUFS
                 | libc::EIO
                 | libc::ECONNREFUSED
                 | libc::ENOPROTOOPT
                 | libc::ENONET
         )
     )
+}
+
+/// Whether a send failed only because the device is full for now: `EAGAIN`, or `ENOBUFS`, which
+/// is how a raw socket without `IP_HDRINCL` says its send buffer is full (`ip_append_data`
+/// allocates without waiting; drops by the qdisc, also `ENOBUFS`, are not reported to it).
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
 }

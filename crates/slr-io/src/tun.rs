@@ -141,7 +141,7 @@ impl PacketDevice for TunDevice {
             };
             match cvt_size(r) {
                 Ok(_) => self.stats.count_tx(bytes.len()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
+                Err(e) if sys::is_full(&e) => return Ok(i),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if sys::is_per_packet_send_error(&e) => self.stats.count_rejected(&e),
                 Err(_) if i > 0 => return Ok(i),

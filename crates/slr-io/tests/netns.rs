@@ -4,7 +4,9 @@
 //! Several also pin down kernel behaviour the daemon relies on; the test names say which.
 
 use slr_io::netns::{self, run_in_private_netns};
-use slr_io::{poll_readable, IoDrop, IpipSocket, PacketBuf, PacketDevice, TunDevice};
+use slr_io::{
+    poll_readable, poll_writable, IoDrop, IpipSocket, PacketBuf, PacketDevice, TunDevice,
+};
 use slr_wire::checksum;
 use slr_wire::{Ipv4Packet, Ipv4Repr, Protocol};
 use std::net::{Ipv4Addr, UdpSocket};
@@ -161,6 +163,25 @@ fn tun_drops_malformed_sends_and_counts_them() {
         assert_eq!(tun.send_batch(&pkts).unwrap(), 3);
         let s = tun.stats();
         assert_eq!((s.tx_packets, s.drops(IoDrop::TxMalformed)), (1, 2));
+
+        // A packet longer than the buffer: TUN copies what fits but reports the full length,
+        // and recv_batch drops it rather than return a cut packet.
+        let tx = UdpSocket::bind((TUN_ADDR, 0)).unwrap();
+        tx.send_to(&[7; 100], (PEER, 9999)).unwrap();
+        tx.send_to(b"short", (PEER, 9999)).unwrap();
+        let mut small = [PacketBuf::with_headroom(0, 60)];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            small[0].reset(0);
+            if tun.recv_batch(&mut small).unwrap() == 1 && is_udp_to(small[0].as_ref(), PEER, 9999)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the short datagram never came");
+            poll_readable(&[tun.fd()], Some(Duration::from_millis(100)), &mut [false]).unwrap();
+        }
+        assert_eq!(small[0].len(), 20 + 8 + 5);
+        assert_eq!(tun.stats().drops(IoDrop::RxTruncated), 1);
     });
 }
 
@@ -584,6 +605,82 @@ fn ipip_drops_malformed_sends_and_counts_them() {
             1
         );
         assert_eq!(sock.stats().tx_packets, 2);
+    });
+}
+
+#[test]
+fn a_full_ipip_socket_stops_the_batch_without_error_and_counts_drops_once() {
+    in_netns(|| {
+        let egress = TunDevice::create("slrt1", 1500).unwrap();
+        netns::set_ipv4_address(egress.name(), Ipv4Addr::new(10, 251, 0, 1), 24).unwrap();
+        // A token bucket of 1 kB/s with room for the whole queue: packets wait in the qdisc,
+        // charged to the sending socket, until its small send buffer is full.
+        run(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                "slrt1",
+                "root",
+                "tbf",
+                "rate",
+                "8kbit",
+                "burst",
+                "1600",
+                "limit",
+                "100000000",
+            ],
+        );
+        let inner = udp_packet(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 99, 0, 1),
+            40000,
+            80,
+            &[0; 200],
+        );
+        let good = encapsulated(
+            Ipv4Addr::new(10, 251, 0, 1),
+            Ipv4Addr::new(10, 251, 0, 2),
+            64,
+            0,
+            &inner,
+        );
+        let pkts: Vec<PacketBuf> = (0..200)
+            .map(|i| {
+                if i % 10 == 5 {
+                    PacketBuf::from_slice(&[0xff; 40])
+                } else {
+                    good.clone()
+                }
+            })
+            .collect();
+        for header_included in [false, true] {
+            // Raw sockets say "send buffer full" as ENOBUFS (kernel-built header) or EAGAIN
+            // (IP_HDRINCL); both stop the batch.
+            let mut sock = IpipSocket::open().unwrap();
+            if header_included {
+                sock = sock.with_header_included().unwrap();
+            }
+            sock.set_send_buffer_size(0).unwrap();
+            assert!(poll_writable(sock.fd(), Some(Duration::ZERO)).unwrap());
+            let n = sock.send_batch(&pkts).unwrap();
+            assert!(
+                0 < n && n < pkts.len(),
+                "stopped part way: {n} {:?}",
+                sock.stats()
+            );
+            assert_eq!(sock.send_batch(&pkts[n..]).unwrap(), 0, "still full");
+            assert!(!poll_writable(sock.fd(), Some(Duration::from_millis(1))).unwrap());
+            let s = sock.stats();
+            let malformed = (0..n).filter(|i| i % 10 == 5).count() as u64;
+            assert_eq!(
+                (s.tx_packets, s.drops(IoDrop::TxMalformed)),
+                (n as u64 - malformed, malformed)
+            );
+            assert_eq!(s.drops(IoDrop::TxRejected), 0, "{}", sock.name());
+        }
+        drop(egress);
     });
 }
 

@@ -15,10 +15,26 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Reads and parses a TOML file into `T`, naming the file in errors.
-pub fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))
+/// Reads a configuration file, naming it in errors.
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Parses TOML text into `T`, naming `file` (where the text came from) in errors.
+fn parse_toml<T: for<'de> Deserialize<'de>>(text: &str, file: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| anyhow!("{}: {}", file.display(), e.to_string().trim_end()))
+}
+
+/// Parses and checks the text of a router configuration file; `file` is named in errors.
+/// [`RouterFile::load`] is this after reading the file (fuzz/ feeds text here directly).
+pub fn parse_router(text: &str, file: &Path) -> Result<RouterDaemonConfig> {
+    parse_toml::<RouterFile>(text, file)?.into_config(file)
+}
+
+/// Parses and checks the text of a host configuration file; `file` is named in errors.
+/// [`HostFile::load`] is this after reading the file (fuzz/ feeds text here directly).
+pub fn parse_host(text: &str, file: &Path) -> Result<HostDaemonConfig> {
+    parse_toml::<HostFile>(text, file)?.into_config(file)
 }
 
 /// Parses a duration such as `"5s"`, `"500ms"`, `"2m"`, `"1h"` or `"250us"`.
@@ -239,7 +255,7 @@ pub struct RouterDaemonConfig {
 impl RouterFile {
     /// Reads and checks a router configuration file.
     pub fn load(path: &Path) -> Result<RouterDaemonConfig> {
-        read_toml::<RouterFile>(path)?.into_config(path)
+        parse_router(&read_text(path)?, path)
     }
 
     /// Checks meanings and converts.
@@ -407,9 +423,13 @@ pub struct HostDaemonConfig {
 impl HostFile {
     /// Reads and checks a host configuration file.
     pub fn load(path: &Path) -> Result<HostDaemonConfig> {
-        let f = read_toml::<HostFile>(path)?;
+        parse_host(&read_text(path)?, path)
+    }
+
+    /// Checks meanings and converts.
+    pub fn into_config(self, path: &Path) -> Result<HostDaemonConfig> {
         let c = Ctx { file: path };
-        let h = f.host;
+        let h = self.host;
         if h.virtual_subnets.is_empty() {
             bail!(c.err("host.virtual_subnets", &h.virtual_subnets, "must name at least one virtual subnet"));
         }

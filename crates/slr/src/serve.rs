@@ -657,14 +657,21 @@ fn serve_connection(server: &Server, stream: TcpStream) -> io::Result<()> {
                     respond_simple(&mut w, name, 200, "ok\n", keep_alive, head_only)?;
                 }
                 (true, "/json") => {
-                    let body = serde_json::json!({
-                        "served_by": name,
-                        "client": peer.to_string(),
-                        "vip": local.ip().to_string(),
-                        "port": local.port(),
-                    })
-                    .to_string()
-                        + "\n";
+                    // A struct, not json!(), so the keys keep this order.
+                    #[derive(serde::Serialize)]
+                    struct Facts<'a> {
+                        served_by: &'a str,
+                        client: String,
+                        vip: String,
+                        port: u16,
+                    }
+                    let facts = Facts {
+                        served_by: name,
+                        client: peer.to_string(),
+                        vip: local.ip().to_string(),
+                        port: local.port(),
+                    };
+                    let body = serde_json::to_string(&facts).unwrap_or_default() + "\n";
                     respond(
                         &mut w,
                         name,

@@ -4,9 +4,9 @@
 //! The traffic: from every client, `--requests` runs of real `curl` (a new connection
 //! each, `-m 5`) to `http://<vip>/` of every virtual host, and a few UDP datagrams to
 //! `<vip>:7` (one of 3000 bytes, which travels as IP fragments) whose echoes must come
-//! back intact. Meanwhile `tcpdump` records the router's and the clients' `eth0`:
-//! a reply (source in a virtual subnet, destination a client) seen on a router's link
-//! crossed the router, which direct server return forbids; replies seen at the clients
+//! back intact. Meanwhile `tcpdump` records what arrives on the router's and the
+//! clients' `eth0`: a reply (source in a virtual subnet, destination a client, plain or
+//! inside a tunnel) arriving at a router crossed the router, which direct server return forbids; replies seen at the clients
 //! show which source address they really carried. After the capture, a few requests go
 //! straight to each host's own address, as a latency baseline.
 //!
@@ -117,9 +117,9 @@ pub struct Summary {
     udp_resent: usize,
     udp_per_host: BTreeMap<String, usize>,
     udp_errors: Vec<String>,
-    /// Replies (source in a virtual subnet, to a client) captured on router links.
+    /// Replies (source in a virtual subnet, to a client) that arrived at a router.
     router_reply_packets: usize,
-    /// Packets captured on router links in total.
+    /// Packets that arrived at routers in total.
     router_packets: usize,
     /// Replies captured at clients with a VIP as source.
     client_vip_replies: usize,
@@ -271,8 +271,9 @@ impl Summary {
             );
         }
         println!(
-            "router     saw {} reply packets; clients received {} reply packets from the VIP, {}",
+            "router     saw {} reply packets (of {} arriving); clients received {} reply packets from the VIP, {}",
             self.router_reply_packets,
+            self.router_packets,
             self.client_vip_replies,
             if self.router_reply_packets == 0 {
                 "all bypassing the router".to_string()
@@ -443,10 +444,13 @@ fn start_captures(state: &mut State) -> Result<Vec<Capture>> {
         // --immediate-mode: hand each packet over at once (TPACKET_V3 otherwise holds
         // them in a ring block for up to a second, and SIGTERM discards that block);
         // -U: write each packet at once; -Z root: Debian's tcpdump otherwise drops to
-        // its own user, which may not write here.
+        // its own user, which may not write here; -Q in: only what arrives, so a packet
+        // the router forwards back out of the same eth0 is counted once.
         let args: Vec<String> = [
             "-i",
             "eth0",
+            "-Q",
+            "in",
             "-n",
             "--immediate-mode",
             "-U",

@@ -64,7 +64,12 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<State> {
     match build(&mut state, opts) {
         Ok(()) => Ok(state),
         Err(e) => {
-            eprintln!("slr lab: up failed, tearing down lab {:?}", state.lab);
+            let why = if interrupted() {
+                "interrupted"
+            } else {
+                "up failed"
+            };
+            eprintln!("slr lab: {why}, tearing down lab {:?}", state.lab);
             if let Err(te) = teardown(&state) {
                 eprintln!("slr lab: teardown: {te:#}");
             }
@@ -85,9 +90,11 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
 
     // The core forwards between all links. rp_filter stays off everywhere: paths are
     // asymmetric by design (requests via the router, replies straight back).
-    netns::add(&core_ns)?;
+    // Recorded before it is created: a crash in between leaves `down` a name to delete
+    // (deleting one that does not exist is fine), never a namespace nobody knows about.
     state.namespaces.push(core_ns.clone());
     state.save()?;
+    netns::add(&core_ns)?;
     let mut core_sysctls = vec![
         ("net.ipv4.ip_forward".to_string(), "1"),
         ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
@@ -100,9 +107,9 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         check_interrupted()?;
         let ns = t.netns(&node.name);
         let link = t.link(&node.name).expect("non-core node has a link");
-        netns::add(&ns)?;
         state.namespaces.push(ns.clone());
         state.save()?;
+        netns::add(&ns)?;
         netns::add_veth(&core_ns, &link.core_ifname, &ns, NODE_IFNAME)?;
         netns::add_address(
             &ns,

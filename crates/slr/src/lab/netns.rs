@@ -9,7 +9,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -109,8 +108,9 @@ pub fn sysctl(ns: &str, settings: &[(String, &str)]) -> Result<()> {
 }
 
 /// Starts `program args...` in a namespace (`ip netns exec`, which execs in place so the
-/// pid we get is the program's), detached: its own process group, so a Ctrl-C meant for
-/// the lab command does not reach it, stdin from /dev/null, stdout and stderr to `log`.
+/// pid we get is the program's), detached: a session (and process group) of its own, so
+/// neither a Ctrl-C meant for the lab command nor a closed terminal reaches it; stdin
+/// from /dev/null, stdout and stderr to `log`.
 pub fn spawn_in(ns: &str, program: &OsStr, args: &[String], log: &Path) -> Result<Child> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new("ip");
@@ -119,8 +119,17 @@ pub fn spawn_in(ns: &str, program: &OsStr, args: &[String], log: &Path) -> Resul
         .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone().context("duplicating a log file handle")?)
-        .stderr(file)
-        .process_group(0);
+        .stderr(file);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it is
+    // all the child does between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let line = command_line(&cmd);
     cmd.spawn().with_context(|| format!("starting `{line}`"))
 }
@@ -133,20 +142,13 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    let path = Path::new(NETNS_DIR).join(ns);
-    let handle = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let ns_name = ns.to_string();
     let thread = std::thread::Builder::new()
         .name(format!("in-{ns}"))
         .spawn(move || -> Result<T> {
-            // SAFETY: setns on an open namespace handle; CLONE_NEWNET moves only this
-            // thread, which ends when the closure returns.
-            let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("entering network namespace {ns_name}"));
-            }
-            drop(handle);
+            // Moves only this thread, which ends when the closure returns.
+            slr_io::netns::enter_netns(&ns_name)
+                .with_context(|| format!("entering network namespace {ns_name}"))?;
             f()
         })
         .context("spawning a thread")?;

@@ -27,7 +27,7 @@
 //!
 //! Address plan: the k-th non-core node in file order (k = 1, 2, ...; at most 254) is
 //! wired to the core with one veth pair on 10.200.k.0/24: the node side is "eth0" with
-//! 10.200.k.2, the core side is "v-<node>" (truncated to 15 characters, the kernel's limit)
+//! 10.200.k.2, the core side is `v-<node>` (truncated to 15 characters, the kernel's limit)
 //! with 10.200.k.1. The core is not numbered because it has no link to itself.
 //!
 //! Validation errors name the key and the value (`nodes[2].role: unknown role "hots"
@@ -35,6 +35,7 @@
 //! `[[nodes]]` tables. The caller prefixes the file name.
 
 use serde::{Deserialize, Serialize};
+use slr_wire::Ipv4Cidr;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -43,11 +44,9 @@ use std::str::FromStr;
 const MAX_NAME_LEN: usize = 24;
 /// Linux interface names hold 15 characters (IFNAMSIZ - 1).
 const MAX_IFNAME_LEN: usize = 15;
-/// The /16 the lab's links are numbered from; virtual subnets must stay out of it.
-pub const LINK_NET: Ipv4Net = Ipv4Net {
-    addr: Ipv4Addr::new(10, 200, 0, 0),
-    prefix: 16,
-};
+/// The /16 the lab's links are numbered from (`10.200.k.0/24`); virtual subnets must
+/// stay out of it.
+const LINK_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 200, 0, 0), 16);
 
 /// A topology error: the key at fault (`nodes[2].role`) and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,91 +78,48 @@ impl fmt::Display for TopologyError {
 
 impl std::error::Error for TopologyError {}
 
-/// An IPv4 prefix such as 10.99.0.0/24 (host bits zero once validated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    /// Network address.
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0..=32.
-    pub prefix: u8,
+/// The first address of a prefix, the one the lab uses as the VIP: network + 1, or the
+/// address itself for a /32 (which has no other).
+pub fn first_address(net: Ipv4Cidr) -> Ipv4Addr {
+    if net.prefix_len() == 32 {
+        net.addr()
+    } else {
+        Ipv4Addr::from(u32::from(net.addr()) + 1)
+    }
 }
 
-impl Ipv4Net {
-    /// The netmask as a u32 (prefix 0 gives 0).
-    fn mask(self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
+/// Whether two prefixes share any address (for prefixes: one contains the other).
+fn overlaps(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
+    a.contains_cidr(&b) || b.contains_cidr(&a)
+}
+
+/// Parses a virtual subnet with slr-wire's parser (the one the daemons use), adding what
+/// its refusal does not say: the prefix a value with host bits set probably meant.
+fn parse_subnet(s: &str) -> Result<Ipv4Cidr, String> {
+    s.parse::<Ipv4Cidr>().map_err(|_| {
+        let parts = s.split_once('/').and_then(|(addr, len)| {
+            Some((addr.parse::<Ipv4Addr>().ok()?, len.parse::<u8>().ok()?))
+        });
+        match parts.and_then(|(addr, len)| Ipv4Cidr::new(addr, len)) {
+            Some(net) => format!("{s:?} has host bits set (did you mean \"{net}\"?)"),
+            None => format!("{s:?} is not an IPv4 prefix (expected e.g. \"10.99.0.0/24\")"),
         }
-    }
-
-    /// Whether `ip` lies in this prefix.
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-
-    /// Whether the two prefixes share any address.
-    pub fn overlaps(self, other: Ipv4Net) -> bool {
-        let mask = self.mask() & other.mask();
-        u32::from(self.addr) & mask == u32::from(other.addr) & mask
-    }
-
-    /// The first address of the prefix, the one the lab uses as the VIP: network + 1, or the
-    /// address itself for a /32 (which has no other).
-    pub fn first_address(self) -> Ipv4Addr {
-        if self.prefix == 32 {
-            self.addr
-        } else {
-            Ipv4Addr::from(u32::from(self.addr) + 1)
-        }
-    }
+    })
 }
 
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+/// Serde for a prefix as its "a.b.c.d/len" string (the state file keeps the topology).
+mod cidr_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use slr_wire::Ipv4Cidr;
+
+    pub fn serialize<S: Serializer>(net: &Ipv4Cidr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(net)
     }
-}
 
-impl FromStr for Ipv4Net {
-    type Err = String;
-
-    /// Parses `A.B.C.D/N`; the host bits must be zero, so that a typo such as
-    /// 10.99.0.1/24 is reported rather than silently widened.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| {
-            format!("{s:?} is not a CIDR prefix (expected e.g. \"10.99.0.0/24\")")
-        })?;
-        let addr: Ipv4Addr = addr
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Cidr, D::Error> {
+        String::deserialize(d)?
             .parse()
-            .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?}: prefix length {prefix:?} is not 0..=32"))?;
-        let net = Ipv4Net { addr, prefix };
-        if u32::from(addr) & !net.mask() != 0 {
-            let network = Ipv4Addr::from(u32::from(addr) & net.mask());
-            return Err(format!(
-                "{s:?} has host bits set (did you mean \"{network}/{prefix}\"?)"
-            ));
-        }
-        Ok(net)
-    }
-}
-
-impl Serialize for Ipv4Net {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Ipv4Net {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -288,7 +244,8 @@ pub struct VirtualHost {
     /// Name, unique in the lab.
     pub name: String,
     /// The virtual subnet.
-    pub subnet: Ipv4Net,
+    #[serde(with = "cidr_serde")]
+    pub subnet: Ipv4Cidr,
     /// Host selection policy.
     pub policy: Policy,
     /// UDP steering.
@@ -298,7 +255,7 @@ pub struct VirtualHost {
 impl VirtualHost {
     /// The address the lab's servers bind and its clients dial (first of the subnet).
     pub fn vip(&self) -> Ipv4Addr {
-        self.subnet.first_address()
+        first_address(self.subnet)
     }
 }
 
@@ -333,7 +290,7 @@ pub struct Link {
     pub node_address: Ipv4Addr,
     /// The core side, 10.200.k.1: the node's default gateway.
     pub core_address: Ipv4Addr,
-    /// Interface name of the core side, "v-<node>" truncated to 15 characters.
+    /// Interface name of the core side, `v-<node>` truncated to 15 characters.
     pub core_ifname: String,
 }
 
@@ -376,8 +333,7 @@ impl Topology {
                 ));
             }
             let subnet_s = req_str(t, &at, "subnet")?;
-            let subnet: Ipv4Net = subnet_s
-                .parse()
+            let subnet = parse_subnet(&subnet_s)
                 .map_err(|e| TopologyError::new(format!("{at}.subnet"), e))?;
             check_virtual_subnet(subnet, &format!("{at}.subnet"), &virtual_hosts)?;
             let policy = opt_enum(t, &at, "policy", Policy::Maglev, "policy", Policy::NAMES)?;
@@ -532,7 +488,7 @@ impl Topology {
         self.nodes.iter().filter(move |n| n.role == role)
     }
 
-    /// The namespace of a node: "slr-<lab>-<node>".
+    /// The namespace of a node: `slr-<lab>-<node>`.
     pub fn netns(&self, node: &str) -> String {
         format!("slr-{}-{}", self.name, node)
     }
@@ -581,7 +537,7 @@ impl Topology {
     }
 }
 
-/// The core side's interface name for a node: "v-<node>" cut to 15 characters.
+/// The core side's interface name for a node: `v-<node>` cut to 15 characters.
 fn core_ifname(node: &str) -> String {
     format!("v-{node}").chars().take(MAX_IFNAME_LEN).collect()
 }
@@ -689,29 +645,30 @@ fn check_name(name: &str, key: &str, allow_underscore: bool) -> Result<(), Topol
 }
 
 fn check_virtual_subnet(
-    subnet: Ipv4Net,
+    subnet: Ipv4Cidr,
     key: &str,
     earlier: &[VirtualHost],
 ) -> Result<(), TopologyError> {
-    if subnet.prefix < 8 {
+    if subnet.prefix_len() < 8 {
         return Err(TopologyError::new(
             key,
             format!("\"{subnet}\" is too wide (prefix length at least 8)"),
         ));
     }
-    let loopback = Ipv4Net {
-        addr: Ipv4Addr::new(127, 0, 0, 0),
-        prefix: 8,
-    };
-    for (reserved, why) in [(LINK_NET, "the lab's links"), (loopback, "loopback")] {
-        if subnet.overlaps(reserved) {
+    let reserved = [
+        (LINK_NET, "the lab's links"),
+        ((Ipv4Addr::new(127, 0, 0, 0), 8), "loopback"),
+    ];
+    for ((addr, len), why) in reserved {
+        let reserved = Ipv4Cidr::new(addr, len).expect("a valid prefix");
+        if overlaps(subnet, reserved) {
             return Err(TopologyError::new(
                 key,
                 format!("\"{subnet}\" overlaps {reserved}, used for {why}"),
             ));
         }
     }
-    if let Some(other) = earlier.iter().find(|v| v.subnet.overlaps(subnet)) {
+    if let Some(other) = earlier.iter().find(|v| overlaps(v.subnet, subnet)) {
         return Err(TopologyError::new(
             key,
             format!(
@@ -864,7 +821,7 @@ mod tests {
         );
         assert_eq!(
             err(&SITE.replace("10.99.0.0/24", "10.99.0.0/33")),
-            "virtual_hosts[0].subnet: \"10.99.0.0/33\": prefix length \"33\" is not 0..=32"
+            "virtual_hosts[0].subnet: \"10.99.0.0/33\" is not an IPv4 prefix (expected e.g. \"10.99.0.0/24\")"
         );
         assert_eq!(
             err(&SITE.replace("weight = 2", "weight = -1")),
@@ -914,12 +871,12 @@ mod tests {
 
     #[test]
     fn vip_and_containment() {
-        let n: Ipv4Net = "10.99.0.0/24".parse().unwrap();
-        assert_eq!(n.first_address(), Ipv4Addr::new(10, 99, 0, 1));
+        let n: Ipv4Cidr = "10.99.0.0/24".parse().unwrap();
+        assert_eq!(first_address(n), Ipv4Addr::new(10, 99, 0, 1));
         assert!(n.contains(Ipv4Addr::new(10, 99, 0, 200)));
         assert!(!n.contains(Ipv4Addr::new(10, 99, 1, 1)));
-        let host: Ipv4Net = "192.0.2.7/32".parse().unwrap();
-        assert_eq!(host.first_address(), Ipv4Addr::new(192, 0, 2, 7));
+        let host: Ipv4Cidr = "192.0.2.7/32".parse().unwrap();
+        assert_eq!(first_address(host), Ipv4Addr::new(192, 0, 2, 7));
         let t = Topology::parse(SITE).unwrap();
         assert!(t.is_virtual(Ipv4Addr::new(10, 99, 0, 1)));
         assert!(!t.is_virtual(Ipv4Addr::new(10, 200, 3, 2)));

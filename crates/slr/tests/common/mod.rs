@@ -1,0 +1,276 @@
+//! Harness for the end-to-end tests: a lab of network namespaces built by `slr lab up`, driven
+//! with real clients (curl, sockets from threads that entered a client's namespace), inspected
+//! with `slr ctl`, tcpdump and the lab's state, and torn down by `slr lab down` on drop.
+//!
+//! These tests need root. They fail (never skip) when they cannot build a lab.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Labs share two cores: one at a time, even if the harness runs tests in parallel.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The slr binary under test.
+pub fn slr() -> &'static str {
+    env!("CARGO_BIN_EXE_slr")
+}
+
+/// A running lab; torn down when dropped.
+pub struct Lab {
+    pub name: String,
+    pub status: Value,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// Builds a lab from topology text (its `[lab] name` must be `name`).
+    pub fn up(name: &str, topology: &str) -> Lab {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(is_root(), "end-to-end tests need root (network namespaces)");
+        let file = std::env::temp_dir().join(format!("slr-e2e-{name}.toml"));
+        std::fs::write(&file, topology).unwrap();
+        // A lab left by an earlier, killed run of the same test.
+        let _ = Command::new(slr()).args(["lab", "down", name]).output();
+        let out = Command::new(slr()).args(["lab", "up"]).arg(&file).output().expect("run slr lab up");
+        if !out.status.success() {
+            let _ = Command::new(slr()).args(["lab", "down", name]).output();
+            panic!(
+                "slr lab up {} failed:\n{}\n{}",
+                file.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let st = Command::new(slr()).args(["lab", "status", "--json", name]).output().unwrap();
+        let status: Value = serde_json::from_slice(&st.stdout).expect("lab status --json is JSON");
+        Lab { name: name.to_string(), status, _serial: serial }
+    }
+
+    /// The namespace of a node.
+    pub fn ns(&self, node: &str) -> String {
+        self.node(node)["netns"].as_str().unwrap().to_string()
+    }
+
+    fn node(&self, node: &str) -> &Value {
+        self.status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap_or_else(|| panic!("no node {node} in {}", self.status))
+    }
+
+    /// A node's address.
+    pub fn addr(&self, node: &str) -> Ipv4Addr {
+        self.node(node)["addresses"][0].as_str().unwrap().split('/').next().unwrap().parse().unwrap()
+    }
+
+    /// The VIP of virtual host `i`.
+    pub fn vip(&self, i: usize) -> Ipv4Addr {
+        self.status["virtual_hosts"][i]["vip"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The lab's state directory.
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/slr-lab/{}", self.name))
+    }
+
+    /// Pid of a node's process of `kind` (router, host, serve, ...), from the lab's state.
+    pub fn pid(&self, node: &str, kind: &str) -> i32 {
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(self.dir().join("state.json")).unwrap()).unwrap();
+        st["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["node"] == node && p["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} process on {node}: {st}"))["pid"]
+            .as_i64()
+            .unwrap() as i32
+    }
+
+    /// Runs a shell command in a node's namespace.
+    pub fn sh(&self, node: &str, cmd: &str) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.ns(node), "sh", "-c", cmd]).output().unwrap()
+    }
+
+    /// Starts a shell command in a node's namespace in the background.
+    pub fn spawn(&self, node: &str, cmd: &str) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(node), "sh", "-c", cmd])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `curl -s URL` from a node; the body, or an error with curl's stderr.
+    pub fn curl(&self, node: &str, url: &str) -> Result<String, String> {
+        let o = self.sh(node, &format!("curl -sS -m 5 {url}"));
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// `slr ctl NODE CMD --json`.
+    pub fn ctl(&self, node: &str, cmd: &str) -> Value {
+        let sock = self.dir().join(format!("{node}.sock"));
+        let o = Command::new(slr()).args(["ctl"]).arg(&sock).args([cmd, "--json"]).output().unwrap();
+        assert!(o.status.success(), "slr ctl {node} {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The router's next hops by name: (available, weight, active_flows, selections).
+    pub fn next_hop(&self, router: &str, name: &str) -> Value {
+        let s = self.ctl(router, "hosts");
+        s["snapshot"]["next_hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name && n["configured"] == true)
+            .cloned()
+            .unwrap_or_else(|| panic!("no next hop {name}"))
+    }
+
+    /// A router counter.
+    pub fn counter(&self, router: &str, name: &str) -> u64 {
+        self.ctl(router, "stats")["snapshot"]["counters"][name].as_u64().unwrap()
+    }
+
+    /// A router drop counter.
+    pub fn drops(&self, router: &str, reason: &str) -> u64 {
+        let s = self.ctl(router, "stats");
+        s["snapshot"]["drops"].as_array().unwrap().iter().find(|d| d[0] == reason).unwrap()[1].as_u64().unwrap()
+    }
+
+    /// Runs `f` on a thread inside a node's namespace (sockets it opens live there).
+    pub fn in_ns<T: Send + 'static>(&self, node: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self.ns(node);
+        std::thread::spawn(move || {
+            slr_io::netns::enter_netns(&ns).expect("enter namespace");
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
+    /// The router's configuration file.
+    pub fn router_config(&self, router: &str) -> PathBuf {
+        self.dir().join(format!("{router}.toml"))
+    }
+
+    /// Starts a packet capture in a node's namespace; stop it with [`Capture::stop`].
+    pub fn capture(&self, node: &str, iface: &str, filter: &str) -> Capture {
+        let file = std::env::temp_dir().join(format!("slr-e2e-{}-{node}-{iface}.pcap", self.name));
+        let _ = std::fs::remove_file(&file);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(node), "tcpdump", "-i", iface, "-nn", "-U", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump says "listening on" once the capture runs.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Capture { child, file }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = Command::new(slr()).args(["lab", "down", &self.name]).output();
+        if let Ok(o) = out {
+            if !o.status.success() {
+                eprintln!("slr lab down {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+            }
+        }
+    }
+}
+
+/// A running tcpdump.
+pub struct Capture {
+    child: std::process::Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Stops the capture and returns the file.
+    pub fn stop(mut self) -> PathBuf {
+        std::thread::sleep(Duration::from_millis(300));
+        signal(self.child.id() as i32, "INT");
+        let _ = self.child.wait();
+        self.file.clone()
+    }
+}
+
+/// Counts the packets in a pcap matching a tcpdump filter.
+pub fn count_packets(file: &Path, filter: &str) -> usize {
+    let o = Command::new("tcpdump").arg("-r").arg(file).args(["-nn", filter]).output().unwrap();
+    assert!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().count()
+}
+
+/// Parses `key=value` fields of a lab server answer.
+pub fn field<'a>(answer: &'a str, key: &str) -> Option<&'a str> {
+    answer.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// FNV-1a 64, as the lab server computes it.
+pub fn fnv64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Whether `data` is the lab server's /bytes/N pattern (byte i = i mod 251).
+pub fn is_pattern(data: &[u8]) -> bool {
+    data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8)
+}
+
+/// Polls `f` every 100 ms until it is true or `limit` passes; returns the time it took.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn is_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// Sends a signal (by name: INT, STOP, CONT, TERM) to a process the test started or the lab runs.
+pub fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A plain HTTP/1.0 GET over a fresh connection; returns the body.
+pub fn http_get(addr: Ipv4Addr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&(addr, 80).into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
