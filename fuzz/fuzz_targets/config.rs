@@ -1,2 +1,38 @@
+//! The configuration loaders on arbitrary text, as a router file and as a host file: they must
+//! return Ok or an error, never panic. A router file that loads must also be accepted or refused
+//! (not panic) by the routing core it configures.
+//!
+//! crates/slr/src/config.rs is a module of the `slr` binary, not of a library: it is compiled in
+//! here as it is (its dependencies are in fuzz/Cargo.toml).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+
+#[allow(dead_code)]
+#[path = "../../crates/slr/src/config.rs"]
+mod config;
+
+use libfuzzer_sys::fuzz_target;
+use std::path::Path;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let file = Path::new("fuzz.toml");
+    match config::parse_router(text, file) {
+        Ok(c) => {
+            assert!(c.core.tunnel_mtu >= 576);
+            assert!(c.core.flow_table.max_flows >= 1);
+            assert!(!c.health.timeout.is_zero() && c.health.timeout < c.health.interval);
+            let _ = slr_core::router::Router::new(c.core);
+        }
+        // Every error names the file (and the key and value at fault, not checked here).
+        Err(e) => assert!(format!("{e:#}").contains("fuzz.toml"), "{e:#}"),
+    }
+    match config::parse_host(text, file) {
+        Ok(h) => {
+            assert!(!h.virtual_subnets.is_empty() && !h.trusted_tunnel_sources.is_empty());
+            assert!(!h.tun.is_empty() && h.tun.len() <= 15);
+        }
+        Err(e) => assert!(format!("{e:#}").contains("fuzz.toml"), "{e:#}"),
+    }
+});

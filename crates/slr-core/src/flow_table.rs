@@ -132,7 +132,8 @@ impl FlowKey {
     /// the words is consistent with `Eq`, and one 128-bit write is cheaper than five field writes.
     #[inline(always)]
     fn pack(&self) -> (u64, u64) {
-        let addrs = (u64::from(u32::from(self.src_addr)) << 32) | u64::from(u32::from(self.dst_addr));
+        let addrs =
+            (u64::from(u32::from(self.src_addr)) << 32) | u64::from(u32::from(self.dst_addr));
         let rest = (u64::from(self.src_port) << 24)
             | (u64::from(self.dst_port) << 8)
             | u64::from(self.protocol);
@@ -602,35 +603,43 @@ impl FlowTable {
     /// Removes every flow idle for longer than its state's timeout at `now`, passing each to
     /// `on_expired`; returns how many. Work is proportional to the records due, never to the
     /// table's size.
-    pub fn expire(&mut self, now: Instant, mut on_expired: impl FnMut(FlowKey, FlowEntry)) -> usize {
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        mut on_expired: impl FnMut(FlowKey, FlowEntry),
+    ) -> usize {
         let now = now.as_micros();
         let mut expired = 0;
         for state in FlowState::ALL {
             let timeout = self.config.timeout(state).as_micros();
             let queue = &mut self.queues[state.index()];
-            while let Some(record) = queue.peek() {
+            while let Some(&record) = queue.peek() {
                 // Records hold a `last_seen` no later than the entry's: nothing behind this one
                 // is due.
                 if record.at.saturating_add(timeout) >= now {
                     break;
                 }
-                let record = *record;
-                queue.pop();
                 let key = record.key();
-                let last_seen = match self.map.get(&key) {
+                match self.map.get_mut(&key) {
                     Some(entry) if entry.state == state && entry.tag == record.tag() => {
-                        entry.last_seen.as_micros()
+                        let last_seen = entry.last_seen.as_micros();
+                        if last_seen > record.at && last_seen.saturating_add(timeout) >= now {
+                            // Touched since this record was queued: back in at its real place.
+                            self.next_tag = self.next_tag.wrapping_add(1);
+                            entry.tag = self.next_tag;
+                            queue.requeue_front(last_seen, entry.tag);
+                            continue;
+                        }
                     }
-                    _ => continue, // stale
-                };
-                if last_seen.saturating_add(timeout) < now {
-                    if let Some(entry) = self.map.remove(&key) {
-                        expired += 1;
-                        on_expired(key, entry);
+                    _ => {
+                        queue.pop(); // stale
+                        continue;
                     }
-                } else {
-                    // Touched since this record was queued: back in at its real place.
-                    queue.push(Record { at: last_seen, ..record });
+                }
+                queue.pop();
+                if let Some(entry) = self.map.remove(&key) {
+                    expired += 1;
+                    on_expired(key, entry);
                 }
             }
         }
@@ -718,14 +727,21 @@ impl FlowTable {
         let queue = &mut self.queues[state.index()];
         loop {
             let record = *queue.peek()?;
-            match self.map.get(&record.key()) {
+            match self.map.get_mut(&record.key()) {
                 Some(entry) if entry.state == state && entry.tag == record.tag() => {
                     let last_seen = entry.last_seen.as_micros();
-                    if last_seen == record.at {
+                    // `<=`, not `==`: after the clock stepped back, `push` clamps a record to the
+                    // queue's minimum, later than its entry's `last_seen`. Such a record is as
+                    // far forward as it can go (the entry is evicted late by the step, as it
+                    // expires late); re-queueing it would clamp it again, for ever (a hang found
+                    // by fuzz/ flow_table: insert after a step back, then evict).
+                    if last_seen <= record.at {
                         return Some(last_seen);
                     }
-                    queue.pop();
-                    queue.push(Record { at: last_seen, ..record });
+                    // A fresh tag retires any other record that happens to carry the old one.
+                    self.next_tag = self.next_tag.wrapping_add(1);
+                    entry.tag = self.next_tag;
+                    queue.requeue_front(last_seen, entry.tag);
                 }
                 _ => {
                     queue.pop();
@@ -824,8 +840,11 @@ const KEEP_DRAINED_CAPACITY: usize = 256;
 /// anything, bucket 0 does, so the minimum is found in O(1) through `&self`.
 #[derive(Debug)]
 struct ExpiryQueue {
-    /// The last minimum taken out (or the first key pushed into an empty queue). No record
-    /// below it is ever held.
+    /// The key of the records in bucket 0, that is the minimum (when empty: the last minimum
+    /// taken out or re-queued). Every record is placed by its highest bit differing from it, so
+    /// no record below it can be held: a push must not be earlier than the current minimum
+    /// (true of `now` while the clock moves forward), and a re-queue of the minimum goes through
+    /// [`ExpiryQueue::requeue_front`].
     last: u64,
     len: usize,
     buckets: [Vec<Record>; BUCKETS],
@@ -872,6 +891,27 @@ impl ExpiryQueue {
             self.refill();
         }
         Some(record)
+    }
+
+    /// Moves the minimum record to `at` (not earlier than its current key) with a new `tag`.
+    ///
+    /// This is what makes lazy re-checking exact: the record is placed *before* bucket 0 is
+    /// refilled, while `last` still equals its old key, so `at` may be anything from there on,
+    /// including earlier than the records that a refill would make the new minimum. (Popping
+    /// first and pushing after would clamp `at` up to that new minimum: late expiry, and an
+    /// endless re-queue loop in eviction.)
+    fn requeue_front(&mut self, at: u64, tag: u16) {
+        let Some(mut record) = self.buckets[0].pop() else {
+            return;
+        };
+        debug_assert!(at >= self.last);
+        record.at = at.max(self.last);
+        record.rest_tag = (record.rest_tag & !0xffff) | u64::from(tag);
+        let bucket = self.bucket_for(record.at);
+        self.buckets[bucket].push(record);
+        if self.buckets[0].is_empty() {
+            self.refill();
+        }
     }
 
     fn swap_remove(&mut self, bucket: usize, pos: usize) {
@@ -975,7 +1015,10 @@ mod tests {
         assert_eq!(r.tag(), 0xbeef);
         assert_eq!(k.to_string(), "tcp 192.0.2.7:65535 -> 10.99.0.1:443");
         assert_eq!(key(1, 17).to_string(), "udp 10.0.0.0:1025 -> 10.99.0.1:80");
-        assert_eq!(key(1, 47).to_string(), "proto-47 10.0.0.0:1025 -> 10.99.0.1:80");
+        assert_eq!(
+            key(1, 47).to_string(),
+            "proto-47 10.0.0.0:1025 -> 10.99.0.1:80"
+        );
     }
 
     #[test]
@@ -1011,7 +1054,10 @@ mod tests {
         // The same through the table, with counters.
         let mut ft = table(16);
         let k = key(1, 6);
-        assert_eq!(ft.insert(k, 7, TcpHalfOpen, t(0), 60), InsertOutcome::Inserted);
+        assert_eq!(
+            ft.insert(k, 7, TcpHalfOpen, t(0), 60),
+            InsertOutcome::Inserted
+        );
         assert_eq!(ft.touch(&k, t(1), SYN, 60).unwrap().state(), TcpHalfOpen);
         let e = *ft.touch(&k, t(2), ACK, 52).unwrap();
         assert_eq!(e.state(), TcpEstablished);
@@ -1033,11 +1079,21 @@ mod tests {
             let k = key(3, if state.is_tcp() { 6 } else { 17 });
             let _ = ft.insert(k, 1, state, t(start), 0);
             assert_eq!(ft.next_expiry(), Some(t(start + timeout + 1)), "{state}");
-            assert!(expire_keys(&mut ft, t(start + timeout - 1)).is_empty(), "{state}");
+            assert!(
+                expire_keys(&mut ft, t(start + timeout - 1)).is_empty(),
+                "{state}"
+            );
             // Idle exactly the timeout: not yet longer than it.
-            assert!(expire_keys(&mut ft, t(start + timeout)).is_empty(), "{state}");
+            assert!(
+                expire_keys(&mut ft, t(start + timeout)).is_empty(),
+                "{state}"
+            );
             assert!(ft.get(&k).is_some());
-            assert_eq!(expire_keys(&mut ft, t(start + timeout + 1)), vec![k], "{state}");
+            assert_eq!(
+                expire_keys(&mut ft, t(start + timeout + 1)),
+                vec![k],
+                "{state}"
+            );
             assert!(ft.is_empty());
             assert_eq!(ft.next_expiry(), None);
         }
@@ -1106,7 +1162,10 @@ mod tests {
             let outcome = ft.insert(key(i, protocol), i, state, t(u64::from(i)), 0);
             assert!(ft.len() <= 100);
             if i >= 100 {
-                assert!(matches!(outcome, InsertOutcome::Evicted { .. }), "{outcome:?}");
+                assert!(
+                    matches!(outcome, InsertOutcome::Evicted { .. }),
+                    "{outcome:?}"
+                );
             }
         }
         assert_eq!(ft.len(), 100);
@@ -1227,7 +1286,11 @@ mod tests {
         for k in &established {
             assert_eq!(ft.get(k).unwrap().state(), FlowState::TcpEstablished);
         }
-        assert!(ft.expiry_records() <= 2 * MAX + SWEEP_SLACK + 1, "{}", ft.expiry_records());
+        assert!(
+            ft.expiry_records() <= 2 * MAX + SWEEP_SLACK + 1,
+            "{}",
+            ft.expiry_records()
+        );
     }
 
     #[test]
@@ -1243,7 +1306,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let e = ft.get(&k).unwrap();
-        assert_eq!((e.next_hop(), e.packets(), e.bytes(), e.created()), (2, 1, 30, t(6)));
+        assert_eq!(
+            (e.next_hop(), e.packets(), e.bytes(), e.created()),
+            (2, 1, 30, t(6))
+        );
         assert_eq!(ft.len(), 1);
         // Replacing into a full table evicts nobody.
         for i in 2..5 {
@@ -1360,11 +1426,24 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert { key: u8, next_hop: u32, state: u8, bytes: u16 },
-        Touch { key: u8, flags: Option<u8>, bytes: u16 },
-        Remove { key: u8 },
+        Insert {
+            key: u8,
+            next_hop: u32,
+            state: u8,
+            bytes: u16,
+        },
+        Touch {
+            key: u8,
+            flags: Option<u8>,
+            bytes: u16,
+        },
+        Remove {
+            key: u8,
+        },
         Expire,
-        Advance { micros: u16 },
+        Advance {
+            micros: u16,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1407,7 +1486,12 @@ mod tests {
         let mut now = 1_000u64;
         for op in ops {
             match op {
-                Op::Insert { key, next_hop, state, bytes } => {
+                Op::Insert {
+                    key,
+                    next_hop,
+                    state,
+                    bytes,
+                } => {
                     let k = model_key(key);
                     let state = FlowState::ALL[usize::from(state)];
                     let outcome = ft.insert(k, next_hop, state, t(now), usize::from(bytes));
@@ -1463,7 +1547,9 @@ mod tests {
                     got.sort_by_key(|(k, _)| *k);
                     let want: Vec<(FlowKey, FlowEntry)> = model
                         .iter()
-                        .filter(|(_, e)| now - e.last_seen.as_micros() > config.timeout(e.state).as_micros())
+                        .filter(|(_, e)| {
+                            now - e.last_seen.as_micros() > config.timeout(e.state).as_micros()
+                        })
                         .map(|(k, e)| (*k, *e))
                         .collect();
                     for (k, _) in &want {
@@ -1513,7 +1599,8 @@ mod tests {
         }
     }
 
-    /// The radix heap alone: pops come out in order, whatever the pushes (monotone).
+    /// The radix heap alone, against a binary heap: pops and re-queues of the minimum (to any
+    /// later key, even one earlier than the next minimum) come out in order.
     #[test]
     fn expiry_queue_pops_in_order() {
         let mut q = ExpiryQueue::new();
@@ -1524,21 +1611,30 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut last = 0u64;
+        let mut clock = 0u64;
         let mut reference = std::collections::BinaryHeap::new();
         let k = key(0, 6);
         for _ in 0..100_000 {
-            if next() % 3 == 0 {
-                let got = q.pop().map(|r| r.at);
-                let want = reference.pop().map(|core::cmp::Reverse(x)| x);
-                assert_eq!(got, want);
-                if let Some(x) = got {
-                    last = x;
+            // The clock, like `now`, only moves forward, and never past the keys pushed.
+            clock += next() % 1_000;
+            match next() % 4 {
+                0 => {
+                    let got = q.pop().map(|r| r.at);
+                    let want = reference.pop().map(|core::cmp::Reverse(x)| x);
+                    assert_eq!(got, want);
                 }
-            } else {
-                let at = last + next() % 1_000_000;
-                q.push(Record::new(t(at), &k, 0));
-                reference.push(core::cmp::Reverse(at));
+                1 => {
+                    if let Some(front) = q.peek().map(|r| r.at) {
+                        let at = front + next() % (clock - front + 1);
+                        q.requeue_front(at, 1);
+                        reference.pop();
+                        reference.push(core::cmp::Reverse(at));
+                    }
+                }
+                _ => {
+                    q.push(Record::new(t(clock), &k, 0));
+                    reference.push(core::cmp::Reverse(clock));
+                }
             }
             assert_eq!(q.len, reference.len());
             assert_eq!(

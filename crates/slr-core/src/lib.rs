@@ -1,9 +1,9 @@
 //! The slr routing core (being written).
+pub mod flow_table;
 pub mod hash;
 pub mod maglev;
-pub mod select;
-pub mod time;
-pub mod flow_table;
 pub mod router;
+pub mod select;
 pub mod terminate;
+pub mod time;
 pub mod tunnel;

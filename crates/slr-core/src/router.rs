@@ -60,7 +60,9 @@ impl core::str::FromStr for UdpMode {
         match s {
             "pin" => Ok(UdpMode::Pin),
             "per_datagram" => Ok(UdpMode::PerDatagram),
-            _ => Err(format!("unknown udp mode {s:?} (expected pin or per_datagram)")),
+            _ => Err(format!(
+                "unknown udp mode {s:?} (expected pin or per_datagram)"
+            )),
         }
     }
 }
@@ -466,7 +468,10 @@ impl<T: Tunnel> Router<T> {
             held_count: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-            counters: Counters { drops: vec![0; DropReason::ALL.len()], ..Counters::default() },
+            counters: Counters {
+                drops: vec![0; DropReason::ALL.len()],
+                ..Counters::default()
+            },
             icmp_tokens: config.icmp_rate_limit as f64,
             icmp_refill: Instant::ZERO,
             generation: 0,
@@ -506,7 +511,9 @@ impl<T: Tunnel> Router<T> {
     }
     /// The next hop a flow is pinned to.
     pub fn flow_next_hop(&self, key: &FlowKey) -> Option<&NextHopState> {
-        self.flows.get(key).map(|e| &self.next_hops[e.next_hop() as usize])
+        self.flows
+            .get(key)
+            .map(|e| &self.next_hops[e.next_hop() as usize])
     }
 
     // ---- control -------------------------------------------------------------------------
@@ -515,16 +522,28 @@ impl<T: Tunnel> Router<T> {
     pub fn handle_control(&mut self, now: Instant, control: Control) -> Result<(), ControlError> {
         match control {
             Control::Reconfigure(cfg) => self.apply(*cfg)?,
-            Control::SetAvailable { next_hop, available } => {
-                let i = *self.by_name.get(&next_hop).ok_or(ControlError::UnknownNextHop(next_hop.clone()))?;
+            Control::SetAvailable {
+                next_hop,
+                available,
+            } => {
+                let i = *self
+                    .by_name
+                    .get(&next_hop)
+                    .ok_or(ControlError::UnknownNextHop(next_hop.clone()))?;
                 if self.next_hops[i].available != available {
                     self.next_hops[i].available = available;
                     self.rebuild_selectors().map_err(ControlError::Config)?;
-                    self.events.push_back(Event::NextHopAvailability { next_hop, available });
+                    self.events.push_back(Event::NextHopAvailability {
+                        next_hop,
+                        available,
+                    });
                 }
             }
             Control::PinFlow { key, next_hop } => {
-                let i = *self.by_name.get(&next_hop).ok_or(ControlError::UnknownNextHop(next_hop))?;
+                let i = *self
+                    .by_name
+                    .get(&next_hop)
+                    .ok_or(ControlError::UnknownNextHop(next_hop))?;
                 if let Some(old) = self.flows.remove(&key) {
                     self.release(old.next_hop());
                 }
@@ -557,12 +576,18 @@ impl<T: Tunnel> Router<T> {
         for (i, a) in config.virtual_hosts.iter().enumerate() {
             for b in &config.virtual_hosts[i + 1..] {
                 if a.subnet.contains_cidr(&b.subnet) || b.subnet.contains_cidr(&a.subnet) {
-                    return Err(ConfigError::OverlappingVirtualHosts(a.name.clone(), b.name.clone()));
+                    return Err(ConfigError::OverlappingVirtualHosts(
+                        a.name.clone(),
+                        b.name.clone(),
+                    ));
                 }
             }
             for n in &a.next_hops {
                 if !seen.contains(n.as_str()) {
-                    return Err(ConfigError::UnknownNextHop { virtual_host: a.name.clone(), next_hop: n.clone() });
+                    return Err(ConfigError::UnknownNextHop {
+                        virtual_host: a.name.clone(),
+                        next_hop: n.clone(),
+                    });
                 }
             }
         }
@@ -574,12 +599,20 @@ impl<T: Tunnel> Router<T> {
         }
         let mut by_name = HashMap::new();
         for c in &config.next_hops {
-            let existing = self.by_name.get(&c.name).copied().filter(|&i| next_hops[i].address == c.address);
+            let existing = self
+                .by_name
+                .get(&c.name)
+                .copied()
+                .filter(|&i| next_hops[i].address == c.address);
             let i = match existing {
                 Some(i) => i,
                 None => {
                     // Health carries over by name: a host does not become healthy by moving.
-                    let available = self.by_name.get(&c.name).map(|&i| next_hops[i].available).unwrap_or(true);
+                    let available = self
+                        .by_name
+                        .get(&c.name)
+                        .map(|&i| next_hops[i].available)
+                        .unwrap_or(true);
                     next_hops.push(NextHopState {
                         name: c.name.clone(),
                         address: c.address,
@@ -624,26 +657,36 @@ impl<T: Tunnel> Router<T> {
         self.by_name = by_name;
         self.virtual_hosts = virtual_hosts;
         let mut evicted = Vec::new();
-        self.flows.set_config(config.flow_table.clone(), |_, e| evicted.push(e.next_hop()));
+        self.flows
+            .set_config(config.flow_table.clone(), |_, e| evicted.push(e.next_hop()));
         for nh in evicted {
             self.release(nh);
             self.counters.flows_evicted += 1;
         }
         self.config = config;
         self.generation += 1;
-        self.events.push_back(Event::Reconfigured { generation: self.generation });
+        self.events.push_back(Event::Reconfigured {
+            generation: self.generation,
+        });
         Ok(())
     }
 
     fn tunnel_source_changed(&mut self, _source: Ipv4Addr) {
         // The tunnel was built with the first source. Changing the underlay address of a running
         // router needs a restart; say so instead of silently keeping the old one.
-        self.events.push_back(Event::Reconfigured { generation: self.generation });
+        self.events.push_back(Event::Reconfigured {
+            generation: self.generation,
+        });
     }
 
     fn rebuild_selectors(&mut self) -> Result<(), ConfigError> {
         for v in &mut self.virtual_hosts {
-            v.selector = build_selector(&v.config, &v.members, &self.next_hops, self.config.hash_seed)?;
+            v.selector = build_selector(
+                &v.config,
+                &v.members,
+                &self.next_hops,
+                self.config.hash_seed,
+            )?;
         }
         Ok(())
     }
@@ -670,7 +713,12 @@ impl<T: Tunnel> Router<T> {
             Ok(o) => o,
             Err(_) => return self.dropped(DropReason::MalformedTunnel),
         };
-        if !self.config.trusted_parents.iter().any(|p| p.contains(outer.src_addr)) {
+        if !self
+            .config
+            .trusted_parents
+            .iter()
+            .any(|p| p.contains(outer.src_addr))
+        {
             return self.dropped(DropReason::UntrustedTunnel);
         }
         self.counters.tunnels_terminated += 1;
@@ -685,7 +733,12 @@ impl<T: Tunnel> Router<T> {
         Action::Drop(reason)
     }
 
-    fn route(&mut self, now: Instant, buf: &mut PacketBuf, decrement_ttl: bool) -> Result<Action, DropReason> {
+    fn route(
+        &mut self,
+        now: Instant,
+        buf: &mut PacketBuf,
+        decrement_ttl: bool,
+    ) -> Result<Action, DropReason> {
         let (src, dst, protocol, hl, tl, df, frag_off, is_frag, ident) = {
             let ip = Ipv4Packet::new_checked(buf.as_ref())?;
             if !ip.verify_checksum() {
@@ -714,10 +767,17 @@ impl<T: Tunnel> Router<T> {
         if decrement_ttl {
             Ipv4Packet::new_unchecked(buf.as_mut()).decrement_ttl();
         }
-        let vh = self.find_virtual_host(dst).ok_or(DropReason::NoVirtualHost)?;
+        let vh = self
+            .find_virtual_host(dst)
+            .ok_or(DropReason::NoVirtualHost)?;
         let proto_num: u8 = protocol.into();
         if is_frag {
-            let fk = FragKey { src, dst, protocol: proto_num, ident };
+            let fk = FragKey {
+                src,
+                dst,
+                protocol: proto_num,
+                ident,
+            };
             if frag_off != 0 {
                 return self.route_later_fragment(now, buf, fk, vh, df);
             }
@@ -738,7 +798,9 @@ impl<T: Tunnel> Router<T> {
     }
 
     fn find_virtual_host(&self, dst: Ipv4Addr) -> Option<usize> {
-        self.virtual_hosts.iter().position(|v| v.config.subnet.contains(dst))
+        self.virtual_hosts
+            .iter()
+            .position(|v| v.config.subnet.contains(dst))
     }
 
     /// Finds or makes the flow of a TCP/UDP/other packet; returns the next hop index.
@@ -758,23 +820,39 @@ impl<T: Tunnel> Router<T> {
         let (src_port, dst_port, flags) = match protocol {
             Protocol::Tcp if first_fragment => {
                 let p = payload.get(..14).ok_or(DropReason::BadTransportHeader)?;
-                (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]), Some(p[13]))
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u16::from_be_bytes([p[2], p[3]]),
+                    Some(p[13]),
+                )
             }
             Protocol::Tcp => {
-                let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::BadTransportHeader)?;
+                let t =
+                    TcpPacket::new_checked(payload).map_err(|_| DropReason::BadTransportHeader)?;
                 (t.src_port(), t.dst_port(), Some(t.flags().0))
             }
             Protocol::Udp if first_fragment => {
                 let p = payload.get(..8).ok_or(DropReason::BadTransportHeader)?;
-                (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]), None)
+                (
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u16::from_be_bytes([p[2], p[3]]),
+                    None,
+                )
             }
             Protocol::Udp => {
-                let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::BadTransportHeader)?;
+                let u =
+                    UdpPacket::new_checked(payload).map_err(|_| DropReason::BadTransportHeader)?;
                 (u.src_port(), u.dst_port(), None)
             }
             _ => (0, 0, None),
         };
-        let key = FlowKey { src_addr: src, dst_addr: dst, src_port, dst_port, protocol: protocol.into() };
+        let key = FlowKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port,
+            dst_port,
+            protocol: protocol.into(),
+        };
         let len = buf.len();
         if protocol == Protocol::Udp && self.virtual_hosts[vh].config.udp == UdpMode::PerDatagram {
             return self.select(vh, &key);
@@ -785,7 +863,8 @@ impl<T: Tunnel> Router<T> {
             // A new SYN on a closed flow is a reused 5-tuple: route it afresh. So is a SYN whose
             // next hop can take no new flows (removed, failed or drained) before the connection
             // was established; a retransmitted SYN to a healthy next hop stays where it went.
-            let reuse = is_syn && (state == FlowState::TcpClosing || !self.next_hops[nh].eligible());
+            let reuse =
+                is_syn && (state == FlowState::TcpClosing || !self.next_hops[nh].eligible());
             if !reuse {
                 return Ok(nh);
             }
@@ -827,7 +906,10 @@ impl<T: Tunnel> Router<T> {
         if let InsertOutcome::Evicted { entry, .. } = outcome {
             self.release(entry.next_hop());
             self.counters.flows_evicted += 1;
-            if self.last_full_event.is_none_or(|t| now - t >= Duration::from_secs(60)) {
+            if self
+                .last_full_event
+                .is_none_or(|t| now - t >= Duration::from_secs(60))
+            {
                 self.last_full_event = Some(now);
                 self.events.push_back(Event::FlowTableFull);
             }
@@ -852,7 +934,13 @@ impl<T: Tunnel> Router<T> {
     ) -> Result<Action, DropReason> {
         let overhead = self.tunnel.overhead();
         if buf.len() + overhead > self.config.tunnel_mtu as usize && df {
-            self.send_icmp(now, buf, IcmpRepr::FragNeeded { mtu: self.config.tunnel_mtu - overhead as u16 });
+            self.send_icmp(
+                now,
+                buf,
+                IcmpRepr::FragNeeded {
+                    mtu: self.config.tunnel_mtu - overhead as u16,
+                },
+            );
             self.counters.icmp_frag_needed_sent += 1;
             return Err(DropReason::TooBig);
         }
@@ -889,9 +977,19 @@ impl<T: Tunnel> Router<T> {
         df: bool,
     ) -> Result<Action, DropReason> {
         let (msg_type, is_error, echo_id, quoted) = {
-            let m = IcmpPacket::new_checked(&buf.as_ref()[hl..]).map_err(|_| DropReason::IcmpMalformed)?;
-            let quoted = if m.is_error() { Some(icmp::quoted_flow(m.data()).map_err(|_| DropReason::IcmpMalformed)?) } else { None };
-            (m.msg_type(), m.is_error(), (m.rest_of_header() >> 16) as u16, quoted)
+            let m = IcmpPacket::new_checked(&buf.as_ref()[hl..])
+                .map_err(|_| DropReason::IcmpMalformed)?;
+            let quoted = if m.is_error() {
+                Some(icmp::quoted_flow(m.data()).map_err(|_| DropReason::IcmpMalformed)?)
+            } else {
+                None
+            };
+            (
+                m.msg_type(),
+                m.is_error(),
+                (m.rest_of_header() >> 16) as u16,
+                quoted,
+            )
         };
         if let (true, Some(q)) = (is_error, quoted) {
             // The quoted packet is one a host server sent: from a virtual host to the client.
@@ -903,13 +1001,23 @@ impl<T: Tunnel> Router<T> {
                 dst_port: q.src_port,
                 protocol: q.protocol.into(),
             };
-            let nh = self.flows.get(&key).map(|e| e.next_hop() as usize).ok_or(DropReason::IcmpNoFlow)?;
+            let nh = self
+                .flows
+                .get(&key)
+                .map(|e| e.next_hop() as usize)
+                .ok_or(DropReason::IcmpNoFlow)?;
             self.counters.icmp_errors_routed += 1;
             return self.forward(now, buf, vh, nh, df, hl, None);
         }
         if msg_type == icmp::ECHO_REQUEST {
             // Ping the VIP: one flow per echo identifier, answered by the host it lands on.
-            let key = FlowKey { src_addr: src, dst_addr: dst, src_port: echo_id, dst_port: 0, protocol: 1 };
+            let key = FlowKey {
+                src_addr: src,
+                dst_addr: dst,
+                src_port: echo_id,
+                dst_port: 0,
+                protocol: 1,
+            };
             let len = buf.len();
             let nh = match self.flows.touch(&key, now, None, len) {
                 Some(e) => e.next_hop() as usize,
@@ -941,7 +1049,10 @@ impl<T: Tunnel> Router<T> {
                     self.counters.fragments_routed += 1;
                     self.counters.packets_tunneled += 1;
                     self.counters.bytes_tunneled += b.len() as u64;
-                    self.transmits.push_back(Transmit { destination: Destination::Tunnel(address), buf: b });
+                    self.transmits.push_back(Transmit {
+                        destination: Destination::Tunnel(address),
+                        buf: b,
+                    });
                 } else {
                     self.counters.drops[DropReason::NoHeadroom as usize] += 1;
                 }
@@ -970,7 +1081,10 @@ impl<T: Tunnel> Router<T> {
         let mut taken = PacketBuf::with_headroom(buf.headroom(), capacity - buf.headroom());
         core::mem::swap(&mut taken, buf);
         buf.reset(taken.headroom());
-        let entry = self.held.entry(fk).or_insert_with(|| (Vec::new(), now + FRAGMENT_TIMEOUT));
+        let entry = self
+            .held
+            .entry(fk)
+            .or_insert_with(|| (Vec::new(), now + FRAGMENT_TIMEOUT));
         entry.0.push(taken);
         self.held_count += 1;
         self.counters.fragments_held += 1;
@@ -996,7 +1110,12 @@ impl<T: Tunnel> Router<T> {
         });
         self.held_count -= orphans;
         self.counters.drops[DropReason::FragmentOrphan as usize] += orphans as u64;
-        let next = self.fragments.values().map(|v| v.1).chain(self.held.values().map(|v| v.1)).min();
+        let next = self
+            .fragments
+            .values()
+            .map(|v| v.1)
+            .chain(self.held.values().map(|v| v.1))
+            .min();
         self.next_fragment_sweep = next;
     }
 
@@ -1017,9 +1136,17 @@ impl<T: Tunnel> Router<T> {
         // the client knows, and an error from the VIP is what a client expects of the path to it.
         let from = Ipv4Packet::new_unchecked(orig).dst_addr();
         let mut b = PacketBuf::new(IcmpRepr::datagram_len(orig));
-        let n = repr.emit_datagram(from, orig, self.counters.icmp_frag_needed_sent as u16, b.read_slot());
+        let n = repr.emit_datagram(
+            from,
+            orig,
+            self.counters.icmp_frag_needed_sent as u16,
+            b.read_slot(),
+        );
         b.set_len(n);
-        self.transmits.push_back(Transmit { destination: Destination::Local, buf: b });
+        self.transmits.push_back(Transmit {
+            destination: Destination::Local,
+            buf: b,
+        });
     }
 
     // ---- time ----------------------------------------------------------------------------
@@ -1066,11 +1193,18 @@ fn build_selector(
         .iter()
         .map(|&i| {
             let n = &next_hops[i];
-            Member { id: i, name: n.name.clone(), weight: n.weight, available: n.available && n.configured }
+            Member {
+                id: i,
+                name: n.name.clone(),
+                weight: n.weight,
+                available: n.available && n.configured,
+            }
         })
         .collect();
-    Selector::new(v.policy, m, seed)
-        .map_err(|e| ConfigError::Selector { virtual_host: v.name.clone(), reason: e.to_string() })
+    Selector::new(v.policy, m, seed).map_err(|e| ConfigError::Selector {
+        virtual_host: v.name.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// The hash that selects a next hop for a flow: the same on every router with the same seed.
@@ -1088,7 +1222,9 @@ fn has_source_route(mut opts: &[u8]) -> bool {
             1 => opts = &opts[1..],
             131 | 137 => return true,
             _ => {
-                let Some(&len) = opts.get(1) else { return false };
+                let Some(&len) = opts.get(1) else {
+                    return false;
+                };
                 if len < 2 || len as usize > opts.len() {
                     return false;
                 }

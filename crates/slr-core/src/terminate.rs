@@ -77,7 +77,11 @@ impl TunnelTerminator {
             per_subnet_packets: vec![0; virtual_subnets.len()],
             ..Default::default()
         };
-        TunnelTerminator { trusted, virtual_subnets, counters }
+        TunnelTerminator {
+            trusted,
+            virtual_subnets,
+            counters,
+        }
     }
 
     /// Trusted prefixes.
@@ -111,7 +115,8 @@ impl TunnelTerminator {
     fn check(&mut self, buf: &mut PacketBuf) -> Result<Ipv4Addr, TerminateDrop> {
         // Trust is decided on the outer source before anything of the inner packet is read.
         let src = {
-            let p = Ipv4Packet::new_checked(buf.as_ref()).map_err(|_| TerminateDrop::MalformedOuter)?;
+            let p =
+                Ipv4Packet::new_checked(buf.as_ref()).map_err(|_| TerminateDrop::MalformedOuter)?;
             p.src_addr()
         };
         if !self.trusted.iter().any(|t| t.contains(src)) {
@@ -168,7 +173,10 @@ mod tests {
     }
 
     fn terminator() -> TunnelTerminator {
-        TunnelTerminator::new(vec!["10.200.2.2/32".parse().unwrap()], vec!["10.99.0.0/24".parse().unwrap()])
+        TunnelTerminator::new(
+            vec!["10.200.2.2/32".parse().unwrap()],
+            vec!["10.99.0.0/24".parse().unwrap()],
+        )
     }
 
     #[test]
@@ -187,9 +195,18 @@ mod tests {
         let i = inner(Ipv4Addr::new(10, 99, 0, 1), Protocol::Udp);
         let mut b = tunnel(Ipv4Addr::new(10, 200, 9, 9), &i);
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::UntrustedSource));
-        let mut b = tunnel(Ipv4Addr::new(10, 200, 2, 2), &inner(Ipv4Addr::new(10, 98, 0, 1), Protocol::Udp));
-        assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::NotVirtualSubnet));
-        let mut b = tunnel(Ipv4Addr::new(10, 200, 2, 2), &inner(Ipv4Addr::new(10, 99, 0, 1), Protocol::IpIp));
+        let mut b = tunnel(
+            Ipv4Addr::new(10, 200, 2, 2),
+            &inner(Ipv4Addr::new(10, 98, 0, 1), Protocol::Udp),
+        );
+        assert_eq!(
+            t.handle_packet(&mut b),
+            Err(TerminateDrop::NotVirtualSubnet)
+        );
+        let mut b = tunnel(
+            Ipv4Addr::new(10, 200, 2, 2),
+            &inner(Ipv4Addr::new(10, 99, 0, 1), Protocol::IpIp),
+        );
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::NestedTunnel));
         let mut b = tunnel(Ipv4Addr::new(10, 200, 2, 2), &i[..10]);
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::MalformedInner));

@@ -30,7 +30,12 @@ pub trait Tunnel {
     /// Bytes this tunnel adds in front of a packet.
     fn overhead(&self) -> usize;
     /// Wraps the IPv4 packet in `buf` for the tunnel endpoint `dst`, in place (into headroom).
-    fn encapsulate(&mut self, now: Instant, buf: &mut PacketBuf, dst: Ipv4Addr) -> Result<(), slr_wire::Error>;
+    fn encapsulate(
+        &mut self,
+        now: Instant,
+        buf: &mut PacketBuf,
+        dst: Ipv4Addr,
+    ) -> Result<(), slr_wire::Error>;
     /// Strips the tunnel header from `buf`, leaving the inner IPv4 packet; returns the outer header.
     fn decapsulate(&self, buf: &mut PacketBuf) -> Result<Ipv4Repr, DecapError>;
 }
@@ -46,7 +51,11 @@ pub struct IpIpTunnel {
 impl IpIpTunnel {
     /// A tunnel whose outer headers come from `source` with TTL `ttl`.
     pub fn new(source: Ipv4Addr, ttl: u8) -> Self {
-        IpIpTunnel { source, ttl, next_ident: 1 }
+        IpIpTunnel {
+            source,
+            ttl,
+            next_ident: 1,
+        }
     }
     /// The outer source address.
     pub fn source(&self) -> Ipv4Addr {
@@ -59,7 +68,12 @@ impl Tunnel for IpIpTunnel {
         ipip::OVERHEAD
     }
 
-    fn encapsulate(&mut self, _now: Instant, buf: &mut PacketBuf, dst: Ipv4Addr) -> Result<(), slr_wire::Error> {
+    fn encapsulate(
+        &mut self,
+        _now: Instant,
+        buf: &mut PacketBuf,
+        dst: Ipv4Addr,
+    ) -> Result<(), slr_wire::Error> {
         // A fresh IP id per outer packet: the outer header may be fragmented on the way when the
         // inner packet allows it (DF clear), and reassembly needs ids that do not repeat quickly.
         let ident = self.next_ident;

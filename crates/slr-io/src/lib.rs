@@ -13,8 +13,8 @@
 //! - wrapper devices that work over any device, in the simulator as on real ones:
 //!   [`FaultInjector`] (loss, delay, reordering: the kernel here has no netem) and [`PcapWriter`];
 //!   [`MemoryDevice`] is a device with no kernel behind it, for tests;
-//! - [`EventFd`] and [`poll_readable`] for the daemon's wait loop, and the network-namespace
-//!   helpers in [`netns`] that the end-to-end tests use.
+//! - [`EventFd`], [`poll_readable`] and [`poll_writable`] for the daemon's wait loop, and the
+//!   network-namespace helpers in [`netns`] that the end-to-end tests use.
 //!
 //! AF_XDP sockets and an XDP fast path can be added later as further [`PacketDevice`]s without
 //! touching the callers.
@@ -39,7 +39,7 @@ pub use event::{poll_readable, poll_writable, EventFd};
 pub use fault::{FaultConfigError, FaultInjector, FaultStats, Xorshift64};
 pub use ipip::IpipSocket;
 pub use memory::MemoryDevice;
-pub use pcap::PcapWriter;
+pub use pcap::{PcapWriter, LINKTYPE_RAW};
 pub use slr_wire::PacketBuf;
 pub use sys::InterfaceNameError;
 pub use tun::TunDevice;
@@ -66,8 +66,8 @@ pub trait PacketDevice {
     /// `pkts[..n]` are done with: sent, or dropped because they were malformed or because the
     /// kernel refused that packet for good (no route, too big, ...), each counted by
     /// [`IoDrop`]. `pkts[n..]` were not tried because the device is full; a full device is not
-    /// an error: retry them once the descriptor is writable ([`poll_writable`]), or drop them. An `Err` means the
-    /// device itself failed and nothing was consumed.
+    /// an error: retry them once the descriptor is writable ([`poll_writable`]), or drop them.
+    /// An `Err` means the device itself failed and nothing was consumed.
     fn send_batch(&mut self, pkts: &[PacketBuf]) -> io::Result<usize>;
 
     /// The descriptor to poll for readability, or -1 for a device with none (poll(2) ignores
@@ -117,7 +117,7 @@ pub struct DeviceStats {
     pub rx_bytes: u64,
     /// Packets sent.
     pub tx_packets: u64,
-    /// Bytes of those packets, as handed to the kernel.
+    /// Bytes of those packets, as the caller gave them (with the outer header for a tunnel).
     pub tx_bytes: u64,
     /// `errno` of the last packet the kernel refused ([`IoDrop::TxRejected`]).
     pub last_tx_errno: Option<i32>,

@@ -101,15 +101,23 @@ impl PacketDevice for TunDevice {
                 Err(_) if n > 0 => break,
                 Err(e) => return Err(e),
             };
-            // TUN reports the whole packet length even when it copied only `room` bytes.
+            // TUN copies at most `room` bytes and returns the copied length, so a cut packet
+            // shows as a full read whose IPv4 total length runs past it.
             if len > room {
                 self.stats.count_drop(IoDrop::RxTruncated);
                 continue;
             }
             bufs[n].set_len(len);
-            if Ipv4Packet::new_checked(bufs[n].as_ref()).is_err() {
-                self.stats.count_drop(IoDrop::RxMalformed);
-                continue;
+            match Ipv4Packet::new_checked(bufs[n].as_ref()) {
+                Ok(_) => {}
+                Err(slr_wire::Error::Truncated) if len == room => {
+                    self.stats.count_drop(IoDrop::RxTruncated);
+                    continue;
+                }
+                Err(_) => {
+                    self.stats.count_drop(IoDrop::RxMalformed);
+                    continue;
+                }
             }
             self.stats.count_rx(len);
             n += 1;

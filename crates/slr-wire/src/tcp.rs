@@ -146,7 +146,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         d[at..at + 2].copy_from_slice(&max.to_be_bytes());
         let c = u16::from_be_bytes([d[16], d[17]]);
         // The MSS field sits at an even offset within the segment, so it is one checksum word.
-        let c = if at % 2 == 0 {
+        let c = if at.is_multiple_of(2) {
             checksum::update16(c, old, max)
         } else {
             // Odd alignment (after a NOP): the two bytes straddle two words; recompute both.

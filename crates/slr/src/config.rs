@@ -59,20 +59,40 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, key: &str, value: impl std::fmt::Debug, why: impl std::fmt::Display) -> anyhow::Error {
-        anyhow!("{}: {}: {} (value {:?})", self.file.display(), key, why, value)
+    fn err(
+        &self,
+        key: &str,
+        value: impl std::fmt::Debug,
+        why: impl std::fmt::Display,
+    ) -> anyhow::Error {
+        anyhow!(
+            "{}: {}: {} (value {:?})",
+            self.file.display(),
+            key,
+            why,
+            value
+        )
     }
     fn cidr(&self, key: &str, v: &str) -> Result<Ipv4Cidr> {
-        v.parse().map_err(|_| self.err(key, v, "not an IPv4 prefix such as 10.99.0.0/24 (host bits must be zero)"))
+        v.parse().map_err(|_| {
+            self.err(
+                key,
+                v,
+                "not an IPv4 prefix such as 10.99.0.0/24 (host bits must be zero)",
+            )
+        })
     }
     fn addr(&self, key: &str, v: &str) -> Result<Ipv4Addr> {
-        v.parse().map_err(|_| self.err(key, v, "not an IPv4 address"))
+        v.parse()
+            .map_err(|_| self.err(key, v, "not an IPv4 address"))
     }
     fn duration(&self, key: &str, v: &str) -> Result<Duration> {
-        parse_duration(v).ok_or_else(|| self.err(key, v, "not a duration such as \"500ms\", \"5s\", \"2m\""))
+        parse_duration(v)
+            .ok_or_else(|| self.err(key, v, "not a duration such as \"500ms\", \"5s\", \"2m\""))
     }
     fn socket(&self, key: &str, v: &str) -> Result<SocketAddr> {
-        v.parse().map_err(|_| self.err(key, v, "not an address:port such as 127.0.0.1:9464"))
+        v.parse()
+            .map_err(|_| self.err(key, v, "not an address:port such as 127.0.0.1:9464"))
     }
 }
 
@@ -267,16 +287,23 @@ impl RouterFile {
             bail!(c.err("router.tunnel_mtu", r.tunnel_mtu, "must be at least 576"));
         }
         if r.tun.is_empty() || r.tun.len() > 15 {
-            bail!(c.err("router.tun", &r.tun, "an interface name has 1 to 15 characters"));
+            bail!(c.err(
+                "router.tun",
+                &r.tun,
+                "an interface name has 1 to 15 characters"
+            ));
         }
         let mut core = RouterConfig::new(tunnel_source);
         core.tunnel_mtu = r.tunnel_mtu;
         // Clamp so that a full segment plus TCP/IP headers (40) plus the tunnel fits the MTU.
-        core.mss_clamp = r.mss_clamp.then(|| r.tunnel_mtu - 40 - slr_core::router::IPIP_OVERHEAD as u16);
+        core.mss_clamp = r
+            .mss_clamp
+            .then(|| r.tunnel_mtu - 40 - slr_core::router::IPIP_OVERHEAD as u16);
         core.hash_seed = r.hash_seed;
         core.icmp_rate_limit = r.icmp_rate_limit;
         for (i, p) in r.trusted_parents.iter().enumerate() {
-            core.trusted_parents.push(c.cidr(&format!("router.trusted_parents[{i}]"), p)?);
+            core.trusted_parents
+                .push(c.cidr(&format!("router.trusted_parents[{i}]"), p)?);
         }
         let mut ft = FlowTableConfig::default();
         let f = &self.flow_table;
@@ -287,11 +314,31 @@ impl RouterFile {
             ft.max_flows = m;
         }
         let timeouts: [(&str, &Option<String>, &mut slr_core::time::Duration); 5] = [
-            ("flow_table.tcp_half_open_timeout", &f.tcp_half_open_timeout, &mut ft.tcp_half_open_timeout),
-            ("flow_table.tcp_established_timeout", &f.tcp_established_timeout, &mut ft.tcp_established_timeout),
-            ("flow_table.tcp_closing_timeout", &f.tcp_closing_timeout, &mut ft.tcp_closing_timeout),
-            ("flow_table.udp_timeout", &f.udp_timeout, &mut ft.udp_timeout),
-            ("flow_table.other_timeout", &f.other_timeout, &mut ft.other_timeout),
+            (
+                "flow_table.tcp_half_open_timeout",
+                &f.tcp_half_open_timeout,
+                &mut ft.tcp_half_open_timeout,
+            ),
+            (
+                "flow_table.tcp_established_timeout",
+                &f.tcp_established_timeout,
+                &mut ft.tcp_established_timeout,
+            ),
+            (
+                "flow_table.tcp_closing_timeout",
+                &f.tcp_closing_timeout,
+                &mut ft.tcp_closing_timeout,
+            ),
+            (
+                "flow_table.udp_timeout",
+                &f.udp_timeout,
+                &mut ft.udp_timeout,
+            ),
+            (
+                "flow_table.other_timeout",
+                &f.other_timeout,
+                &mut ft.other_timeout,
+            ),
         ];
         for (key, v, slot) in timeouts {
             if let Some(v) = v {
@@ -308,8 +355,16 @@ impl RouterFile {
             if n.name.is_empty() {
                 bail!(c.err(&format!("{key}.name"), &n.name, "must not be empty"));
             }
-            if core.next_hops.iter().any(|o: &NextHopConfig| o.name == n.name) {
-                bail!(c.err(&format!("{key}.name"), &n.name, "is used by another next hop"));
+            if core
+                .next_hops
+                .iter()
+                .any(|o: &NextHopConfig| o.name == n.name)
+            {
+                bail!(c.err(
+                    &format!("{key}.name"),
+                    &n.name,
+                    "is used by another next hop"
+                ));
             }
             core.next_hops.push(NextHopConfig {
                 name: n.name.clone(),
@@ -321,21 +376,36 @@ impl RouterFile {
             let key = format!("virtual_hosts[{i}]");
             let subnet = c.cidr(&format!("{key}.subnet"), &v.subnet)?;
             let policy: Policy = v.policy.parse().map_err(|_| {
-                c.err(&format!("{key}.policy"), &v.policy, "unknown policy (expected round_robin, weighted, least_flows or maglev)")
+                c.err(
+                    &format!("{key}.policy"),
+                    &v.policy,
+                    "unknown policy (expected round_robin, weighted, least_flows or maglev)",
+                )
             })?;
-            let udp: UdpMode = v
-                .udp
-                .parse()
-                .map_err(|_| c.err(&format!("{key}.udp"), &v.udp, "unknown udp mode (expected pin or per_datagram)"))?;
+            let udp: UdpMode = v.udp.parse().map_err(|_| {
+                c.err(
+                    &format!("{key}.udp"),
+                    &v.udp,
+                    "unknown udp mode (expected pin or per_datagram)",
+                )
+            })?;
             for (j, n) in v.next_hops.iter().enumerate() {
                 if !core.next_hops.iter().any(|h| &h.name == n) {
-                    bail!(c.err(&format!("{key}.next_hops[{j}]"), n, "no [[next_hops]] entry has this name"));
+                    bail!(c.err(
+                        &format!("{key}.next_hops[{j}]"),
+                        n,
+                        "no [[next_hops]] entry has this name"
+                    ));
                 }
             }
             if let Some(o) = core.virtual_hosts.iter().find(|o: &&VirtualHostConfig| {
                 o.subnet.contains_cidr(&subnet) || subnet.contains_cidr(&o.subnet)
             }) {
-                bail!(c.err(&format!("{key}.subnet"), &v.subnet, format!("overlaps virtual host {:?}", o.name)));
+                bail!(c.err(
+                    &format!("{key}.subnet"),
+                    &v.subnet,
+                    format!("overlaps virtual host {:?}", o.name)
+                ));
             }
             core.virtual_hosts.push(VirtualHostConfig {
                 name: v.name.clone(),
@@ -354,12 +424,20 @@ impl RouterFile {
         let interval = c.duration("health_check.interval", &h.interval)?;
         let timeout = c.duration("health_check.timeout", &h.timeout)?;
         if timeout >= interval || timeout.is_zero() {
-            bail!(c.err("health_check.timeout", &h.timeout, "must be above zero and below health_check.interval"));
+            bail!(c.err(
+                "health_check.timeout",
+                &h.timeout,
+                "must be above zero and below health_check.interval"
+            ));
         }
         if h.count == 0 {
             bail!(c.err("health_check.count", h.count, "must be at least 1"));
         }
-        let address = h.address.as_deref().map(|a| c.addr("health_check.address", a)).transpose()?;
+        let address = h
+            .address
+            .as_deref()
+            .map(|a| c.addr("health_check.address", a))
+            .transpose()?;
         let health = HealthConfig {
             enabled: h.enabled,
             http,
@@ -370,9 +448,24 @@ impl RouterFile {
             count: h.count,
             address,
         };
-        let control_socket = PathBuf::from(r.control_socket.clone().unwrap_or_else(|| format!("/run/slr/{}.sock", r.name)));
-        let metrics_listen = r.metrics_listen.as_deref().map(|m| c.socket("router.metrics_listen", m)).transpose()?;
-        Ok(RouterDaemonConfig { name: r.name.clone(), tun: r.tun.clone(), control_socket, metrics_listen, health, core })
+        let control_socket = PathBuf::from(
+            r.control_socket
+                .clone()
+                .unwrap_or_else(|| format!("/run/slr/{}.sock", r.name)),
+        );
+        let metrics_listen = r
+            .metrics_listen
+            .as_deref()
+            .map(|m| c.socket("router.metrics_listen", m))
+            .transpose()?;
+        Ok(RouterDaemonConfig {
+            name: r.name.clone(),
+            tun: r.tun.clone(),
+            control_socket,
+            metrics_listen,
+            health,
+            core,
+        })
     }
 }
 
@@ -431,7 +524,11 @@ impl HostFile {
         let c = Ctx { file: path };
         let h = self.host;
         if h.virtual_subnets.is_empty() {
-            bail!(c.err("host.virtual_subnets", &h.virtual_subnets, "must name at least one virtual subnet"));
+            bail!(c.err(
+                "host.virtual_subnets",
+                &h.virtual_subnets,
+                "must name at least one virtual subnet"
+            ));
         }
         if h.trusted_tunnel_sources.is_empty() {
             bail!(c.err(
@@ -441,7 +538,11 @@ impl HostFile {
             ));
         }
         if h.tun.is_empty() || h.tun.len() > 15 {
-            bail!(c.err("host.tun", &h.tun, "an interface name has 1 to 15 characters"));
+            bail!(c.err(
+                "host.tun",
+                &h.tun,
+                "an interface name has 1 to 15 characters"
+            ));
         }
         let virtual_subnets = h
             .virtual_subnets
@@ -455,9 +556,16 @@ impl HostFile {
             .enumerate()
             .map(|(i, s)| c.cidr(&format!("host.trusted_tunnel_sources[{i}]"), s))
             .collect::<Result<Vec<_>>>()?;
-        let metrics_listen = h.metrics_listen.as_deref().map(|m| c.socket("host.metrics_listen", m)).transpose()?;
+        let metrics_listen = h
+            .metrics_listen
+            .as_deref()
+            .map(|m| c.socket("host.metrics_listen", m))
+            .transpose()?;
         Ok(HostDaemonConfig {
-            control_socket: PathBuf::from(h.control_socket.unwrap_or_else(|| format!("/run/slr/{}.sock", h.name))),
+            control_socket: PathBuf::from(
+                h.control_socket
+                    .unwrap_or_else(|| format!("/run/slr/{}.sock", h.name)),
+            ),
             name: h.name,
             virtual_subnets,
             trusted_tunnel_sources,
@@ -509,12 +617,36 @@ weight = 2
     #[test]
     fn errors_name_file_key_and_value() {
         let cases = [
-            (GOOD.replace("10.99.0.0/24", "10.99.0.1/24"), "virtual_hosts[0].subnet", "10.99.0.1/24"),
-            (GOOD.replace("\"weighted\"", "\"fastest\""), "virtual_hosts[0].policy", "fastest"),
-            (GOOD.replace("\"10.200.3.2\"", "\"10.200.3\""), "next_hops[0].address", "10.200.3"),
-            (GOOD.replace("per_datagram", "sometimes"), "virtual_hosts[0].udp", "sometimes"),
-            (GOOD.to_string() + "[health_check]\ntimeout = \"2s\"\n", "health_check.timeout", "2s"),
-            (GOOD.to_string() + "[flow_table]\nudp_timeout = \"soon\"\n", "flow_table.udp_timeout", "soon"),
+            (
+                GOOD.replace("10.99.0.0/24", "10.99.0.1/24"),
+                "virtual_hosts[0].subnet",
+                "10.99.0.1/24",
+            ),
+            (
+                GOOD.replace("\"weighted\"", "\"fastest\""),
+                "virtual_hosts[0].policy",
+                "fastest",
+            ),
+            (
+                GOOD.replace("\"10.200.3.2\"", "\"10.200.3\""),
+                "next_hops[0].address",
+                "10.200.3",
+            ),
+            (
+                GOOD.replace("per_datagram", "sometimes"),
+                "virtual_hosts[0].udp",
+                "sometimes",
+            ),
+            (
+                GOOD.to_string() + "[health_check]\ntimeout = \"2s\"\n",
+                "health_check.timeout",
+                "2s",
+            ),
+            (
+                GOOD.to_string() + "[flow_table]\nudp_timeout = \"soon\"\n",
+                "flow_table.udp_timeout",
+                "soon",
+            ),
         ];
         for (i, (text, key, value)) in cases.iter().enumerate() {
             let p = write(&format!("bad{i}.toml"), text);

@@ -14,51 +14,68 @@ use std::time::Duration;
 /// Serves requests on `path` from a thread; `handler` answers each.
 pub fn serve(path: &Path, handler: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("control socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control socket directory {}", dir.display()))?;
     }
     // A socket file left by a crashed daemon would make bind fail; a live daemon would answer.
     if UnixStream::connect(path).is_ok() {
-        bail!("control socket {} is in use by a running daemon", path.display());
+        bail!(
+            "control socket {} is in use by a running daemon",
+            path.display()
+        );
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
     let handler = std::sync::Arc::new(handler);
-    std::thread::Builder::new().name("ctl".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let handler = handler.clone();
-            let _ = std::thread::Builder::new().name("ctl-conn".into()).spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut w = match conn.try_clone() {
-                    Ok(w) => w,
-                    Err(_) => return,
-                };
-                for line in BufReader::new(conn).lines() {
-                    let Ok(line) = line else { break };
-                    let answer = match serde_json::from_str::<Value>(&line) {
-                        Ok(req) => handler(&req),
-                        Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
-                    };
-                    if writeln!(w, "{answer}").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("ctl".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("ctl-conn".into())
+                    .spawn(move || {
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut w = match conn.try_clone() {
+                            Ok(w) => w,
+                            Err(_) => return,
+                        };
+                        for line in BufReader::new(conn).lines() {
+                            let Ok(line) = line else { break };
+                            let answer = match serde_json::from_str::<Value>(&line) {
+                                Ok(req) => handler(&req),
+                                Err(e) => {
+                                    json!({"ok": false, "error": format!("bad request: {e}")})
+                                }
+                            };
+                            if writeln!(w, "{answer}").is_err() {
+                                break;
+                            }
+                        }
+                    });
+            }
+        })?;
     Ok(())
 }
 
 /// Sends one request and returns the answer; an `"ok": false` answer becomes an error.
 pub fn request(path: &Path, req: &Value) -> Result<Value> {
-    let mut s = UnixStream::connect(path).with_context(|| format!("cannot connect to {}", path.display()))?;
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to {}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     writeln!(s, "{req}")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).with_context(|| format!("bad answer from {}", path.display()))?;
+    let v: Value = serde_json::from_str(&line)
+        .with_context(|| format!("bad answer from {}", path.display()))?;
     if v["ok"] == json!(false) {
-        bail!("{}: {}", path.display(), v["error"].as_str().unwrap_or("error"));
+        bail!(
+            "{}: {}",
+            path.display(),
+            v["error"].as_str().unwrap_or("error")
+        );
     }
     Ok(v)
 }
@@ -109,7 +126,11 @@ pub struct CtlArgs {
 /// Runs `slr ctl`.
 pub fn run(args: CtlArgs) -> Result<()> {
     let path = resolve_socket(&args.target)?;
-    let limit = if args.json && args.command == "flows" && args.limit == 50 { 1_000_000 } else { args.limit };
+    let limit = if args.json && args.command == "flows" && args.limit == 50 {
+        1_000_000
+    } else {
+        args.limit
+    };
     let v = request(&path, &json!({"cmd": args.command, "limit": limit}))?;
     if args.command == "metrics" {
         print!("{}", v["text"].as_str().unwrap_or(""));
@@ -127,20 +148,46 @@ fn human(command: &str, v: &Value) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     if v["kind"] == "host" {
-        let _ = writeln!(o, "host {}  subnets {}  trusted {}", v["name"], v["virtual_subnets"], v["trusted_tunnel_sources"]);
+        let _ = writeln!(
+            o,
+            "host {}  subnets {}  trusted {}",
+            t(&v["name"]),
+            t(&v["virtual_subnets"]),
+            t(&v["trusted_tunnel_sources"])
+        );
         let _ = writeln!(
             o,
             "tunnel packets {}  delivered {} ({} bytes)  inject failures {}  cpu {:.2}s",
-            v["packets_in"], v["packets_delivered"], v["bytes_delivered"], v["inject_failures"], v["cpu_seconds"].as_f64().unwrap_or(0.0)
+            t(&v["packets_in"]),
+            t(&v["packets_delivered"]),
+            t(&v["bytes_delivered"]),
+            t(&v["inject_failures"]),
+            v["cpu_seconds"].as_f64().unwrap_or(0.0)
         );
         if let Some(d) = v["drops"].as_array() {
-            let nz: Vec<String> = d.iter().filter(|x| x[1].as_u64() != Some(0)).map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1])).collect();
-            let _ = writeln!(o, "drops {}", if nz.is_empty() { "none".into() } else { nz.join(" ") });
+            let nz: Vec<String> = d
+                .iter()
+                .filter(|x| x[1].as_u64() != Some(0))
+                .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
+                .collect();
+            let _ = writeln!(
+                o,
+                "drops {}",
+                if nz.is_empty() {
+                    "none".into()
+                } else {
+                    nz.join(" ")
+                }
+            );
         }
         return o;
     }
     if command == "flows" {
-        let _ = writeln!(o, "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8} {:>8} {:>9}", "proto", "client", "virtual host", "next hop", "state", "age s", "idle s", "packets");
+        let _ = writeln!(
+            o,
+            "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8} {:>8} {:>9}",
+            "proto", "client", "virtual host", "next hop", "state", "age s", "idle s", "packets"
+        );
         for f in v["flows"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 o,
@@ -152,7 +199,7 @@ fn human(command: &str, v: &Value) -> String {
                 f["state"].as_str().unwrap_or(""),
                 f["age_secs"].as_f64().unwrap_or(0.0),
                 f["idle_secs"].as_f64().unwrap_or(0.0),
-                f["packets"]
+                t(&f["packets"])
             );
         }
         return o;
@@ -162,12 +209,25 @@ fn human(command: &str, v: &Value) -> String {
     let _ = writeln!(
         o,
         "router {}  flows {}/{}  packets in {}  tunnelled {}  drops {}  cpu {:.2}s",
-        s["name"].as_str().unwrap_or(""), s["flows_active"], s["max_flows"], c["packets_in"], c["packets_tunneled"], c["drops_total"],
+        s["name"].as_str().unwrap_or(""),
+        t(&s["flows_active"]),
+        t(&s["max_flows"]),
+        t(&c["packets_in"]),
+        t(&c["packets_tunneled"]),
+        t(&c["drops_total"]),
         s["cpu_seconds"].as_f64().unwrap_or(0.0)
     );
-    let _ = writeln!(o, "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}", "next hop", "address", "weight", "health", "flows", "selected", "packets");
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}",
+        "next hop", "address", "weight", "health", "flows", "selected", "packets"
+    );
     for n in s["next_hops"].as_array().into_iter().flatten() {
-        let health = match (n["configured"].as_bool(), n["available"].as_bool(), n["weight"].as_u64()) {
+        let health = match (
+            n["configured"].as_bool(),
+            n["available"].as_bool(),
+            n["weight"].as_u64(),
+        ) {
             (Some(false), _, _) => "removed",
             (_, Some(false), _) => "down",
             (_, _, Some(0)) => "draining",
@@ -176,21 +236,62 @@ fn human(command: &str, v: &Value) -> String {
         let _ = writeln!(
             o,
             "{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}",
-            n["name"].as_str().unwrap_or(""), n["address"].as_str().unwrap_or(""), n["weight"], health, n["active_flows"], n["selections"], n["packets"]
+            n["name"].as_str().unwrap_or(""),
+            n["address"].as_str().unwrap_or(""),
+            t(&n["weight"]),
+            health,
+            t(&n["active_flows"]),
+            t(&n["selections"]),
+            t(&n["packets"])
         );
     }
-    let _ = writeln!(o, "\n{:<10} {:<18} {:<12} {:<13} {:>10} {:>10}", "virtual host", "subnet", "policy", "udp", "flows", "packets");
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:<18} {:<12} {:<13} {:>10} {:>10}",
+        "virtual host", "subnet", "policy", "udp", "flows", "packets"
+    );
     for vh in s["virtual_hosts"].as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
             "{:<10} {:<18} {:<12} {:<13} {:>10} {:>10}",
-            vh["name"].as_str().unwrap_or(""), vh["subnet"].as_str().unwrap_or(""), vh["policy"].as_str().unwrap_or(""), vh["udp"].as_str().unwrap_or(""), vh["flows_created"], vh["packets"]
+            vh["name"].as_str().unwrap_or(""),
+            vh["subnet"].as_str().unwrap_or(""),
+            vh["policy"].as_str().unwrap_or(""),
+            vh["udp"].as_str().unwrap_or(""),
+            t(&vh["flows_created"]),
+            t(&vh["packets"])
         );
     }
     if command == "stats" {
-        let _ = writeln!(o, "\ncounters {}", serde_json::to_string(c).unwrap_or_default());
-        let nz: Vec<String> = s["drops"].as_array().into_iter().flatten().filter(|x| x[1].as_u64() != Some(0)).map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1])).collect();
-        let _ = writeln!(o, "drops {}", if nz.is_empty() { "none".into() } else { nz.join(" ") });
+        let _ = writeln!(
+            o,
+            "\ncounters {}",
+            serde_json::to_string(c).unwrap_or_default()
+        );
+        let nz: Vec<String> = s["drops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x[1].as_u64() != Some(0))
+            .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
+            .collect();
+        let _ = writeln!(
+            o,
+            "drops {}",
+            if nz.is_empty() {
+                "none".into()
+            } else {
+                nz.join(" ")
+            }
+        );
     }
     o
+}
+
+/// A JSON value as table text (strings without quotes).
+fn t(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }

@@ -10,7 +10,10 @@ use std::sync::Arc;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Flags set by signals: `stop` on SIGTERM/SIGINT, `reload` on SIGHUP.
@@ -53,7 +56,9 @@ pub struct Clock {
 impl Clock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        Clock { origin: std::time::Instant::now() }
+        Clock {
+            origin: std::time::Instant::now(),
+        }
     }
     /// Now, as the core's instant.
     pub fn now(&self) -> slr_core::time::Instant {
@@ -67,9 +72,16 @@ impl Clock {
 
 /// Runs `ip ARGS`, failing with the command and its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("cannot run ip (install iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -82,7 +94,9 @@ pub struct Routes {
 impl Routes {
     /// No routes yet.
     pub fn new() -> Self {
-        Routes { installed: Vec::new() }
+        Routes {
+            installed: Vec::new(),
+        }
     }
 
     /// `ip route replace ROUTE...`, remembered for removal.
@@ -90,7 +104,8 @@ impl Routes {
         let mut args = vec!["route", "replace"];
         args.extend_from_slice(route);
         ip(&args)?;
-        self.installed.push(route.iter().map(|s| s.to_string()).collect());
+        self.installed
+            .push(route.iter().map(|s| s.to_string()).collect());
         Ok(())
     }
 

@@ -41,7 +41,11 @@ pub struct HealthSupervisor {
 impl HealthSupervisor {
     /// No checkers yet.
     pub fn new(handle: Handle, source: Ipv4Addr) -> Self {
-        HealthSupervisor { handle, source, checkers: HashMap::new() }
+        HealthSupervisor {
+            handle,
+            source,
+            checkers: HashMap::new(),
+        }
     }
 
     /// Makes the set of checkers match the configuration.
@@ -73,7 +77,12 @@ impl HealthSupervisor {
                 continue;
             }
             let stop = Arc::new(AtomicBool::new(false));
-            let c = Checker { address, vip, config: cfg.health.clone(), stop: stop.clone() };
+            let c = Checker {
+                address,
+                vip,
+                config: cfg.health.clone(),
+                stop: stop.clone(),
+            };
             let (handle, source, config) = (self.handle.clone(), self.source, cfg.health.clone());
             let n = name.clone();
             let spawned = std::thread::Builder::new()
@@ -105,7 +114,14 @@ pub fn first_address(subnet: slr_wire::Ipv4Cidr) -> Ipv4Addr {
     }
 }
 
-fn check_loop(handle: Handle, name: String, source: Ipv4Addr, vip: Ipv4Addr, cfg: HealthConfig, stop: Arc<AtomicBool>) {
+fn check_loop(
+    handle: Handle,
+    name: String,
+    source: Ipv4Addr,
+    vip: Ipv4Addr,
+    cfg: HealthConfig,
+    stop: Arc<AtomicBool>,
+) {
     let mut up = true;
     let mut streak = 0u32;
     let mut next = Instant::now();
@@ -132,35 +148,71 @@ fn check_loop(handle: Handle, name: String, source: Ipv4Addr, vip: Ipv4Addr, cfg
             streak = 0;
             match &result {
                 Ok(()) => tracing::info!(next_hop = %name, "health check passing: next hop up"),
-                Err(e) => tracing::warn!(next_hop = %name, "health check failing ({e}): next hop down"),
+                Err(e) => {
+                    tracing::warn!(next_hop = %name, "health check failing ({e}): next hop down")
+                }
             }
-            if let Err(e) = handle.control(Control::SetAvailable { next_hop: name.clone(), available: up }) {
+            if let Err(e) = handle.control(Control::SetAvailable {
+                next_hop: name.clone(),
+                available: up,
+            }) {
                 tracing::error!(next_hop = %name, "cannot update health: {e:#}");
             }
         }
     }
 }
 
-fn check_once(handle: &Handle, name: &str, source: Ipv4Addr, vip: Ipv4Addr, cfg: &HealthConfig) -> Result<(), String> {
+fn check_once(
+    handle: &Handle,
+    name: &str,
+    source: Ipv4Addr,
+    vip: Ipv4Addr,
+    cfg: &HealthConfig,
+) -> Result<(), String> {
     let deadline = Instant::now() + cfg.timeout;
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
-    sock.bind(&SockAddr::from(SocketAddrV4::new(source, 0))).map_err(|e| format!("bind {source}: {e}"))?;
-    let local = sock.local_addr().ok().and_then(|a| a.as_socket_ipv4()).ok_or("no local address")?;
-    let key = FlowKey { src_addr: source, dst_addr: vip, src_port: local.port(), dst_port: cfg.port, protocol: 6 };
+    let sock =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
+    sock.bind(&SockAddr::from(SocketAddrV4::new(source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let local = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket_ipv4())
+        .ok_or("no local address")?;
+    let key = FlowKey {
+        src_addr: source,
+        dst_addr: vip,
+        src_port: local.port(),
+        dst_port: cfg.port,
+        protocol: 6,
+    };
     // Pin before the SYN exists, so that the probe reaches exactly this next hop.
     handle
-        .control(Control::PinFlow { key, next_hop: name.to_string() })
+        .control(Control::PinFlow {
+            key,
+            next_hop: name.to_string(),
+        })
         .map_err(|e| format!("pin: {e:#}"))?;
     let target = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(vip, cfg.port)));
-    sock.connect_timeout(&target, cfg.timeout).map_err(|e| format!("connect {vip}:{}: {e}", cfg.port))?;
+    sock.connect_timeout(&target, cfg.timeout)
+        .map_err(|e| format!("connect {vip}:{}: {e}", cfg.port))?;
     if !cfg.http {
         return Ok(());
     }
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    sock.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-    sock.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    sock.set_read_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
     let mut s: std::net::TcpStream = sock.into();
-    write!(s, "GET {} HTTP/1.0\r\nHost: {vip}\r\nUser-Agent: slr-health\r\n\r\n", cfg.path).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {} HTTP/1.0\r\nHost: {vip}\r\nUser-Agent: slr-health\r\n\r\n",
+        cfg.path
+    )
+    .map_err(|e| e.to_string())?;
     let mut head = [0u8; 16];
     let mut got = 0;
     while got < 12 {

@@ -36,11 +36,31 @@ struct Shared {
 fn render(name: &str, s: &Shared) -> String {
     let mut p = Page::default();
     let h = [("host", name)];
-    p.counter("slr_host_tunnel_packets_total", "IP-in-IP packets received.", &h, s.packets_in);
-    p.counter("slr_host_delivered_packets_total", "Inner packets delivered to the stack.", &h, s.packets_delivered);
-    p.counter("slr_host_delivered_bytes_total", "Inner bytes delivered to the stack.", &h, s.bytes_delivered);
+    p.counter(
+        "slr_host_tunnel_packets_total",
+        "IP-in-IP packets received.",
+        &h,
+        s.packets_in,
+    );
+    p.counter(
+        "slr_host_delivered_packets_total",
+        "Inner packets delivered to the stack.",
+        &h,
+        s.packets_delivered,
+    );
+    p.counter(
+        "slr_host_delivered_bytes_total",
+        "Inner bytes delivered to the stack.",
+        &h,
+        s.bytes_delivered,
+    );
     for (reason, v) in &s.drops {
-        p.counter("slr_host_drops_total", "Tunnel packets dropped, by reason.", &[("host", name), ("reason", reason)], *v);
+        p.counter(
+            "slr_host_drops_total",
+            "Tunnel packets dropped, by reason.",
+            &[("host", name), ("reason", reason)],
+            *v,
+        );
     }
     for (subnet, v) in &s.per_subnet {
         p.counter(
@@ -50,10 +70,30 @@ fn render(name: &str, s: &Shared) -> String {
             *v,
         );
     }
-    p.counter("slr_host_inject_failures_total", "Inner packets the TUN refused.", &h, s.inject_failures);
-    p.counter("slr_host_device_drops_total", "Packets the socket dropped before the agent saw them.", &h, s.device_drops);
-    p.counter("slr_process_cpu_microseconds_total", "CPU time used by the process.", &h, (metrics::process_cpu_seconds() * 1e6) as u64);
-    p.gauge("slr_process_resident_bytes", "Resident memory of the process.", &h, metrics::process_resident_bytes() as f64);
+    p.counter(
+        "slr_host_inject_failures_total",
+        "Inner packets the TUN refused.",
+        &h,
+        s.inject_failures,
+    );
+    p.counter(
+        "slr_host_device_drops_total",
+        "Packets the socket dropped before the agent saw them.",
+        &h,
+        s.device_drops,
+    );
+    p.counter(
+        "slr_process_cpu_microseconds_total",
+        "CPU time used by the process.",
+        &h,
+        (metrics::process_cpu_seconds() * 1e6) as u64,
+    );
+    p.gauge(
+        "slr_process_resident_bytes",
+        "Resident memory of the process.",
+        &h,
+        metrics::process_resident_bytes() as f64,
+    );
     p.finish()
 }
 
@@ -66,8 +106,10 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     }
     crate::daemon::init_logging();
     let signals = Signals::install()?;
-    let mut tun = TunDevice::create(&cfg.tun, 65535).with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
-    let mut ipip = IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
+    let mut tun = TunDevice::create(&cfg.tun, 65535)
+        .with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
+    let mut ipip =
+        IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
     let _ = ipip.set_recv_buffer_size(8 << 20);
     let mut routes = Routes::new();
     if cfg.manage_routes {
@@ -78,7 +120,11 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     {
         let (shared, name) = (shared.clone(), cfg.name.clone());
-        let trusted: Vec<String> = cfg.trusted_tunnel_sources.iter().map(|c| c.to_string()).collect();
+        let trusted: Vec<String> = cfg
+            .trusted_tunnel_sources
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         let subnets: Vec<String> = cfg.virtual_subnets.iter().map(|c| c.to_string()).collect();
         crate::ctl::serve(&cfg.control_socket, move |req| {
             let s = shared.lock().map(|s| s.clone()).unwrap_or_default();
@@ -92,13 +138,17 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
                     "cpu_seconds": metrics::process_cpu_seconds(),
                 }),
                 "metrics" => json!({"ok": true, "text": render(&name, &s)}),
-                other => json!({"ok": false, "error": format!("unknown command {other:?} for a host agent (status, stats, metrics)")}),
+                other => {
+                    json!({"ok": false, "error": format!("unknown command {other:?} for a host agent (status, stats, metrics)")})
+                }
             }
         })?;
     }
     if let Some(addr) = cfg.metrics_listen {
         let (shared, name) = (shared.clone(), cfg.name.clone());
-        metrics::serve(addr, move || render(&name, &shared.lock().map(|s| s.clone()).unwrap_or_default()))?;
+        metrics::serve(addr, move || {
+            render(&name, &shared.lock().map(|s| s.clone()).unwrap_or_default())
+        })?;
     }
     tracing::info!(host = %cfg.name, tun = %cfg.tun, subnets = ?cfg.virtual_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "host agent up");
     let result = pump(&cfg, &signals, &mut tun, &mut ipip, &shared);
@@ -115,7 +165,10 @@ fn pump(
     ipip: &mut IpipSocket,
     shared: &Mutex<Shared>,
 ) -> Result<()> {
-    let mut term = TunnelTerminator::new(cfg.trusted_tunnel_sources.clone(), cfg.virtual_subnets.clone());
+    let mut term = TunnelTerminator::new(
+        cfg.trusted_tunnel_sources.clone(),
+        cfg.virtual_subnets.clone(),
+    );
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(65535 + 64)).collect();
     let mut inject_failures = 0u64;
     let mut ready = [false; 1];
@@ -159,7 +212,10 @@ fn pump(
             s.packets_in = c.packets_in;
             s.packets_delivered = c.packets_delivered;
             s.bytes_delivered = c.bytes_delivered;
-            s.drops = TerminateDrop::ALL.iter().map(|&d| (d.as_str().to_string(), c.drops(d))).collect();
+            s.drops = TerminateDrop::ALL
+                .iter()
+                .map(|&d| (d.as_str().to_string(), c.drops(d)))
+                .collect();
             s.per_subnet = term
                 .virtual_subnets()
                 .iter()
@@ -171,4 +227,3 @@ fn pump(
         }
     }
 }
-

@@ -32,7 +32,10 @@ impl Page {
                 if i > 0 {
                     self.out.push(',');
                 }
-                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
                 let _ = write!(self.out, "{k}=\"{v}\"");
             }
             self.out.push('}');
@@ -60,7 +63,8 @@ impl Page {
 
 /// Serves `GET /metrics` on `addr` from a thread; `render` builds the page per request.
 pub fn serve(addr: SocketAddr, render: impl Fn() -> String + Send + 'static) -> Result<()> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("metrics: cannot listen on {addr}"))?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -95,9 +99,13 @@ pub fn serve(addr: SocketAddr, render: impl Fn() -> String + Send + 'static) -> 
 
 /// CPU time (user + system) this process has used, in seconds, from /proc/self/stat.
 pub fn process_cpu_seconds() -> f64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of stat(5); here index 11 and 12.
@@ -107,8 +115,14 @@ pub fn process_cpu_seconds() -> f64 {
 
 /// Resident memory of this process in bytes, from /proc/self/statm.
 pub fn process_resident_bytes() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 4096
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
 }
 
 #[cfg(test)]

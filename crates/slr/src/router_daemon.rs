@@ -52,7 +52,9 @@ pub struct Handle {
 
 impl Handle {
     fn send(&self, r: Request) -> Result<()> {
-        self.tx.send(r).map_err(|_| anyhow!("router is shutting down"))?;
+        self.tx
+            .send(r)
+            .map_err(|_| anyhow!("router is shutting down"))?;
         self.wake.notify()?;
         Ok(())
     }
@@ -60,7 +62,8 @@ impl Handle {
     pub fn control(&self, c: Control) -> Result<()> {
         let (tx, rx) = mpsc::channel();
         self.send(Request::Control(c, tx))?;
-        rx.recv_timeout(Duration::from_secs(5))?.map_err(|e| anyhow!(e))
+        rx.recv_timeout(Duration::from_secs(5))?
+            .map_err(|e| anyhow!(e))
     }
     /// A snapshot.
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -76,7 +79,8 @@ impl Handle {
     fn reload(&self) -> Result<()> {
         let (tx, rx) = mpsc::channel();
         self.send(Request::Reload(tx))?;
-        rx.recv_timeout(Duration::from_secs(10))?.map_err(|e| anyhow!(e))
+        rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
     }
 }
 
@@ -174,7 +178,13 @@ pub struct Snapshot {
     pub resident_bytes: u64,
 }
 
-fn snapshot(name: &str, r: &Router, tun: &TunDevice, ipip: &IpipSocket, send_drops: u64) -> Snapshot {
+fn snapshot(
+    name: &str,
+    r: &Router,
+    tun: &TunDevice,
+    ipip: &IpipSocket,
+    send_drops: u64,
+) -> Snapshot {
     let c = r.counters();
     Snapshot {
         name: name.to_string(),
@@ -190,7 +200,10 @@ fn snapshot(name: &str, r: &Router, tun: &TunDevice, ipip: &IpipSocket, send_dro
             "fragments_routed": c.fragments_routed, "fragments_held": c.fragments_held,
             "tunnels_terminated": c.tunnels_terminated, "drops_total": c.drops_total(),
         }),
-        drops: DropReason::ALL.iter().map(|&d| (d.as_str().to_string(), c.drops(d))).collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|&d| (d.as_str().to_string(), c.drops(d)))
+            .collect(),
         next_hops: r
             .next_hops()
             .iter()
@@ -214,7 +227,11 @@ fn snapshot(name: &str, r: &Router, tun: &TunDevice, ipip: &IpipSocket, send_dro
                 subnet: v.config.subnet.to_string(),
                 policy: v.config.policy.as_str().to_string(),
                 udp: v.config.udp.as_str().to_string(),
-                next_hops: v.members.iter().map(|&i| r.next_hops()[i].name.clone()).collect(),
+                next_hops: v
+                    .members
+                    .iter()
+                    .map(|&i| r.next_hops()[i].name.clone())
+                    .collect(),
                 packets: v.packets,
                 bytes: v.bytes,
                 flows_created: v.flows_created,
@@ -263,43 +280,181 @@ fn state_name(s: FlowState) -> &'static str {
 pub fn render_metrics(s: &Snapshot) -> String {
     let mut p = Page::default();
     let r = [("router", s.name.as_str())];
-    p.gauge("slr_router_flows_active", "Flows pinned in the flow table.", &r, s.flows_active as f64);
-    p.gauge("slr_router_flows_max", "Flow table bound.", &r, s.max_flows as f64);
+    p.gauge(
+        "slr_router_flows_active",
+        "Flows pinned in the flow table.",
+        &r,
+        s.flows_active as f64,
+    );
+    p.gauge(
+        "slr_router_flows_max",
+        "Flow table bound.",
+        &r,
+        s.max_flows as f64,
+    );
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
-    p.counter("slr_router_packets_total", "Packets handed to the router.", &r, get("packets_in"));
-    p.counter("slr_router_bytes_total", "Bytes handed to the router.", &r, get("bytes_in"));
-    p.counter("slr_router_tunneled_packets_total", "Packets sent into tunnels.", &r, get("packets_tunneled"));
-    p.counter("slr_router_tunneled_bytes_total", "Bytes sent into tunnels.", &r, get("bytes_tunneled"));
-    p.counter("slr_router_flows_created_total", "Flows created.", &r, get("flows_created"));
-    p.counter("slr_router_flows_expired_total", "Flows expired by idle timeout.", &r, get("flows_expired"));
-    p.counter("slr_router_flows_evicted_total", "Flows evicted from a full table.", &r, get("flows_evicted"));
-    p.counter("slr_router_flows_rerouted_total", "Reused 5-tuples routed afresh.", &r, get("flows_rerouted"));
-    p.counter("slr_router_icmp_frag_needed_total", "ICMP fragmentation-needed sent.", &r, get("icmp_frag_needed_sent"));
-    p.counter("slr_router_icmp_errors_routed_total", "ICMP errors routed to the host owning the flow.", &r, get("icmp_errors_routed"));
-    p.counter("slr_router_mss_clamped_total", "SYNs whose MSS was clamped.", &r, get("mss_clamped"));
+    p.counter(
+        "slr_router_packets_total",
+        "Packets handed to the router.",
+        &r,
+        get("packets_in"),
+    );
+    p.counter(
+        "slr_router_bytes_total",
+        "Bytes handed to the router.",
+        &r,
+        get("bytes_in"),
+    );
+    p.counter(
+        "slr_router_tunneled_packets_total",
+        "Packets sent into tunnels.",
+        &r,
+        get("packets_tunneled"),
+    );
+    p.counter(
+        "slr_router_tunneled_bytes_total",
+        "Bytes sent into tunnels.",
+        &r,
+        get("bytes_tunneled"),
+    );
+    p.counter(
+        "slr_router_flows_created_total",
+        "Flows created.",
+        &r,
+        get("flows_created"),
+    );
+    p.counter(
+        "slr_router_flows_expired_total",
+        "Flows expired by idle timeout.",
+        &r,
+        get("flows_expired"),
+    );
+    p.counter(
+        "slr_router_flows_evicted_total",
+        "Flows evicted from a full table.",
+        &r,
+        get("flows_evicted"),
+    );
+    p.counter(
+        "slr_router_flows_rerouted_total",
+        "Reused 5-tuples routed afresh.",
+        &r,
+        get("flows_rerouted"),
+    );
+    p.counter(
+        "slr_router_icmp_frag_needed_total",
+        "ICMP fragmentation-needed sent.",
+        &r,
+        get("icmp_frag_needed_sent"),
+    );
+    p.counter(
+        "slr_router_icmp_errors_routed_total",
+        "ICMP errors routed to the host owning the flow.",
+        &r,
+        get("icmp_errors_routed"),
+    );
+    p.counter(
+        "slr_router_mss_clamped_total",
+        "SYNs whose MSS was clamped.",
+        &r,
+        get("mss_clamped"),
+    );
     for (reason, v) in &s.drops {
-        p.counter("slr_router_drops_total", "Packets dropped, by reason.", &[("router", &s.name), ("reason", reason)], *v);
+        p.counter(
+            "slr_router_drops_total",
+            "Packets dropped, by reason.",
+            &[("router", &s.name), ("reason", reason)],
+            *v,
+        );
     }
-    p.counter("slr_router_device_drops_total", "Packets the capture device dropped (not IPv4, truncated).", &r, s.device_drops);
-    p.counter("slr_router_tunnel_send_drops_total", "Tunnel packets the socket could not send.", &r, s.tunnel_send_drops);
+    p.counter(
+        "slr_router_device_drops_total",
+        "Packets the capture device dropped (not IPv4, truncated).",
+        &r,
+        s.device_drops,
+    );
+    p.counter(
+        "slr_router_tunnel_send_drops_total",
+        "Tunnel packets the socket could not send.",
+        &r,
+        s.tunnel_send_drops,
+    );
     for n in &s.next_hops {
         let l = [("router", s.name.as_str()), ("next_hop", n.name.as_str())];
-        p.gauge("slr_next_hop_available", "1 if the next hop takes new flows (health).", &l, n.available as u8 as f64);
-        p.gauge("slr_next_hop_weight", "Configured weight (0 drains).", &l, n.weight as f64);
-        p.gauge("slr_next_hop_flows_active", "Flows pinned to the next hop.", &l, n.active_flows as f64);
-        p.counter("slr_next_hop_selections_total", "New flows given to the next hop.", &l, n.selections);
-        p.counter("slr_next_hop_packets_total", "Packets tunnelled to the next hop.", &l, n.packets);
-        p.counter("slr_next_hop_bytes_total", "Bytes tunnelled to the next hop.", &l, n.bytes);
+        p.gauge(
+            "slr_next_hop_available",
+            "1 if the next hop takes new flows (health).",
+            &l,
+            n.available as u8 as f64,
+        );
+        p.gauge(
+            "slr_next_hop_weight",
+            "Configured weight (0 drains).",
+            &l,
+            n.weight as f64,
+        );
+        p.gauge(
+            "slr_next_hop_flows_active",
+            "Flows pinned to the next hop.",
+            &l,
+            n.active_flows as f64,
+        );
+        p.counter(
+            "slr_next_hop_selections_total",
+            "New flows given to the next hop.",
+            &l,
+            n.selections,
+        );
+        p.counter(
+            "slr_next_hop_packets_total",
+            "Packets tunnelled to the next hop.",
+            &l,
+            n.packets,
+        );
+        p.counter(
+            "slr_next_hop_bytes_total",
+            "Bytes tunnelled to the next hop.",
+            &l,
+            n.bytes,
+        );
     }
     for v in &s.virtual_hosts {
-        let l = [("router", s.name.as_str()), ("virtual_host", v.name.as_str())];
-        p.counter("slr_virtual_host_packets_total", "Packets routed for the virtual host.", &l, v.packets);
-        p.counter("slr_virtual_host_bytes_total", "Bytes routed for the virtual host.", &l, v.bytes);
-        p.counter("slr_virtual_host_flows_total", "Flows created for the virtual host.", &l, v.flows_created);
+        let l = [
+            ("router", s.name.as_str()),
+            ("virtual_host", v.name.as_str()),
+        ];
+        p.counter(
+            "slr_virtual_host_packets_total",
+            "Packets routed for the virtual host.",
+            &l,
+            v.packets,
+        );
+        p.counter(
+            "slr_virtual_host_bytes_total",
+            "Bytes routed for the virtual host.",
+            &l,
+            v.bytes,
+        );
+        p.counter(
+            "slr_virtual_host_flows_total",
+            "Flows created for the virtual host.",
+            &l,
+            v.flows_created,
+        );
     }
-    p.counter("slr_process_cpu_microseconds_total", "CPU time used by the process.", &r, (s.cpu_seconds * 1e6) as u64);
-    p.gauge("slr_process_resident_bytes", "Resident memory of the process.", &r, s.resident_bytes as f64);
+    p.counter(
+        "slr_process_cpu_microseconds_total",
+        "CPU time used by the process.",
+        &r,
+        (s.cpu_seconds * 1e6) as u64,
+    );
+    p.gauge(
+        "slr_process_resident_bytes",
+        "Resident memory of the process.",
+        &r,
+        s.resident_bytes as f64,
+    );
     p.finish()
 }
 
@@ -320,7 +475,9 @@ fn answer(h: &Handle, req: &Value) -> Result<Value> {
             json!({"ok": true})
         }
         "metrics" => json!({"ok": true, "text": render_metrics(&h.snapshot()?)}),
-        other => json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, reload, metrics)")}),
+        other => {
+            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, reload, metrics)")})
+        }
     })
 }
 
@@ -338,18 +495,23 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     let mut router = Router::new(core_cfg).with_context(|| format!("{}", config_path.display()))?;
 
     let mtu = cfg.core.tunnel_mtu as u32;
-    let mut tun = TunDevice::create(&cfg.tun, mtu).with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
+    let mut tun = TunDevice::create(&cfg.tun, mtu)
+        .with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
     let _ = tun.set_txqueuelen(4096);
     let mut routes = Routes::new();
     for v in &cfg.core.virtual_hosts {
         routes.replace(&[&v.subnet.to_string(), "dev", &cfg.tun])?;
     }
-    let mut ipip = IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
+    let mut ipip =
+        IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
     let _ = ipip.set_send_buffer_size(8 << 20);
 
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(EventFd::new()?);
-    let handle = Handle { tx, wake: wake.clone() };
+    let handle = Handle {
+        tx,
+        wake: wake.clone(),
+    };
     {
         let h = handle.clone();
         crate::ctl::serve(&cfg.control_socket, move |req| {
@@ -358,7 +520,9 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     }
     if let Some(addr) = cfg.metrics_listen {
         let h = handle.clone();
-        metrics::serve(addr, move || h.snapshot().map(|s| render_metrics(&s)).unwrap_or_default())?;
+        metrics::serve(addr, move || {
+            h.snapshot().map(|s| render_metrics(&s)).unwrap_or_default()
+        })?;
     }
     let mut health = HealthSupervisor::new(handle.clone(), cfg.core.tunnel_source);
     health.update(&cfg);
@@ -373,7 +537,15 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         clock: Clock::new(),
         send_drops: 0,
     };
-    let result = state.run(&mut router, &mut tun, &mut ipip, &rx, &wake, &signals, &mut health);
+    let result = state.run(
+        &mut router,
+        &mut tun,
+        &mut ipip,
+        &rx,
+        &wake,
+        &signals,
+        &mut health,
+    );
     health.stop_all();
     routes.remove_all();
     let _ = std::fs::remove_file(&state.cfg.control_socket);
@@ -423,7 +595,10 @@ impl LoopState {
             let n = tun.recv_batch(&mut bufs)?;
             let now = self.clock.now();
             if n == 0 {
-                let timeout = router.poll_timeout().map(|t| self.clock.until(t)).unwrap_or(Duration::from_millis(500));
+                let timeout = router
+                    .poll_timeout()
+                    .map(|t| self.clock.until(t))
+                    .unwrap_or(Duration::from_millis(500));
                 let timeout = timeout.min(Duration::from_millis(500));
                 if timeout.is_zero() {
                     router.handle_timeout(now);
@@ -436,13 +611,13 @@ impl LoopState {
                 self.flush_core(router, tun, ipip);
                 continue;
             }
-            for i in 0..n {
-                actions[i] = router.handle_packet(now, &mut bufs[i]);
+            for (action, buf) in actions.iter_mut().zip(bufs.iter_mut()).take(n) {
+                *action = router.handle_packet(now, buf);
             }
             // Move the packets to tunnel to the front so that one sendmmsg carries them.
             let mut k = 0;
-            for i in 0..n {
-                if matches!(actions[i], Action::Tunnel { .. }) {
+            for (i, action) in actions.iter().enumerate().take(n) {
+                if matches!(action, Action::Tunnel { .. }) {
                     bufs.swap(i, k);
                     k += 1;
                 }
@@ -493,11 +668,18 @@ impl LoopState {
         }
         while let Some(e) = router.poll_event() {
             match e {
-                Event::NextHopAvailability { next_hop, available } => {
+                Event::NextHopAvailability {
+                    next_hop,
+                    available,
+                } => {
                     tracing::warn!(next_hop = %next_hop, available, "next hop health changed")
                 }
-                Event::Reconfigured { generation } => tracing::info!(generation, "configuration applied"),
-                Event::FlowTableFull => tracing::warn!("flow table full: evicting (half-open first)"),
+                Event::Reconfigured { generation } => {
+                    tracing::info!(generation, "configuration applied")
+                }
+                Event::FlowTableFull => {
+                    tracing::warn!("flow table full: evicting (half-open first)")
+                }
             }
         }
     }
@@ -512,13 +694,20 @@ impl LoopState {
         router.handle_control(self.clock.now(), Control::Reconfigure(Box::new(core_cfg)))?;
         // Routes for virtual subnets added or removed.
         for v in &cfg.core.virtual_hosts {
-            if !self.cfg.core.virtual_hosts.iter().any(|o| o.subnet == v.subnet) {
+            if !self
+                .cfg
+                .core
+                .virtual_hosts
+                .iter()
+                .any(|o| o.subnet == v.subnet)
+            {
                 crate::daemon::ip(&["route", "replace", &v.subnet.to_string(), "dev", &cfg.tun])?;
             }
         }
         for o in &self.cfg.core.virtual_hosts {
             if !cfg.core.virtual_hosts.iter().any(|v| v.subnet == o.subnet) {
-                let _ = crate::daemon::ip(&["route", "del", &o.subnet.to_string(), "dev", &cfg.tun]);
+                let _ =
+                    crate::daemon::ip(&["route", "del", &o.subnet.to_string(), "dev", &cfg.tun]);
             }
         }
         health.update(&cfg);
@@ -526,7 +715,14 @@ impl LoopState {
         Ok(())
     }
 
-    fn serve(&mut self, router: &mut Router, tun: &TunDevice, ipip: &IpipSocket, health: &mut HealthSupervisor, req: Request) {
+    fn serve(
+        &mut self,
+        router: &mut Router,
+        tun: &TunDevice,
+        ipip: &IpipSocket,
+        health: &mut HealthSupervisor,
+        req: Request,
+    ) {
         let now = self.clock.now();
         match req {
             Request::Control(c, reply) => {

@@ -66,7 +66,9 @@ count = 2
 "#;
 
 fn served_by(answer: &str) -> String {
-    field(answer, "served-by").unwrap_or_else(|| panic!("no served-by in {answer:?}")).to_string()
+    field(answer, "served-by")
+        .unwrap_or_else(|| panic!("no served-by in {answer:?}"))
+        .to_string()
 }
 
 #[test]
@@ -79,8 +81,14 @@ fn clients_see_only_the_vip_and_replies_bypass_the_router() {
     let mut per_host: HashMap<String, usize> = HashMap::new();
     for client in ["c1", "c2"] {
         for _ in 0..30 {
-            let body = lab.curl(client, &format!("http://{vip}/")).expect("request through the VIP");
-            assert_eq!(field(&body, "vip"), Some(vip.to_string().as_str()), "server answered as the VIP: {body}");
+            let body = lab
+                .curl(client, &format!("http://{vip}/"))
+                .expect("request through the VIP");
+            assert_eq!(
+                field(&body, "vip"),
+                Some(vip.to_string().as_str()),
+                "server answered as the VIP: {body}"
+            );
             assert_eq!(
                 field(&body, "client").and_then(|c| c.split(':').next()),
                 Some(lab.addr(client).to_string().as_str()),
@@ -93,32 +101,58 @@ fn clients_see_only_the_vip_and_replies_bypass_the_router() {
     let client_pcap = at_client.stop();
     println!("per host: {per_host:?}");
     assert_eq!(per_host.values().sum::<usize>(), 60);
-    assert_eq!(per_host.len(), 3, "maglev spread 60 connections over all 3 hosts: {per_host:?}");
+    assert_eq!(
+        per_host.len(),
+        3,
+        "maglev spread 60 connections over all 3 hosts: {per_host:?}"
+    );
 
     // Replies to clients never cross the router's namespace; only health-check answers (to the
     // router's own address) do.
-    let replies_at_router =
-        count_packets(&router_pcap, &format!("src net 10.99.0.0/24 and not dst host {router_addr}"));
+    let replies_at_router = count_packets(
+        &router_pcap,
+        &format!("src net 10.99.0.0/24 and not dst host {router_addr}"),
+    );
     let tunnelled_at_router = count_packets(&router_pcap, "ip proto 4");
-    let from_vip_at_client = count_packets(&client_pcap, &format!("src host {vip} and tcp src port 80"));
-    let other_sources_at_client = count_packets(&client_pcap, &format!("tcp src port 80 and not src host {vip}"));
+    let from_vip_at_client =
+        count_packets(&client_pcap, &format!("src host {vip} and tcp src port 80"));
+    let other_sources_at_client = count_packets(
+        &client_pcap,
+        &format!("tcp src port 80 and not src host {vip}"),
+    );
     println!(
         "router saw {replies_at_router} replies and {tunnelled_at_router} tunnel packets; \
          client c1 got {from_vip_at_client} packets from the VIP, {other_sources_at_client} from elsewhere"
     );
     assert_eq!(replies_at_router, 0, "a reply crossed the router");
-    assert!(tunnelled_at_router >= 30 * 5, "requests were tunnelled through the router");
-    assert!(from_vip_at_client >= 30 * 3, "client received its replies from the VIP");
-    assert_eq!(other_sources_at_client, 0, "client saw a host's own address");
+    assert!(
+        tunnelled_at_router >= 30 * 5,
+        "requests were tunnelled through the router"
+    );
+    assert!(
+        from_vip_at_client >= 30 * 3,
+        "client received its replies from the VIP"
+    );
+    assert_eq!(
+        other_sources_at_client, 0,
+        "client saw a host's own address"
+    );
 
     // The direct baseline: a host's own address answers too.
-    let direct = lab.curl("c1", &format!("http://{}/", lab.addr("h2"))).unwrap();
+    let direct = lab
+        .curl("c1", &format!("http://{}/", lab.addr("h2")))
+        .unwrap();
     assert_eq!(served_by(&direct), "h2");
 
     // Observability: metrics on the router and the hosts.
     let m = lab.sh("r1", "curl -s http://127.0.0.1:9464/metrics");
     let text = String::from_utf8_lossy(&m.stdout);
-    for metric in ["slr_router_packets_total", "slr_next_hop_selections_total", "slr_router_drops_total", "slr_router_flows_active"] {
+    for metric in [
+        "slr_router_packets_total",
+        "slr_next_hop_selections_total",
+        "slr_router_drops_total",
+        "slr_router_flows_active",
+    ] {
         assert!(text.contains(metric), "router metrics lack {metric}");
     }
     let h = lab.ctl("h1", "stats");
@@ -165,16 +199,33 @@ udp = "per_datagram"
         let (a, _) = ask(pinned_vip, &payload);
         (pinned, spread, (a, fnv64(&payload)))
     });
-    let pinned_hosts: std::collections::BTreeSet<String> = pinned.iter().map(|a| served_by(a)).collect();
-    let spread_hosts: std::collections::BTreeSet<String> = spread.iter().map(|a| served_by(a)).collect();
+    let pinned_hosts: std::collections::BTreeSet<String> =
+        pinned.iter().map(|a| served_by(a)).collect();
+    let spread_hosts: std::collections::BTreeSet<String> =
+        spread.iter().map(|a| served_by(a)).collect();
     println!("pinned: {pinned_hosts:?}, per datagram: {spread_hosts:?}");
-    assert_eq!(pinned_hosts.len(), 1, "one 5-tuple, one host when UDP is pinned");
-    assert_eq!(spread_hosts.len(), 3, "per-datagram routing spreads one 5-tuple over the hosts");
+    assert_eq!(
+        pinned_hosts.len(),
+        1,
+        "one 5-tuple, one host when UDP is pinned"
+    );
+    assert_eq!(
+        spread_hosts.len(),
+        3,
+        "per-datagram routing spreads one 5-tuple over the hosts"
+    );
     let (answer, expected) = big;
     println!("3000-byte datagram: {answer}");
     assert_eq!(field(&answer, "bytes"), Some("3000"));
-    assert_eq!(field(&answer, "fnv64"), Some(format!("{expected:016x}").as_str()), "datagram arrived intact");
-    assert!(lab.counter("r1", "fragments_routed") >= 2, "non-first fragments followed the first");
+    assert_eq!(
+        field(&answer, "fnv64"),
+        Some(format!("{expected:016x}").as_str()),
+        "datagram arrived intact"
+    );
+    assert!(
+        lab.counter("r1", "fragments_routed") >= 2,
+        "non-first fragments followed the first"
+    );
 }
 
 #[test]
@@ -192,7 +243,10 @@ fn weighted_shares_and_least_flows() {
     println!("weighted 1:2:3 over 3000 flows: {counts:?}");
     for (host, share) in [("h1", 1.0 / 6.0), ("h2", 2.0 / 6.0), ("h3", 3.0 / 6.0)] {
         let got = counts.get(host).copied().unwrap_or(0) as f64 / 3000.0;
-        assert!((got - share).abs() <= 0.03, "{host}: {got:.3} vs {share:.3}");
+        assert!(
+            (got - share).abs() <= 0.03,
+            "{host}: {got:.3} vs {share:.3}"
+        );
     }
     drop(lab);
 
@@ -200,7 +254,12 @@ fn weighted_shares_and_least_flows() {
     // are off here to count exactly what the clients hold.
     let lab = Lab::up(
         "e2e-lf",
-        &site("e2e-lf", "least_flows", [1, 1, 1], "[router_config.health_check]\nenabled = false\n"),
+        &site(
+            "e2e-lf",
+            "least_flows",
+            [1, 1, 1],
+            "[router_config.health_check]\nenabled = false\n",
+        ),
     );
     let vip = lab.vip(0);
     let held = lab.in_ns("c1", move || {
@@ -214,7 +273,12 @@ fn weighted_shares_and_least_flows() {
             let mut buf = [0u8; 1024];
             let n = s.read(&mut buf).unwrap();
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let host = text.lines().find_map(|l| l.strip_prefix("X-Served-By: ")).expect("header").trim().to_string();
+            let host = text
+                .lines()
+                .find_map(|l| l.strip_prefix("X-Served-By: "))
+                .expect("header")
+                .trim()
+                .to_string();
             *hosts.entry(host).or_default() += 1;
             conns.push(s); // keep-alive: the connection stays open
         }
@@ -222,18 +286,31 @@ fn weighted_shares_and_least_flows() {
     });
     println!("least flows, 30 held connections: {held:?}");
     let max = held.values().max().unwrap();
-    let min = if held.len() == 3 { *held.values().min().unwrap() } else { 0 };
+    let min = if held.len() == 3 {
+        *held.values().min().unwrap()
+    } else {
+        0
+    };
     assert!(max - min <= 1, "least_flows spread: {held:?}");
 }
 
 /// Starts a download of `mib` MiB at `rate` from a client, saving body and headers.
-fn start_download(lab: &Lab, client: &str, tag: &str, mib: u64, rate: &str) -> (std::process::Child, String, String) {
+fn start_download(
+    lab: &Lab,
+    client: &str,
+    tag: &str,
+    mib: u64,
+    rate: &str,
+) -> (std::process::Child, String, String) {
     let body = format!("/tmp/slr-e2e-{}-{tag}.bin", lab.name);
     let head = format!("/tmp/slr-e2e-{}-{tag}.hdr", lab.name);
     let _ = std::fs::remove_file(&body);
     let _ = std::fs::remove_file(&head);
     let url = format!("http://{}/bytes/{}", lab.vip(0), mib << 20);
-    let child = lab.spawn(client, &format!("curl -sS -m 60 --limit-rate {rate} -D {head} -o {body} {url}"));
+    let child = lab.spawn(
+        client,
+        &format!("curl -sS -m 60 --limit-rate {rate} -D {head} -o {body} {url}"),
+    );
     (child, body, head)
 }
 
@@ -242,7 +319,10 @@ fn download_host(head: &str) -> String {
     let mut found = None;
     wait_until(Duration::from_secs(5), || {
         found = std::fs::read_to_string(head).ok().and_then(|h| {
-            h.lines().find_map(|l| l.strip_prefix("X-Served-By: ").map(|v| v.trim().to_string()))
+            h.lines().find_map(|l| {
+                l.strip_prefix("X-Served-By: ")
+                    .map(|v| v.trim().to_string())
+            })
         });
         found.is_some()
     });
@@ -251,7 +331,11 @@ fn download_host(head: &str) -> String {
 
 fn finish_download(child: std::process::Child, body: &str, mib: u64) {
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "download failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "download failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let data = std::fs::read(body).unwrap();
     assert_eq!(data.len() as u64, mib << 20, "download complete");
     assert!(is_pattern(&data), "download intact");
@@ -264,7 +348,9 @@ fn set_weight(lab: &Lab, host: &str, weight: u32) {
     let mut doc: toml::Table = text.parse().unwrap();
     for n in doc["next_hops"].as_array_mut().unwrap() {
         if n["name"].as_str() == Some(host) {
-            n.as_table_mut().unwrap().insert("weight".into(), toml::Value::Integer(weight as i64));
+            n.as_table_mut()
+                .unwrap()
+                .insert("weight".into(), toml::Value::Integer(weight as i64));
         }
     }
     std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
@@ -272,12 +358,18 @@ fn set_weight(lab: &Lab, host: &str, weight: u32) {
 
 #[test]
 fn downloads_survive_drain_failure_and_reload() {
-    let lab = Lab::up("e2e-change", &site("e2e-change", "maglev", [1, 1, 1], FAST_HEALTH));
+    let lab = Lab::up(
+        "e2e-change",
+        &site("e2e-change", "maglev", [1, 1, 1], FAST_HEALTH),
+    );
     let vip = lab.vip(0);
     let hosts_for = |n: usize| -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for _ in 0..n {
-            *m.entry(served_by(&lab.curl("c2", &format!("http://{vip}/")).unwrap())).or_default() += 1;
+            *m.entry(served_by(
+                &lab.curl("c2", &format!("http://{vip}/")).unwrap(),
+            ))
+            .or_default() += 1;
         }
         m
     };
@@ -289,7 +381,10 @@ fn downloads_survive_drain_failure_and_reload() {
     lab.ctl("r1", "reload");
     let after = hosts_for(30);
     println!("download on {drained}; after draining it: {after:?}");
-    assert!(!after.contains_key(&drained), "a drained host got new flows: {after:?}");
+    assert!(
+        !after.contains_key(&drained),
+        "a drained host got new flows: {after:?}"
+    );
     assert_eq!(lab.next_hop("r1", &drained)["weight"], 0);
     finish_download(dl, &body, 24);
 
@@ -298,20 +393,34 @@ fn downloads_survive_drain_failure_and_reload() {
     let (dl, body, head) = start_download(&lab, "c1", "fail", 24, "6M");
     let serving = download_host(&head);
     assert_ne!(serving, drained);
-    let failing = ["h1", "h2", "h3"].into_iter().find(|h| *h != drained && *h != serving).unwrap().to_string();
+    let failing = ["h1", "h2", "h3"]
+        .into_iter()
+        .find(|h| *h != drained && *h != serving)
+        .unwrap()
+        .to_string();
     let agent = lab.pid(&failing, "host");
     signal(agent, "STOP"); // the host stops answering: tunnel packets are no longer taken in
-    let took = wait_until(Duration::from_secs(10), || lab.next_hop("r1", &failing)["available"] == false);
+    let took = wait_until(Duration::from_secs(10), || {
+        lab.next_hop("r1", &failing)["available"] == false
+    });
     println!("{failing} stopped answering; router marked it down after {took:?} (bound 3 s)");
     let took = took.expect("failed host detected");
-    assert!(took <= Duration::from_secs(3), "detection took {took:?}, bound is interval x count + 1 s = 3 s");
+    assert!(
+        took <= Duration::from_secs(3),
+        "detection took {took:?}, bound is interval x count + 1 s = 3 s"
+    );
     let after = hosts_for(20);
-    assert!(!after.contains_key(&failing) && !after.contains_key(&drained), "{after:?}");
+    assert!(
+        !after.contains_key(&failing) && !after.contains_key(&drained),
+        "{after:?}"
+    );
     finish_download(dl, &body, 24);
 
     // 3. Recovery within the same bound; a reload (undrain) during a download.
     signal(agent, "CONT");
-    let took = wait_until(Duration::from_secs(10), || lab.next_hop("r1", &failing)["available"] == true);
+    let took = wait_until(Duration::from_secs(10), || {
+        lab.next_hop("r1", &failing)["available"] == true
+    });
     println!("{failing} answers again; back in selection after {took:?}");
     assert!(took.expect("recovered host detected") <= Duration::from_secs(3));
     let (dl, body, _head) = start_download(&lab, "c1", "reload", 24, "6M");
@@ -330,32 +439,64 @@ fn large_transfers_pmtu_and_icmp_errors() {
     let vip = lab.vip(0);
 
     // 10 MiB download and upload through the VIP over 1500-MTU links.
-    let dl = lab.sh("c1", &format!("curl -sS -m 30 http://{vip}/bytes/10485760 | sha1sum"));
+    let dl = lab.sh(
+        "c1",
+        &format!("curl -sS -m 30 http://{vip}/bytes/10485760 | sha1sum"),
+    );
     let expect = {
         let data: Vec<u8> = (0..10485760usize).map(|i| (i % 251) as u8).collect();
         let f = std::env::temp_dir().join("slr-e2e-10m.bin");
         std::fs::write(&f, &data).unwrap();
-        let o = std::process::Command::new("sha1sum").arg(&f).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+        let o = std::process::Command::new("sha1sum")
+            .arg(&f)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
-    assert!(String::from_utf8_lossy(&dl.stdout).starts_with(&expect), "10 MiB download intact");
-    let upload: Vec<u8> = (0..10485760u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    assert!(
+        String::from_utf8_lossy(&dl.stdout).starts_with(&expect),
+        "10 MiB download intact"
+    );
+    let upload: Vec<u8> = (0..10485760u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let up_file = std::env::temp_dir().join("slr-e2e-10m-up.bin");
     std::fs::write(&up_file, &upload).unwrap();
     let frag_needed_before = lab.counter("r1", "icmp_frag_needed_sent");
-    let up = lab.curl("c1", &format!("--data-binary @{} http://{vip}/upload", up_file.display())).expect("upload");
+    let up = lab
+        .curl(
+            "c1",
+            &format!("--data-binary @{} http://{vip}/upload", up_file.display()),
+        )
+        .expect("upload");
     assert_eq!(field(&up, "bytes"), Some("10485760"), "{up}");
-    assert_eq!(field(&up, "fnv64"), Some(format!("{:016x}", fnv64(&upload)).as_str()), "10 MiB upload intact");
+    assert_eq!(
+        field(&up, "fnv64"),
+        Some(format!("{:016x}", fnv64(&upload)).as_str()),
+        "10 MiB upload intact"
+    );
     let frag_needed = lab.counter("r1", "icmp_frag_needed_sent") - frag_needed_before;
-    println!("10 MiB upload intact; the router sent {frag_needed} ICMP fragmentation-needed on the way");
-    assert!(frag_needed >= 1, "full-size segments did not fit the tunnel: PMTU discovery must have run");
+    println!(
+        "10 MiB upload intact; the router sent {frag_needed} ICMP fragmentation-needed on the way"
+    );
+    assert!(
+        frag_needed >= 1,
+        "full-size segments did not fit the tunnel: PMTU discovery must have run"
+    );
     // The client learnt the tunnel's MTU for the VIP.
     let route = lab.sh("c1", &format!("ip route get {vip}"));
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("mtu 1480"), "client's PMTU cache: {route}");
 
     // An ICMP error about a reply a host sent reaches the host that owns the flow.
-    let captures: Vec<_> = ["h1", "h2", "h3"].iter().map(|h| (h.to_string(), lab.capture(h, "slrh0", "icmp"))).collect();
+    let captures: Vec<_> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| (h.to_string(), lab.capture(h, "slrh0", "icmp")))
+        .collect();
     let owner = lab.in_ns("c1", move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect((vip, 80)).unwrap();
@@ -363,7 +504,12 @@ fn large_transfers_pmtu_and_icmp_errors() {
         let mut buf = [0u8; 1024];
         let n = s.read(&mut buf).unwrap();
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let owner = text.lines().find_map(|l| l.strip_prefix("X-Served-By: ")).unwrap().trim().to_string();
+        let owner = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Served-By: "))
+            .unwrap()
+            .trim()
+            .to_string();
         let port = s.local_addr().unwrap().port();
         let me = match s.local_addr().unwrap().ip() {
             std::net::IpAddr::V4(a) => a,
@@ -381,8 +527,14 @@ fn large_transfers_pmtu_and_icmp_errors() {
         icmp.extend_from_slice(&quoted);
         let c = slr_wire::checksum::checksum(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4)).unwrap();
-        raw.send_to(&icmp, &std::net::SocketAddr::from((vip, 0)).into()).unwrap();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .unwrap();
+        raw.send_to(&icmp, &std::net::SocketAddr::from((vip, 0)).into())
+            .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         drop(s);
         owner
@@ -406,12 +558,21 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
     let vip = lab.vip(0);
     let h1 = lab.addr("h1");
     let before = lab.ctl("h1", "stats")["drops"].clone();
-    let untrusted_before = before.as_array().unwrap().iter().find(|d| d[0] == "untrusted_source").unwrap()[1].as_u64().unwrap();
+    let untrusted_before = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d[0] == "untrusted_source")
+        .unwrap()[1]
+        .as_u64()
+        .unwrap();
 
     // A client forges IP-in-IP straight to a host: inner UDP to the VIP's echo port.
     let answered = lab.in_ns("c1", move || {
         let reply = UdpSocket::bind("0.0.0.0:40007").unwrap();
-        reply.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        reply
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
         let me: Ipv4Addr = match reply.local_addr().unwrap().ip() {
             std::net::IpAddr::V4(a) if !a.is_unspecified() => a,
             _ => "10.200.1.2".parse().unwrap(),
@@ -432,24 +593,45 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
         inner[22..24].copy_from_slice(&7u16.to_be_bytes());
         inner[24..26].copy_from_slice(&12u16.to_be_bytes());
         inner[28..32].copy_from_slice(b"evil");
-        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(4))).unwrap();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(4)),
+        )
+        .unwrap();
         for _ in 0..10 {
-            raw.send_to(&inner, &std::net::SocketAddr::from((h1, 0)).into()).unwrap();
+            raw.send_to(&inner, &std::net::SocketAddr::from((h1, 0)).into())
+                .unwrap();
         }
         let mut buf = [0u8; 512];
         reply.recv_from(&mut buf).is_ok()
     });
     assert!(!answered, "a forged tunnel packet reached the server");
     let after = lab.ctl("h1", "stats")["drops"].clone();
-    let untrusted = after.as_array().unwrap().iter().find(|d| d[0] == "untrusted_source").unwrap()[1].as_u64().unwrap();
-    println!("host h1 dropped {} forged tunnel packets (untrusted_source)", untrusted - untrusted_before);
+    let untrusted = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d[0] == "untrusted_source")
+        .unwrap()[1]
+        .as_u64()
+        .unwrap();
+    println!(
+        "host h1 dropped {} forged tunnel packets (untrusted_source)",
+        untrusted - untrusted_before
+    );
     assert!(untrusted - untrusted_before >= 10);
 
     // A burst of malformed packets to the VIP: what the kernel forwards to the router's TUN
     // (it has already checked the IP header itself) must be dropped and counted by reason,
     // and the router must keep serving.
     let sent = lab.in_ns("c1", move || {
-        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(255))).unwrap();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)),
+        )
+        .unwrap();
         let me: Ipv4Addr = "10.200.1.2".parse().unwrap();
         let mut sent = 0;
         for i in 0..10_000u32 {
@@ -466,7 +648,7 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
                     inner.extend_from_slice(&vip.octets());
                     (4, inner) // IP-in-IP inside a packet for the VIP
                 }
-                4 => (47, vec![0, 0, 8, 0]), // GRE
+                4 => (47, vec![0, 0, 8, 0]),             // GRE
                 _ => (1, vec![13, 0, 0, 0, 0, 0, 0, 0]), // ICMP timestamp request
             };
             let mut pkt = vec![0u8; 20 + payload.len()];
@@ -482,7 +664,10 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
             }
             .emit(&mut pkt);
             pkt[20..].copy_from_slice(&payload);
-            if raw.send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into()).is_ok() {
+            if raw
+                .send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into())
+                .is_ok()
+            {
                 sent += 1;
             }
         }
@@ -501,7 +686,8 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
     assert!(drops["nested_tunnel"] >= 1500, "{drops:?}");
     assert!(drops["unsupported_icmp"] >= 1500, "{drops:?}");
     for _ in 0..10 {
-        lab.curl("c2", &format!("http://{vip}/")).expect("router still serves after the burst");
+        lab.curl("c2", &format!("http://{vip}/"))
+            .expect("router still serves after the burst");
     }
 }
 
@@ -510,12 +696,20 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
     let extra = "[router_config.flow_table]\nmax_flows = 20000\n";
     let lab = Lab::up("e2e-flood", &site("e2e-flood", "maglev", [1, 1, 1], extra));
     let vip = lab.vip(0);
-    let rss_before = lab.ctl("r1", "stats")["snapshot"]["resident_bytes"].as_u64().unwrap();
+    let rss_before = lab.ctl("r1", "stats")["snapshot"]["resident_bytes"]
+        .as_u64()
+        .unwrap();
     let (dl, body, _head) = start_download(&lab, "c1", "flood", 24, "6M");
+    let created_before = lab.counter("r1", "flows_created");
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     let sent = lab.in_ns("c2", move || {
-        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(255))).unwrap();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)),
+        )
+        .unwrap();
         let mut sent = 0u32;
         let mut x: u32 = 0x1234_5678;
         for i in 0..100_000u32 {
@@ -544,28 +738,49 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
             let ph = slr_wire::checksum::pseudo_header(src.octets(), vip.octets(), 6, 20);
             let c = slr_wire::checksum::finish(slr_wire::checksum::sum(ph, &pkt[20..]));
             pkt[36..38].copy_from_slice(&c.to_be_bytes());
-            if raw.send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into()).is_ok() {
+            if raw
+                .send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into())
+                .is_ok()
+            {
                 sent += 1;
+            }
+            if i % 256 == 255 {
+                // Paced so that the kernel's queues in front of the router do not overflow:
+                // the point is to fill the flow table, not the TUN queue.
+                std::thread::sleep(Duration::from_millis(3));
             }
         }
         sent
     });
     std::thread::sleep(Duration::from_millis(500));
     let s = lab.ctl("r1", "stats")["snapshot"].clone();
+    let created = s["counters"]["flows_created"].as_u64().unwrap() - created_before;
     let flows = s["flows_active"].as_u64().unwrap();
     let evicted = s["counters"]["flows_evicted"].as_u64().unwrap();
     let rss = s["resident_bytes"].as_u64().unwrap();
     println!(
-        "{sent} spoofed SYNs in {:?}: flows {flows} (bound 20000), evicted {evicted}, router RSS {} -> {} KiB",
+        "{sent} spoofed SYNs in {:?}: {created} new flows at the router, table {flows} (bound 20000), \
+         evicted {evicted}, router RSS {} -> {} KiB",
         t.elapsed(),
         rss_before / 1024,
         rss / 1024
     );
     assert!(flows <= 20000);
-    assert!(evicted >= 50_000, "the flood filled the table and half-open entries were evicted");
-    assert!(rss < rss_before + (32 << 20), "router memory stayed bounded");
+    assert!(
+        created >= 90_000,
+        "most spoofed SYNs reached the router: {created}"
+    );
+    assert!(
+        evicted + 20_000 >= created,
+        "the table stayed full and evicted to make room"
+    );
+    assert!(
+        rss < rss_before + (32 << 20),
+        "router memory stayed bounded"
+    );
     finish_download(dl, &body, 24);
-    lab.curl("c1", &format!("http://{vip}/")).expect("still serving");
+    lab.curl("c1", &format!("http://{vip}/"))
+        .expect("still serving");
 }
 
 #[test]
@@ -577,24 +792,47 @@ fn bad_configuration_names_file_key_and_value() {
         "[router]\nname = \"r\"\ntunnel_source = \"10.0.0.1\"\n[[virtual_hosts]]\nname = \"w\"\nsubnet = \"10.99.0.0/24\"\npolicy = \"fastest\"\n",
     )
     .unwrap();
-    let o = std::process::Command::new(slr()).args(["router", "--check", "-c"]).arg(&router).output().unwrap();
+    let o = std::process::Command::new(slr())
+        .args(["router", "--check", "-c"])
+        .arg(&router)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains(&router.display().to_string()) && err.contains("virtual_hosts[0].policy") && err.contains("fastest"), "{err}");
+    assert!(
+        err.contains(&router.display().to_string())
+            && err.contains("virtual_hosts[0].policy")
+            && err.contains("fastest"),
+        "{err}"
+    );
     let host = dir.join("slr-e2e-bad-host.toml");
     std::fs::write(&host, "[host]\nname = \"h\"\nvirtual_subnets = [\"10.99.0.0/33\"]\ntrusted_tunnel_sources = [\"10.0.0.1/32\"]\n").unwrap();
-    let o = std::process::Command::new(slr()).args(["host", "--check", "-c"]).arg(&host).output().unwrap();
+    let o = std::process::Command::new(slr())
+        .args(["host", "--check", "-c"])
+        .arg(&host)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("host.virtual_subnets[0]") && err.contains("10.99.0.0/33"), "{err}");
+    assert!(
+        err.contains("host.virtual_subnets[0]") && err.contains("10.99.0.0/33"),
+        "{err}"
+    );
     let topo = dir.join("slr-e2e-bad-topology.toml");
     std::fs::write(
         &topo,
         "[lab]\nname = \"x\"\n[[virtual_hosts]]\nname = \"w\"\nsubnet = \"10.99.0.0/24\"\n[[nodes]]\nname = \"a\"\nrole = \"hots\"\n",
     )
     .unwrap();
-    let o = std::process::Command::new(slr()).args(["lab", "up"]).arg(&topo).output().unwrap();
+    let o = std::process::Command::new(slr())
+        .args(["lab", "up"])
+        .arg(&topo)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("nodes[0].role") && err.contains("hots"), "{err}");
+    assert!(
+        err.contains("nodes[0].role") && err.contains("hots"),
+        "{err}"
+    );
 }

@@ -63,7 +63,33 @@ pub fn router_config(t: &Topology, router: &str) -> String {
             host.weight
         );
     }
-    s
+    if t.router_config.is_empty() {
+        return s;
+    }
+    // The topology's [router_config] goes over what the lab wrote, table by table.
+    let mut doc: toml::Table = s.parse().expect("the lab writes valid TOML");
+    let over: toml::Table = t
+        .router_config
+        .parse()
+        .expect("checked when the topology was parsed");
+    merge(&mut doc, over);
+    format!(
+        "# Written by `slr lab up` for lab {:?}, with its [router_config].\n{}",
+        t.name,
+        toml::to_string(&doc).expect("TOML")
+    )
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// The host agent's configuration (TOML): accept every virtual subnet, and tunnels only

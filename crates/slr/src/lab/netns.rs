@@ -117,6 +117,8 @@ pub fn spawn_in(ns: &str, program: &OsStr, args: &[String], log: &Path) -> Resul
     cmd.args(["netns", "exec", ns])
         .arg(program)
         .args(args)
+        // Logs go to files: no colour escapes (tracing-subscriber honours NO_COLOR).
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(file.try_clone().context("duplicating a log file handle")?)
         .stderr(file);

@@ -9,10 +9,10 @@
 //!
 //! [[virtual_hosts]]        # at least one
 //! name = "web"             # required; unique; [a-z0-9_-]
-//! subnet = "10.99.0.0/24"  # required; IPv4 CIDR, host bits zero, prefix 8..=32; must not
-//!                          # overlap another virtual subnet, 10.200.0.0/16 (lab links)
-//!                          # or 127.0.0.0/8. Its VIP is the first address (.1; a /32 is
-//!                          # its own VIP).
+//! subnet = "10.99.0.0/24"  # required; IPv4 prefix, host bits zero, length 8..=32 (a
+//!                          # bare address is a /32); must not overlap another virtual
+//!                          # subnet, 10.200.0.0/16 (lab links) or 127.0.0.0/8. Its VIP is
+//!                          # the first address (.1; a /32 is its own VIP).
 //! policy = "maglev"        # round_robin | weighted | least_flows | maglev (default maglev)
 //! udp = "pin"              # pin | per_datagram (default pin)
 //!
@@ -20,6 +20,10 @@
 //! name = "h1"              # required; unique; [a-z0-9_-], at most 24 characters
 //! role = "host"            # required; client | router | host | core
 //! weight = 1               # hosts only; 0..=65535, default 1; at least one host needs > 0
+//!
+//! [router_config]          # optional: merged over the router configuration the lab writes
+//! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
+//! health_check = { interval = "2s" }       # [router_config.health_check] enabled = false
 //! ```
 //!
 //! The core namespace, which joins every node, is implicit: a node named "core" with role
@@ -279,6 +283,10 @@ pub struct Topology {
     pub virtual_hosts: Vec<VirtualHost>,
     /// Nodes in file order; an implicit core comes first.
     pub nodes: Vec<Node>,
+    /// `[router_config]`: TOML merged over the router configuration the lab writes (for
+    /// example `[router_config.flow_table] max_flows = 20000`), kept as text; empty if none.
+    #[serde(default)]
+    pub router_config: String,
 }
 
 /// One node's link to the core.
@@ -309,7 +317,22 @@ impl Topology {
     }
 
     fn from_table(table: &toml::Table) -> Result<Topology, TopologyError> {
-        check_keys(table, "", &["lab", "virtual_hosts", "nodes"])?;
+        check_keys(
+            table,
+            "",
+            &["lab", "virtual_hosts", "nodes", "router_config"],
+        )?;
+        let router_config = match table.get("router_config") {
+            None => String::new(),
+            Some(toml::Value::Table(t)) => toml::to_string(t)
+                .map_err(|e| TopologyError::new("router_config", e.to_string()))?,
+            Some(v) => {
+                return Err(TopologyError::new(
+                    "router_config",
+                    format!("must be a table of router configuration keys, not {v}"),
+                ))
+            }
+        };
 
         let lab = table
             .get("lab")
@@ -472,6 +495,7 @@ impl Topology {
             name,
             virtual_hosts,
             nodes,
+            router_config,
         })
     }
 

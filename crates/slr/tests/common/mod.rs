@@ -36,7 +36,11 @@ impl Lab {
         std::fs::write(&file, topology).unwrap();
         // A lab left by an earlier, killed run of the same test.
         let _ = Command::new(slr()).args(["lab", "down", name]).output();
-        let out = Command::new(slr()).args(["lab", "up"]).arg(&file).output().expect("run slr lab up");
+        let out = Command::new(slr())
+            .args(["lab", "up"])
+            .arg(&file)
+            .output()
+            .expect("run slr lab up");
         if !out.status.success() {
             let _ = Command::new(slr()).args(["lab", "down", name]).output();
             panic!(
@@ -46,9 +50,16 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let st = Command::new(slr()).args(["lab", "status", "--json", name]).output().unwrap();
+        let st = Command::new(slr())
+            .args(["lab", "status", "--json", name])
+            .output()
+            .unwrap();
         let status: Value = serde_json::from_slice(&st.stdout).expect("lab status --json is JSON");
-        Lab { name: name.to_string(), status, _serial: serial }
+        Lab {
+            name: name.to_string(),
+            status,
+            _serial: serial,
+        }
     }
 
     /// The namespace of a node.
@@ -67,12 +78,23 @@ impl Lab {
 
     /// A node's address.
     pub fn addr(&self, node: &str) -> Ipv4Addr {
-        self.node(node)["addresses"][0].as_str().unwrap().split('/').next().unwrap().parse().unwrap()
+        self.node(node)["addresses"][0]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// The VIP of virtual host `i`.
     pub fn vip(&self, i: usize) -> Ipv4Addr {
-        self.status["virtual_hosts"][i]["vip"].as_str().unwrap().parse().unwrap()
+        self.status["virtual_hosts"][i]["vip"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// The lab's state directory.
@@ -82,7 +104,9 @@ impl Lab {
 
     /// Pid of a node's process of `kind` (router, host, serve, ...), from the lab's state.
     pub fn pid(&self, node: &str, kind: &str) -> i32 {
-        let st: Value = serde_json::from_str(&std::fs::read_to_string(self.dir().join("state.json")).unwrap()).unwrap();
+        let st: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir().join("state.json")).unwrap())
+                .unwrap();
         st["processes"]
             .as_array()
             .unwrap()
@@ -95,7 +119,10 @@ impl Lab {
 
     /// Runs a shell command in a node's namespace.
     pub fn sh(&self, node: &str, cmd: &str) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.ns(node), "sh", "-c", cmd]).output().unwrap()
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(node), "sh", "-c", cmd])
+            .output()
+            .unwrap()
     }
 
     /// Starts a shell command in a node's namespace in the background.
@@ -121,8 +148,17 @@ impl Lab {
     /// `slr ctl NODE CMD --json`.
     pub fn ctl(&self, node: &str, cmd: &str) -> Value {
         let sock = self.dir().join(format!("{node}.sock"));
-        let o = Command::new(slr()).args(["ctl"]).arg(&sock).args([cmd, "--json"]).output().unwrap();
-        assert!(o.status.success(), "slr ctl {node} {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(slr())
+            .args(["ctl"])
+            .arg(&sock)
+            .args([cmd, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "slr ctl {node} {cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
@@ -140,17 +176,30 @@ impl Lab {
 
     /// A router counter.
     pub fn counter(&self, router: &str, name: &str) -> u64 {
-        self.ctl(router, "stats")["snapshot"]["counters"][name].as_u64().unwrap()
+        self.ctl(router, "stats")["snapshot"]["counters"][name]
+            .as_u64()
+            .unwrap()
     }
 
     /// A router drop counter.
     pub fn drops(&self, router: &str, reason: &str) -> u64 {
         let s = self.ctl(router, "stats");
-        s["snapshot"]["drops"].as_array().unwrap().iter().find(|d| d[0] == reason).unwrap()[1].as_u64().unwrap()
+        s["snapshot"]["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d[0] == reason)
+            .unwrap()[1]
+            .as_u64()
+            .unwrap()
     }
 
     /// Runs `f` on a thread inside a node's namespace (sockets it opens live there).
-    pub fn in_ns<T: Send + 'static>(&self, node: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
         let ns = self.ns(node);
         std::thread::spawn(move || {
             slr_io::netns::enter_netns(&ns).expect("enter namespace");
@@ -170,7 +219,17 @@ impl Lab {
         let file = std::env::temp_dir().join(format!("slr-e2e-{}-{node}-{iface}.pcap", self.name));
         let _ = std::fs::remove_file(&file);
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(node), "tcpdump", "-i", iface, "-nn", "-U", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns(node),
+                "tcpdump",
+                "-i",
+                iface,
+                "-nn",
+                "-U",
+                "-w",
+            ])
             .arg(&file)
             .arg(filter)
             .stdout(Stdio::null())
@@ -179,7 +238,9 @@ impl Lab {
             .expect("tcpdump");
         // tcpdump says "listening on" once the capture runs.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+        while Instant::now() < deadline
+            && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -189,10 +250,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let out = Command::new(slr()).args(["lab", "down", &self.name]).output();
+        let out = Command::new(slr())
+            .args(["lab", "down", &self.name])
+            .output();
         if let Ok(o) = out {
             if !o.status.success() {
-                eprintln!("slr lab down {}: {}", self.name, String::from_utf8_lossy(&o.stderr));
+                eprintln!(
+                    "slr lab down {}: {}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stderr)
+                );
             }
         }
     }
@@ -216,14 +283,25 @@ impl Capture {
 
 /// Counts the packets in a pcap matching a tcpdump filter.
 pub fn count_packets(file: &Path, filter: &str) -> usize {
-    let o = Command::new("tcpdump").arg("-r").arg(file).args(["-nn", filter]).output().unwrap();
-    assert!(o.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("tcpdump")
+        .arg("-r")
+        .arg(file)
+        .args(["-nn", filter])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).lines().count()
 }
 
 /// Parses `key=value` fields of a lab server answer.
 pub fn field<'a>(answer: &'a str, key: &str) -> Option<&'a str> {
-    answer.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    answer
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 /// FNV-1a 64, as the lab server computes it.
@@ -255,12 +333,19 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Durati
 
 fn is_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
 /// Sends a signal (by name: INT, STOP, CONT, TERM) to a process the test started or the lab runs.
 pub fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill -{sig} {pid}");
 }
 
@@ -272,5 +357,8 @@ pub fn http_get(addr: Ipv4Addr, path: &str) -> std::io::Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
