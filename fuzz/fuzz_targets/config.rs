@@ -19,7 +19,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = Path::new("fuzz.toml");
-    match config::parse_router(text, file) {
+    let router = config::parse_router(text, file);
+    let host = config::parse_host(text, file);
+    if trace() {
+        eprintln!(
+            "router file: {:?}",
+            router
+                .as_ref()
+                .map(|c| &c.name)
+                .map_err(|e| format!("{e:#}"))
+        );
+        eprintln!(
+            "host file: {:?}",
+            host.as_ref().map(|h| &h.name).map_err(|e| format!("{e:#}"))
+        );
+    }
+    match router {
         Ok(c) => {
             assert!(c.core.tunnel_mtu >= 576);
             assert!(c.core.flow_table.max_flows >= 1);
@@ -37,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         // Every error names the file (and the key and value at fault, not checked here).
         Err(e) => assert!(format!("{e:#}").contains("fuzz.toml"), "{e:#}"),
     }
-    match config::parse_host(text, file) {
+    match host {
         Ok(h) => {
             assert!(!h.virtual_subnets.is_empty() && !h.trusted_tunnel_sources.is_empty());
             assert!(!h.tun.is_empty() && h.tun.len() <= 15);
@@ -45,3 +60,9 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(format!("{e:#}").contains("fuzz.toml"), "{e:#}"),
     }
 });
+
+/// `SLR_FUZZ_TRACE=1 fuzz/target/.../config <file>` prints what each loader made of the file.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("SLR_FUZZ_TRACE").is_some())
+}

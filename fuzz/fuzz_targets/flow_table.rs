@@ -33,7 +33,13 @@ impl Input<'_> {
 fn key(b: u8) -> FlowKey {
     let i = b & 63;
     let proto = [6, 17, 1][(i % 3) as usize];
-    FlowKey::new(Ipv4Addr::new(10, 0, 0, i), Ipv4Addr::new(10, 99, 0, 1), 1000 + u16::from(i), 80, proto)
+    FlowKey::new(
+        Ipv4Addr::new(10, 0, 0, i),
+        Ipv4Addr::new(10, 99, 0, 1),
+        1000 + u16::from(i),
+        80,
+        proto,
+    )
 }
 
 fn flags(b: u8) -> Option<TcpFlags> {
@@ -92,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
                 let full = model.len() >= max_flows;
                 let outcome = table.insert(k, nh, state, now, 100);
                 match outcome {
-                    InsertOutcome::Inserted => assert!(!existed && !full, "plain insert into a full table or over an entry"),
+                    InsertOutcome::Inserted => assert!(
+                        !existed && !full,
+                        "plain insert into a full table or over an entry"
+                    ),
                     InsertOutcome::Replaced(old) => {
                         assert!(existed);
                         let m = model[&k];
@@ -105,9 +114,17 @@ fuzz_target!(|data: &[u8]| {
                         if !stepped_back {
                             let c = class(entry.state());
                             for (k, m) in &model {
-                                assert!(c <= class(m.state), "evicted {ek} ({:?}) before {k} ({:?})", entry.state(), m.state);
+                                assert!(
+                                    c <= class(m.state),
+                                    "evicted {ek} ({:?}) before {k} ({:?})",
+                                    entry.state(),
+                                    m.state
+                                );
                                 if c == class(m.state) {
-                                    assert!(entry.last_seen() <= m.last_seen, "evicted {ek} before the older {k}");
+                                    assert!(
+                                        entry.last_seen() <= m.last_seen,
+                                        "evicted {ek} before the older {k}"
+                                    );
                                 }
                             }
                         }
@@ -115,12 +132,21 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!((entry.next_hop(), entry.state()), (m.next_hop, m.state));
                     }
                 }
-                model.insert(k, Model { next_hop: nh, state, last_seen: now });
+                model.insert(
+                    k,
+                    Model {
+                        next_hop: nh,
+                        state,
+                        last_seen: now,
+                    },
+                );
             }
             1 => {
                 let k = key(input.b());
                 let f = flags(input.b());
-                let r = table.touch(&k, now, f, 100).map(|e| (e.next_hop(), e.state()));
+                let r = table
+                    .touch(&k, now, f, 100)
+                    .map(|e| (e.next_hop(), e.state()));
                 match model.get_mut(&k) {
                     Some(m) => {
                         m.state = m.state.on_packet(f);
@@ -141,12 +167,18 @@ fuzz_target!(|data: &[u8]| {
                     reported += 1;
                     let m = model.remove(&k).expect("expired key was in the table");
                     assert_eq!((e.next_hop(), e.state()), (m.next_hop, m.state));
-                    assert!(e.idle(now) > config.timeout(e.state()), "expired early: {k}");
+                    assert!(
+                        e.idle(now) > config.timeout(e.state()),
+                        "expired early: {k}"
+                    );
                 });
                 assert_eq!(n, reported);
                 if !stepped_back {
                     for (k, m) in &model {
-                        assert!(now - m.last_seen <= config.timeout(m.state), "outlived its timeout: {k}");
+                        assert!(
+                            now - m.last_seen <= config.timeout(m.state),
+                            "outlived its timeout: {k}"
+                        );
                     }
                 }
             }
@@ -174,19 +206,32 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 // The next expiry is never later than the earliest real deadline.
-                let first = model.values().map(|m| m.last_seen + config.timeout(m.state) + Duration::from_micros(1)).min();
+                let first = model
+                    .values()
+                    .map(|m| m.last_seen + config.timeout(m.state) + Duration::from_micros(1))
+                    .min();
                 match (table.next_expiry(), first) {
                     (_, None) => {}
                     (None, Some(f)) => panic!("no next expiry with entries due at {f:?}"),
-                    (Some(n), Some(f)) => assert!(stepped_back || n <= f, "next expiry {n:?} after the first deadline {f:?}"),
+                    (Some(n), Some(f)) => assert!(
+                        stepped_back || n <= f,
+                        "next expiry {n:?} after the first deadline {f:?}"
+                    ),
                 }
             }
         }
-        assert!(table.len() <= max_flows, "{} flows over the bound {max_flows}", table.len());
+        assert!(
+            table.len() <= max_flows,
+            "{} flows over the bound {max_flows}",
+            table.len()
+        );
         assert_eq!(table.len(), model.len());
         for (k, m) in &model {
             let e = table.get(k).expect("model key in the table");
-            assert_eq!((e.next_hop(), e.state(), e.last_seen()), (m.next_hop, m.state, m.last_seen));
+            assert_eq!(
+                (e.next_hop(), e.state(), e.last_seen()),
+                (m.next_hop, m.state, m.last_seen)
+            );
         }
     }
 });

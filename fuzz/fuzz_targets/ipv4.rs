@@ -42,8 +42,20 @@ fn ip(data: &[u8]) {
     let tl = p.total_len() as usize;
     assert_eq!(p.version(), 4);
     assert!(hl >= ipv4::HEADER_LEN && hl <= tl && tl <= data.len());
-    let _ = (p.tos(), p.ident(), p.dont_frag(), p.more_frags(), p.frag_offset());
-    let _ = (p.is_fragment(), p.ttl(), p.checksum(), p.src_addr(), p.dst_addr());
+    let _ = (
+        p.tos(),
+        p.ident(),
+        p.dont_frag(),
+        p.more_frags(),
+        p.frag_offset(),
+    );
+    let _ = (
+        p.is_fragment(),
+        p.ttl(),
+        p.checksum(),
+        p.src_addr(),
+        p.dst_addr(),
+    );
     assert_eq!(p.header().len(), hl);
     assert_eq!(p.payload().len(), tl - hl);
     let proto = p.protocol();
@@ -78,7 +90,10 @@ fn ip(data: &[u8]) {
             Ok(()) => {
                 assert_eq!(b.len(), tl + ipip::OVERHEAD);
                 let outer = ipip::decapsulate(&mut b).expect("own encapsulation decapsulates");
-                assert_eq!((outer.src_addr, outer.dst_addr, outer.protocol), (src, dst, Protocol::IpIp));
+                assert_eq!(
+                    (outer.src_addr, outer.dst_addr, outer.protocol),
+                    (src, dst, Protocol::IpIp)
+                );
                 assert_eq!((outer.tos, outer.dont_frag), (p.tos(), p.dont_frag()));
                 assert_eq!(b.as_ref(), &data[..tl]);
             }
@@ -110,7 +125,13 @@ fn transport(seg: &[u8], ip: Option<(Ipv4Addr, Ipv4Addr, Protocol)>) {
     if let Ok(t) = TcpPacket::new_checked(seg) {
         let hl = t.header_len() as usize;
         assert!(hl >= 20 && hl <= seg.len());
-        let _ = (t.src_port(), t.dst_port(), t.seq_number(), t.flags(), t.checksum());
+        let _ = (
+            t.src_port(),
+            t.dst_port(),
+            t.seq_number(),
+            t.flags(),
+            t.checksum(),
+        );
         assert_eq!(t.options().len(), hl - 20);
         let mss = t.mss();
         // Clamping the MSS rewrites it and keeps a valid checksum valid (incremental update, at
@@ -124,7 +145,8 @@ fn transport(seg: &[u8], ip: Option<(Ipv4Addr, Ipv4Addr, Protocol)>) {
             if let Some((src, dst, Protocol::Tcp)) = ip {
                 if seg.len() <= u16::MAX as usize {
                     let verify = |b: &[u8]| {
-                        let ph = checksum::pseudo_header(src.octets(), dst.octets(), 6, b.len() as u16);
+                        let ph =
+                            checksum::pseudo_header(src.octets(), dst.octets(), 6, b.len() as u16);
                         checksum::finish(checksum::sum(ph, b)) == 0
                     };
                     if verify(seg) {
@@ -142,7 +164,13 @@ fn transport(seg: &[u8], ip: Option<(Ipv4Addr, Ipv4Addr, Protocol)>) {
         assert_eq!(u.payload().len() + 8, u.len() as usize);
     }
     if let Ok(m) = IcmpPacket::new_checked(seg) {
-        let _ = (m.msg_type(), m.code(), m.rest_of_header(), m.verify_checksum(), m.is_error());
+        let _ = (
+            m.msg_type(),
+            m.code(),
+            m.rest_of_header(),
+            m.verify_checksum(),
+            m.is_error(),
+        );
         assert_eq!(m.data().len() + 8, seg.len());
         if let Ok(f) = icmp::quoted_flow(m.data()) {
             if !matches!(f.protocol, Protocol::Tcp | Protocol::Udp) {

@@ -87,7 +87,10 @@ fn config(flags: u8) -> RouterConfig {
     c.trusted_parents = vec!["10.200.1.0/24".parse().unwrap()];
     c.icmp_rate_limit = 100;
     if flags & 0x20 != 0 {
-        c.flow_table = FlowTableConfig { max_flows: 8, ..FlowTableConfig::default() };
+        c.flow_table = FlowTableConfig {
+            max_flows: 8,
+            ..FlowTableConfig::default()
+        };
     }
     c.virtual_hosts = vec![VirtualHostConfig {
         name: "web".into(),
@@ -95,14 +98,27 @@ fn config(flags: u8) -> RouterConfig {
         // Not Maglev: its 65537-slot table, built per router and per change of next hops, takes
         // ~10 ms under instrumentation, 50 times a whole run of the others; Maglev's lookup is
         // covered by slr-core's own tests, and routing does not depend on the policy.
-        policy: [Policy::RoundRobin, Policy::Weighted, Policy::LeastFlows, Policy::Weighted][(flags & 3) as usize],
-        udp: if flags & 0x04 != 0 { UdpMode::PerDatagram } else { UdpMode::Pin },
+        policy: [
+            Policy::RoundRobin,
+            Policy::Weighted,
+            Policy::LeastFlows,
+            Policy::Weighted,
+        ][(flags & 3) as usize],
+        udp: if flags & 0x04 != 0 {
+            UdpMode::PerDatagram
+        } else {
+            UdpMode::Pin
+        },
         next_hops: Vec::new(),
     }];
     c.next_hops = HOSTS
         .iter()
         .enumerate()
-        .map(|(i, n)| NextHopConfig { name: (*n).into(), address: host_address(i, false), weight: 1 })
+        .map(|(i, n)| NextHopConfig {
+            name: (*n).into(),
+            address: host_address(i, false),
+            weight: 1,
+        })
         .collect();
     c
 }
@@ -117,7 +133,11 @@ impl Harness {
             self.router.handle_packet(self.now, &mut buf)
         };
         if trace() {
-            eprintln!("{} {} bytes -> {action:?}", if tunnelled { "tunnelled" } else { "plain" }, bytes.len());
+            eprintln!(
+                "{} {} bytes -> {action:?}",
+                if tunnelled { "tunnelled" } else { "plain" },
+                bytes.len()
+            );
         }
         match action {
             Action::Tunnel { next_hop } => {
@@ -126,7 +146,10 @@ impl Harness {
             }
             Action::Held => {
                 self.held += 1;
-                assert!(buf.is_empty(), "a held packet's buffer is replaced by an empty one");
+                assert!(
+                    buf.is_empty(),
+                    "a held packet's buffer is replaced by an empty one"
+                );
             }
             Action::Drop(r) => self.dropped[r as usize] += 1,
         }
@@ -138,7 +161,8 @@ impl Harness {
         assert_eq!(r.protocol, Protocol::IpIp);
         assert_eq!((r.src_addr, r.dst_addr), (SOURCE, next_hop));
         assert!(
-            (0..HOSTS.len()).any(|i| next_hop == host_address(i, false) || next_hop == host_address(i, true)),
+            (0..HOSTS.len())
+                .any(|i| next_hop == host_address(i, false) || next_hop == host_address(i, true)),
             "tunnel to {next_hop}, not a next hop"
         );
         assert_eq!(outer.total_len() as usize, buf.len());
@@ -150,7 +174,10 @@ impl Harness {
         assert_ne!(inner.ttl(), 0);
         assert_ne!(inner.protocol(), Protocol::IpIp);
         if inner.dont_frag() {
-            assert!(buf.len() <= self.router.config().tunnel_mtu as usize, "DF packet over the tunnel MTU");
+            assert!(
+                buf.len() <= self.router.config().tunnel_mtu as usize,
+                "DF packet over the tunnel MTU"
+            );
         }
     }
 
@@ -162,15 +189,22 @@ impl Harness {
                     self.check_tunnel(&t.buf, a);
                 }
                 Destination::Local => {
-                    let ip = Ipv4Packet::new_checked(t.buf.as_ref()).expect("ICMP error: IPv4 header");
+                    let ip =
+                        Ipv4Packet::new_checked(t.buf.as_ref()).expect("ICMP error: IPv4 header");
                     let r = Ipv4Repr::parse(&ip).expect("ICMP error: parses");
                     assert_eq!(r.protocol, Protocol::Icmp);
                     assert!(subnet().contains(r.src_addr), "ICMP error from the VIP");
                     assert!(t.buf.len() <= icmp::MAX_ERROR_DATAGRAM);
                     let m = IcmpPacket::new_checked(ip.payload()).expect("ICMP error: header");
                     assert!(m.verify_checksum());
-                    assert_eq!((m.msg_type(), m.code()), (icmp::DST_UNREACHABLE, icmp::CODE_FRAG_NEEDED));
-                    assert_eq!(m.rest_of_header(), u32::from(self.router.config().tunnel_mtu) - 20);
+                    assert_eq!(
+                        (m.msg_type(), m.code()),
+                        (icmp::DST_UNREACHABLE, icmp::CODE_FRAG_NEEDED)
+                    );
+                    assert_eq!(
+                        m.rest_of_header(),
+                        u32::from(self.router.config().tunnel_mtu) - 20
+                    );
                 }
             }
         }
@@ -181,11 +215,15 @@ impl Harness {
     fn check(&self) {
         let c = self.router.counters();
         assert_eq!(c.packets_in, self.calls);
-        assert_eq!(self.calls, self.tunneled + self.dropped.iter().sum::<u64>() + self.held);
+        assert_eq!(
+            self.calls,
+            self.tunneled + self.dropped.iter().sum::<u64>() + self.held
+        );
         // Held fragments end tunnelled (released), dropped as orphans, or are still held.
         assert_eq!(c.packets_tunneled, self.tunneled + self.released);
         let orphans = c.drops(DropReason::FragmentOrphan);
-        let held_no_room = c.drops(DropReason::NoHeadroom) - self.dropped[DropReason::NoHeadroom as usize];
+        let held_no_room =
+            c.drops(DropReason::NoHeadroom) - self.dropped[DropReason::NoHeadroom as usize];
         for &r in DropReason::ALL {
             if r != DropReason::FragmentOrphan && r != DropReason::NoHeadroom {
                 assert_eq!(c.drops(r), self.dropped[r as usize], "drops of {r:?}");
@@ -193,23 +231,48 @@ impl Harness {
         }
         assert_eq!(self.dropped[DropReason::FragmentOrphan as usize], 0);
         let resolved = self.released + orphans + held_no_room;
-        assert!(resolved <= self.held, "{resolved} held fragments resolved, {} held", self.held);
+        assert!(
+            resolved <= self.held,
+            "{resolved} held fragments resolved, {} held",
+            self.held
+        );
         let still_held = self.held - resolved;
-        assert_eq!(c.packets_in, c.drops_total() + c.packets_tunneled + still_held);
+        assert_eq!(
+            c.packets_in,
+            c.drops_total() + c.packets_tunneled + still_held
+        );
 
         let flows = self.router.flow_count();
         assert!(flows <= self.config.flow_table.max_flows.max(1));
         assert_eq!(self.router.flows().count(), flows);
-        let active: u64 = self.router.next_hops().iter().map(|n| u64::from(n.active_flows)).sum();
-        assert_eq!(active, flows as u64, "per-next-hop flow counts do not add up to the table");
+        let active: u64 = self
+            .router
+            .next_hops()
+            .iter()
+            .map(|n| u64::from(n.active_flows))
+            .sum();
+        assert_eq!(
+            active, flows as u64,
+            "per-next-hop flow counts do not add up to the table"
+        );
     }
 
     fn control(&mut self, op: u8, input: &mut Input) {
         match (op >> 2) & 3 {
             0 => {
                 let i = input.byte().unwrap_or(0) as usize % HOSTS.len();
-                let available = !self.router.next_hops().iter().any(|n| n.name == HOSTS[i] && n.configured && !n.available);
-                let r = self.router.handle_control(self.now, Control::SetAvailable { next_hop: HOSTS[i].into(), available });
+                let available = !self
+                    .router
+                    .next_hops()
+                    .iter()
+                    .any(|n| n.name == HOSTS[i] && n.configured && !n.available);
+                let r = self.router.handle_control(
+                    self.now,
+                    Control::SetAvailable {
+                        next_hop: HOSTS[i].into(),
+                        available,
+                    },
+                );
                 r.expect("SetAvailable of a configured next hop");
             }
             1 => {
@@ -224,20 +287,27 @@ impl Harness {
                 if w & 0x80 != 0 {
                     c.flow_table.max_flows = 4;
                 }
-                self.router.handle_control(self.now, Control::Reconfigure(Box::new(c.clone()))).expect("valid config");
+                self.router
+                    .handle_control(self.now, Control::Reconfigure(Box::new(c.clone())))
+                    .expect("valid config");
                 self.config = c;
             }
             2 => {
                 let k = input.byte().unwrap_or(0);
                 let r = self.router.handle_control(
                     self.now,
-                    Control::PinFlow { key: flow_key(k), next_hop: HOSTS[(k >> 6) as usize % HOSTS.len()].into() },
+                    Control::PinFlow {
+                        key: flow_key(k),
+                        next_hop: HOSTS[(k >> 6) as usize % HOSTS.len()].into(),
+                    },
                 );
                 r.expect("PinFlow to a configured next hop");
             }
             _ => {
                 let k = input.byte().unwrap_or(0);
-                self.router.handle_control(self.now, Control::UnpinFlow { key: flow_key(k) }).unwrap();
+                self.router
+                    .handle_control(self.now, Control::UnpinFlow { key: flow_key(k) })
+                    .unwrap();
             }
         }
     }
@@ -251,7 +321,13 @@ fn trace() -> bool {
 
 fn flow_key(k: u8) -> FlowKey {
     let proto = [6, 17, 1, 47][(k & 3) as usize];
-    FlowKey::new(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 99, 0, 1), 40000 + u16::from(k >> 2 & 15), 80, proto)
+    FlowKey::new(
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 99, 0, 1),
+        40000 + u16::from(k >> 2 & 15),
+        80,
+        proto,
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -305,5 +381,9 @@ fuzz_target!(|data: &[u8]| {
     if trace() {
         eprintln!("{c:?}");
     }
-    assert_eq!(c.packets_in, c.drops_total() + c.packets_tunneled, "fragments still held after their timeout");
+    assert_eq!(
+        c.packets_in,
+        c.drops_total() + c.packets_tunneled,
+        "fragments still held after their timeout"
+    );
 });

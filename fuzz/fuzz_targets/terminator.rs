@@ -23,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     let c = t.counters();
     assert_eq!(c.packets_in, 1);
     assert_eq!(c.packets_delivered + c.drops.iter().sum::<u64>(), 1);
-    assert_eq!(c.per_subnet_packets.iter().sum::<u64>(), c.packets_delivered);
+    assert_eq!(
+        c.per_subnet_packets.iter().sum::<u64>(),
+        c.packets_delivered
+    );
     let Ok(src) = result else {
         assert_eq!(c.packets_delivered, 0);
         return;
@@ -43,5 +46,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(buf.as_ref(), &outer.payload()[..buf.len()]);
     assert_ne!(r.protocol, Protocol::IpIp);
     assert_ne!(r.ttl, 0);
-    assert!(subnets.iter().any(|s| s.contains(r.dst_addr)), "delivered to {}", r.dst_addr);
+    assert!(
+        subnets.iter().any(|s| s.contains(r.dst_addr)),
+        "delivered to {}",
+        r.dst_addr
+    );
 });

@@ -5,5 +5,7 @@ pub mod maglev;
 pub mod router;
 pub mod select;
 pub mod terminate;
+#[cfg(test)]
+mod testutil;
 pub mod time;
 pub mod tunnel;

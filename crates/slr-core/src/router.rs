@@ -860,11 +860,19 @@ impl<T: Tunnel> Router<T> {
         let is_syn = flags.is_some_and(|f| f & TcpFlags::SYN != 0 && f & TcpFlags::ACK == 0);
         if let Some(e) = self.flows.touch(&key, now, flags.map(TcpFlags), len) {
             let (nh, state) = (e.next_hop() as usize, e.state());
-            // A new SYN on a closed flow is a reused 5-tuple: route it afresh. So is a SYN whose
-            // next hop can take no new flows (removed, failed or drained) before the connection
-            // was established; a retransmitted SYN to a healthy next hop stays where it went.
-            let reuse =
-                is_syn && (state == FlowState::TcpClosing || !self.next_hops[nh].eligible());
+            // A SYN on a flow that is not half-open is a reused 5-tuple, a new connection:
+            // route it afresh if the old one closed (FIN/RST seen) or if its next hop can take
+            // no new flows (drained, failed, removed), so that a client reusing a port does not
+            // land on a dead backend. A SYN on a half-open flow is a retransmission and always
+            // stays: the first SYN-ACK may only have been delayed, and a second host would
+            // answer the client's ACK with a reset. (Health probes rely on this too: their
+            // pinned SYN must reach the host they test, healthy or not.)
+            let reuse = is_syn
+                && match state {
+                    FlowState::TcpHalfOpen => false,
+                    FlowState::TcpClosing => true,
+                    _ => !self.next_hops[nh].eligible(),
+                };
             if !reuse {
                 return Ok(nh);
             }

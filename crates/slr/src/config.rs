@@ -51,7 +51,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => v * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_`: `Duration::from_secs_f64` panics above u64::MAX seconds ("99999999999999999999h"),
+    // and a typo in a config file must be an error, not a crash (fuzz/corpus/config/regression-*).
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 struct Ctx<'a> {
@@ -667,5 +669,6 @@ weight = 2
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
     }
 }

@@ -586,8 +586,13 @@ impl LoopState {
                     Err(e) => tracing::error!("reload refused, old configuration stays: {e:#}"),
                 }
             }
+            let mut served = false;
             while let Ok(req) = rx.try_recv() {
                 self.serve(router, tun, ipip, health, req);
+                served = true;
+            }
+            if served {
+                self.flush_core(router, tun, ipip);
             }
             for b in bufs.iter_mut() {
                 b.reset(HEADROOM);

@@ -426,7 +426,11 @@ fn downloads_survive_drain_failure_and_reload() {
     let (dl, body, _head) = start_download(&lab, "c1", "reload", 24, "6M");
     std::thread::sleep(Duration::from_millis(500));
     set_weight(&lab, &drained, 1);
-    lab.ctl("r1", "reload");
+    signal(lab.pid("r1", "router"), "HUP"); // reload by signal this time
+    wait_until(Duration::from_secs(5), || {
+        lab.next_hop("r1", &drained)["weight"] == 1
+    })
+    .expect("SIGHUP reload applied");
     let after = hosts_for(60);
     println!("after undrain and reload: {after:?}");
     assert_eq!(after.len(), 3, "all hosts take new flows again: {after:?}");
