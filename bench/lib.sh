@@ -24,3 +24,57 @@ bench_check_idle() {
     ps -eo pid,pcpu,comm --sort=-pcpu | head -5 >&2
   fi
 }
+
+SLR=${SLR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/slr}
+CLK_TCK=$(getconf CLK_TCK)
+
+# CPU time (user + system) of a process in seconds, or 0 if it is gone. Parses past the
+# command name, which is in parentheses and may contain spaces.
+cpu_seconds() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  # After "pid (comm) ": field 3 is state, so utime (field 14) is the 12th word here.
+  awk -v t="$CLK_TCK" '{ printf "%.2f\n", ($12 + $13) / t }' <<<"$stat"
+}
+
+# Whole-machine CPU counters: "busy total" jiffies, all cores.
+machine_jiffies() {
+  awk '/^cpu / { idle = $5 + $6; t = 0; for (i = 2; i <= 9; i++) t += $i; print t - idle, t; exit }' /proc/stat
+}
+
+# Pid of the process of kind KIND (router, host, serve) on NODE of lab LAB, from its state file.
+lab_pid() {
+  python3 - "$1" "$2" "${3:-}" <<'PY'
+import json, sys
+lab, kind, node = sys.argv[1], sys.argv[2], sys.argv[3]
+s = json.load(open(f"/run/slr-lab/{lab}/state.json"))
+print(" ".join(str(p["pid"]) for p in s["processes"] if p["kind"] == kind and (not node or p["node"] == node)))
+PY
+}
+
+# Whether a pid is alive (a zombie counts as gone: the lab's daemons are reparented).
+alive() {
+  local st
+  st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ $st != Z ]]
+}
+
+# Stops a process by pid: SIGTERM, up to 5 s, then SIGKILL. Bounded.
+stop_pid() {
+  local pid=$1 i
+  [[ -n $pid ]] || return 0
+  alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 50; i++)); do alive "$pid" || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 20; i++)); do alive "$pid" || return 0; sleep 0.1; done
+  echo "warning: pid $pid did not exit" >&2
+}
+
+# Brings a lab down if it exists (a leftover of an interrupted run of the same script).
+lab_down_if_up() {
+  if [[ -e /run/slr-lab/$1/state.json ]] || ip netns list | grep -q "^slr-$1-"; then
+    "$SLR" lab down "$1" >/dev/null 2>&1 || true
+  fi
+}

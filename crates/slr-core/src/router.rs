@@ -154,6 +154,14 @@ pub enum ConfigError {
     /// Two virtual hosts overlap.
     #[error("virtual hosts {0:?} and {1:?} overlap")]
     OverlappingVirtualHosts(String, String),
+    /// A reconfiguration changes the tunnel source of a running router.
+    #[error("tunnel_source cannot change from {running} to {new} without a restart")]
+    TunnelSourceChanged {
+        /// The source in use.
+        running: Ipv4Addr,
+        /// The source asked for.
+        new: Ipv4Addr,
+    },
     /// The tunnel MTU leaves no room for a packet.
     #[error("tunnel_mtu {0} is too small (minimum 576)")]
     TunnelMtu(u16),
@@ -532,7 +540,19 @@ impl<T: Tunnel> Router<T> {
                     .ok_or(ControlError::UnknownNextHop(next_hop.clone()))?;
                 if self.next_hops[i].available != available {
                     self.next_hops[i].available = available;
-                    self.rebuild_selectors().map_err(ControlError::Config)?;
+                    // Only the virtual hosts this next hop serves change; the others keep their
+                    // tables and round-robin positions.
+                    for v in &mut self.virtual_hosts {
+                        if v.members.contains(&i) {
+                            v.selector.set_available(i, available).map_err(|e| {
+                                ControlError::Config(ConfigError::Selector {
+                                    virtual_host: v.config.name.clone(),
+                                    reason: e.to_string(),
+                                })
+                            })?;
+                            v.selector.refresh();
+                        }
+                    }
                     self.events.push_back(Event::NextHopAvailability {
                         next_hop,
                         available,
@@ -564,6 +584,14 @@ impl<T: Tunnel> Router<T> {
     }
 
     fn apply(&mut self, config: RouterConfig) -> Result<(), ConfigError> {
+        if self.generation > 0 && self.config.tunnel_source != config.tunnel_source {
+            // The tunnel was built with the first source; the underlay address of a running
+            // router changes only with a restart.
+            return Err(ConfigError::TunnelSourceChanged {
+                running: self.config.tunnel_source,
+                new: config.tunnel_source,
+            });
+        }
         if config.tunnel_mtu < 576 {
             return Err(ConfigError::TunnelMtu(config.tunnel_mtu));
         }
@@ -604,15 +632,30 @@ impl<T: Tunnel> Router<T> {
                 .get(&c.name)
                 .copied()
                 .filter(|&i| next_hops[i].address == c.address);
-            let i = match existing {
-                Some(i) => i,
+            // Health carries over by name: a host does not become healthy by moving.
+            let available = self
+                .by_name
+                .get(&c.name)
+                .map(|&i| next_hops[i].available)
+                .unwrap_or(true);
+            // A next hop removed earlier and now configured again (same name and address) takes
+            // back its old slot: its flows still point there, and a second slot for the same
+            // host would split its flow count (least_flows would overload it), make a SYN
+            // reusing one of its 5-tuples look like one to a removed host, and grow the list at
+            // every remove and re-add. Its health was not tracked while it was out of the
+            // configuration, so it gets the same as a new slot would.
+            let readded = || {
+                next_hops
+                    .iter()
+                    .rposition(|n| !n.configured && n.name == c.name && n.address == c.address)
+            };
+            let i = match existing.or_else(readded) {
+                Some(i) if Some(i) == existing => i,
+                Some(i) => {
+                    next_hops[i].available = available;
+                    i
+                }
                 None => {
-                    // Health carries over by name: a host does not become healthy by moving.
-                    let available = self
-                        .by_name
-                        .get(&c.name)
-                        .map(|&i| next_hops[i].available)
-                        .unwrap_or(true);
                     next_hops.push(NextHopState {
                         name: c.name.clone(),
                         address: c.address,
@@ -649,10 +692,6 @@ impl<T: Tunnel> Router<T> {
                 selector,
             });
         }
-        if self.config.tunnel_source != config.tunnel_source {
-            // Only the IP-in-IP tunnel knows its source; other kinds are built by the caller.
-            self.tunnel_source_changed(config.tunnel_source);
-        }
         self.next_hops = next_hops;
         self.by_name = by_name;
         self.virtual_hosts = virtual_hosts;
@@ -668,26 +707,6 @@ impl<T: Tunnel> Router<T> {
         self.events.push_back(Event::Reconfigured {
             generation: self.generation,
         });
-        Ok(())
-    }
-
-    fn tunnel_source_changed(&mut self, _source: Ipv4Addr) {
-        // The tunnel was built with the first source. Changing the underlay address of a running
-        // router needs a restart; say so instead of silently keeping the old one.
-        self.events.push_back(Event::Reconfigured {
-            generation: self.generation,
-        });
-    }
-
-    fn rebuild_selectors(&mut self) -> Result<(), ConfigError> {
-        for v in &mut self.virtual_hosts {
-            v.selector = build_selector(
-                &v.config,
-                &v.members,
-                &self.next_hops,
-                self.config.hash_seed,
-            )?;
-        }
         Ok(())
     }
 
@@ -770,6 +789,11 @@ impl<T: Tunnel> Router<T> {
         let vh = self
             .find_virtual_host(dst)
             .ok_or(DropReason::NoVirtualHost)?;
+        if protocol == Protocol::IpIp {
+            // Checked before fragments are: fragmenting a nested tunnel must not smuggle it
+            // past this check (the first fragment would otherwise be routed as a port-less flow).
+            return Err(DropReason::NestedTunnel);
+        }
         let proto_num: u8 = protocol.into();
         if is_frag {
             let fk = FragKey {
@@ -783,7 +807,7 @@ impl<T: Tunnel> Router<T> {
             }
             // A first fragment: classify by what it carries, remember the choice for the rest.
             let nh = self.classify(now, buf, vh, src, dst, protocol, hl, true)?;
-            self.remember_fragment(now, fk, nh);
+            self.remember_fragment(now, fk, vh, nh);
             return self.forward(now, buf, vh, nh, df, hl, None);
         }
         match protocol {
@@ -942,14 +966,15 @@ impl<T: Tunnel> Router<T> {
     ) -> Result<Action, DropReason> {
         let overhead = self.tunnel.overhead();
         if buf.len() + overhead > self.config.tunnel_mtu as usize && df {
-            self.send_icmp(
-                now,
-                buf,
-                IcmpRepr::FragNeeded {
-                    mtu: self.config.tunnel_mtu - overhead as u16,
-                },
-            );
-            self.counters.icmp_frag_needed_sent += 1;
+            // Never an ICMP error about an ICMP error (RFC 1122 3.2.2): two routers could
+            // otherwise answer each other's errors for ever.
+            let repr = IcmpRepr::FragNeeded {
+                mtu: self.config.tunnel_mtu - overhead as u16,
+            };
+            if !is_icmp_error(buf.as_ref(), hl) && self.send_icmp(now, buf, repr) {
+                // Counted only when sent: a rate-limited error is counted as such instead.
+                self.counters.icmp_frag_needed_sent += 1;
+            }
             return Err(DropReason::TooBig);
         }
         if let (Some(()), Some(mss)) = (clamp_tcp, self.config.mss_clamp) {
@@ -1014,8 +1039,10 @@ impl<T: Tunnel> Router<T> {
                 .get(&key)
                 .map(|e| e.next_hop() as usize)
                 .ok_or(DropReason::IcmpNoFlow)?;
+            let action = self.forward(now, buf, vh, nh, df, hl, None)?;
+            // Counted once it is on its way, not when it was dropped as too big.
             self.counters.icmp_errors_routed += 1;
-            return self.forward(now, buf, vh, nh, df, hl, None);
+            return Ok(action);
         }
         if msg_type == icmp::ECHO_REQUEST {
             // Ping the VIP: one flow per echo identifier, answered by the host it lands on.
@@ -1041,7 +1068,7 @@ impl<T: Tunnel> Router<T> {
         Err(DropReason::UnsupportedIcmp)
     }
 
-    fn remember_fragment(&mut self, now: Instant, fk: FragKey, nh: usize) {
+    fn remember_fragment(&mut self, now: Instant, fk: FragKey, vh: usize, nh: usize) {
         if self.fragments.len() >= MAX_FRAGMENT_FLOWS && !self.fragments.contains_key(&fk) {
             self.sweep_fragments(now);
         }
@@ -1053,7 +1080,15 @@ impl<T: Tunnel> Router<T> {
             self.held_count -= bufs.len();
             let address = self.next_hops[nh].address;
             for mut b in bufs {
+                let inner_len = b.len() as u64;
                 if self.tunnel.encapsulate(now, &mut b, address).is_ok() {
+                    // The same counters as `forward`: per next hop and virtual host too.
+                    let n = &mut self.next_hops[nh];
+                    n.packets += 1;
+                    n.bytes += b.len() as u64;
+                    let v = &mut self.virtual_hosts[vh];
+                    v.packets += 1;
+                    v.bytes += inner_len;
                     self.counters.fragments_routed += 1;
                     self.counters.packets_tunneled += 1;
                     self.counters.bytes_tunneled += b.len() as u64;
@@ -1077,16 +1112,20 @@ impl<T: Tunnel> Router<T> {
         df: bool,
     ) -> Result<Action, DropReason> {
         if let Some(&(nh, _)) = self.fragments.get(&fk) {
-            self.counters.fragments_routed += 1;
             let hl = Ipv4Packet::new_unchecked(buf.as_ref()).header_len() as usize;
-            return self.forward(now, buf, vh, nh, df, hl, None);
+            let action = self.forward(now, buf, vh, nh, df, hl, None)?;
+            self.counters.fragments_routed += 1;
+            return Ok(action);
         }
         if self.held_count >= MAX_HELD_FRAGMENTS {
             return Err(DropReason::FragmentOverflow);
         }
         // Fragments can overtake the first one: keep this one until it arrives (or times out).
-        let capacity = buf.len() + buf.headroom();
-        let mut taken = PacketBuf::with_headroom(buf.headroom(), capacity - buf.headroom());
+        // The driver gets back an empty buffer as big as the one it lent (headroom and room to
+        // read into): drivers reuse their buffers, and one sized to this fragment would truncate
+        // every later packet read into it.
+        let room = buf.read_slot().len();
+        let mut taken = PacketBuf::with_headroom(buf.headroom(), room);
         core::mem::swap(&mut taken, buf);
         buf.reset(taken.headroom());
         let entry = self
@@ -1127,7 +1166,9 @@ impl<T: Tunnel> Router<T> {
         self.next_fragment_sweep = next;
     }
 
-    fn send_icmp(&mut self, now: Instant, original: &PacketBuf, repr: IcmpRepr) {
+    /// Queues an ICMP error about `original` unless the rate limit says no; returns whether it
+    /// was queued.
+    fn send_icmp(&mut self, now: Instant, original: &PacketBuf, repr: IcmpRepr) -> bool {
         // Token bucket: an ICMP error per offending packet could otherwise be used to make the
         // router flood clients.
         let rate = self.config.icmp_rate_limit as f64;
@@ -1136,7 +1177,7 @@ impl<T: Tunnel> Router<T> {
         self.icmp_tokens = (self.icmp_tokens + elapsed * rate).min(rate.max(1.0));
         if self.icmp_tokens < 1.0 {
             self.counters.icmp_rate_limited += 1;
-            return;
+            return false;
         }
         self.icmp_tokens -= 1.0;
         let orig = original.as_ref();
@@ -1155,6 +1196,7 @@ impl<T: Tunnel> Router<T> {
             destination: Destination::Local,
             buf: b,
         });
+        true
     }
 
     // ---- time ----------------------------------------------------------------------------
@@ -1222,6 +1264,15 @@ pub fn flow_hash(seed: u64, key: &FlowKey) -> u64 {
     hash::hash_u64s(seed, &[a, b])
 }
 
+/// Whether the IPv4 packet `packet` (header length `hl`) is an ICMP error message.
+fn is_icmp_error(packet: &[u8], hl: usize) -> bool {
+    Ipv4Packet::new_unchecked(packet).protocol() == Protocol::Icmp
+        && packet
+            .get(hl..)
+            .and_then(|m| IcmpPacket::new_checked(m).ok())
+            .is_some_and(|m| m.is_error())
+}
+
 /// Whether IPv4 options contain loose or strict source routing.
 fn has_source_route(mut opts: &[u8]) -> bool {
     while let Some(&kind) = opts.first() {
@@ -1245,3 +1296,2458 @@ fn has_source_route(mut opts: &[u8]) -> bool {
 
 /// Re-exported for drivers that build tunnel packets by hand.
 pub use ipip::OVERHEAD as IPIP_OVERHEAD;
+
+#[cfg(test)]
+mod tests {
+    //! The router driven as a driver would: packets built as bytes, time jumped by hand.
+
+    use super::*;
+    use crate::testutil::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+    const NOT_A_VIP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
+    const SOURCE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+    const PARENT: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+    const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 1);
+    const REPORTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const T0: Instant = Instant::from_millis(1_000);
+
+    const SYN: u8 = TcpFlags::SYN;
+    const ACK: u8 = TcpFlags::ACK;
+    const FIN_ACK: u8 = TcpFlags::FIN | TcpFlags::ACK;
+    const RST: u8 = TcpFlags::RST;
+
+    fn host(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 200, 1, i as u8 + 1)
+    }
+
+    fn name(i: usize) -> String {
+        format!("h{i}")
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn hosts(weights: &[u32]) -> Vec<NextHopConfig> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| NextHopConfig {
+                name: name(i),
+                address: host(i),
+                weight,
+            })
+            .collect()
+    }
+
+    /// One virtual host 10.99.0.0/24 served by `n` next hops of weight 1; parents in
+    /// 10.100.0.0/24 are trusted.
+    fn config(policy: Policy, n: usize) -> RouterConfig {
+        let mut c = RouterConfig::new(SOURCE);
+        c.trusted_parents = vec!["10.100.0.0/24".parse().unwrap()];
+        c.virtual_hosts = vec![VirtualHostConfig {
+            name: "web".into(),
+            subnet: "10.99.0.0/24".parse().unwrap(),
+            policy,
+            udp: UdpMode::Pin,
+            next_hops: Vec::new(),
+        }];
+        c.next_hops = hosts(&vec![1; n]);
+        c
+    }
+
+    fn router(c: RouterConfig) -> Router {
+        Router::new(c).expect("valid configuration")
+    }
+
+    fn send(r: &mut Router, now: Instant, packet: &[u8]) -> (Action, PacketBuf) {
+        let mut b = PacketBuf::from_slice(packet);
+        let a = r.handle_packet(now, &mut b);
+        (a, b)
+    }
+
+    /// Checks that `b` is one IP-in-IP packet from the router to `next_hop` and returns the inner
+    /// packet (which is never itself a tunnel).
+    fn check_outer(b: &[u8], next_hop: Ipv4Addr) -> &[u8] {
+        let o = Ipv4Packet::new_checked(b).expect("outer header parses");
+        assert!(o.verify_checksum(), "outer checksum");
+        assert_eq!(o.header_len(), 20);
+        assert_eq!(o.protocol(), Protocol::IpIp);
+        assert_eq!((o.src_addr(), o.dst_addr()), (SOURCE, next_hop));
+        assert_eq!(o.total_len() as usize, b.len());
+        assert!(!o.is_fragment());
+        assert_eq!(o.ttl(), crate::tunnel::DEFAULT_OUTER_TTL);
+        let inner = &b[20..];
+        let i = Ipv4Packet::new_checked(inner).expect("inner header parses");
+        assert!(i.verify_checksum(), "inner checksum");
+        assert_ne!(i.protocol(), Protocol::IpIp, "tunnels are never nested");
+        assert_eq!(
+            o.dont_frag(),
+            i.dont_frag(),
+            "outer DF copies the inner one"
+        );
+        assert_eq!(o.tos(), i.tos());
+        inner
+    }
+
+    /// Routes `packet`, expects a tunnel with the packet untouched inside; returns the next hop.
+    #[track_caller]
+    fn tunnelled(r: &mut Router, now: Instant, packet: &[u8]) -> Ipv4Addr {
+        let (a, b) = send(r, now, packet);
+        let Action::Tunnel { next_hop } = a else {
+            panic!("expected a tunnel, got {a:?}")
+        };
+        assert_eq!(check_outer(b.as_ref(), next_hop), packet);
+        next_hop
+    }
+
+    #[track_caller]
+    fn dropped(r: &mut Router, now: Instant, packet: &[u8]) -> DropReason {
+        match send(r, now, packet).0 {
+            Action::Drop(reason) => reason,
+            a => panic!("expected a drop, got {a:?}"),
+        }
+    }
+
+    fn tcp_key(sport: u16) -> FlowKey {
+        FlowKey::new(CLIENT, VIP, sport, 80, 6)
+    }
+
+    fn syn(sport: u16) -> Vec<u8> {
+        tcp(CLIENT, sport, VIP, 80, SYN)
+    }
+
+    fn ack(sport: u16) -> Vec<u8> {
+        tcp(CLIENT, sport, VIP, 80, ACK)
+    }
+
+    fn next_hop<'a>(r: &'a Router, name: &str) -> &'a NextHopState {
+        r.next_hops()
+            .iter()
+            .rev()
+            .find(|n| n.name == name)
+            .expect("next hop exists")
+    }
+
+    fn set_available(r: &mut Router, i: usize, available: bool) {
+        r.handle_control(
+            T0,
+            Control::SetAvailable {
+                next_hop: name(i),
+                available,
+            },
+        )
+        .unwrap();
+    }
+
+    fn reconfigure(r: &mut Router, c: &RouterConfig) {
+        r.handle_control(T0, Control::Reconfigure(Box::new(c.clone())))
+            .unwrap();
+    }
+
+    fn transmits(r: &mut Router) -> Vec<Transmit> {
+        core::iter::from_fn(|| r.poll_transmit()).collect()
+    }
+
+    fn events(r: &mut Router) -> Vec<Event> {
+        core::iter::from_fn(|| r.poll_event()).collect()
+    }
+
+    /// Packets handed in are all accounted for: dropped (once), tunnelled (once) or still held.
+    #[track_caller]
+    fn assert_accounted(r: &Router) {
+        let c = r.counters();
+        assert_eq!(
+            c.drops_total() + c.packets_tunneled + r.held_count as u64,
+            c.packets_in,
+            "drops {} + tunnelled {} + held {} != packets in {}",
+            c.drops_total(),
+            c.packets_tunneled,
+            r.held_count,
+            c.packets_in
+        );
+    }
+
+    // ---- TCP -----------------------------------------------------------------------------
+
+    #[test]
+    fn later_packets_of_a_tcp_flow_follow_its_first_packet() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let mut chosen = Vec::new();
+        for sport in 40000..40006 {
+            chosen.push(tunnelled(&mut r, T0, &syn(sport)));
+        }
+        // Round robin over three hosts, in configuration order.
+        assert_eq!(
+            chosen,
+            [host(0), host(1), host(2), host(0), host(1), host(2)]
+        );
+        for (k, sport) in (40000..40006).enumerate() {
+            let t = T0 + ms(10);
+            assert_eq!(tunnelled(&mut r, t, &ack(sport)), chosen[k]);
+            let data = Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Tcp,
+                tcp_segment(
+                    CLIENT,
+                    sport,
+                    VIP,
+                    80,
+                    ACK | TcpFlags::PSH,
+                    &[],
+                    b"GET / HTTP/1.0\r\n\r\n",
+                ),
+            )
+            .build();
+            assert_eq!(tunnelled(&mut r, t, &data), chosen[k]);
+            assert_eq!(
+                tunnelled(&mut r, t, &tcp(CLIENT, sport, VIP, 80, FIN_ACK)),
+                chosen[k]
+            );
+            assert_eq!(
+                r.flows.get(&tcp_key(sport)).unwrap().state(),
+                FlowState::TcpClosing
+            );
+            assert_eq!(r.flows.get(&tcp_key(sport)).unwrap().packets(), 4);
+        }
+        let c = r.counters();
+        assert_eq!(
+            (
+                c.packets_in,
+                c.packets_tunneled,
+                c.flows_created,
+                c.flows_rerouted
+            ),
+            (24, 24, 6, 0)
+        );
+        assert_eq!(c.drops_total(), 0);
+        assert_eq!(r.flow_count(), 6);
+        for i in 0..3 {
+            let n = next_hop(&r, &name(i));
+            assert_eq!((n.active_flows, n.selections, n.packets), (2, 2, 8));
+        }
+        assert_eq!(r.virtual_hosts()[0].flows_created, 6);
+        assert_eq!(r.virtual_hosts()[0].packets, 24);
+    }
+
+    #[test]
+    fn retransmitted_syn_goes_to_the_same_host() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+        // The SYN-ACK was lost: the client retransmits, twice. A fresh choice would be h1.
+        assert_eq!(tunnelled(&mut r, T0 + ms(1000), &syn(40000)), host(0));
+        assert_eq!(tunnelled(&mut r, T0 + ms(3000), &syn(40000)), host(0));
+        let e = r.flows.get(&tcp_key(40000)).unwrap();
+        assert_eq!((e.state(), e.packets()), (FlowState::TcpHalfOpen, 3));
+        assert_eq!(
+            (r.counters().flows_created, r.counters().flows_rerouted),
+            (1, 0)
+        );
+        assert_eq!(next_hop(&r, "h0").active_flows, 1);
+        // The round robin moved on only once.
+        assert_eq!(tunnelled(&mut r, T0, &syn(40001)), host(1));
+    }
+
+    #[test]
+    fn new_syn_after_fin_or_rst_is_routed_afresh() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+        tunnelled(&mut r, T0, &ack(40000));
+        tunnelled(&mut r, T0, &tcp(CLIENT, 40000, VIP, 80, FIN_ACK));
+        assert_eq!(
+            r.flows.get(&tcp_key(40000)).unwrap().state(),
+            FlowState::TcpClosing
+        );
+        // The client reuses the 5-tuple for a new connection.
+        assert_eq!(tunnelled(&mut r, T0 + ms(2000), &syn(40000)), host(1));
+        assert_eq!(r.counters().flows_rerouted, 1);
+        assert_eq!(
+            r.flows.get(&tcp_key(40000)).unwrap().state(),
+            FlowState::TcpHalfOpen
+        );
+        assert_eq!(r.flow_next_hop(&tcp_key(40000)).unwrap().name, "h1");
+        assert_eq!(
+            [0, 1, 2].map(|i| next_hop(&r, &name(i)).active_flows),
+            [0, 1, 0],
+            "the old flow released its next hop"
+        );
+        // The new connection stays where it went...
+        assert_eq!(tunnelled(&mut r, T0 + ms(2001), &ack(40000)), host(1));
+        // ...until it is reset, after which the next SYN is a new flow again.
+        assert_eq!(
+            tunnelled(&mut r, T0 + ms(2002), &tcp(CLIENT, 40000, VIP, 80, RST)),
+            host(1)
+        );
+        assert_eq!(tunnelled(&mut r, T0 + ms(3000), &syn(40000)), host(2));
+        assert_eq!(r.counters().flows_rerouted, 2);
+        assert_eq!(r.counters().flows_created, 3);
+        assert_eq!(r.flow_count(), 1);
+        assert_eq!(
+            [0, 1, 2].map(|i| next_hop(&r, &name(i)).active_flows),
+            [0, 0, 1]
+        );
+    }
+
+    /// Makes next hop h0 of a two-host round-robin router unable to take new flows.
+    fn make_ineligible(r: &mut Router, change: &str) {
+        match change {
+            "unavailable" => set_available(r, 0, false),
+            "drained" => {
+                let mut c = config(Policy::RoundRobin, 2);
+                c.next_hops[0].weight = 0;
+                reconfigure(r, &c);
+            }
+            _ => {
+                let mut c = config(Policy::RoundRobin, 2);
+                c.next_hops.remove(0);
+                reconfigure(r, &c);
+            }
+        }
+    }
+
+    #[test]
+    fn reused_five_tuple_whose_host_can_take_no_new_flows_is_rerouted() {
+        for change in ["unavailable", "drained", "removed"] {
+            let mut r = router(config(Policy::RoundRobin, 2));
+            assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0), "{change}");
+            assert_eq!(tunnelled(&mut r, T0, &ack(40000)), host(0), "{change}");
+            make_ineligible(&mut r, change);
+            // The connection ended without the router seeing it (the host reset it: replies
+            // bypass the router); the client reuses the port. The new connection must not go
+            // to a host that is leaving (IPVS sent such SYNs to dead backends).
+            assert_eq!(
+                tunnelled(&mut r, T0 + ms(1000), &syn(40000)),
+                host(1),
+                "{change}"
+            );
+            assert_eq!(r.counters().flows_rerouted, 1, "{change}");
+            assert_eq!(next_hop(&r, "h0").active_flows, 0, "{change}");
+            assert_eq!(next_hop(&r, "h1").active_flows, 1, "{change}");
+            assert_eq!(r.flow_next_hop(&tcp_key(40000)).unwrap().name, "h1");
+            assert_eq!(
+                r.flows.get(&tcp_key(40000)).unwrap().state(),
+                FlowState::TcpHalfOpen
+            );
+        }
+        // To a host that still takes new flows, a SYN on an open flow stays where it is.
+        let mut r = router(config(Policy::RoundRobin, 2));
+        tunnelled(&mut r, T0, &syn(40000));
+        tunnelled(&mut r, T0, &ack(40000));
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+        assert_eq!(r.counters().flows_rerouted, 0);
+    }
+
+    #[test]
+    fn retransmitted_syn_stays_even_when_its_host_can_take_no_new_flows() {
+        for change in ["unavailable", "drained", "removed"] {
+            let mut r = router(config(Policy::RoundRobin, 2));
+            assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0), "{change}");
+            make_ineligible(&mut r, change);
+            // The first SYN-ACK may only be late: a second host would reset the client's ACK.
+            assert_eq!(
+                tunnelled(&mut r, T0 + ms(1000), &syn(40000)),
+                host(0),
+                "{change}"
+            );
+            assert_eq!(r.counters().flows_rerouted, 0, "{change}");
+            assert_eq!(next_hop(&r, "h0").active_flows, 1, "{change}");
+        }
+        // Health probes pin their SYN to the host they test, healthy or not.
+        let mut r = router(config(Policy::RoundRobin, 2));
+        set_available(&mut r, 1, false);
+        let key = tcp_key(50000);
+        r.handle_control(
+            T0,
+            Control::PinFlow {
+                key,
+                next_hop: "h1".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(tunnelled(&mut r, T0, &syn(50000)), host(1));
+        assert_eq!(tunnelled(&mut r, T0 + ms(1000), &syn(50000)), host(1));
+    }
+
+    #[test]
+    fn established_flows_stay_on_a_drained_or_unhealthy_host() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+        assert_eq!(tunnelled(&mut r, T0, &ack(40000)), host(0));
+        events(&mut r);
+
+        set_available(&mut r, 0, false);
+        assert_eq!(
+            events(&mut r),
+            [Event::NextHopAvailability {
+                next_hop: "h0".into(),
+                available: false
+            }]
+        );
+        // Setting the same state again is no event.
+        set_available(&mut r, 0, false);
+        assert_eq!(events(&mut r), []);
+        assert_eq!(tunnelled(&mut r, T0 + ms(1), &ack(40000)), host(0));
+        for sport in 41000..41004 {
+            assert_eq!(
+                tunnelled(&mut r, T0 + ms(1), &syn(sport)),
+                host(1),
+                "unhealthy gets no new flow"
+            );
+        }
+        set_available(&mut r, 0, true);
+
+        let mut c = config(Policy::RoundRobin, 2);
+        c.next_hops[0].weight = 0;
+        reconfigure(&mut r, &c);
+        assert_eq!(tunnelled(&mut r, T0 + ms(2), &ack(40000)), host(0));
+        for sport in 42000..42004 {
+            assert_eq!(
+                tunnelled(&mut r, T0 + ms(2), &syn(sport)),
+                host(1),
+                "drained gets no new flow"
+            );
+        }
+        assert_eq!(
+            tunnelled(&mut r, T0 + ms(3), &tcp(CLIENT, 40000, VIP, 80, FIN_ACK)),
+            host(0)
+        );
+        assert_eq!(r.counters().flows_rerouted, 0);
+        assert_eq!(next_hop(&r, "h0").active_flows, 1);
+        assert_eq!(next_hop(&r, "h0").selections, 1);
+    }
+
+    #[test]
+    fn weight_zero_drains_under_every_policy() {
+        for policy in Policy::ALL {
+            let mut c = config(policy, 3);
+            c.next_hops[1].weight = 0;
+            let mut r = router(c);
+            let mut seen = BTreeSet::new();
+            for sport in 0..300 {
+                seen.insert(tunnelled(&mut r, T0, &syn(10000 + sport)));
+            }
+            assert_eq!(seen, BTreeSet::from([host(0), host(2)]), "{policy}");
+            assert_eq!(next_hop(&r, "h1").selections, 0, "{policy}");
+        }
+    }
+
+    #[test]
+    fn pinned_flow_goes_to_the_chosen_next_hop() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let key = tcp_key(40000);
+        r.handle_control(
+            T0,
+            Control::PinFlow {
+                key,
+                next_hop: "h2".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(next_hop(&r, "h2").active_flows, 1);
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(2));
+        assert_eq!(
+            r.handle_control(
+                T0,
+                Control::PinFlow {
+                    key,
+                    next_hop: "nope".into()
+                }
+            ),
+            Err(ControlError::UnknownNextHop("nope".into()))
+        );
+        // Re-pinning moves the flow and its count.
+        r.handle_control(
+            T0,
+            Control::PinFlow {
+                key,
+                next_hop: "h1".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            [0, 1, 2].map(|i| next_hop(&r, &name(i)).active_flows),
+            [0, 1, 0]
+        );
+        assert_eq!(tunnelled(&mut r, T0, &ack(40000)), host(1));
+        r.handle_control(T0, Control::UnpinFlow { key }).unwrap();
+        assert_eq!(r.flow_count(), 0);
+        assert_eq!(
+            [0, 1, 2].map(|i| next_hop(&r, &name(i)).active_flows),
+            [0, 0, 0]
+        );
+        assert_eq!(
+            r.handle_control(
+                T0,
+                Control::SetAvailable {
+                    next_hop: "nope".into(),
+                    available: false
+                }
+            ),
+            Err(ControlError::UnknownNextHop("nope".into()))
+        );
+    }
+
+    // ---- reconfiguration -----------------------------------------------------------------
+
+    #[test]
+    fn reconfigure_steers_only_new_flows_and_removed_hosts_keep_theirs() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        assert_eq!(events(&mut r), [Event::Reconfigured { generation: 1 }]);
+        for sport in 40000..40003 {
+            tunnelled(&mut r, T0, &syn(sport));
+            tunnelled(&mut r, T0, &ack(sport));
+        }
+        let udp_flow = udp(CLIENT, 5000, VIP, 53, b"q");
+        assert_eq!(tunnelled(&mut r, T0, &udp_flow), host(0));
+        assert_eq!(r.flow_next_hop(&tcp_key(40002)).unwrap().name, "h2");
+
+        // h2 and h0 leave the configuration; h3 joins.
+        let mut c = config(Policy::RoundRobin, 4);
+        c.next_hops.retain(|n| n.name != "h2" && n.name != "h0");
+        reconfigure(&mut r, &c);
+        assert_eq!(events(&mut r), [Event::Reconfigured { generation: 2 }]);
+        assert_eq!(r.config(), &c);
+        let h2 = next_hop(&r, "h2");
+        assert!(!h2.configured && !h2.eligible());
+        assert_eq!(h2.active_flows, 1);
+
+        // Established flows keep their next hop, configured or not.
+        for (sport, h) in [(40000, 0), (40001, 1), (40002, 2)] {
+            assert_eq!(tunnelled(&mut r, T0 + ms(5), &ack(sport)), host(h));
+        }
+        assert_eq!(tunnelled(&mut r, T0 + ms(5), &udp_flow), host(0));
+        // New flows only go to configured next hops.
+        let mut seen = BTreeSet::new();
+        for sport in 41000..41010 {
+            seen.insert(tunnelled(&mut r, T0 + ms(5), &syn(sport)));
+        }
+        assert_eq!(seen, BTreeSet::from([host(1), host(3)]));
+
+        // When the removed host's last flow ends, its count goes back to zero.
+        tunnelled(&mut r, T0 + ms(6), &tcp(CLIENT, 40002, VIP, 80, FIN_ACK));
+        r.handle_timeout(T0 + Duration::from_secs(20));
+        assert_eq!(next_hop(&r, "h2").active_flows, 0);
+        assert!(r.flow_next_hop(&tcp_key(40002)).is_none());
+    }
+
+    #[test]
+    fn health_carries_over_by_name_across_reconfigure() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        tunnelled(&mut r, T0, &syn(40000));
+        assert_eq!(tunnelled(&mut r, T0, &syn(40001)), host(1));
+        tunnelled(&mut r, T0, &ack(40001));
+        set_available(&mut r, 1, false);
+
+        // The same hosts with new weights: h1 is still down.
+        let mut c = config(Policy::Weighted, 3);
+        c.next_hops[0].weight = 2;
+        reconfigure(&mut r, &c);
+        assert!(!next_hop(&r, "h1").available);
+        for sport in 41000..41020 {
+            assert_ne!(tunnelled(&mut r, T0, &syn(sport)), host(1));
+        }
+
+        // h1 moves to a new address: a new next hop, still down (a host does not become healthy
+        // by moving), while its established flow stays on the old address.
+        let moved = Ipv4Addr::new(10, 200, 9, 9);
+        c.next_hops[1].address = moved;
+        reconfigure(&mut r, &c);
+        let h1 = next_hop(&r, "h1");
+        assert_eq!(
+            (h1.address, h1.available, h1.configured),
+            (moved, false, true)
+        );
+        assert_eq!(tunnelled(&mut r, T0, &ack(40001)), host(1));
+        for sport in 42000..42020 {
+            assert_ne!(tunnelled(&mut r, T0, &syn(sport)), moved);
+        }
+        // Healthy again: new flows reach the new address; the old flow still goes to the old one.
+        set_available(&mut r, 1, true);
+        let mut seen = BTreeSet::new();
+        for sport in 43000..43020 {
+            seen.insert(tunnelled(&mut r, T0, &syn(sport)));
+        }
+        assert!(seen.contains(&moved));
+        assert!(!seen.contains(&host(1)));
+        assert_eq!(tunnelled(&mut r, T0, &ack(40001)), host(1));
+    }
+
+    #[test]
+    fn a_next_hop_removed_and_added_back_takes_back_its_slot() {
+        let mut r = router(config(Policy::LeastFlows, 2));
+        for sport in 40000..40004 {
+            tunnelled(&mut r, T0, &syn(sport));
+            tunnelled(&mut r, T0, &ack(sport));
+        }
+        assert_eq!(
+            [
+                next_hop(&r, "h0").active_flows,
+                next_hop(&r, "h1").active_flows
+            ],
+            [2, 2]
+        );
+        let mut without = config(Policy::LeastFlows, 2);
+        without.next_hops.remove(1);
+        for _ in 0..3 {
+            reconfigure(&mut r, &without);
+            reconfigure(&mut r, &config(Policy::LeastFlows, 2));
+        }
+        // One slot per host, not one per reload, and the flows still count on it.
+        assert_eq!(r.next_hops().len(), 2);
+        let h1 = next_hop(&r, "h1");
+        assert!(h1.configured && h1.eligible());
+        assert_eq!(h1.active_flows, 2);
+        // A SYN reusing one of its 5-tuples is no SYN to a removed host: it stays.
+        let on_h1 = (40000..40004)
+            .find(|&p| r.flow_next_hop(&tcp_key(p)).unwrap().name == "h1")
+            .unwrap();
+        assert_eq!(tunnelled(&mut r, T0, &syn(on_h1)), host(1));
+        assert_eq!(r.counters().flows_rerouted, 0);
+        // least_flows sees its real count: with 2 each, new flows alternate.
+        let next: Vec<_> = (41000..41004)
+            .map(|p| tunnelled(&mut r, T0, &syn(p)))
+            .collect();
+        assert_eq!(next.iter().filter(|&&h| h == host(1)).count(), 2);
+    }
+
+    #[test]
+    fn invalid_configuration_is_refused_and_the_old_one_stays() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        events(&mut r);
+        let base = config(Policy::RoundRobin, 2);
+        let mut dup = base.clone();
+        dup.next_hops[1].name = "h0".into();
+        let mut unknown = base.clone();
+        unknown.virtual_hosts[0].next_hops = vec!["h9".into()];
+        let mut overlap = base.clone();
+        let mut other = overlap.virtual_hosts[0].clone();
+        other.name = "inner".into();
+        other.subnet = "10.99.0.128/25".parse().unwrap();
+        overlap.virtual_hosts.push(other);
+        let mut mtu = base.clone();
+        mtu.tunnel_mtu = 575;
+        let mut moved = base.clone();
+        moved.tunnel_source = Ipv4Addr::new(10, 200, 9, 9);
+        let cases = [
+            (
+                moved,
+                ConfigError::TunnelSourceChanged {
+                    running: base.tunnel_source,
+                    new: Ipv4Addr::new(10, 200, 9, 9),
+                },
+            ),
+            (dup, ConfigError::DuplicateNextHop("h0".into())),
+            (
+                unknown,
+                ConfigError::UnknownNextHop {
+                    virtual_host: "web".into(),
+                    next_hop: "h9".into(),
+                },
+            ),
+            (
+                overlap,
+                ConfigError::OverlappingVirtualHosts("web".into(), "inner".into()),
+            ),
+            (mtu, ConfigError::TunnelMtu(575)),
+        ];
+        for (c, e) in cases {
+            assert_eq!(
+                r.handle_control(T0, Control::Reconfigure(Box::new(c))),
+                Err(ControlError::Config(e))
+            );
+        }
+        assert_eq!(events(&mut r), []);
+        assert_eq!(r.config(), &base);
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+    }
+
+    /// Routes a SYN of each flow and returns the next hops chosen.
+    fn choices(r: &mut Router, sports: core::ops::Range<u16>, src: Ipv4Addr) -> Vec<Ipv4Addr> {
+        sports
+            .map(|sport| {
+                let (a, _) = send(r, T0, &tcp(src, sport, VIP, 80, SYN));
+                match a {
+                    Action::Tunnel { next_hop } => next_hop,
+                    a => panic!("{a:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn maglev_host_changes_remap_few_new_flows_and_no_established_one() {
+        const FLOWS: u16 = 2000;
+        let ten = config(Policy::Maglev, 10);
+        let eleven = config(Policy::Maglev, 11);
+        let mut nine = ten.clone();
+        nine.next_hops.retain(|n| n.name != "h3");
+
+        // Established flows on a router that then gains a host, then loses one.
+        let mut r = router(ten.clone());
+        let before = choices(&mut r, 10000..10000 + FLOWS, CLIENT);
+        for sport in 10000..10000 + FLOWS {
+            tunnelled(&mut r, T0, &ack(sport));
+        }
+        for c in [&eleven, &nine] {
+            reconfigure(&mut r, c);
+            for (k, sport) in (10000..10000 + FLOWS).enumerate() {
+                assert_eq!(
+                    tunnelled(&mut r, T0, &ack(sport)),
+                    before[k],
+                    "established flow moved"
+                );
+            }
+        }
+        assert_eq!(r.counters().flows_rerouted, 0);
+
+        // New flows: what the old and the new host sets choose for the same 5-tuples.
+        let client = Ipv4Addr::new(10, 7, 7, 7);
+        let old = choices(&mut router(ten.clone()), 20000..20000 + FLOWS, client);
+        let added = choices(&mut router(eleven), 20000..20000 + FLOWS, client);
+        let removed = choices(&mut router(nine), 20000..20000 + FLOWS, client);
+        let n = FLOWS as usize;
+        let moved: Vec<usize> = (0..n).filter(|&k| old[k] != added[k]).collect();
+        let to_new = moved.iter().filter(|&&k| added[k] == host(10)).count();
+        // About 1/11 of the flows belong to the new host; Maglev moves only a few more.
+        assert!(to_new > n / 11 / 2, "the new host gets its share: {to_new}");
+        assert!(
+            moved.len() - to_new <= n * 3 / 100,
+            "{} flows moved between old hosts",
+            moved.len() - to_new
+        );
+        assert!(
+            moved.len() <= n * 15 / 100,
+            "{} of {n} flows moved",
+            moved.len()
+        );
+        // Removing h3 moves its flows and only a few others.
+        let from_h3 = (0..n).filter(|&k| old[k] == host(3)).count();
+        let others_moved = (0..n)
+            .filter(|&k| old[k] != host(3) && old[k] != removed[k])
+            .count();
+        assert!(from_h3 > 0);
+        assert!((0..n).all(|k| removed[k] != host(3)));
+        assert!(
+            others_moved <= n * 3 / 100,
+            "{others_moved} flows not on h3 moved"
+        );
+    }
+
+    #[test]
+    fn maglev_choice_does_not_depend_on_next_hop_order() {
+        let c = config(Policy::Maglev, 6);
+        let mut reversed = c.clone();
+        reversed.next_hops.reverse();
+        let a = choices(&mut router(c), 30000..30500, CLIENT);
+        let b = choices(&mut router(reversed), 30000..30500, CLIENT);
+        assert_eq!(a, b);
+        assert!(a.iter().collect::<HashSet<_>>().len() == 6);
+    }
+
+    // ---- UDP -----------------------------------------------------------------------------
+
+    #[test]
+    fn udp_flows_are_pinned_by_default() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let d = udp(CLIENT, 5000, VIP, 53, b"query");
+        assert_eq!(tunnelled(&mut r, T0, &d), host(0));
+        assert_eq!(tunnelled(&mut r, T0 + ms(10), &d), host(0));
+        assert_eq!(tunnelled(&mut r, T0 + ms(20), &d), host(0));
+        let key = FlowKey::new(CLIENT, VIP, 5000, 53, 17);
+        let e = r.flows.get(&key).unwrap();
+        assert_eq!((e.state(), e.packets()), (FlowState::Udp, 3));
+        assert_eq!(
+            tunnelled(&mut r, T0, &udp(CLIENT, 5001, VIP, 53, b"query")),
+            host(1)
+        );
+        assert_eq!(r.flow_count(), 2);
+    }
+
+    #[test]
+    fn udp_per_datagram_spreads_one_five_tuple_over_hosts() {
+        let mut c = config(Policy::RoundRobin, 3);
+        c.virtual_hosts[0].udp = UdpMode::PerDatagram;
+        let mut r = router(c);
+        let d = udp(CLIENT, 5000, VIP, 53, b"query");
+        let chosen: Vec<_> = (0..6).map(|_| tunnelled(&mut r, T0, &d)).collect();
+        assert_eq!(
+            chosen,
+            [host(0), host(1), host(2), host(0), host(1), host(2)]
+        );
+        assert_eq!(r.flow_count(), 0);
+        assert_eq!(r.counters().flows_created, 0);
+        assert_eq!(
+            [0, 1, 2].map(|i| next_hop(&r, &name(i)).selections),
+            [2, 2, 2]
+        );
+        // TCP to the same virtual host is still pinned.
+        let h = tunnelled(&mut r, T0, &syn(40000));
+        assert_eq!(tunnelled(&mut r, T0, &ack(40000)), h);
+        assert_eq!(r.flow_count(), 1);
+    }
+
+    #[test]
+    fn udp_mode_names_round_trip_and_drop_labels_are_distinct() {
+        for m in [UdpMode::Pin, UdpMode::PerDatagram] {
+            assert_eq!(m.as_str().parse::<UdpMode>(), Ok(m));
+        }
+        assert!("sticky".parse::<UdpMode>().is_err());
+        let names: HashSet<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            DropReason::ALL.len(),
+            "metric labels are distinct"
+        );
+    }
+
+    // ---- fragments -----------------------------------------------------------------------
+
+    /// A 3000-byte UDP datagram from `sport` (IP total length 3000) in three fragments of id
+    /// `ident`: 1480, 1480 and 20 payload bytes.
+    fn three_fragments(sport: u16, ident: u16) -> Vec<Vec<u8>> {
+        let datagram = udp(CLIENT, sport, VIP, 4789, &[0xab; 2972]);
+        assert_eq!(datagram.len(), 3000);
+        let f = fragment(&datagram, ident, 1480);
+        assert_eq!(f.iter().map(Vec::len).collect::<Vec<_>>(), [1500, 1500, 40]);
+        f
+    }
+
+    #[test]
+    fn fragments_of_a_datagram_all_go_to_one_host() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        assert_eq!(
+            tunnelled(&mut r, T0, &udp(CLIENT, 6000, VIP, 4789, b"x")),
+            host(0)
+        );
+        let f = three_fragments(6001, 0x4242);
+        let h = tunnelled(&mut r, T0, &f[0]);
+        assert_eq!(h, host(1));
+        assert_eq!(tunnelled(&mut r, T0 + ms(1), &f[1]), h);
+        assert_eq!(tunnelled(&mut r, T0 + ms(2), &f[2]), h);
+        // The first fragment was classified by its ports: the flow is the datagram's 5-tuple.
+        assert_eq!(
+            r.flow_next_hop(&FlowKey::new(CLIENT, VIP, 6001, 4789, 17))
+                .unwrap()
+                .address,
+            h
+        );
+        assert_eq!(
+            tunnelled(&mut r, T0 + ms(3), &udp(CLIENT, 6001, VIP, 4789, b"y")),
+            h
+        );
+        let c = r.counters();
+        assert_eq!(
+            (c.fragments_routed, c.fragments_held, c.packets_tunneled),
+            (2, 0, 5)
+        );
+        assert!(transmits(&mut r).is_empty());
+        // A second datagram of the same flow (new id) follows the flow too.
+        for (k, frag) in three_fragments(6001, 0x4243).iter().enumerate() {
+            assert_eq!(tunnelled(&mut r, T0 + ms(4 + k as u64), frag), h);
+        }
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn fragments_ahead_of_the_first_are_held_then_released_to_its_host() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        tunnelled(&mut r, T0, &udp(CLIENT, 6000, VIP, 4789, b"x")); // h0 taken: the next is h1
+        let f = three_fragments(6001, 0x4242);
+        let other = three_fragments(6002, 0x5555);
+        // The driver reads into big reusable buffers; a held fragment must not shrink them.
+        for frag in [&f[2], &f[1], &other[1]] {
+            let mut b = PacketBuf::new(9000);
+            let room = b.read_slot().len();
+            b.read_slot()[..frag.len()].copy_from_slice(frag);
+            b.set_len(frag.len());
+            assert_eq!(r.handle_packet(T0, &mut b), Action::Held);
+            assert!(b.is_empty());
+            assert_eq!(b.headroom(), slr_wire::buf::DEFAULT_HEADROOM);
+            assert_eq!(
+                b.read_slot().len(),
+                room,
+                "the driver's buffer keeps its room"
+            );
+        }
+        assert!(transmits(&mut r).is_empty());
+        assert_eq!(r.counters().fragments_held, 3);
+        assert_accounted(&r);
+
+        assert_eq!(tunnelled(&mut r, T0 + ms(1), &f[0]), host(1));
+        let t = transmits(&mut r);
+        assert_eq!(
+            t.len(),
+            2,
+            "both held fragments of this datagram, not the other's"
+        );
+        for (tx, expected) in t.iter().zip([&f[2], &f[1]]) {
+            assert_eq!(tx.destination, Destination::Tunnel(host(1)));
+            assert_eq!(check_outer(tx.buf.as_ref(), host(1)), &expected[..]);
+        }
+        let c = r.counters();
+        assert_eq!(
+            (c.fragments_held, c.fragments_routed, c.packets_tunneled),
+            (3, 2, 4)
+        );
+        // Released fragments count on the next hop and the virtual host like any other packet.
+        assert_eq!(next_hop(&r, "h1").packets, 3);
+        assert_eq!(next_hop(&r, "h1").bytes, (1520 + 1520 + 60) as u64);
+        assert_eq!(r.virtual_hosts()[0].packets, 4);
+        assert_eq!(r.held_count, 1);
+        assert_accounted(&r);
+        // Later fragments of the released datagram go straight through.
+        assert_eq!(tunnelled(&mut r, T0 + ms(2), &f[2]), host(1));
+    }
+
+    #[test]
+    fn orphan_fragments_expire_and_are_counted() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        assert_eq!(r.poll_timeout(), None);
+        let f = three_fragments(6001, 0x4242);
+        assert_eq!(send(&mut r, T0, &f[1]).0, Action::Held);
+        assert_eq!(send(&mut r, T0 + ms(100), &f[2]).0, Action::Held);
+        let deadline = T0 + FRAGMENT_TIMEOUT;
+        assert_eq!(r.poll_timeout(), Some(deadline));
+        r.handle_timeout(deadline);
+        let c = r.counters();
+        assert_eq!(c.drops(DropReason::FragmentOrphan), 2);
+        assert_eq!(r.held_count, 0);
+        assert_eq!(r.poll_timeout(), None);
+        assert_accounted(&r);
+        // The first fragment, too late: routed on its own, nothing is released.
+        tunnelled(&mut r, deadline + ms(1000), &f[0]);
+        assert!(transmits(&mut r).is_empty());
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn orphans_are_kept_until_the_fragment_timeout() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let f = three_fragments(6001, 0x4242);
+        let just_before = Instant::from_micros((T0 + FRAGMENT_TIMEOUT).as_micros() - 1);
+        assert_eq!(send(&mut r, T0, &f[1]).0, Action::Held);
+        r.handle_timeout(just_before);
+        assert_eq!(r.counters().drops(DropReason::FragmentOrphan), 0);
+        assert_eq!(tunnelled(&mut r, just_before, &f[0]), host(0));
+        assert_eq!(transmits(&mut r).len(), 1);
+        // The first fragment's choice outlives the held fragments' deadline...
+        r.handle_timeout(T0 + FRAGMENT_TIMEOUT);
+        assert_eq!(r.counters().drops_total(), 0);
+        assert_eq!(tunnelled(&mut r, T0 + FRAGMENT_TIMEOUT, &f[2]), host(0));
+        // ...and is forgotten after its own.
+        r.handle_timeout(just_before + FRAGMENT_TIMEOUT);
+        assert!(r.fragments.is_empty());
+        assert_eq!(
+            send(&mut r, just_before + FRAGMENT_TIMEOUT, &f[2]).0,
+            Action::Held
+        );
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn held_fragments_are_capped() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let firsts: Vec<Vec<u8>> = (0..MAX_HELD_FRAGMENTS as u16 + 1)
+            .map(|ident| {
+                let f = three_fragments(7000, ident);
+                assert_eq!(
+                    send(&mut r, T0, &f[2]).0,
+                    if (ident as usize) < MAX_HELD_FRAGMENTS {
+                        Action::Held
+                    } else {
+                        Action::Drop(DropReason::FragmentOverflow)
+                    }
+                );
+                f[0].clone()
+            })
+            .collect();
+        assert_eq!(r.counters().drops(DropReason::FragmentOverflow), 1);
+        assert_eq!(r.held_count, MAX_HELD_FRAGMENTS);
+        // A first fragment releases its datagram's fragment and makes room.
+        tunnelled(&mut r, T0, &firsts[0]);
+        assert_eq!(transmits(&mut r).len(), 1);
+        assert_eq!(
+            send(&mut r, T0, &three_fragments(7000, 9999)[1]).0,
+            Action::Held
+        );
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn nested_tunnel_is_refused_even_in_fragments() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let inner = udp(CLIENT, 1, VIP, 2, &[7; 100]);
+        let nested = Ip::new(CLIENT, VIP, Protocol::IpIp, inner).build();
+        assert_eq!(dropped(&mut r, T0, &nested), DropReason::NestedTunnel);
+        for frag in fragment(&nested, 77, 64) {
+            assert_eq!(dropped(&mut r, T0, &frag), DropReason::NestedTunnel);
+        }
+        assert_eq!(r.counters().drops(DropReason::NestedTunnel), 3);
+        assert_eq!(r.held_count, 0);
+    }
+
+    // ---- MTU -----------------------------------------------------------------------------
+
+    /// A TCP segment from the client to the VIP with DF (or not) and `len` bytes in all.
+    fn big_tcp(sport: u16, len: usize, df: bool) -> Vec<u8> {
+        let seg = tcp_segment(CLIENT, sport, VIP, 80, ACK, &[], &vec![0x5a; len - 40]);
+        let ip = Ip::new(CLIENT, VIP, Protocol::Tcp, seg);
+        if df { ip.df() } else { ip }.build()
+    }
+
+    #[track_caller]
+    fn check_frag_needed(t: &Transmit, original: &[u8], mtu: u16) {
+        assert_eq!(t.destination, Destination::Local);
+        let b = t.buf.as_ref();
+        let ip = Ipv4Packet::new_checked(b).expect("ICMP datagram parses");
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.total_len() as usize, b.len());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.protocol()),
+            (VIP, CLIENT, Protocol::Icmp)
+        );
+        assert_eq!(ip.frag_offset(), 0);
+        assert!(!ip.dont_frag() && !ip.more_frags() && !ip.is_fragment());
+        assert!(ip.ttl() > 0);
+        assert!(b.len() <= icmp::MAX_ERROR_DATAGRAM);
+        let m = IcmpPacket::new_checked(ip.payload()).unwrap();
+        assert!(m.verify_checksum());
+        assert_eq!(
+            (m.msg_type(), m.code()),
+            (icmp::DST_UNREACHABLE, icmp::CODE_FRAG_NEEDED)
+        );
+        assert_eq!(m.rest_of_header(), u32::from(mtu));
+        let quoted = original.len().min(icmp::MAX_ERROR_DATAGRAM - 28);
+        assert_eq!(
+            m.data(),
+            &original[..quoted],
+            "quotes the original header and data"
+        );
+    }
+
+    #[test]
+    fn df_packet_that_does_not_fit_the_tunnel_gets_frag_needed() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        tunnelled(&mut r, T0, &syn(40000));
+        // 1480 + 20 = 1500 fits exactly.
+        let fits = big_tcp(40000, 1480, true);
+        let (a, b) = send(&mut r, T0, &fits);
+        assert_eq!(a, Action::Tunnel { next_hop: host(0) });
+        assert_eq!(b.len(), 1500);
+        assert!(Ipv4Packet::new_unchecked(b.as_ref()).dont_frag());
+        // One byte more does not.
+        let big = big_tcp(40000, 1481, true);
+        assert_eq!(dropped(&mut r, T0, &big), DropReason::TooBig);
+        let t = transmits(&mut r);
+        assert_eq!(t.len(), 1);
+        check_frag_needed(&t[0], &big, 1480);
+        assert_eq!(r.counters().icmp_frag_needed_sent, 1);
+        assert_eq!(r.counters().drops(DropReason::TooBig), 1);
+
+        // The same for a packet that came through a parent's tunnel, with a smaller tunnel MTU.
+        let mut c = config(Policy::RoundRobin, 2);
+        c.tunnel_mtu = 1400;
+        let mut r = router(c);
+        let big = big_tcp(40001, 1381, true);
+        let mut b = PacketBuf::from_slice(&big);
+        ipip::encapsulate(&mut b, PARENT, SOURCE, 64, 1).unwrap();
+        assert_eq!(
+            r.handle_tunnelled_packet(T0, &mut b),
+            Action::Drop(DropReason::TooBig)
+        );
+        let t = transmits(&mut r);
+        let mut decremented = big.clone();
+        decremented[8] -= 1;
+        fix_ip_checksum(&mut decremented);
+        check_frag_needed(&t[0], &decremented, 1380);
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn frag_needed_is_rate_limited() {
+        let mut c = config(Policy::RoundRobin, 2);
+        c.icmp_rate_limit = 2;
+        let mut r = router(c);
+        let big = big_tcp(40000, 1600, true);
+        for _ in 0..3 {
+            assert_eq!(dropped(&mut r, T0, &big), DropReason::TooBig);
+        }
+        assert_eq!(transmits(&mut r).len(), 2);
+        let c = r.counters();
+        assert_eq!(
+            (
+                c.icmp_frag_needed_sent,
+                c.icmp_rate_limited,
+                c.drops(DropReason::TooBig)
+            ),
+            (2, 1, 3)
+        );
+        // Half a second later one token has come back.
+        assert_eq!(dropped(&mut r, T0 + ms(500), &big), DropReason::TooBig);
+        assert_eq!(dropped(&mut r, T0 + ms(500), &big), DropReason::TooBig);
+        assert_eq!(transmits(&mut r).len(), 1);
+        let c = r.counters();
+        assert_eq!((c.icmp_frag_needed_sent, c.icmp_rate_limited), (3, 2));
+        // A long pause refills no more than the burst.
+        for _ in 0..3 {
+            dropped(&mut r, T0 + Duration::from_secs(100), &big);
+        }
+        assert_eq!(transmits(&mut r).len(), 2);
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn big_packet_without_df_is_tunnelled() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        let big = big_tcp(40000, 1500, false);
+        let (a, b) = send(&mut r, T0, &big);
+        assert_eq!(a, Action::Tunnel { next_hop: host(0) });
+        assert_eq!(b.len(), 1520);
+        assert!(
+            !Ipv4Packet::new_unchecked(b.as_ref()).dont_frag(),
+            "the path may fragment it"
+        );
+        assert_eq!(check_outer(b.as_ref(), host(0)), &big[..]);
+        assert!(transmits(&mut r).is_empty());
+        assert_eq!(r.counters().bytes_tunneled, 1520);
+    }
+
+    fn syn_with_options(sport: u16, flags: u8, options: &[u8]) -> Vec<u8> {
+        Ip::new(
+            CLIENT,
+            VIP,
+            Protocol::Tcp,
+            tcp_segment(CLIENT, sport, VIP, 80, flags, options, &[]),
+        )
+        .df()
+        .build()
+    }
+
+    fn inner_mss(b: &PacketBuf) -> Option<u16> {
+        let inner = &b.as_ref()[20..];
+        assert!(
+            transport_checksum_ok(inner),
+            "TCP checksum verifies with the pseudo-header"
+        );
+        let ip = Ipv4Packet::new_checked(inner).unwrap();
+        assert!(ip.verify_checksum());
+        TcpPacket::new_checked(ip.payload()).unwrap().mss()
+    }
+
+    #[test]
+    fn mss_of_syns_is_clamped_and_the_checksum_stays_valid() {
+        let mut c = config(Policy::RoundRobin, 2);
+        c.mss_clamp = Some(1400);
+        let mut r = router(c);
+        let m = mss_option(1460);
+        // MSS first (even offset), after a NOP (odd offset), and with a timestamp before it.
+        let layouts: [Vec<u8>; 3] = [
+            [&m[..], &[1, 1, 1, 0]].concat(),
+            [&[1][..], &m, &[1, 1, 0]].concat(),
+            [&[1, 1, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8][..], &m].concat(),
+        ];
+        for (k, opts) in layouts.iter().enumerate() {
+            let p = syn_with_options(40000 + k as u16, SYN, opts);
+            assert!(transport_checksum_ok(&p));
+            let (a, b) = send(&mut r, T0, &p);
+            assert!(matches!(a, Action::Tunnel { .. }));
+            assert_eq!(inner_mss(&b), Some(1400), "layout {k}");
+            // Nothing else changed.
+            let inner = &b.as_ref()[20..];
+            let differing: Vec<usize> = (0..p.len()).filter(|&i| inner[i] != p[i]).collect();
+            assert!(
+                differing.iter().all(|&i| (36..38).contains(&i) || i >= 40),
+                "{differing:?}"
+            );
+        }
+        assert_eq!(r.counters().mss_clamped, 3);
+        // A smaller MSS, or a segment that is no SYN, is left alone.
+        for p in [
+            syn_with_options(41000, SYN, &[&mss_option(1300)[..], &[1, 1, 1, 0]].concat()),
+            syn_with_options(41001, ACK, &[&m[..], &[1, 1, 1, 0]].concat()),
+        ] {
+            let (_, b) = send(&mut r, T0, &p);
+            assert_eq!(&b.as_ref()[20..], &p[..]);
+        }
+        assert_eq!(r.counters().mss_clamped, 3);
+        // Clamping off: untouched.
+        let mut r = router(config(Policy::RoundRobin, 2));
+        let p = syn_with_options(40000, SYN, &[&m[..], &[1, 1, 1, 0]].concat());
+        assert_eq!(tunnelled(&mut r, T0, &p), host(0));
+        assert_eq!(r.counters().mss_clamped, 0);
+    }
+
+    #[test]
+    fn link_padding_is_not_tunnelled() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        let p = syn(40000);
+        let padded = [&p[..], &[0u8; 6]].concat();
+        let (a, b) = send(&mut r, T0, &padded);
+        assert_eq!(a, Action::Tunnel { next_hop: host(0) });
+        assert_eq!(check_outer(b.as_ref(), host(0)), &p[..]);
+    }
+
+    // ---- ICMP ----------------------------------------------------------------------------
+
+    #[test]
+    fn icmp_error_about_a_host_reply_goes_to_the_host_owning_the_flow() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        for sport in 40000..40003 {
+            tunnelled(&mut r, T0, &syn(sport));
+            tunnelled(&mut r, T0, &ack(sport));
+        }
+        assert_eq!(
+            tunnelled(&mut r, T0, &udp(CLIENT, 5353, VIP, 53, b"q")),
+            host(0)
+        );
+        let flows = r.flow_count();
+
+        // The host's replies come from the VIP; a router on the way back reports a problem.
+        let reply = |sport: u16| {
+            Ip::new(
+                VIP,
+                CLIENT,
+                Protocol::Tcp,
+                tcp_segment(VIP, 80, CLIENT, sport, ACK, &[], &[0x33; 1400]),
+            )
+            .df()
+            .build()
+        };
+        let cases: [(Vec<u8>, Ipv4Addr); 5] = [
+            // The whole reply quoted (as much as fits), frag-needed: the host must lower its MSS.
+            (
+                icmp_error(REPORTER, VIP, 3, 4, &reply(40001)[..548]),
+                host(1),
+            ),
+            // Only the IP header and 8 bytes (RFC 792): must be accepted.
+            (
+                icmp_error(REPORTER, VIP, 3, 4, &reply(40002)[..28]),
+                host(2),
+            ),
+            (
+                icmp_error(REPORTER, VIP, icmp::TIME_EXCEEDED, 0, &reply(40000)[..28]),
+                host(0),
+            ),
+            (
+                icmp_error(REPORTER, VIP, icmp::PARAM_PROBLEM, 0, &reply(40001)[..60]),
+                host(1),
+            ),
+            (
+                icmp_error(REPORTER, VIP, 3, 3, &udp(VIP, 53, CLIENT, 5353, b"answer")),
+                host(0),
+            ),
+        ];
+        for (k, (err, h)) in cases.iter().enumerate() {
+            assert_eq!(tunnelled(&mut r, T0, err), *h, "case {k}");
+        }
+        assert_eq!(r.counters().icmp_errors_routed, 5);
+        assert_eq!(r.flow_count(), flows, "errors create no flow");
+
+        // An error about a flow nobody knows.
+        let unknown = icmp_error(REPORTER, VIP, 3, 4, &reply(49999)[..28]);
+        assert_eq!(dropped(&mut r, T0, &unknown), DropReason::IcmpNoFlow);
+        assert_eq!(r.counters().icmp_errors_routed, 5);
+    }
+
+    #[test]
+    fn icmp_error_that_does_not_fit_the_tunnel_is_dropped_quietly() {
+        let mut c = config(Policy::RoundRobin, 3);
+        c.tunnel_mtu = 576;
+        let mut r = router(c);
+        tunnelled(&mut r, T0, &syn(40000));
+        let reply = Ip::new(
+            VIP,
+            CLIENT,
+            Protocol::Tcp,
+            tcp_segment(VIP, 80, CLIENT, 40000, ACK, &[], &[1; 600]),
+        )
+        .build();
+        let err = Ip::new(
+            REPORTER,
+            VIP,
+            Protocol::Icmp,
+            icmp_message(3, 4, 1300, &reply[..560]),
+        )
+        .df()
+        .build();
+        assert_eq!(dropped(&mut r, T0, &err), DropReason::TooBig);
+        assert_eq!(r.counters().icmp_errors_routed, 0);
+        // No ICMP error about an ICMP error (RFC 1122 3.2.2).
+        assert!(transmits(&mut r).is_empty());
+        assert_eq!(r.counters().icmp_frag_needed_sent, 0);
+    }
+
+    #[test]
+    fn echo_requests_to_the_vip_are_pinned_by_identifier() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        for seq in 1..5 {
+            assert_eq!(
+                tunnelled(
+                    &mut r,
+                    T0 + ms(seq as u64 * 1000),
+                    &echo_request(CLIENT, VIP, 7, seq)
+                ),
+                host(0)
+            );
+        }
+        assert_eq!(
+            tunnelled(&mut r, T0, &echo_request(CLIENT, VIP, 8, 1)),
+            host(1)
+        );
+        let e = r.flows.get(&FlowKey::new(CLIENT, VIP, 7, 0, 1)).unwrap();
+        assert_eq!((e.state(), e.packets()), (FlowState::Other, 4));
+        assert_eq!(r.flow_count(), 2);
+        let reply = Ip::new(
+            CLIENT,
+            VIP,
+            Protocol::Icmp,
+            icmp_message(icmp::ECHO_REPLY, 0, 0, b"x"),
+        )
+        .build();
+        assert_eq!(dropped(&mut r, T0, &reply), DropReason::UnsupportedIcmp);
+    }
+
+    // ---- malformed input -----------------------------------------------------------------
+
+    fn with(mut p: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        edit(&mut p);
+        p
+    }
+
+    fn with_fixed_checksum(p: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        with(p, |p| {
+            edit(p);
+            fix_ip_checksum(p);
+        })
+    }
+
+    #[test]
+    fn every_drop_reason_of_handle_packet_is_produced_and_counted() {
+        use DropReason as D;
+        let mut r = router(config(Policy::RoundRobin, 3));
+        tunnelled(&mut r, T0, &syn(40000));
+        let good = udp(CLIENT, 5000, VIP, 53, b"hello");
+        let tcp_good = ack(40001);
+        let reply = tcp(VIP, 80, CLIENT, 40000, ACK);
+        let mut ipv6 = vec![0u8; 48];
+        ipv6[0] = 0x60;
+        ipv6[4..6].copy_from_slice(&8u16.to_be_bytes());
+        ipv6[6] = 17;
+        ipv6[7] = 64;
+        let first_tcp_fragment = {
+            let mut ip = Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Tcp,
+                vec![0x9c, 0x40, 0, 80, 0, 0, 0, 1],
+            );
+            ip.more_frags = true;
+            ip.build()
+        };
+        let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            ("empty", vec![], D::Truncated),
+            ("19 bytes", good[..19].to_vec(), D::Truncated),
+            (
+                "total length beyond the buffer",
+                with_fixed_checksum(good.clone(), |p| {
+                    p[2..4].copy_from_slice(&200u16.to_be_bytes())
+                }),
+                D::Truncated,
+            ),
+            ("version 6", ipv6, D::NotIpv4),
+            (
+                "version 6 in a v4 header",
+                with_fixed_checksum(good.clone(), |p| p[0] = 0x65),
+                D::NotIpv4,
+            ),
+            (
+                "IHL 4",
+                with_fixed_checksum(good.clone(), |p| p[0] = 0x44),
+                D::BadHeaderLen,
+            ),
+            (
+                "IHL 0",
+                with(good.clone(), |p| p[0] = 0x40),
+                D::BadHeaderLen,
+            ),
+            (
+                "IHL beyond the buffer",
+                with(good.clone(), |p| p[0] = 0x4f),
+                D::BadHeaderLen,
+            ),
+            (
+                "total length below the header",
+                with_fixed_checksum(good.clone(), |p| {
+                    p[2..4].copy_from_slice(&19u16.to_be_bytes())
+                }),
+                D::BadTotalLen,
+            ),
+            (
+                "bad checksum",
+                with(good.clone(), |p| p[10] ^= 0xff),
+                D::BadChecksum,
+            ),
+            (
+                "TTL 0",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Udp,
+                    udp_datagram(CLIENT, 1, VIP, 2, b""),
+                )
+                .ttl(0)
+                .build(),
+                D::TtlExpired,
+            ),
+            (
+                "LSRR",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Udp,
+                    udp_datagram(CLIENT, 1, VIP, 2, b""),
+                )
+                .options(&[131, 7, 4, 10, 0, 0, 9])
+                .build(),
+                D::SourceRoute,
+            ),
+            (
+                "SSRR after a NOP",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Udp,
+                    udp_datagram(CLIENT, 1, VIP, 2, b""),
+                )
+                .options(&[1, 137, 7, 4, 10, 0, 0, 9])
+                .build(),
+                D::SourceRoute,
+            ),
+            (
+                "LSRR after a timestamp",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Udp,
+                    udp_datagram(CLIENT, 1, VIP, 2, b""),
+                )
+                .options(&[68, 8, 5, 0, 0, 0, 0, 0, 131, 7, 4, 10, 0, 0, 9])
+                .build(),
+                D::SourceRoute,
+            ),
+            (
+                "not a virtual host",
+                udp(CLIENT, 5000, NOT_A_VIP, 53, b"x"),
+                D::NoVirtualHost,
+            ),
+            (
+                "TCP data offset 4",
+                with(tcp_good.clone(), |p| p[32] = 4 << 4),
+                D::BadTransportHeader,
+            ),
+            (
+                "TCP data offset beyond the packet",
+                with(tcp_good.clone(), |p| p[32] = 15 << 4),
+                D::BadTransportHeader,
+            ),
+            (
+                "TCP cut short",
+                Ip::new(CLIENT, VIP, Protocol::Tcp, tcp_good[20..30].to_vec()).build(),
+                D::BadTransportHeader,
+            ),
+            (
+                "first TCP fragment without flags",
+                first_tcp_fragment,
+                D::BadTransportHeader,
+            ),
+            (
+                "UDP length 7",
+                with(good.clone(), |p| {
+                    p[24..26].copy_from_slice(&7u16.to_be_bytes())
+                }),
+                D::BadTransportHeader,
+            ),
+            (
+                "UDP length beyond the packet",
+                with(good.clone(), |p| {
+                    p[24..26].copy_from_slice(&200u16.to_be_bytes())
+                }),
+                D::BadTransportHeader,
+            ),
+            (
+                "UDP cut short",
+                Ip::new(CLIENT, VIP, Protocol::Udp, vec![0; 6]).build(),
+                D::BadTransportHeader,
+            ),
+            (
+                "IP-in-IP to a virtual host",
+                Ip::new(CLIENT, VIP, Protocol::IpIp, good.clone()).build(),
+                D::NestedTunnel,
+            ),
+            (
+                "echo reply",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Icmp,
+                    icmp_message(icmp::ECHO_REPLY, 0, 0, b""),
+                )
+                .build(),
+                D::UnsupportedIcmp,
+            ),
+            (
+                "timestamp request",
+                Ip::new(
+                    CLIENT,
+                    VIP,
+                    Protocol::Icmp,
+                    icmp_message(13, 0, 0, &[0; 12]),
+                )
+                .build(),
+                D::UnsupportedIcmp,
+            ),
+            (
+                "ICMP cut short",
+                Ip::new(CLIENT, VIP, Protocol::Icmp, vec![3, 4, 0, 0]).build(),
+                D::IcmpMalformed,
+            ),
+            (
+                "error quoting 10 bytes",
+                icmp_error(REPORTER, VIP, 3, 4, &reply[..10]),
+                D::IcmpMalformed,
+            ),
+            (
+                "error quoting an IPv6 header",
+                icmp_error(
+                    REPORTER,
+                    VIP,
+                    3,
+                    4,
+                    &with(reply.clone(), |p| p[0] = 0x60)[..28],
+                ),
+                D::IcmpMalformed,
+            ),
+            (
+                "error quoting IHL 4",
+                icmp_error(
+                    REPORTER,
+                    VIP,
+                    3,
+                    4,
+                    &with(reply.clone(), |p| p[0] = 0x44)[..28],
+                ),
+                D::IcmpMalformed,
+            ),
+            (
+                "error quoting IHL beyond the quote",
+                icmp_error(
+                    REPORTER,
+                    VIP,
+                    3,
+                    4,
+                    &with(reply.clone(), |p| p[0] = 0x4f)[..28],
+                ),
+                D::IcmpMalformed,
+            ),
+            (
+                "error quoting no ports",
+                icmp_error(REPORTER, VIP, 3, 4, &reply[..22]),
+                D::IcmpMalformed,
+            ),
+            (
+                "error about an unknown flow",
+                icmp_error(REPORTER, VIP, 3, 4, &tcp(VIP, 80, CLIENT, 1, ACK)[..28]),
+                D::IcmpNoFlow,
+            ),
+            ("too big with DF", big_tcp(40000, 1600, true), D::TooBig),
+        ];
+        let mut produced = BTreeSet::new();
+        let mut expected_counts = vec![0u64; DropReason::ALL.len()];
+        for (what, packet, reason) in &cases {
+            let before = r.counters().clone();
+            assert_eq!(dropped(&mut r, T0, packet), *reason, "{what}");
+            assert_eq!(
+                r.counters().drops_total(),
+                before.drops_total() + 1,
+                "{what}: one counter"
+            );
+            assert_eq!(
+                r.counters().packets_tunneled,
+                before.packets_tunneled,
+                "{what}"
+            );
+            if *reason != D::TooBig {
+                assert!(transmits(&mut r).is_empty(), "{what}");
+            }
+            produced.insert(reason.as_str());
+            expected_counts[*reason as usize] += 1;
+        }
+
+        // No headroom for the outer header.
+        let mut b = PacketBuf::with_headroom(0, 100);
+        let s = syn(40002);
+        b.read_slot()[..s.len()].copy_from_slice(&s);
+        b.set_len(s.len());
+        assert_eq!(r.handle_packet(T0, &mut b), Action::Drop(D::NoHeadroom));
+        produced.insert(D::NoHeadroom.as_str());
+        expected_counts[D::NoHeadroom as usize] += 1;
+
+        // Too many fragments waiting for their first.
+        for ident in 0..MAX_HELD_FRAGMENTS as u16 {
+            assert_eq!(
+                send(&mut r, T0, &three_fragments(7000, ident)[2]).0,
+                Action::Held
+            );
+        }
+        assert_eq!(
+            dropped(&mut r, T0, &three_fragments(7000, 9999)[2]),
+            D::FragmentOverflow
+        );
+        produced.insert(D::FragmentOverflow.as_str());
+        expected_counts[D::FragmentOverflow as usize] += 1;
+
+        // Every next hop down.
+        for i in 0..3 {
+            set_available(&mut r, i, false);
+        }
+        assert_eq!(dropped(&mut r, T0, &syn(40003)), D::NoNextHop);
+        // An established flow is still served.
+        assert_eq!(tunnelled(&mut r, T0, &ack(40000)), host(0));
+        produced.insert(D::NoNextHop.as_str());
+        expected_counts[D::NoNextHop as usize] += 1;
+
+        for reason in DropReason::ALL {
+            assert_eq!(
+                r.counters().drops(*reason),
+                expected_counts[*reason as usize],
+                "{}",
+                reason.as_str()
+            );
+        }
+        // Everything but what only timeouts and tunnel termination produce.
+        let others =
+            [D::FragmentOrphan, D::UntrustedTunnel, D::MalformedTunnel].map(|d| d.as_str());
+        let all: BTreeSet<_> = DropReason::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(
+            produced
+                .union(&others.into())
+                .copied()
+                .collect::<BTreeSet<_>>(),
+            all
+        );
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn harmless_ip_options_are_forwarded_untouched() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let option_lists: [&[u8]; 6] = [
+            &[1, 1, 1, 0],                               // NOPs and end of options
+            &[68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0],     // timestamp
+            &[7, 7, 4, 0, 0, 0, 0],                      // record route
+            &[148, 4, 0, 0],                             // router alert
+            &[0, 131, 7, 4, 10, 0, 0, 9],                // after end of options: padding, not LSRR
+            &[1, 130, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], // security, after a NOP
+        ];
+        for (k, opts) in option_lists.iter().enumerate() {
+            let sport = 40000 + k as u16;
+            let p = Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Tcp,
+                tcp_segment(CLIENT, sport, VIP, 80, SYN, &[], &[]),
+            )
+            .options(opts)
+            .build();
+            let h = tunnelled(&mut r, T0, &p);
+            // The flow is the TCP flow behind the options.
+            assert_eq!(
+                r.flow_next_hop(&tcp_key(sport)).unwrap().address,
+                h,
+                "options {k}"
+            );
+        }
+        assert_eq!(r.counters().drops_total(), 0);
+    }
+
+    // ---- tunnels from parents ------------------------------------------------------------
+
+    fn wrap(inner: &[u8], outer_src: Ipv4Addr) -> PacketBuf {
+        let mut b = PacketBuf::from_slice(inner);
+        ipip::encapsulate(&mut b, outer_src, SOURCE, 64, 1).unwrap();
+        b
+    }
+
+    /// `out` is `input` with the TTL one lower and a valid checksum.
+    #[track_caller]
+    fn assert_ttl_decremented(out: &[u8], input: &[u8]) {
+        assert_eq!(out.len(), input.len());
+        assert_eq!(out[8], input[8] - 1, "TTL");
+        assert!(Ipv4Packet::new_unchecked(out).verify_checksum());
+        for i in (0..input.len()).filter(|&i| !(8..12).contains(&i) || i == 9) {
+            assert_eq!(out[i], input[i], "byte {i}");
+        }
+    }
+
+    #[test]
+    fn tunnel_from_a_trusted_parent_is_terminated_and_routed_with_one_outer_header() {
+        // A parent router whose next hop is this router.
+        let mut pc = RouterConfig::new(PARENT);
+        pc.virtual_hosts = config(Policy::RoundRobin, 1).virtual_hosts;
+        pc.next_hops = vec![NextHopConfig {
+            name: "site".into(),
+            address: SOURCE,
+            weight: 1,
+        }];
+        let mut parent = router(pc);
+        let mut r = router(config(Policy::RoundRobin, 3));
+
+        let s = syn(40000);
+        let mut b = PacketBuf::from_slice(&s);
+        assert_eq!(
+            parent.handle_packet(T0, &mut b),
+            Action::Tunnel { next_hop: SOURCE }
+        );
+        assert_eq!(b.len(), s.len() + 20);
+        assert_eq!(
+            r.handle_tunnelled_packet(T0, &mut b),
+            Action::Tunnel { next_hop: host(0) }
+        );
+        assert_eq!(b.len(), s.len() + 20, "one outer header, not two");
+        let inner = check_outer(b.as_ref(), host(0));
+        assert_ttl_decremented(inner, &s);
+        let c = r.counters();
+        assert_eq!(
+            (c.packets_in, c.tunnels_terminated, c.packets_tunneled),
+            (1, 1, 1)
+        );
+
+        // Later packets of the flow, tunnelled or not, follow it.
+        let a = ack(40000);
+        let mut b = wrap(&a, PARENT);
+        assert_eq!(
+            r.handle_tunnelled_packet(T0, &mut b),
+            Action::Tunnel { next_hop: host(0) }
+        );
+        assert_ttl_decremented(check_outer(b.as_ref(), host(0)), &a);
+        assert_eq!(tunnelled(&mut r, T0, &a), host(0));
+        assert_eq!(r.flow_count(), 1);
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn untrusted_or_malformed_tunnels_are_dropped() {
+        use DropReason as D;
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let s = syn(40000);
+        let fragmented_outer = {
+            let mut b = wrap(&s, PARENT);
+            let mut o = Ipv4Packet::new_unchecked(b.as_mut());
+            o.set_flags_and_offset(false, true, 0);
+            o.fill_checksum();
+            b
+        };
+        let bad_outer_checksum = {
+            let mut b = wrap(&s, PARENT);
+            b.as_mut()[10] ^= 1;
+            b
+        };
+        let cases: Vec<(&str, PacketBuf, DropReason, bool)> = vec![
+            (
+                "untrusted parent",
+                wrap(&s, STRANGER),
+                D::UntrustedTunnel,
+                false,
+            ),
+            (
+                "garbage",
+                PacketBuf::from_slice(&[0xde; 60]),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "empty",
+                PacketBuf::from_slice(&[]),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "not IP-in-IP",
+                PacketBuf::from_slice(&s),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "outer checksum",
+                bad_outer_checksum,
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "outer fragment",
+                fragmented_outer,
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "inner checksum",
+                wrap(&with(s.clone(), |p| p[10] ^= 1), PARENT),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "inner cut short",
+                wrap(&s[..30], PARENT),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "inner not IPv4",
+                wrap(&with(s.clone(), |p| p[0] = 0x65), PARENT),
+                D::MalformedTunnel,
+                false,
+            ),
+            (
+                "inner TTL 1",
+                wrap(
+                    &Ip::new(
+                        CLIENT,
+                        VIP,
+                        Protocol::Udp,
+                        udp_datagram(CLIENT, 1, VIP, 2, b""),
+                    )
+                    .ttl(1)
+                    .build(),
+                    PARENT,
+                ),
+                D::TtlExpired,
+                true,
+            ),
+            (
+                "inner TTL 0",
+                wrap(
+                    &Ip::new(
+                        CLIENT,
+                        VIP,
+                        Protocol::Udp,
+                        udp_datagram(CLIENT, 1, VIP, 2, b""),
+                    )
+                    .ttl(0)
+                    .build(),
+                    PARENT,
+                ),
+                D::TtlExpired,
+                true,
+            ),
+            (
+                "nested tunnel",
+                wrap(
+                    &Ip::new(CLIENT, VIP, Protocol::IpIp, s.clone()).build(),
+                    PARENT,
+                ),
+                D::NestedTunnel,
+                true,
+            ),
+            (
+                "inner not for a virtual host",
+                wrap(&udp(CLIENT, 1, NOT_A_VIP, 2, b""), PARENT),
+                D::NoVirtualHost,
+                true,
+            ),
+        ];
+        let mut terminated = 0;
+        for (what, mut b, reason, inner_level) in cases {
+            let before = r.counters().drops_total();
+            assert_eq!(
+                r.handle_tunnelled_packet(T0, &mut b),
+                Action::Drop(reason),
+                "{what}"
+            );
+            assert_eq!(r.counters().drops_total(), before + 1, "{what}");
+            terminated += inner_level as u64;
+            assert_eq!(r.counters().tunnels_terminated, terminated, "{what}");
+        }
+        assert_eq!(r.counters().drops(D::MalformedTunnel), 8);
+        assert_eq!(r.counters().drops(D::TtlExpired), 2);
+        assert_eq!(r.flow_count(), 0);
+        assert_accounted(&r);
+
+        // Without trusted parents, no tunnel is taken at all.
+        let mut c = config(Policy::RoundRobin, 3);
+        c.trusted_parents.clear();
+        let mut r = router(c);
+        assert_eq!(
+            r.handle_tunnelled_packet(T0, &mut wrap(&s, PARENT)),
+            Action::Drop(D::UntrustedTunnel)
+        );
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    #[test]
+    fn expired_flows_release_their_next_hop() {
+        let mut r = router(config(Policy::LeastFlows, 2));
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0)); // half-open: 5 s
+        assert_eq!(
+            tunnelled(&mut r, T0, &udp(CLIENT, 5000, VIP, 53, b"q")),
+            host(1)
+        ); // 60 s
+        let half_open = Duration::from_secs(5);
+        assert_eq!(
+            r.poll_timeout(),
+            Some(T0 + half_open + Duration::from_micros(1))
+        );
+
+        // Idle for exactly the timeout: still there.
+        r.handle_timeout(T0 + half_open);
+        assert_eq!(r.flow_count(), 2);
+        r.handle_timeout(T0 + half_open + Duration::from_micros(1));
+        assert_eq!(r.flow_count(), 1);
+        assert_eq!(r.counters().flows_expired, 1);
+        assert_eq!(
+            [
+                next_hop(&r, "h0").active_flows,
+                next_hop(&r, "h1").active_flows
+            ],
+            [0, 1]
+        );
+        // least_flows sees the release: the next flow goes to the emptier host.
+        let t = T0 + Duration::from_secs(6);
+        assert_eq!(tunnelled(&mut r, t, &syn(40001)), host(0));
+        tunnelled(&mut r, t, &ack(40001));
+        assert_eq!(
+            [
+                next_hop(&r, "h0").active_flows,
+                next_hop(&r, "h1").active_flows
+            ],
+            [1, 1]
+        );
+        assert!(r.poll_timeout().is_some());
+
+        // Long after everything is idle: nothing left, nothing to wake up for.
+        r.handle_timeout(T0 + Duration::from_secs(3600));
+        assert_eq!(r.flow_count(), 0);
+        assert_eq!(r.counters().flows_expired, 3);
+        assert_eq!(
+            [
+                next_hop(&r, "h0").active_flows,
+                next_hop(&r, "h1").active_flows
+            ],
+            [0, 0]
+        );
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_flow_touched_in_time_does_not_expire() {
+        let mut r = router(config(Policy::RoundRobin, 2));
+        let d = udp(CLIENT, 5000, VIP, 53, b"q");
+        let mut now = T0;
+        for _ in 0..5 {
+            assert_eq!(tunnelled(&mut r, now, &d), host(0));
+            now += Duration::from_secs(50);
+            r.handle_timeout(now);
+        }
+        assert_eq!(r.counters().flows_created, 1);
+        assert_eq!(r.counters().flows_expired, 0);
+    }
+
+    #[test]
+    fn a_full_flow_table_evicts_and_says_so() {
+        let mut c = config(Policy::RoundRobin, 2);
+        c.flow_table.max_flows = 4;
+        let mut r = router(c);
+        events(&mut r);
+        for sport in 40000..40006 {
+            tunnelled(&mut r, T0, &syn(sport));
+        }
+        assert_eq!(r.flow_count(), 4);
+        assert_eq!(r.counters().flows_evicted, 2);
+        assert_eq!(
+            events(&mut r),
+            [Event::FlowTableFull],
+            "one event, not one per eviction"
+        );
+        let active: u32 = r.next_hops().iter().map(|n| n.active_flows).sum();
+        assert_eq!(active, 4, "evicted flows released their next hops");
+        // Shrinking the table by reconfiguration evicts too.
+        let mut c = config(Policy::RoundRobin, 2);
+        c.flow_table.max_flows = 1;
+        reconfigure(&mut r, &c);
+        assert_eq!(r.flow_count(), 1);
+        assert_eq!(r.next_hops().iter().map(|n| n.active_flows).sum::<u32>(), 1);
+        assert_eq!(r.counters().flows_evicted, 5);
+    }
+
+    // ---- property tests ------------------------------------------------------------------
+
+    /// A driver's-eye model of one router: whatever goes in is checked on the way out.
+    struct Harness {
+        r: Router,
+        /// Inner packets held by the router, as they must come out when released.
+        held: Vec<Vec<u8>>,
+    }
+
+    /// The inner packet a routed `input` must become: the IPv4 packet as far as its total length,
+    /// and for tunnelled input the inner packet with its TTL decremented.
+    fn expected_inner(input: &[u8], via_tunnel: bool) -> Option<Vec<u8>> {
+        if via_tunnel {
+            let mut b = PacketBuf::from_slice(input);
+            ipip::decapsulate(&mut b).ok()?;
+            let mut inner = b.as_ref().to_vec();
+            let mut p = Ipv4Packet::new_checked(&mut inner[..]).ok()?;
+            p.set_ttl(p.ttl().checked_sub(1)?);
+            p.fill_checksum();
+            Some(inner)
+        } else {
+            let p = Ipv4Packet::new_checked(input).ok()?;
+            Some(input[..p.total_len() as usize].to_vec())
+        }
+    }
+
+    /// Equal but for the IPv4 header checksum, which may be either encoding of zero after an
+    /// incremental update (both verify; `check_outer` checks that).
+    fn same_packet(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.len() >= 12 && a[..10] == b[..10] && a[12..] == b[12..]
+    }
+
+    impl Harness {
+        fn new(c: RouterConfig) -> Self {
+            Harness {
+                r: router(c),
+                held: Vec::new(),
+            }
+        }
+
+        fn step(&mut self, now: Instant, input: &[u8], via_tunnel: bool) -> Action {
+            let before = self.r.counters().clone();
+            let held_before = self.r.held_count;
+            let mut b = PacketBuf::from_slice(input);
+            let a = if via_tunnel {
+                self.r.handle_tunnelled_packet(now, &mut b)
+            } else {
+                self.r.handle_packet(now, &mut b)
+            };
+            let after = self.r.counters().clone();
+            assert_eq!(after.packets_in, before.packets_in + 1);
+            let mut released = 0;
+            for t in transmits(&mut self.r) {
+                match t.destination {
+                    Destination::Tunnel(nh) => {
+                        let inner = check_outer(t.buf.as_ref(), nh);
+                        let k = self.held.iter().position(|h| same_packet(h, inner));
+                        self.held
+                            .remove(k.expect("a released packet is one that was held"));
+                        released += 1;
+                    }
+                    Destination::Local => {
+                        assert_eq!(a, Action::Drop(DropReason::TooBig));
+                        let ip = Ipv4Packet::new_checked(t.buf.as_ref()).unwrap();
+                        assert!(ip.verify_checksum() && ip.frag_offset() == 0 && !ip.dont_frag());
+                        let m = IcmpPacket::new_checked(ip.payload()).unwrap();
+                        assert!(m.verify_checksum());
+                        assert_eq!(
+                            (m.msg_type(), m.code()),
+                            (icmp::DST_UNREACHABLE, icmp::CODE_FRAG_NEEDED)
+                        );
+                    }
+                }
+            }
+            match a {
+                Action::Tunnel { next_hop } => {
+                    let inner = check_outer(b.as_ref(), next_hop);
+                    let expected = expected_inner(input, via_tunnel)
+                        .expect("only valid packets are tunnelled");
+                    if via_tunnel {
+                        assert!(same_packet(inner, &expected));
+                    } else {
+                        assert_eq!(inner, &expected[..]);
+                    }
+                    assert_eq!(
+                        after.packets_tunneled,
+                        before.packets_tunneled + 1 + released
+                    );
+                    assert_eq!(after.drops_total(), before.drops_total());
+                }
+                Action::Drop(reason) => {
+                    assert_eq!(after.drops(reason), before.drops(reason) + 1);
+                    assert_eq!(
+                        after.drops_total(),
+                        before.drops_total() + 1,
+                        "exactly one counter"
+                    );
+                    assert_eq!(after.packets_tunneled, before.packets_tunneled + released);
+                }
+                Action::Held => {
+                    assert!(b.is_empty());
+                    assert_eq!(self.r.held_count, held_before + 1);
+                    assert_eq!(after.drops_total(), before.drops_total());
+                    assert_eq!(after.packets_tunneled, before.packets_tunneled);
+                    self.held.push(
+                        expected_inner(input, via_tunnel).expect("only valid packets are held"),
+                    );
+                }
+            }
+            assert_eq!(self.r.held_count, self.held.len());
+            assert_accounted(&self.r);
+            a
+        }
+
+        /// Time passes: orphaned fragments are dropped, and no longer expected back.
+        fn timeout(&mut self, now: Instant) {
+            self.r.handle_timeout(now);
+            let mut still_held = Vec::new();
+            for (bufs, _) in self.r.held.values() {
+                for b in bufs {
+                    let k = self.held.iter().position(|h| same_packet(h, b.as_ref()));
+                    still_held.push(
+                        self.held
+                            .remove(k.expect("the router holds only what it was given")),
+                    );
+                }
+            }
+            self.held = still_held;
+            assert_eq!(self.r.held_count, self.held.len());
+            assert!(
+                transmits(&mut self.r).is_empty(),
+                "timeouts release nothing"
+            );
+            assert_accounted(&self.r);
+        }
+
+        fn finish(&mut self, now: Instant) {
+            self.timeout(now + Duration::from_secs(3600));
+            assert_eq!(self.r.held_count, 0);
+            assert!(transmits(&mut self.r).is_empty());
+            assert_accounted(&self.r);
+            assert_eq!(self.r.flow_count(), 0);
+            assert!(self.r.next_hops().iter().all(|n| n.active_flows == 0));
+        }
+    }
+
+    fn fuzz_config() -> RouterConfig {
+        let mut c = config(Policy::RoundRobin, 3);
+        c.tunnel_mtu = 600;
+        c.icmp_rate_limit = 3;
+        c
+    }
+
+    /// Valid packets of every kind the router handles, to mutate.
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut v = vec![
+            syn(40000),
+            Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Tcp,
+                tcp_segment(CLIENT, 40000, VIP, 80, ACK, &[], &[7; 100]),
+            )
+            .build(),
+            tcp(CLIENT, 40000, VIP, 80, FIN_ACK),
+            udp(CLIENT, 5000, VIP, 53, &[9; 50]),
+            echo_request(CLIENT, VIP, 3, 1),
+            icmp_error(REPORTER, VIP, 3, 4, &tcp(VIP, 80, CLIENT, 40000, ACK)[..28]),
+            icmp_error(REPORTER, VIP, 11, 0, &udp(VIP, 53, CLIENT, 5000, &[1; 200])),
+            Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Tcp,
+                tcp_segment(CLIENT, 40001, VIP, 80, SYN, &mss_option(1460), &[]),
+            )
+            .options(&[68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+            .build(),
+            big_tcp(40000, 700, true),
+            big_tcp(40000, 700, false),
+            Ip::new(CLIENT, VIP, Protocol::IpIp, syn(1)).build(),
+            Ip::new(
+                CLIENT,
+                VIP,
+                Protocol::Udp,
+                udp_datagram(CLIENT, 1, VIP, 2, b""),
+            )
+            .options(&[131, 3, 4])
+            .build(),
+            Ip::new(CLIENT, VIP, Protocol::Other(47), vec![0; 24]).build(),
+        ];
+        v.extend(fragment(
+            &udp(CLIENT, 5001, VIP, 4789, &[3; 992]),
+            0x77,
+            400,
+        ));
+        v
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip(usize, u8),
+        Set(usize, u8),
+        Truncate(usize),
+        HeaderLen(u8),
+        TotalLen(u16),
+        Append(Vec<u8>),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        // Mostly in the headers, where the parsing is.
+        let index = prop_oneof![4 => 0..64usize, 1 => any::<usize>()];
+        prop_oneof![
+            (index.clone(), 1..=255u8).prop_map(|(i, x)| Mutation::Flip(i, x)),
+            (index, any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
+            any::<usize>().prop_map(Mutation::Truncate),
+            (0..16u8).prop_map(Mutation::HeaderLen),
+            any::<u16>().prop_map(Mutation::TotalLen),
+            prop::collection::vec(any::<u8>(), 1..32).prop_map(Mutation::Append),
+        ]
+    }
+
+    fn mutate(p: &mut Vec<u8>, m: &Mutation) {
+        let n = p.len();
+        match m {
+            Mutation::Flip(i, x) if n > 0 => p[i % n] ^= x,
+            Mutation::Set(i, v) if n > 0 => p[i % n] = *v,
+            Mutation::Truncate(len) => p.truncate(len % (n + 1)),
+            Mutation::HeaderLen(ihl) if n > 0 => p[0] = (p[0] & 0xf0) | ihl,
+            Mutation::TotalLen(tl) if n >= 4 => p[2..4].copy_from_slice(&tl.to_be_bytes()),
+            Mutation::Append(bytes) => p.extend_from_slice(bytes),
+            _ => {}
+        }
+    }
+
+    /// Makes the IPv4 header checksum valid again where the header allows it, so that the
+    /// mutation reaches the checks behind it.
+    fn refix(p: &mut [u8]) {
+        let hl = p.first().map_or(0, |b| (b & 0x0f) as usize * 4);
+        if hl >= 20 && hl <= p.len() {
+            fix_ip_checksum(p);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Input {
+        seed: usize,
+        mutations: Vec<Mutation>,
+        fix_checksum: bool,
+        via_tunnel: bool,
+        mutate_outer: bool,
+        advance_ms: u64,
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        (
+            0..seeds().len(),
+            prop::collection::vec(mutation(), 0..4),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0..2500u64,
+        )
+            .prop_map(
+                |(seed, mutations, fix_checksum, via_tunnel, mutate_outer, advance_ms)| Input {
+                    seed,
+                    mutations,
+                    fix_checksum,
+                    via_tunnel,
+                    mutate_outer,
+                    advance_ms,
+                },
+            )
+    }
+
+    fn build(seeds: &[Vec<u8>], i: &Input) -> Vec<u8> {
+        let mut p = seeds[i.seed].clone();
+        let wrap_now = |p: &mut Vec<u8>| {
+            if p.len() >= 20 {
+                *p = wrap(p, PARENT).as_ref().to_vec();
+            }
+        };
+        if i.via_tunnel && i.mutate_outer {
+            wrap_now(&mut p);
+        }
+        for m in &i.mutations {
+            mutate(&mut p, m);
+        }
+        if i.fix_checksum {
+            refix(&mut p);
+        }
+        if i.via_tunnel && !i.mutate_outer {
+            wrap_now(&mut p);
+        }
+        p
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes at all: no panic, and the packet is tunnelled intact or dropped and counted.
+        #[test]
+        fn arbitrary_bytes_are_tunnelled_intact_or_dropped_and_counted(
+            bytes in prop::collection::vec(any::<u8>(), 0..2000),
+            make_plausible in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if make_plausible && bytes.len() >= 20 {
+                // An IPv4 header to a virtual host, so that the rest of the bytes get parsed.
+                bytes[0] = 0x45;
+                bytes[16..20].copy_from_slice(&VIP.octets());
+                let tl = bytes.len().min(usize::from(u16::MAX)) as u16;
+                bytes[2..4].copy_from_slice(&tl.to_be_bytes());
+                refix(&mut bytes);
+            }
+            let mut h = Harness::new(fuzz_config());
+            h.step(T0, &bytes, false);
+            h.step(T0, &bytes, true);
+            if bytes.len() >= 20 {
+                h.step(T0, wrap(&bytes, PARENT).as_ref(), true);
+            }
+            h.finish(T0);
+        }
+
+        /// Sequences of mutated valid packets, plain and tunnelled, with time passing.
+        #[test]
+        fn mutated_packets_are_tunnelled_intact_or_dropped_and_counted(
+            inputs in prop::collection::vec(input(), 1..12),
+        ) {
+            let seeds = seeds();
+            let mut h = Harness::new(fuzz_config());
+            let mut now = T0;
+            for i in &inputs {
+                let p = build(&seeds, i);
+                h.step(now, &p, i.via_tunnel);
+                now += ms(i.advance_ms);
+                h.timeout(now);
+            }
+            h.finish(now);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A packet of flow `flow`: 0 SYN, 1 ACK, 2 FIN, 3 RST, 4 data, 5 UDP.
+        Packet {
+            flow: u16,
+            kind: u8,
+        },
+        Available {
+            host: usize,
+            up: bool,
+        },
+        Reconfigure {
+            present: [bool; 4],
+            weights: [u32; 4],
+            policy: usize,
+        },
+        Advance {
+            millis: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..6u16, 0..6u8).prop_map(|(flow, kind)| Op::Packet { flow, kind }),
+            1 => (0..4usize, any::<bool>()).prop_map(|(host, up)| Op::Available { host, up }),
+            1 => (any::<[bool; 4]>(), [0..3u32, 0..3u32, 0..3u32, 0..3u32], 0..4usize)
+                .prop_map(|(present, weights, policy)| Op::Reconfigure { present, weights, policy }),
+            2 => (0..20_000u64).prop_map(|millis| Op::Advance { millis }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever happens to configuration, health and time, a flow's next hop changes only
+        /// when a SYN re-routes it; a packet of a known flow goes to that flow's next hop, and a
+        /// new flow only to a next hop that may take new flows.
+        #[test]
+        fn a_flow_keeps_its_next_hop_unless_a_syn_reroutes_it(ops in prop::collection::vec(op(), 1..48)) {
+            let mut r = router(config(Policy::RoundRobin, 4));
+            let mut now = T0;
+            for op in ops {
+                let before: HashMap<FlowKey, (Ipv4Addr, FlowState)> = r
+                    .flows()
+                    .map(|(k, e)| (*k, (r.next_hops()[e.next_hop() as usize].address, e.state())))
+                    .collect();
+                let rerouted = r.counters().flows_rerouted;
+                let mut subject = None;
+                match op {
+                    Op::Packet { flow, kind } => {
+                        let sport = 40000 + flow;
+                        let (packet, key) = match kind {
+                            5 => (udp(CLIENT, sport, VIP, 53, b"d"), FlowKey::new(CLIENT, VIP, sport, 53, 17)),
+                            k => {
+                                let flags = [SYN, ACK, FIN_ACK, RST, ACK | TcpFlags::PSH][k as usize];
+                                (tcp(CLIENT, sport, VIP, 80, flags), tcp_key(sport))
+                            }
+                        };
+                        let is_syn = kind == 0;
+                        let eligible = |r: &Router, a: Ipv4Addr| r.next_hops().iter().any(|n| n.address == a && n.eligible());
+                        let (a, _) = send(&mut r, now, &packet);
+                        match (before.get(&key), a) {
+                            (Some(&(old, state)), a) if !is_syn || state == FlowState::TcpHalfOpen => {
+                                // A retransmitted SYN stays too.
+                                prop_assert_eq!(a, Action::Tunnel { next_hop: old });
+                            }
+                            (Some(&(old, state)), Action::Tunnel { next_hop }) if next_hop != old => {
+                                prop_assert!(
+                                    state == FlowState::TcpClosing || !eligible(&r, old),
+                                    "a SYN left a flow whose host takes new flows"
+                                );
+                                prop_assert_eq!(r.counters().flows_rerouted, rerouted + 1);
+                                prop_assert!(eligible(&r, next_hop));
+                            }
+                            (_, Action::Tunnel { next_hop }) => {
+                                if !before.contains_key(&key) {
+                                    prop_assert!(eligible(&r, next_hop), "new flow to {}", next_hop);
+                                }
+                            }
+                            (_, Action::Drop(DropReason::NoNextHop)) => {
+                                prop_assert!(!r.next_hops().iter().any(|n| n.eligible()));
+                                prop_assert!(r.flow_next_hop(&key).is_none());
+                            }
+                            (_, a) => prop_assert!(false, "unexpected {:?}", a),
+                        }
+                        if !is_syn {
+                            prop_assert_eq!(r.counters().flows_rerouted, rerouted);
+                        }
+                        subject = Some(key);
+                    }
+                    Op::Available { host: i, up } => {
+                        let _ = r.handle_control(now, Control::SetAvailable { next_hop: name(i), available: up });
+                    }
+                    Op::Reconfigure { present, weights, policy } => {
+                        let mut c = config(Policy::ALL[policy], 4);
+                        for (i, n) in c.next_hops.iter_mut().enumerate() {
+                            n.weight = weights[i];
+                        }
+                        c.next_hops.retain(|n| present[n.name[1..].parse::<usize>().unwrap()]);
+                        r.handle_control(now, Control::Reconfigure(Box::new(c))).unwrap();
+                    }
+                    Op::Advance { millis } => {
+                        now += ms(millis);
+                        r.handle_timeout(now);
+                    }
+                }
+                for (k, e) in r.flows() {
+                    if Some(*k) == subject {
+                        continue;
+                    }
+                    if let Some(&(old, _)) = before.get(k) {
+                        prop_assert_eq!(r.next_hops()[e.next_hop() as usize].address, old, "flow {} moved", k);
+                    }
+                }
+                // Every flow counts on exactly one next hop.
+                let active: u64 = r.next_hops().iter().map(|n| u64::from(n.active_flows)).sum();
+                prop_assert_eq!(active, r.flow_count() as u64);
+                for (i, n) in r.next_hops().iter().enumerate() {
+                    let held = r.flows().filter(|(_, e)| e.next_hop() as usize == i).count();
+                    prop_assert_eq!(n.active_flows as usize, held, "{}", n.name);
+                }
+            }
+        }
+    }
+}

@@ -208,7 +208,9 @@ mod tests {
             &inner(Ipv4Addr::new(10, 99, 0, 1), Protocol::IpIp),
         );
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::NestedTunnel));
-        let mut b = tunnel(Ipv4Addr::new(10, 200, 2, 2), &i[..10]);
+        // Cut short after its header (total length 28, 24 bytes present): `encapsulate` itself
+        // refuses anything shorter than an IPv4 header, so the inner header must be there.
+        let mut b = tunnel(Ipv4Addr::new(10, 200, 2, 2), &i[..24]);
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::MalformedInner));
         let mut b = PacketBuf::from_slice(&i);
         assert_eq!(t.handle_packet(&mut b), Err(TerminateDrop::UntrustedSource));

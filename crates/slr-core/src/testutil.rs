@@ -67,9 +67,7 @@ impl Ip {
     /// The bytes, with a valid header checksum.
     pub fn build(&self) -> Vec<u8> {
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
-            options.push(0);
-        }
+        options.resize(options.len().div_ceil(4) * 4, 0); // end-of-options padding
         let hl = 20 + options.len();
         assert!(hl <= 60, "options too long for an IPv4 header");
         let mut v = vec![0u8; hl + self.payload.len()];

@@ -122,7 +122,18 @@ fn check_loop(
     cfg: HealthConfig,
     stop: Arc<AtomicBool>,
 ) {
-    let mut up = true;
+    // Start from what the core believes (a checker restarted by a reload must not assume a
+    // next hop is up that the core holds down, or it would never tell the core otherwise).
+    let mut up = handle
+        .snapshot()
+        .ok()
+        .and_then(|s| {
+            s.next_hops
+                .iter()
+                .find(|n| n.name == name && n.configured)
+                .map(|n| n.available)
+        })
+        .unwrap_or(true);
     let mut streak = 0u32;
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
