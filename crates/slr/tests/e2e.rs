@@ -561,15 +561,7 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
     let lab = Lab::up("e2e-bad", &site("e2e-bad", "maglev", [1, 1, 1], ""));
     let vip = lab.vip(0);
     let h1 = lab.addr("h1");
-    let before = lab.ctl("h1", "stats")["drops"].clone();
-    let untrusted_before = before
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d[0] == "untrusted_source")
-        .unwrap()[1]
-        .as_u64()
-        .unwrap();
+    let untrusted_before = lab.host_drops("h1", "untrusted_source");
 
     // A client forges IP-in-IP straight to a host: inner UDP to the VIP's echo port.
     let answered = lab.in_ns("c1", move || {
@@ -581,22 +573,12 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
             std::net::IpAddr::V4(a) if !a.is_unspecified() => a,
             _ => "10.200.1.2".parse().unwrap(),
         };
-        let mut inner = vec![0u8; 28 + 4];
-        slr_wire::Ipv4Repr {
-            src_addr: me,
-            dst_addr: vip,
-            protocol: slr_wire::Protocol::Udp,
-            payload_len: 12,
-            ttl: 64,
-            tos: 0,
-            ident: 7,
-            dont_frag: false,
-        }
-        .emit(&mut inner);
-        inner[20..22].copy_from_slice(&40007u16.to_be_bytes());
-        inner[22..24].copy_from_slice(&7u16.to_be_bytes());
-        inner[24..26].copy_from_slice(&12u16.to_be_bytes());
-        inner[28..32].copy_from_slice(b"evil");
+        let mut udp = [0u8; 12];
+        udp[0..2].copy_from_slice(&40007u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&12u16.to_be_bytes());
+        udp[8..12].copy_from_slice(b"evil");
+        let inner = ipv4_packet(me, vip, 17, 7, false, &udp);
         let raw = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::RAW,
@@ -611,15 +593,7 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
         reply.recv_from(&mut buf).is_ok()
     });
     assert!(!answered, "a forged tunnel packet reached the server");
-    let after = lab.ctl("h1", "stats")["drops"].clone();
-    let untrusted = after
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d[0] == "untrusted_source")
-        .unwrap()[1]
-        .as_u64()
-        .unwrap();
+    let untrusted = lab.host_drops("h1", "untrusted_source");
     println!(
         "host h1 dropped {} forged tunnel packets (untrusted_source)",
         untrusted - untrusted_before
@@ -655,19 +629,7 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
                 4 => (47, vec![0, 0, 8, 0]),             // GRE
                 _ => (1, vec![13, 0, 0, 0, 0, 0, 0, 0]), // ICMP timestamp request
             };
-            let mut pkt = vec![0u8; 20 + payload.len()];
-            slr_wire::Ipv4Repr {
-                src_addr: me,
-                dst_addr: vip,
-                protocol: slr_wire::Protocol::from(proto),
-                payload_len: payload.len(),
-                ttl: 64,
-                tos: 0,
-                ident: i as u16,
-                dont_frag: false,
-            }
-            .emit(&mut pkt);
-            pkt[20..].copy_from_slice(&payload);
+            let pkt = ipv4_packet(me, vip, proto, i as u16, false, &payload);
             if raw
                 .send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into())
                 .is_ok()
@@ -722,26 +684,16 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let mut pkt = vec![0u8; 40];
-            slr_wire::Ipv4Repr {
-                src_addr: src,
-                dst_addr: vip,
-                protocol: slr_wire::Protocol::Tcp,
-                payload_len: 20,
-                ttl: 64,
-                tos: 0,
-                ident: i as u16,
-                dont_frag: true,
-            }
-            .emit(&mut pkt);
-            pkt[20..22].copy_from_slice(&((x as u16) | 1024).to_be_bytes());
-            pkt[22..24].copy_from_slice(&80u16.to_be_bytes());
-            pkt[24..28].copy_from_slice(&x.to_be_bytes());
-            pkt[32] = 5 << 4;
-            pkt[33] = 0x02; // SYN
+            let mut tcp = [0u8; 20];
+            tcp[0..2].copy_from_slice(&((x as u16) | 1024).to_be_bytes());
+            tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+            tcp[4..8].copy_from_slice(&x.to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = 0x02; // SYN
             let ph = slr_wire::checksum::pseudo_header(src.octets(), vip.octets(), 6, 20);
-            let c = slr_wire::checksum::finish(slr_wire::checksum::sum(ph, &pkt[20..]));
-            pkt[36..38].copy_from_slice(&c.to_be_bytes());
+            let c = slr_wire::checksum::finish(slr_wire::checksum::sum(ph, &tcp));
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            let pkt = ipv4_packet(src, vip, 6, i as u16, true, &tcp);
             if raw
                 .send_to(&pkt, &std::net::SocketAddr::from((vip, 0)).into())
                 .is_ok()

@@ -209,6 +209,19 @@ impl Lab {
         .expect("thread in namespace panicked")
     }
 
+    /// A host agent's drop counter.
+    pub fn host_drops(&self, host: &str, reason: &str) -> u64 {
+        let s = self.ctl(host, "stats");
+        s["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d[0] == reason)
+            .unwrap()[1]
+            .as_u64()
+            .unwrap()
+    }
+
     /// The router's configuration file.
     pub fn router_config(&self, router: &str) -> PathBuf {
         self.dir().join(format!("{router}.toml"))
@@ -361,4 +374,29 @@ pub fn http_get(addr: Ipv4Addr, path: &str) -> std::io::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default())
+}
+
+/// An IPv4 packet (20-byte header, checksum filled) carrying `payload`, for raw sockets.
+pub fn ipv4_packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    ident: u16,
+    dont_frag: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut pkt = vec![0u8; 20 + payload.len()];
+    slr_wire::Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: slr_wire::Protocol::from(protocol),
+        payload_len: payload.len(),
+        ttl: 64,
+        tos: 0,
+        ident,
+        dont_frag,
+    }
+    .emit(&mut pkt);
+    pkt[20..].copy_from_slice(payload);
+    pkt
 }
