@@ -157,6 +157,25 @@ fn clients_see_only_the_vip_and_replies_bypass_the_router() {
     }
     let h = lab.ctl("h1", "stats");
     assert!(h["packets_delivered"].as_u64().unwrap() > 0);
+
+    // The daemons own their routes: AnyIP on the hosts, the capture route on the router; both
+    // are gone when the daemons exit.
+    let anyip =
+        || String::from_utf8_lossy(&lab.sh("h1", "ip route show table local").stdout).into_owned();
+    let capture = || String::from_utf8_lossy(&lab.sh("r1", "ip route show").stdout).into_owned();
+    assert!(anyip().contains("local 10.99.0.0/24 dev lo"), "{}", anyip());
+    assert!(capture().contains("10.99.0.0/24 dev slr0"), "{}", capture());
+    signal(lab.pid("h1", "host"), "TERM");
+    signal(lab.pid("r1", "router"), "TERM");
+    let gone = wait_until(Duration::from_secs(5), || {
+        !anyip().contains("10.99.0.0/24") && !capture().contains("10.99.0.0/24")
+    });
+    assert!(
+        gone.is_some(),
+        "routes left after exit:\n{}\n{}",
+        anyip(),
+        capture()
+    );
 }
 
 #[test]
