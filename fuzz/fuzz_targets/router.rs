@@ -5,6 +5,8 @@
 //! Input: one flags byte, then records. A record is an opcode byte and its operands:
 //! - `op & 3 == 0`: plain packet, `len: u16 le` then `len` bytes (fewer if the input ends);
 //! - `op & 3 == 1`: tunnelled packet, same layout;
+//! - with `op & 4` set, the IPv4 header checksum of the packet (and of the inner packet of a
+//!   tunnelled one) is recomputed first, so that mutated headers get past the checksum;
 //! - `op & 3 == 2`: time passes by `u16 le` units of 1 us, 1 ms, 100 ms or 10 s (`op >> 2 & 3`),
 //!   then `handle_timeout`;
 //! - `op & 3 == 3`: control (`op >> 2 & 3`): toggle a next hop's health, reconfigure weights and
@@ -313,6 +315,16 @@ impl Harness {
     }
 }
 
+/// Recomputes the header checksum of the IPv4 header at the start of `b`, if the header fits.
+fn fix_ipv4_checksum(b: &mut [u8]) {
+    let hl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if hl >= 20 && hl <= b.len() {
+        b[10..12].fill(0);
+        let c = slr_wire::checksum::checksum(&b[..hl]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
 /// `SLR_FUZZ_TRACE=1 fuzz/target/.../router <file>` prints what each packet did.
 fn trace() -> bool {
     static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -355,7 +367,20 @@ fuzz_target!(|data: &[u8]| {
             0 | 1 => {
                 let len = input.u16() as usize;
                 let bytes = input.bytes(len);
-                h.packet(bytes, op & 3 == 1);
+                if op & 4 != 0 {
+                    // Mutated headers mostly fail the checksum: repair it so they get further.
+                    let mut b = bytes.to_vec();
+                    fix_ipv4_checksum(&mut b);
+                    if op & 3 == 1 {
+                        let hl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
+                        if let Some(inner) = b.get_mut(hl..) {
+                            fix_ipv4_checksum(inner);
+                        }
+                    }
+                    h.packet(&b, op & 3 == 1);
+                } else {
+                    h.packet(bytes, op & 3 == 1);
+                }
             }
             2 => {
                 let unit = [1, 1_000, 100_000, 10_000_000][(op >> 2 & 3) as usize];
