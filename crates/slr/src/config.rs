@@ -671,4 +671,24 @@ weight = 2
         assert_eq!(parse_duration("5 parsecs"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
     }
+
+    /// The examples in docs/CONFIG.md are real configurations: they must load.
+    #[test]
+    fn documented_examples_load() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIG.md"))
+                .unwrap();
+        let block_after = |heading: &str| -> String {
+            let at = doc.find(heading).unwrap_or_else(|| panic!("no {heading}"));
+            let rest = &doc[at..];
+            let start = rest.find("```toml\n").unwrap() + 8;
+            rest[start..start + rest[start..].find("```").unwrap()].to_string()
+        };
+        let file = Path::new("docs/CONFIG.md");
+        let r = parse_router(&block_after("## Router"), file).unwrap();
+        assert_eq!(r.core.virtual_hosts.len(), 1);
+        assert_eq!(r.health.address, Some(Ipv4Addr::new(10, 99, 0, 1)));
+        let h = parse_host(&block_after("## Host agent"), file).unwrap();
+        assert_eq!(h.virtual_subnets.len(), 1);
+    }
 }
