@@ -8,10 +8,19 @@
 # flow), SRC_ADDRS=N client addresses 10.201.0.0..N-1 (default 16; with random source ports,
 # N x 65,536 possible flows, so a 10 s flood mixes new and established flows), PIN=1 (default)
 # pins the router process to CPU 1 and the generator to CPU 0, PIN=0 lets the scheduler place
-# them.
+# them. HOST_AGENTS=1 (default) keeps the host agents running (full path: they decapsulate and
+# deliver every packet, on the same 2 cores); HOST_AGENTS=0 stops them after the lab is up and
+# the router is measured alone: the hosts' kernels drop the tunnelled packets (their ICMP
+# protocol-unreachable answers are rate-limited; a raw socket left unread to swallow them
+# quietly turned out dearer, measured).
+#
+# Sink: with the host agents running, a python3 process in each host namespace holds a UDP
+# socket on port 9 and never reads it. The kernel drops the datagrams when its buffer is full
+# instead of answering each with an ICMP port unreachable (rate-limited, but its route lookup is
+# paid per packet, on the same 2 cores the router needs).
 #
 # Generator: trafgen (netsniff-ng), TX_RING on the client's veth, 64-byte frames (60 + FCS):
-# IPv4/UDP to 10.99.0.1:9 from random source ports. Nothing listens on port 9 on the hosts.
+# IPv4/UDP to 10.99.0.1:9 from random source ports (port 9: the sink above, or nothing).
 # Measured from the router's own counters (slr_router_*_total deltas) and the kernel's
 # (slr0 tx_dropped: packets the kernel could not queue to the TUN because the router did not
 # read them fast enough). The lab "bdp" (namespaces slr-bdp-*) is created and always removed.
@@ -24,10 +33,12 @@ RUNS=${2:-3}
 UDP_MODE=${UDP_MODE:-pin}
 SRC_ADDRS=${SRC_ADDRS:-16}
 PIN=${PIN:-1}
+HOST_AGENTS=${HOST_AGENTS:-1}
 [[ $DUR =~ ^[1-9][0-9]*$ && $DUR -le 120 && $RUNS =~ ^[1-9][0-9]*$ && $RUNS -le 20 ]] \
   || { echo "usage: $0 [DURATION_S (1..120)] [RUNS (1..20)]" >&2; exit 2; }
 [[ $UDP_MODE == pin || $UDP_MODE == per_datagram ]] || { echo "UDP_MODE: pin|per_datagram" >&2; exit 2; }
 [[ $SRC_ADDRS =~ ^[1-9][0-9]*$ && $SRC_ADDRS -le 256 ]] || { echo "SRC_ADDRS: 1..256" >&2; exit 2; }
+[[ $PIN == [01] && $HOST_AGENTS == [01] ]] || { echo "PIN and HOST_AGENTS: 0 or 1" >&2; exit 2; }
 command -v trafgen >/dev/null || { echo "trafgen missing: run scripts/install-deps" >&2; exit 1; }
 [[ -x $SLR ]] || { echo "$SLR missing: cargo build --release" >&2; exit 1; }
 
@@ -36,9 +47,11 @@ NS_C=slr-$LAB-c1
 NS_R=slr-$LAB-r1
 tmp=$(mktemp -d /tmp/slr-bench-datapath.XXXXXX)
 gen_pid=""
+sink_pids=()
 cleanup() {
   local rc=$?
   [[ -n $gen_pid ]] && stop_pid "$gen_pid"
+  for p in "${sink_pids[@]}"; do stop_pid "$p"; done
   "$SLR" lab down "$LAB" >/dev/null 2>&1 || true
   rm -rf "$tmp"
   exit "$rc"
@@ -91,6 +104,20 @@ TOML
 "$SLR" lab up "$tmp/lab.toml" >"$tmp/lab-up.log" 2>&1 || { cat "$tmp/lab-up.log" >&2; exit 1; }
 rpid=$(lab_pid "$LAB" router)
 hpids=$(lab_pid "$LAB" host)
+if [[ $HOST_AGENTS == 0 ]]; then
+  for p in $hpids; do stop_pid "$p"; done
+  hpids=""
+fi
+sink_life=$((RUNS * (DUR + 10) + 30))
+for h in h1 h2 h3; do
+  [[ $HOST_AGENTS == 1 ]] || break
+  ip netns exec "slr-$LAB-$h" python3 -c '
+import socket, sys, time
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 9))
+time.sleep(float(sys.argv[1]))' "$sink_life" &
+  sink_pids+=($!)
+done
 if [[ $PIN == 1 ]]; then
   taskset -a -p -c 1 "$rpid" >/dev/null
   gen_cpu="taskset -c 0"
@@ -127,7 +154,7 @@ router_counters() {
   echo "machine $(machine_jiffies)"
 }
 
-echo "command: bench/datapath.sh $DUR $RUNS  (UDP_MODE=$UDP_MODE SRC_ADDRS=$SRC_ADDRS PIN=$PIN)"
+echo "command: bench/datapath.sh $DUR $RUNS  (UDP_MODE=$UDP_MODE SRC_ADDRS=$SRC_ADDRS PIN=$PIN HOST_AGENTS=$HOST_AGENTS)"
 echo "generator: ${gen_cpu:+$gen_cpu }trafgen -o eth0 -P 1 -q -i udp.trafgen (in $NS_C, ${DUR}s per run):"
 sed 's/^/  /' "$tmp/udp.trafgen"
 for ((run = 1; run <= RUNS; run++)); do
