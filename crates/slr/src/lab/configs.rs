@@ -246,4 +246,29 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn router_config_table_is_merged_over_the_written_config() {
+        let site = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/site.toml");
+        let text = std::fs::read_to_string(site).unwrap()
+            + "\n[router_config.router]\nhash_seed = 5\n"
+            + "[router_config.health_check]\nenabled = false\n"
+            + "[router_config.flow_table]\nmax_flows = 20000\n";
+        let t = Topology::parse(&text).unwrap();
+        let v: toml::Table = router_config(&t, "r1").parse().unwrap();
+        assert_eq!(v["router"]["hash_seed"].as_integer(), Some(5));
+        assert_eq!(
+            v["router"]["tun"].as_str(),
+            Some("slr0"),
+            "merged, not replaced"
+        );
+        assert_eq!(v["health_check"]["enabled"].as_bool(), Some(false));
+        assert_eq!(
+            v["health_check"]["port"].as_integer(),
+            Some(80),
+            "merged, not replaced"
+        );
+        assert_eq!(v["flow_table"]["max_flows"].as_integer(), Some(20000));
+        assert_eq!(v["next_hops"].as_array().unwrap().len(), 3);
+    }
 }

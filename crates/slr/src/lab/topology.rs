@@ -881,7 +881,11 @@ mod tests {
         );
         assert_eq!(
             err("x = 1"),
-            "x: unknown key (expected one of lab, virtual_hosts, nodes)"
+            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config)"
+        );
+        assert_eq!(
+            err(&format!("router_config = 3\n{SITE}")),
+            "router_config: must be a table of router configuration keys, not 3"
         );
         assert_eq!(err("[[nodes]]\nname=\"a\""), "lab: missing [lab] table");
         assert!(err("[lab\n").contains("TOML parse error"));
