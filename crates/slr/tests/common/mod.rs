@@ -241,6 +241,8 @@ impl Lab {
                 iface,
                 "-nn",
                 "-U",
+                // Without it packets wait in the kernel's ring and are lost when we stop tcpdump.
+                "--immediate-mode",
                 "-w",
             ])
             .arg(&file)
