@@ -40,19 +40,25 @@ for path in sys.argv[1:]:
             name = m.group(1)
         m = re.search(r"time:\s+\[(\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\]", line)
         if m and name:
-            res[name] = float(m.group(3)) * UNIT[m.group(4)]
+            # Batch benchmarks time 64 packets per iteration: report per packet.
+            per = 64 if name.endswith("/batch64") else 1
+            res[name] = float(m.group(3)) * UNIT[m.group(4)] / per
             name = None
     runs.append(res)
 names = list(runs[0])
-targets = {"core/established/lookup+encap/1M": 200.0, "core/new_flow/syn+maglev/1M": 1000.0}
-print(f"\n{'benchmark':38} {'ns/op (each run)':>26} {'median ns':>10} {'M ops/s':>8}  target")
+targets = {
+    "core/established/lookup+encap/1M": 200.0,
+    "core/established/lookup+encap/1M/batch64": 200.0,
+    "core/new_flow/syn+maglev/1M": 1000.0,
+}
+print(f"\n{'benchmark (batch64: per packet)':44} {'ns/op (each run)':>20} {'median ns':>10} {'M ops/s':>8}  target")
 for n in names:
     vals = [r[n] for r in runs if n in r]
     med = statistics.median(vals)
     t = targets.get(n)
     verdict = "" if t is None else (f"<= {t:.0f} ns: " + ("met" if med <= t else "NOT met"))
     each = " ".join(f"{v:.1f}" for v in vals)
-    print(f"{n:38} {each:>26} {med:10.1f} {1e3 / med:8.2f}  {verdict}")
+    print(f"{n:44} {each:>20} {med:10.1f} {1e3 / med:8.2f}  {verdict}")
 h = statistics.median([r["core/harness/write_packet"] for r in runs if "core/harness/write_packet" in r] or [0])
 if h:
     for n in ("core/established/lookup+encap/1M", "core/established/lookup+encap/10k"):

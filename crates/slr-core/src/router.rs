@@ -712,6 +712,30 @@ impl<T: Tunnel> Router<T> {
 
     // ---- packets -------------------------------------------------------------------------
 
+    /// Routes a batch of packets in place: the same as [`Router::handle_packet`] on each in
+    /// order (`actions[i]` is packet `i`'s action; extra entries of the longer slice are left
+    /// alone), but faster on large flow tables.
+    ///
+    /// With a million flows nearly every lookup misses the caches twice, and one packet's misses
+    /// cannot overlap with work that depends on them. So the batch is walked twice: first a bare
+    /// lookup of each packet's flow, independent of one another, so that the processor fetches
+    /// the table entries of several packets at once; then the real routing, which finds them in
+    /// the cache. The first pass changes nothing.
+    pub fn handle_batch(&mut self, now: Instant, bufs: &mut [PacketBuf], actions: &mut [Action]) {
+        let mut found = 0u32;
+        for b in bufs.iter() {
+            if let Some(key) = quick_flow_key(b.as_ref()) {
+                if let Some(e) = self.flows.get(&key) {
+                    found = found.wrapping_add(e.next_hop());
+                }
+            }
+        }
+        core::hint::black_box(found);
+        for (b, a) in bufs.iter_mut().zip(actions.iter_mut()) {
+            *a = self.handle_packet(now, b);
+        }
+    }
+
     /// Routes a packet addressed to a virtual host, in place. See [`Action`].
     pub fn handle_packet(&mut self, now: Instant, buf: &mut PacketBuf) -> Action {
         self.counters.packets_in += 1;
@@ -1254,6 +1278,28 @@ fn build_selector(
     Selector::new(v.policy, m, seed).map_err(|e| ConfigError::Selector {
         virtual_host: v.name.clone(),
         reason: e.to_string(),
+    })
+}
+
+/// The 5-tuple of an unfragmented TCP or UDP packet, read without validation (only to warm
+/// the caches in [`Router::handle_batch`]; routing validates everything).
+fn quick_flow_key(p: &[u8]) -> Option<FlowKey> {
+    let h = p.get(..20)?;
+    let hl = ((h[0] & 0x0f) as usize) * 4;
+    let protocol = h[9];
+    if h[0] >> 4 != 4
+        || (protocol != 6 && protocol != 17)
+        || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0
+    {
+        return None;
+    }
+    let ports = p.get(hl..hl + 4)?;
+    Some(FlowKey {
+        src_addr: Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+        dst_addr: Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+        protocol,
     })
 }
 

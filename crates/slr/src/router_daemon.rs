@@ -616,9 +616,7 @@ impl LoopState {
                 self.flush_core(router, tun, ipip);
                 continue;
             }
-            for (action, buf) in actions.iter_mut().zip(bufs.iter_mut()).take(n) {
-                *action = router.handle_packet(now, buf);
-            }
+            router.handle_batch(now, &mut bufs[..n], &mut actions[..n]);
             // Move the packets to tunnel to the front so that one sendmmsg carries them.
             let mut k = 0;
             for (i, action) in actions.iter().enumerate().take(n) {
