@@ -164,22 +164,7 @@ fn human(command: &str, v: &Value) -> String {
             t(&v["inject_failures"]),
             v["cpu_seconds"].as_f64().unwrap_or(0.0)
         );
-        if let Some(d) = v["drops"].as_array() {
-            let nz: Vec<String> = d
-                .iter()
-                .filter(|x| x[1].as_u64() != Some(0))
-                .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
-                .collect();
-            let _ = writeln!(
-                o,
-                "drops {}",
-                if nz.is_empty() {
-                    "none".into()
-                } else {
-                    nz.join(" ")
-                }
-            );
-        }
+        let _ = writeln!(o, "drops {}", nonzero_drops(&v["drops"]));
         return o;
     }
     if command == "flows" {
@@ -268,22 +253,7 @@ fn human(command: &str, v: &Value) -> String {
             "\ncounters {}",
             serde_json::to_string(c).unwrap_or_default()
         );
-        let nz: Vec<String> = s["drops"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|x| x[1].as_u64() != Some(0))
-            .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
-            .collect();
-        let _ = writeln!(
-            o,
-            "drops {}",
-            if nz.is_empty() {
-                "none".into()
-            } else {
-                nz.join(" ")
-            }
-        );
+        let _ = writeln!(o, "drops {}", nonzero_drops(&s["drops"]));
     }
     o
 }
@@ -293,5 +263,21 @@ fn t(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// `reason=count` for every non-zero drop counter of a `[[reason, count], ...]` list, or "none".
+fn nonzero_drops(drops: &Value) -> String {
+    let nz: Vec<String> = drops
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x[1].as_u64() != Some(0))
+        .map(|x| format!("{}={}", x[0].as_str().unwrap_or(""), x[1]))
+        .collect();
+    if nz.is_empty() {
+        "none".into()
+    } else {
+        nz.join(" ")
     }
 }
