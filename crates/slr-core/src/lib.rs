@@ -2,6 +2,7 @@
 pub mod flow_table;
 pub mod hash;
 pub mod maglev;
+pub mod route_table;
 pub mod router;
 pub mod select;
 pub mod terminate;

@@ -26,6 +26,7 @@
 
 use crate::flow_table::{FlowEntry, FlowKey, FlowState, FlowTable, FlowTableConfig, InsertOutcome};
 use crate::hash;
+use crate::route_table::{CompiledTable, RouteTable, RouteTableError};
 use crate::select::{Member, Policy, Selector};
 use crate::time::{Duration, Instant};
 use crate::tunnel::{IpIpTunnel, Tunnel};
@@ -201,6 +202,9 @@ pub enum Control {
         /// The flow.
         key: FlowKey,
     },
+    /// Install a route table for virtual hosts under [`Policy::Cost`] (built on the control
+    /// path from the children's reports). Replaces the previous table; steers only new flows.
+    InstallRouteTable(Box<RouteTable>),
 }
 
 /// A control input the core refused.
@@ -212,6 +216,9 @@ pub enum ControlError {
     /// No next hop has that name.
     #[error("no next hop named {0:?}")]
     UnknownNextHop(String),
+    /// The route table is inconsistent.
+    #[error(transparent)]
+    RouteTable(#[from] RouteTableError),
 }
 
 /// What the driver does with a packet after [`Router::handle_packet`].
@@ -299,6 +306,7 @@ drop_reasons! {
     IcmpMalformed => "icmp_malformed", "ICMP error too short or quoting a malformed packet.";
     IcmpNoFlow => "icmp_no_flow", "ICMP error about a flow this router does not know.";
     NoNextHop => "no_next_hop", "No next hop is available for the virtual host.";
+    NoRoute => "no_route", "Cost policy: the route table has no entry for the destination.";
     FragmentOrphan => "fragment_orphan", "Non-first fragment whose first fragment never came.";
     FragmentOverflow => "fragment_overflow", "Too many fragments waiting for their first fragment.";
     TooBig => "too_big", "Does not fit the tunnel with DF set (ICMP fragmentation-needed sent).";
@@ -451,6 +459,7 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     generation: u64,
     last_full_event: Option<Instant>,
     next_fragment_sweep: Option<Instant>,
+    route_table: Option<(RouteTable, CompiledTable)>,
 }
 
 impl Router<IpIpTunnel> {
@@ -485,6 +494,7 @@ impl<T: Tunnel> Router<T> {
             generation: 0,
             last_full_event: None,
             next_fragment_sweep: None,
+            route_table: None,
             config: config.clone(),
         };
         r.apply(config)?;
@@ -579,8 +589,33 @@ impl<T: Tunnel> Router<T> {
                     self.release(old.next_hop());
                 }
             }
+            Control::InstallRouteTable(table) => {
+                let compiled = self.compile_route_table(&table)?;
+                self.route_table = Some((*table, compiled));
+            }
         }
         Ok(())
+    }
+
+    fn compile_route_table(&self, table: &RouteTable) -> Result<CompiledTable, RouteTableError> {
+        let by_name = &self.by_name;
+        let next_hops = &self.next_hops;
+        CompiledTable::compile(table, self.config.hash_seed, |n| {
+            by_name.get(n).copied().filter(|&i| next_hops[i].configured)
+        })
+    }
+
+    /// The installed route table, if any (inspection).
+    pub fn route_table(&self) -> Option<&RouteTable> {
+        self.route_table.as_ref().map(|(t, _)| t)
+    }
+
+    /// Names in the installed route table that are not configured next hops (they cannot be
+    /// chosen).
+    pub fn route_table_unknown_next_hops(&self) -> &[String] {
+        self.route_table
+            .as_ref()
+            .map_or(&[], |(_, c)| c.unknown_next_hops.as_slice())
     }
 
     fn apply(&mut self, config: RouterConfig) -> Result<(), ConfigError> {
@@ -703,6 +738,13 @@ impl<T: Tunnel> Router<T> {
             self.counters.flows_evicted += 1;
         }
         self.config = config;
+        // Next-hop indices and the hash seed may have changed: the installed table is resolved
+        // again (it was validated when installed, so this cannot fail).
+        if let Some((table, _)) = self.route_table.take() {
+            if let Ok(compiled) = self.compile_route_table(&table) {
+                self.route_table = Some((table, compiled));
+            }
+        }
         self.generation += 1;
         self.events.push_back(Event::Reconfigured {
             generation: self.generation,
@@ -943,6 +985,11 @@ impl<T: Tunnel> Router<T> {
 
     fn select(&mut self, vh: usize, key: &FlowKey) -> Result<usize, DropReason> {
         let h = flow_hash(self.config.hash_seed, key);
+        if self.virtual_hosts[vh].config.policy == Policy::Cost {
+            let nh = self.select_by_cost(h, key)?;
+            self.next_hops[nh].selections += 1;
+            return Ok(nh);
+        }
         let next_hops = &self.next_hops;
         let nh = self.virtual_hosts[vh]
             .selector
@@ -950,6 +997,22 @@ impl<T: Tunnel> Router<T> {
             .ok_or(DropReason::NoNextHop)?;
         self.next_hops[nh].selections += 1;
         Ok(nh)
+    }
+
+    /// The route table's choice (see [`route_table`](crate::route_table)).
+    fn select_by_cost(&self, flow_hash: u64, key: &FlowKey) -> Result<usize, DropReason> {
+        let (_, table) = self.route_table.as_ref().ok_or(DropReason::NoRoute)?;
+        let entry = table
+            .lookup(key.src_addr, key.dst_addr)
+            .ok_or(DropReason::NoRoute)?;
+        let next_hops = &self.next_hops;
+        let eligible = |i: usize| next_hops[i].eligible();
+        crate::route_table::rendezvous(
+            flow_hash,
+            entry.chosen.iter().copied().filter(|&(i, _)| eligible(i)),
+        )
+        .or_else(|| entry.by_cost.iter().copied().find(|&i| eligible(i)))
+        .ok_or(DropReason::NoNextHop)
     }
 
     fn insert_flow(&mut self, now: Instant, key: FlowKey, nh: usize, state: FlowState, len: usize) {
@@ -2023,6 +2086,152 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    fn cost_table(
+        generation: u64,
+        entries: Vec<(&str, Option<&str>, Vec<(usize, f64)>, Vec<usize>)>,
+    ) -> RouteTable {
+        use crate::route_table::{ClientGroup, RouteCandidate, RouteEntry};
+        RouteTable {
+            generation,
+            client_groups: vec![ClientGroup {
+                name: "east".into(),
+                prefixes: vec!["10.0.1.0/24".parse().unwrap()],
+            }],
+            entries: entries
+                .into_iter()
+                .map(|(subnet, group, costs, chosen)| RouteEntry {
+                    subnet: subnet.parse().unwrap(),
+                    client_group: group.map(str::to_owned),
+                    candidates: costs
+                        .into_iter()
+                        .map(|(i, cost)| RouteCandidate {
+                            next_hop: name(i),
+                            cost,
+                        })
+                        .collect(),
+                    chosen: chosen.into_iter().map(name).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn install(r: &mut Router, t: RouteTable) {
+        r.handle_control(T0, Control::InstallRouteTable(Box::new(t)))
+            .unwrap();
+    }
+
+    #[test]
+    fn cost_policy_follows_the_installed_table_and_only_for_new_flows() {
+        let mut r = router(config(Policy::Cost, 3));
+        // No table yet: no route, counted.
+        assert_eq!(dropped(&mut r, T0, &syn(40000)), DropReason::NoRoute);
+        // h1 is cheapest alone: every new flow goes there.
+        install(
+            &mut r,
+            cost_table(
+                1,
+                vec![(
+                    "10.99.0.0/24",
+                    None,
+                    vec![(0, 5.0), (1, 1.0), (2, 3.0)],
+                    vec![1],
+                )],
+            ),
+        );
+        assert!(choices(&mut r, 1000..1100, CLIENT)
+            .iter()
+            .all(|&a| a == host(1)));
+        // An established flow stays when the table changes; new flows follow the new table.
+        let est = tunnelled(&mut r, T0, &ack(5000));
+        install(
+            &mut r,
+            cost_table(
+                2,
+                vec![("10.99.0.0/24", None, vec![(0, 1.0), (1, 5.0)], vec![0])],
+            ),
+        );
+        assert_eq!(tunnelled(&mut r, T0, &ack(5000)), est);
+        assert!(choices(&mut r, 2000..2100, CLIENT)
+            .iter()
+            .all(|&a| a == host(0)));
+        // The chosen next hop fails its health check: the cheapest eligible candidate takes over.
+        set_available(&mut r, 0, false);
+        assert!(choices(&mut r, 3000..3100, CLIENT)
+            .iter()
+            .all(|&a| a == host(1)));
+        // No eligible candidate at all: no next hop.
+        set_available(&mut r, 1, false);
+        assert_eq!(dropped(&mut r, T0, &syn(40001)), DropReason::NoNextHop);
+        // A destination outside every entry: no route.
+        install(
+            &mut r,
+            cost_table(3, vec![("10.99.0.128/25", None, vec![(2, 1.0)], vec![2])]),
+        );
+        assert_eq!(dropped(&mut r, T0, &syn(40002)), DropReason::NoRoute);
+        assert_eq!(r.counters().drops(DropReason::NoRoute), 2);
+        assert_accounted(&r);
+    }
+
+    #[test]
+    fn cost_policy_spreads_a_near_equal_band_by_rendezvous_and_steers_client_groups() {
+        let mut r = router(config(Policy::Cost, 4));
+        install(
+            &mut r,
+            cost_table(
+                1,
+                vec![
+                    (
+                        "10.99.0.0/24",
+                        None,
+                        vec![(0, 1.0), (1, 1.05), (2, 9.0)],
+                        vec![0, 1],
+                    ),
+                    (
+                        "10.99.0.0/24",
+                        Some("east"),
+                        vec![(3, 1.0), (0, 2.0)],
+                        vec![3],
+                    ),
+                ],
+            ),
+        );
+        let west = choices(&mut r, 1000..3000, CLIENT);
+        let on = |v: &[Ipv4Addr], h: usize| v.iter().filter(|&&a| a == host(h)).count();
+        let (a, b) = (on(&west, 0), on(&west, 1));
+        assert_eq!(a + b, 2000, "only the chosen band");
+        assert!(
+            (900..=1100).contains(&a),
+            "band shared about evenly: {a} / {b}"
+        );
+        let east = choices(&mut r, 1000..1100, Ipv4Addr::new(10, 0, 1, 7));
+        assert_eq!(on(&east, 3), 100, "client group east has its own entry");
+        // Another router with the same seed and table picks the same next hop for each flow.
+        let mut r2 = router(config(Policy::Cost, 4));
+        install(
+            &mut r2,
+            cost_table(
+                1,
+                vec![(
+                    "10.99.0.0/24",
+                    None,
+                    vec![(0, 1.0), (1, 1.05), (2, 9.0)],
+                    vec![0, 1],
+                )],
+            ),
+        );
+        assert_eq!(choices(&mut r2, 1000..3000, CLIENT), west);
+        // A table naming a group that does not exist is refused; the old one stays.
+        let mut bad = cost_table(
+            2,
+            vec![("10.99.0.0/24", Some("nope"), vec![(0, 1.0)], vec![0])],
+        );
+        bad.client_groups.clear();
+        assert!(r
+            .handle_control(T0, Control::InstallRouteTable(Box::new(bad)))
+            .is_err());
+        assert_eq!(r.route_table().unwrap().generation, 1);
     }
 
     #[test]

@@ -29,24 +29,31 @@ pub enum Policy {
     /// Weighted Maglev consistent hashing of the flow hash: every router sharing the seed
     /// picks the same member for a flow, without sharing state.
     Maglev,
+    /// Lowest cost, from the route table the control path builds out of the children's load
+    /// reports and the operator's cost function (see [`route_table`](crate::route_table)).
+    /// A [`Selector`] under this policy (no table involved) spreads by rendezvous hashing
+    /// over the eligible members.
+    Cost,
 }
 
 impl Policy {
     /// Every policy, in declaration order.
-    pub const ALL: [Policy; 4] = [
+    pub const ALL: [Policy; 5] = [
         Policy::RoundRobin,
         Policy::Weighted,
         Policy::LeastFlows,
         Policy::Maglev,
+        Policy::Cost,
     ];
 
-    /// The configuration name: `round_robin`, `weighted`, `least_flows` or `maglev`.
+    /// The configuration name: `round_robin`, `weighted`, `least_flows`, `maglev` or `cost`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round_robin",
             Policy::Weighted => "weighted",
             Policy::LeastFlows => "least_flows",
             Policy::Maglev => "maglev",
+            Policy::Cost => "cost",
         }
     }
 }
@@ -73,7 +80,7 @@ impl FromStr for Policy {
 /// A policy name that is not one of [`Policy::as_str`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown selection policy {input:?}: expected round_robin, weighted, least_flows or maglev"
+    "unknown selection policy {input:?}: expected round_robin, weighted, least_flows, maglev or cost"
 )]
 pub struct ParsePolicyError {
     /// The text that did not parse.
@@ -293,6 +300,7 @@ impl Selector {
             Policy::Weighted => self.select_weighted(),
             Policy::LeastFlows => self.select_least_flows(active_flows),
             Policy::Maglev => self.select_maglev(flow_hash),
+            Policy::Cost => self.select_rendezvous(flow_hash),
         }?;
         Some(self.members[index].id)
     }
@@ -367,6 +375,17 @@ impl Selector {
         let (index, _, _) = best?;
         self.cursor = (index + 1) % n;
         Some(index)
+    }
+
+    fn select_rendezvous(&self, flow_hash: u64) -> Option<usize> {
+        crate::route_table::rendezvous(
+            flow_hash,
+            self.members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_eligible())
+                .map(|(i, m)| (i, crate::route_table::name_hash(self.maglev_seed, &m.name))),
+        )
     }
 
     fn select_maglev(&mut self, flow_hash: u64) -> Option<usize> {
