@@ -2088,10 +2088,10 @@ mod tests {
             .collect()
     }
 
-    fn cost_table(
-        generation: u64,
-        entries: Vec<(&str, Option<&str>, Vec<(usize, f64)>, Vec<usize>)>,
-    ) -> RouteTable {
+    /// (subnet, client group, (host, cost) candidates, chosen hosts)
+    type TestEntry<'a> = (&'a str, Option<&'a str>, Vec<(usize, f64)>, Vec<usize>);
+
+    fn cost_table(generation: u64, entries: Vec<TestEntry<'_>>) -> RouteTable {
         use crate::route_table::{ClientGroup, RouteCandidate, RouteEntry};
         RouteTable {
             generation,
