@@ -111,12 +111,154 @@ pub struct RouterFile {
     virtual_hosts: Vec<VirtualHostSection>,
     #[serde(default)]
     next_hops: Vec<NextHopSection>,
+    control: Option<ControlSection>,
+    #[serde(default)]
+    gateways: GatewaysSection,
+    cost: Option<toml::Table>,
+    #[serde(default)]
+    client_groups: Vec<ClientGroupSection>,
+}
+
+/// `[control]`: the state update protocol (mutual TLS against the operator CA).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    ca: String,
+    cert: String,
+    key: String,
+    listen: Option<String>,
+    #[serde(default = "default_report_interval")]
+    report_interval: String,
+    #[serde(default = "default_silent_after")]
+    silent_after: u32,
+    #[serde(default = "default_report_interval")]
+    rebuild_interval: String,
+    #[serde(default)]
+    parents: Vec<ParentSection>,
+}
+
+fn default_report_interval() -> String {
+    "1s".into()
+}
+fn default_silent_after() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParentSection {
+    name: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewaysSection {
+    url: Option<String>,
+    server_name: Option<String>,
+    #[serde(default = "default_gateway_refresh")]
+    refresh: String,
+    #[serde(default)]
+    children: Vec<GatewayChildSection>,
+}
+
+impl Default for GatewaysSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+fn default_gateway_refresh() -> String {
+    "10s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayChildSection {
+    name: String,
+    address: String,
+    subnets: Vec<String>,
+    #[serde(default = "default_cost")]
+    cost: f64,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_cost() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientGroupSection {
+    name: String,
+    prefixes: Vec<String>,
+}
+
+/// The state update protocol's settings (`[control]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    /// Operator CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), issued by the CA for its name.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Where children report to this router (None: no child reports here).
+    pub listen: Option<SocketAddr>,
+    /// T: how often children are asked to report.
+    pub report_interval: Duration,
+    /// N: reports missed before a child leaves selection.
+    pub silent_after: u32,
+    /// R: how often the route table is rebuilt (also on every change).
+    pub rebuild_interval: Duration,
+    /// Parents this node reports to.
+    pub parents: Vec<ParentConfig>,
+}
+
+/// A parent this node reports to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentConfig {
+    /// Its name (its certificate's name).
+    pub name: String,
+    /// Its control address.
+    pub address: SocketAddr,
+}
+
+/// A next-level gateway (a child: lower router or host) from the gateway table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayChild {
+    /// Name (next hop name, certificate name).
+    pub name: String,
+    /// Tunnel endpoint.
+    pub address: Ipv4Addr,
+    /// Virtual subnets it may advertise.
+    pub subnets: Vec<Ipv4Cidr>,
+    /// Static routing cost.
+    pub cost: f64,
+    /// Operator labels (visible to cost functions).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Where the gateway table comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Static entries (also the table until a configuration site answers).
+    pub children: Vec<GatewayChild>,
+    /// Network configuration site (HTTPS), if any.
+    pub url: Option<String>,
+    /// Name on the site's certificate (default: the URL's host).
+    pub server_name: Option<String>,
+    /// How often the site is fetched.
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RouterSection {
     name: String,
+    #[serde(default)]
+    level: Option<String>,
     tunnel_source: String,
     #[serde(default = "default_tun")]
     tun: String,
@@ -214,6 +356,12 @@ struct VirtualHostSection {
     udp: String,
     #[serde(default)]
     next_hops: Vec<String>,
+    #[serde(default = "default_priority")]
+    priority: String,
+}
+
+fn default_priority() -> String {
+    "high".into()
 }
 
 fn default_policy() -> String {
@@ -262,6 +410,19 @@ pub struct HealthConfig {
 pub struct RouterDaemonConfig {
     /// Router name.
     pub name: String,
+    /// Level label (network, as, site, ...), for inspection and reports.
+    pub level: String,
+    /// State update protocol, if this router takes part in it.
+    pub control: Option<ControlConfig>,
+    /// Children (next-level gateways).
+    pub gateways: GatewayConfig,
+    /// The `[cost]` table as written (the operator's cost functions; compiled by the control
+    /// thread).
+    pub cost: toml::Table,
+    /// Client groups (F13 client location).
+    pub client_groups: Vec<slr_core::route_table::ClientGroup>,
+    /// Priority class per virtual host name: true = high priority.
+    pub high_priority: Vec<(String, bool)>,
     /// TUN device name.
     pub tun: String,
     /// Control socket path.
@@ -374,14 +535,40 @@ impl RouterFile {
                 weight: n.weight,
             });
         }
+        let gateways = gateways(&c, &self.gateways)?;
+        for g in &gateways.children {
+            if core.next_hops.iter().any(|o| o.name == g.name) {
+                bail!(c.err(
+                    "gateways.children.name",
+                    &g.name,
+                    "is also a [[next_hops]] name"
+                ));
+            }
+            core.next_hops.push(NextHopConfig {
+                name: g.name.clone(),
+                address: g.address,
+                weight: 1,
+            });
+        }
+        let mut high_priority = Vec::new();
         for (i, v) in self.virtual_hosts.iter().enumerate() {
             let key = format!("virtual_hosts[{i}]");
+            let high = match v.priority.as_str() {
+                "high" => true,
+                "best_effort" => false,
+                other => bail!(c.err(
+                    &format!("{key}.priority"),
+                    other,
+                    "expected high or best_effort"
+                )),
+            };
+            high_priority.push((v.name.clone(), high));
             let subnet = c.cidr(&format!("{key}.subnet"), &v.subnet)?;
             let policy: Policy = v.policy.parse().map_err(|_| {
                 c.err(
                     &format!("{key}.policy"),
                     &v.policy,
-                    "unknown policy (expected round_robin, weighted, least_flows or maglev)",
+                    "unknown policy (expected round_robin, weighted, least_flows, maglev or cost)",
                 )
             })?;
             let udp: UdpMode = v.udp.parse().map_err(|_| {
@@ -460,7 +647,51 @@ impl RouterFile {
             .as_deref()
             .map(|m| c.socket("router.metrics_listen", m))
             .transpose()?;
+        let control = self
+            .control
+            .as_ref()
+            .map(|s| control(&c, s, true))
+            .transpose()?;
+        let mut client_groups = Vec::new();
+        for (i, g) in self.client_groups.iter().enumerate() {
+            let key = format!("client_groups[{i}]");
+            if g.name.is_empty()
+                || client_groups
+                    .iter()
+                    .any(|o: &slr_core::route_table::ClientGroup| o.name == g.name)
+            {
+                bail!(c.err(
+                    &format!("{key}.name"),
+                    &g.name,
+                    "must be non-empty and unique"
+                ));
+            }
+            let prefixes = g
+                .prefixes
+                .iter()
+                .enumerate()
+                .map(|(j, p)| c.cidr(&format!("{key}.prefixes[{j}]"), p))
+                .collect::<Result<Vec<_>>>()?;
+            client_groups.push(slr_core::route_table::ClientGroup {
+                name: g.name.clone(),
+                prefixes,
+            });
+        }
+        let uses_cost = core.virtual_hosts.iter().any(|v| v.policy == Policy::Cost);
+        if uses_cost && control.as_ref().is_none_or(|c| c.listen.is_none()) {
+            bail!(c.err(
+                "control.listen",
+                "(missing)",
+                "a virtual host with policy \"cost\" needs [control] with listen (children report there)"
+            ));
+        }
         Ok(RouterDaemonConfig {
+            level: r.level.clone().unwrap_or_else(|| "site".into()),
+            control,
+            gateways,
+            cost: self.cost.clone().unwrap_or_default(),
+            client_groups,
+            high_priority,
             name: r.name.clone(),
             tun: r.tun.clone(),
             control_socket,
@@ -471,11 +702,122 @@ impl RouterFile {
     }
 }
 
+/// Resolves a path from a config file relative to the file's directory.
+fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+fn control(c: &Ctx, s: &ControlSection, router: bool) -> Result<ControlConfig> {
+    let listen = match &s.listen {
+        Some(l) if router => Some(c.socket("control.listen", l)?),
+        Some(l) => bail!(c.err("control.listen", l, "hosts have no children: remove it")),
+        None => None,
+    };
+    let report_interval = c.duration("control.report_interval", &s.report_interval)?;
+    if report_interval < Duration::from_millis(50) {
+        bail!(c.err(
+            "control.report_interval",
+            &s.report_interval,
+            "must be at least 50ms"
+        ));
+    }
+    let rebuild_interval = c.duration("control.rebuild_interval", &s.rebuild_interval)?;
+    if rebuild_interval < Duration::from_millis(50) {
+        bail!(c.err(
+            "control.rebuild_interval",
+            &s.rebuild_interval,
+            "must be at least 50ms"
+        ));
+    }
+    if s.silent_after == 0 {
+        bail!(c.err("control.silent_after", s.silent_after, "must be at least 1"));
+    }
+    let mut parents = Vec::new();
+    for (i, p) in s.parents.iter().enumerate() {
+        if p.name.is_empty() {
+            bail!(c.err(
+                &format!("control.parents[{i}].name"),
+                &p.name,
+                "must not be empty"
+            ));
+        }
+        parents.push(ParentConfig {
+            name: p.name.clone(),
+            address: c.socket(&format!("control.parents[{i}].address"), &p.address)?,
+        });
+    }
+    Ok(ControlConfig {
+        ca: relative_to(c.file, &s.ca),
+        cert: relative_to(c.file, &s.cert),
+        key: relative_to(c.file, &s.key),
+        listen,
+        report_interval,
+        silent_after: s.silent_after,
+        rebuild_interval,
+        parents,
+    })
+}
+
+fn gateways(c: &Ctx, s: &GatewaysSection) -> Result<GatewayConfig> {
+    let mut children: Vec<GatewayChild> = Vec::new();
+    for (i, g) in s.children.iter().enumerate() {
+        let key = format!("gateways.children[{i}]");
+        if g.name.is_empty() || children.iter().any(|o| o.name == g.name) {
+            bail!(c.err(
+                &format!("{key}.name"),
+                &g.name,
+                "must be non-empty and unique"
+            ));
+        }
+        if !g.cost.is_finite() || g.cost < 0.0 {
+            bail!(c.err(
+                &format!("{key}.cost"),
+                g.cost,
+                "must be a finite number >= 0"
+            ));
+        }
+        let subnets = g
+            .subnets
+            .iter()
+            .enumerate()
+            .map(|(j, n)| c.cidr(&format!("{key}.subnets[{j}]"), n))
+            .collect::<Result<Vec<_>>>()?;
+        children.push(GatewayChild {
+            name: g.name.clone(),
+            address: c.addr(&format!("{key}.address"), &g.address)?,
+            subnets,
+            cost: g.cost,
+            labels: g.labels.clone(),
+        });
+    }
+    if let Some(u) = &s.url {
+        if !u.starts_with("https://") {
+            bail!(c.err(
+                "gateways.url",
+                u,
+                "must be an https:// URL (verified against the operator CA)"
+            ));
+        }
+    }
+    Ok(GatewayConfig {
+        children,
+        url: s.url.clone(),
+        server_name: s.server_name.clone(),
+        refresh: c.duration("gateways.refresh", &s.refresh)?,
+    })
+}
+
 /// `slr host` configuration file, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostFile {
     host: HostSection,
+    control: Option<ControlSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +855,8 @@ pub struct HostDaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Whether the agent adds and removes the AnyIP routes itself.
     pub manage_routes: bool,
+    /// State update protocol: the parents this host reports its load to.
+    pub control: Option<ControlConfig>,
 }
 
 impl HostFile {
@@ -524,6 +868,11 @@ impl HostFile {
     /// Checks meanings and converts.
     pub fn into_config(self, path: &Path) -> Result<HostDaemonConfig> {
         let c = Ctx { file: path };
+        let control = self
+            .control
+            .as_ref()
+            .map(|s| control(&c, s, false))
+            .transpose()?;
         let h = self.host;
         if h.virtual_subnets.is_empty() {
             bail!(c.err(
@@ -574,6 +923,7 @@ impl HostFile {
             tun: h.tun,
             metrics_listen,
             manage_routes: h.manage_routes,
+            control,
         })
     }
 }

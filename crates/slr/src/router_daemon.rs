@@ -574,8 +574,11 @@ impl LoopState {
     ) -> Result<()> {
         let buf_size = self.cfg.core.tunnel_mtu as usize + 256;
         let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(buf_size)).collect();
+        // Tunnelled packets from parents (routers of the level above) arrive on the IP-in-IP
+        // socket, outer header included; the core checks the parent and decapsulates.
+        let mut tbufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new(buf_size)).collect();
         let mut actions = [Action::Drop(DropReason::Truncated); BATCH];
-        let mut ready = [false; 2];
+        let mut ready = [false; 3];
         loop {
             if signals.stopping() {
                 return Ok(());
@@ -598,7 +601,32 @@ impl LoopState {
                 b.reset(HEADROOM);
             }
             let n = tun.recv_batch(&mut bufs)?;
+            let m = if router.config().trusted_parents.is_empty() {
+                0
+            } else {
+                for b in tbufs.iter_mut() {
+                    b.reset(HEADROOM);
+                }
+                ipip.recv_batch(&mut tbufs)?
+            };
             let now = self.clock.now();
+            if m > 0 {
+                let mut k = 0;
+                for i in 0..m {
+                    if matches!(
+                        router.handle_tunnelled_packet(now, &mut tbufs[i]),
+                        Action::Tunnel { .. }
+                    ) {
+                        tbufs.swap(i, k);
+                        k += 1;
+                    }
+                }
+                self.send_all(ipip, &tbufs[..k]);
+            }
+            if n == 0 && m > 0 {
+                self.flush_core(router, tun, ipip);
+                continue;
+            }
             if n == 0 {
                 let timeout = router
                     .poll_timeout()
@@ -608,7 +636,15 @@ impl LoopState {
                 if timeout.is_zero() {
                     router.handle_timeout(now);
                 } else {
-                    poll_readable(&[tun.fd(), wake.fd()], Some(timeout), &mut ready)?;
+                    let fds = [tun.fd(), wake.fd(), ipip.fd()];
+                    // The IP-in-IP socket only when parents may send: unread, it would stay
+                    // readable and turn this wait into a spin.
+                    let k = if router.config().trusted_parents.is_empty() {
+                        2
+                    } else {
+                        3
+                    };
+                    poll_readable(&fds[..k], Some(timeout), &mut ready)?;
                     if ready[1] {
                         wake.drain()?;
                     }
