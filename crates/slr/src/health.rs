@@ -31,11 +31,41 @@ struct Checker {
     stop: Arc<AtomicBool>,
 }
 
+/// Round-trip times measured by the checks, per next hop name (milliseconds, smoothed).
+///
+/// A check's TCP handshake goes out through the tunnel (router -> next hop -> ... -> host) and
+/// its answer comes straight back from the host, like a client's: its duration is the RTT of the
+/// path a flow sent to that next hop takes. The cost functions see it as `rtt` (F13 proximity).
+#[derive(Debug, Clone, Default)]
+pub struct RttTable(Arc<std::sync::Mutex<HashMap<String, f64>>>);
+
+impl RttTable {
+    /// Weight of a new sample in the smoothed value.
+    const ALPHA: f64 = 0.5;
+
+    fn record(&self, name: &str, sample: Duration) {
+        let ms = sample.as_secs_f64() * 1e3;
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let v = m.entry(name.to_owned()).or_insert(ms);
+        *v = Self::ALPHA * ms + (1.0 - Self::ALPHA) * *v;
+    }
+
+    /// The smoothed RTT of a next hop, if any check has passed.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+}
+
 /// Starts, stops and updates one checker thread per next hop.
 pub struct HealthSupervisor {
     handle: Handle,
     source: Ipv4Addr,
     checkers: HashMap<String, Checker>,
+    rtt: RttTable,
 }
 
 impl HealthSupervisor {
@@ -45,7 +75,13 @@ impl HealthSupervisor {
             handle,
             source,
             checkers: HashMap::new(),
+            rtt: RttTable::default(),
         }
+    }
+
+    /// The RTTs the checks measure.
+    pub fn rtt(&self) -> RttTable {
+        self.rtt.clone()
     }
 
     /// Makes the set of checkers match the configuration.
@@ -85,9 +121,10 @@ impl HealthSupervisor {
             };
             let (handle, source, config) = (self.handle.clone(), self.source, cfg.health.clone());
             let n = name.clone();
+            let rtt = self.rtt.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("health-{name}"))
-                .spawn(move || check_loop(handle, n, source, vip, config, stop));
+                .spawn(move || check_loop(handle, n, source, vip, config, stop, rtt));
             if let Err(e) = spawned {
                 tracing::error!("cannot start health checker for {name}: {e}");
                 continue;
@@ -121,6 +158,7 @@ fn check_loop(
     vip: Ipv4Addr,
     cfg: HealthConfig,
     stop: Arc<AtomicBool>,
+    rtt: RttTable,
 ) {
     // Start from what the core believes (a checker restarted by a reload must not assume a
     // next hop is up that the core holds down, or it would never tell the core otherwise).
@@ -147,6 +185,9 @@ fn check_loop(
             next = now + cfg.interval;
         }
         let result = check_once(&handle, &name, source, vip, &cfg);
+        if let Ok(sample) = result {
+            rtt.record(&name, sample);
+        }
         let passed = result.is_ok();
         if passed == up {
             streak = 0;
@@ -158,7 +199,7 @@ fn check_loop(
             up = passed;
             streak = 0;
             match &result {
-                Ok(()) => tracing::info!(next_hop = %name, "health check passing: next hop up"),
+                Ok(_) => tracing::info!(next_hop = %name, "health check passing: next hop up"),
                 Err(e) => {
                     tracing::warn!(next_hop = %name, "health check failing ({e}): next hop down")
                 }
@@ -179,7 +220,7 @@ fn check_once(
     source: Ipv4Addr,
     vip: Ipv4Addr,
     cfg: &HealthConfig,
-) -> Result<(), String> {
+) -> Result<Duration, String> {
     let deadline = Instant::now() + cfg.timeout;
     let sock =
         Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(|e| e.to_string())?;
@@ -205,10 +246,12 @@ fn check_once(
         })
         .map_err(|e| format!("pin: {e:#}"))?;
     let target = SockAddr::from(SocketAddr::V4(SocketAddrV4::new(vip, cfg.port)));
+    let started = Instant::now();
     sock.connect_timeout(&target, cfg.timeout)
         .map_err(|e| format!("connect {vip}:{}: {e}", cfg.port))?;
+    let handshake = started.elapsed();
     if !cfg.http {
-        return Ok(());
+        return Ok(handshake);
     }
     let left = deadline
         .saturating_duration_since(Instant::now())
@@ -235,7 +278,7 @@ fn check_once(
     }
     let line = String::from_utf8_lossy(&head[..got]);
     if line.starts_with("HTTP/1.") && line.as_bytes().get(9) == Some(&b'2') {
-        Ok(())
+        Ok(handshake)
     } else {
         Err(format!("unexpected answer {line:?}"))
     }

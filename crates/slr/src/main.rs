@@ -16,6 +16,7 @@ mod daemon;
 mod health;
 mod host_daemon;
 mod lab;
+mod load;
 mod metrics;
 mod router_daemon;
 mod serve;
