@@ -29,8 +29,8 @@
 use libfuzzer_sys::fuzz_target;
 use slr_core::flow_table::{FlowKey, FlowTableConfig};
 use slr_core::router::{
-    Action, Control, Destination, DropReason, NextHopConfig, Router, RouterConfig, UdpMode,
-    VirtualHostConfig,
+    Action, Control, Destination, DropReason, NextHopConfig, Router, RouterConfig, SteeringRule,
+    UdpMode, VirtualHostConfig,
 };
 use slr_core::select::Policy;
 use slr_core::time::{Duration, Instant};
@@ -112,6 +112,16 @@ fn config(flags: u8) -> RouterConfig {
             UdpMode::Pin
         },
         next_hops: Vec::new(),
+        // Steering rules on some inputs: well-known destination ports to the first host.
+        rules: if flags & 0x40 != 0 {
+            vec![SteeringRule {
+                dst_ports: vec![(0, 1023)],
+                next_hops: vec![HOSTS[0].into()],
+                ..SteeringRule::default()
+            }]
+        } else {
+            Vec::new()
+        },
     }];
     c.next_hops = HOSTS
         .iter()

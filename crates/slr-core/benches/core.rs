@@ -62,6 +62,7 @@ fn router(max_flows: usize) -> Router {
         policy: Policy::Maglev,
         udp: UdpMode::Pin,
         next_hops: vec![],
+        rules: vec![],
     });
     for i in 0..10u8 {
         c.next_hops.push(NextHopConfig {

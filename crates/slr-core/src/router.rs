@@ -81,6 +81,43 @@ pub struct VirtualHostConfig {
     pub udp: UdpMode,
     /// Names of the next hops that serve it; empty means all of them.
     pub next_hops: Vec<String>,
+    /// Request-sensitive steering (F14): the first rule a new flow matches restricts it to the
+    /// rule's next hops (chosen among them by the virtual host's policy); flows matching no
+    /// rule use every next hop of the virtual host.
+    pub rules: Vec<SteeringRule>,
+}
+
+/// A steering rule: new flows matching every condition go only to `next_hops`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SteeringRule {
+    /// Destination port ranges (inclusive); empty matches every port.
+    pub dst_ports: Vec<(u16, u16)>,
+    /// Source (client) prefixes; empty matches every source.
+    pub src_prefixes: Vec<Ipv4Cidr>,
+    /// Source port ranges (inclusive); empty matches every port.
+    pub src_ports: Vec<(u16, u16)>,
+    /// Next hops the matching flows may go to (at least one).
+    pub next_hops: Vec<String>,
+}
+
+impl SteeringRule {
+    /// Whether a flow matches.
+    pub fn matches(&self, key: &FlowKey) -> bool {
+        let port_in = |ranges: &[(u16, u16)], p: u16| {
+            ranges.is_empty() || ranges.iter().any(|&(a, b)| a <= p && p <= b)
+        };
+        port_in(&self.dst_ports, key.dst_port)
+            && port_in(&self.src_ports, key.src_port)
+            && (self.src_prefixes.is_empty()
+                || self.src_prefixes.iter().any(|n| n.contains(key.src_addr)))
+    }
+}
+
+#[derive(Debug)]
+struct RuleState {
+    rule: SteeringRule,
+    members: Vec<usize>,
+    selector: Selector,
 }
 
 /// A next hop: a host server (site level) or a lower-level router.
@@ -423,6 +460,7 @@ pub struct VirtualHostState {
     /// Flows created for it.
     pub flows_created: u64,
     selector: Selector,
+    rules: Vec<RuleState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -553,14 +591,19 @@ impl<T: Tunnel> Router<T> {
                     // Only the virtual hosts this next hop serves change; the others keep their
                     // tables and round-robin positions.
                     for v in &mut self.virtual_hosts {
-                        if v.members.contains(&i) {
-                            v.selector.set_available(i, available).map_err(|e| {
-                                ControlError::Config(ConfigError::Selector {
-                                    virtual_host: v.config.name.clone(),
-                                    reason: e.to_string(),
-                                })
-                            })?;
-                            v.selector.refresh();
+                        let name = &v.config.name;
+                        let selectors = core::iter::once((&v.members, &mut v.selector))
+                            .chain(v.rules.iter_mut().map(|r| (&r.members, &mut r.selector)));
+                        for (members, selector) in selectors {
+                            if members.contains(&i) {
+                                selector.set_available(i, available).map_err(|e| {
+                                    ControlError::Config(ConfigError::Selector {
+                                        virtual_host: name.clone(),
+                                        reason: e.to_string(),
+                                    })
+                                })?;
+                                selector.refresh();
+                            }
                         }
                     }
                     self.events.push_back(Event::NextHopAvailability {
@@ -645,7 +688,11 @@ impl<T: Tunnel> Router<T> {
                     ));
                 }
             }
-            for n in &a.next_hops {
+            for n in a
+                .next_hops
+                .iter()
+                .chain(a.rules.iter().flat_map(|r| &r.next_hops))
+            {
                 if !seen.contains(n.as_str()) {
                     return Err(ConfigError::UnknownNextHop {
                         virtual_host: a.name.clone(),
@@ -718,6 +765,22 @@ impl<T: Tunnel> Router<T> {
             };
             let old = self.virtual_hosts.iter().find(|o| o.config.name == v.name);
             let selector = build_selector(v, &members, &next_hops, config.hash_seed)?;
+            let mut rules = Vec::with_capacity(v.rules.len());
+            for rule in &v.rules {
+                if rule.next_hops.is_empty() {
+                    return Err(ConfigError::Selector {
+                        virtual_host: v.name.clone(),
+                        reason: "a steering rule names no next hop".into(),
+                    });
+                }
+                let members: Vec<usize> = rule.next_hops.iter().map(|n| by_name[n]).collect();
+                let selector = build_selector(v, &members, &next_hops, config.hash_seed)?;
+                rules.push(RuleState {
+                    rule: rule.clone(),
+                    members,
+                    selector,
+                });
+            }
             virtual_hosts.push(VirtualHostState {
                 config: v.clone(),
                 members,
@@ -725,6 +788,7 @@ impl<T: Tunnel> Router<T> {
                 bytes: old.map_or(0, |o| o.bytes),
                 flows_created: old.map_or(0, |o| o.flows_created),
                 selector,
+                rules,
             });
         }
         self.next_hops = next_hops;
@@ -985,28 +1049,39 @@ impl<T: Tunnel> Router<T> {
 
     fn select(&mut self, vh: usize, key: &FlowKey) -> Result<usize, DropReason> {
         let h = flow_hash(self.config.hash_seed, key);
-        if self.virtual_hosts[vh].config.policy == Policy::Cost {
-            let nh = self.select_by_cost(h, key)?;
-            self.next_hops[nh].selections += 1;
-            return Ok(nh);
-        }
-        let next_hops = &self.next_hops;
-        let nh = self.virtual_hosts[vh]
-            .selector
-            .select(h, |id| next_hops[id].active_flows)
-            .ok_or(DropReason::NoNextHop)?;
+        let v = &mut self.virtual_hosts[vh];
+        let rule = v.rules.iter_mut().find(|r| r.rule.matches(key));
+        let nh = if v.config.policy == Policy::Cost {
+            let allowed = rule.map(|r| r.members.as_slice());
+            Self::select_by_cost(&self.route_table, &self.next_hops, h, key, allowed)?
+        } else {
+            let selector = match rule {
+                Some(r) => &mut r.selector,
+                None => &mut v.selector,
+            };
+            let next_hops = &self.next_hops;
+            selector
+                .select(h, |id| next_hops[id].active_flows)
+                .ok_or(DropReason::NoNextHop)?
+        };
         self.next_hops[nh].selections += 1;
         Ok(nh)
     }
 
-    /// The route table's choice (see [`route_table`](crate::route_table)).
-    fn select_by_cost(&self, flow_hash: u64, key: &FlowKey) -> Result<usize, DropReason> {
-        let (_, table) = self.route_table.as_ref().ok_or(DropReason::NoRoute)?;
+    /// The route table's choice (see [`route_table`](crate::route_table)), among `allowed`
+    /// next hops if a steering rule matched.
+    fn select_by_cost(
+        route_table: &Option<(RouteTable, CompiledTable)>,
+        next_hops: &[NextHopState],
+        flow_hash: u64,
+        key: &FlowKey,
+        allowed: Option<&[usize]>,
+    ) -> Result<usize, DropReason> {
+        let (_, table) = route_table.as_ref().ok_or(DropReason::NoRoute)?;
         let entry = table
             .lookup(key.src_addr, key.dst_addr)
             .ok_or(DropReason::NoRoute)?;
-        let next_hops = &self.next_hops;
-        let eligible = |i: usize| next_hops[i].eligible();
+        let eligible = |i: usize| next_hops[i].eligible() && allowed.is_none_or(|a| a.contains(&i));
         crate::route_table::rendezvous(
             flow_hash,
             entry.chosen.iter().copied().filter(|&(i, _)| eligible(i)),
@@ -1464,6 +1539,7 @@ mod tests {
             policy,
             udp: UdpMode::Pin,
             next_hops: Vec::new(),
+            rules: Vec::new(),
         }];
         c.next_hops = hosts(&vec![1; n]);
         c
@@ -1836,6 +1912,13 @@ mod tests {
             let mut c = config(policy, 3);
             c.next_hops[1].weight = 0;
             let mut r = router(c);
+            if policy == Policy::Cost {
+                let all = vec![(0, 1.0), (1, 1.0), (2, 1.0)];
+                install(
+                    &mut r,
+                    cost_table(1, vec![("10.99.0.0/24", None, all, vec![0, 1, 2])]),
+                );
+            }
             let mut seen = BTreeSet::new();
             for sport in 0..300 {
                 seen.insert(tunnelled(&mut r, T0, &syn(10000 + sport)));
@@ -2232,6 +2315,72 @@ mod tests {
             .handle_control(T0, Control::InstallRouteTable(Box::new(bad)))
             .is_err());
         assert_eq!(r.route_table().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn steering_rules_restrict_new_flows_by_port_and_source_under_any_policy() {
+        for policy in [Policy::Maglev, Policy::RoundRobin, Policy::Cost] {
+            let mut c = config(policy, 4);
+            c.virtual_hosts[0].rules = vec![
+                SteeringRule {
+                    dst_ports: vec![(443, 443)],
+                    next_hops: vec![name(2), name(3)],
+                    ..SteeringRule::default()
+                },
+                SteeringRule {
+                    src_prefixes: vec!["10.0.7.0/24".parse().unwrap()],
+                    next_hops: vec![name(0)],
+                    ..SteeringRule::default()
+                },
+            ];
+            let mut r = router(c);
+            install(
+                &mut r,
+                cost_table(
+                    1,
+                    vec![(
+                        "10.99.0.0/24",
+                        None,
+                        vec![(0, 1.0), (1, 1.0), (2, 2.0), (3, 3.0)],
+                        vec![0, 1],
+                    )],
+                ),
+            );
+            let pick = |r: &mut Router, src: Ipv4Addr, sport: u16, dport: u16| match send(
+                r,
+                T0,
+                &tcp(src, sport, VIP, dport, SYN),
+            )
+            .0
+            {
+                Action::Tunnel { next_hop } => next_hop,
+                a => panic!("{policy}: {a:?}"),
+            };
+            let https: HashSet<Ipv4Addr> =
+                (1000..1200).map(|p| pick(&mut r, CLIENT, p, 443)).collect();
+            let lab: HashSet<Ipv4Addr> = (1000..1200)
+                .map(|p| pick(&mut r, Ipv4Addr::new(10, 0, 7, 9), p, 80))
+                .collect();
+            let rest: HashSet<Ipv4Addr> =
+                (1000..1200).map(|p| pick(&mut r, CLIENT, p, 80)).collect();
+            match policy {
+                // Cost: inside the rule, the band (h0, h1) is not allowed; the cheapest allowed
+                // candidate (h2) takes the flows.
+                Policy::Cost => assert_eq!(https, HashSet::from([host(2)]), "{policy}"),
+                _ => assert_eq!(https, HashSet::from([host(2), host(3)]), "{policy}"),
+            }
+            assert_eq!(lab, HashSet::from([host(0)]), "{policy}");
+            match policy {
+                Policy::Cost => assert_eq!(rest, HashSet::from([host(0), host(1)]), "{policy}"),
+                _ => assert_eq!(rest.len(), 4, "{policy}"),
+            }
+            // A rule's next hop failing: the rule's other next hop takes its flows.
+            set_available(&mut r, 2, false);
+            assert!(
+                (2000..2100).all(|p| pick(&mut r, CLIENT, p, 443) == host(3)),
+                "{policy}"
+            );
+        }
     }
 
     #[test]
@@ -3175,6 +3324,14 @@ mod tests {
         assert_eq!(tunnelled(&mut r, T0, &ack(40000)), host(0));
         produced.insert(D::NoNextHop.as_str());
         expected_counts[D::NoNextHop as usize] += 1;
+
+        // The cost policy without a route table.
+        let mut c = r.config().clone();
+        c.virtual_hosts[0].policy = Policy::Cost;
+        reconfigure(&mut r, &c);
+        assert_eq!(dropped(&mut r, T0, &syn(40004)), D::NoRoute);
+        produced.insert(D::NoRoute.as_str());
+        expected_counts[D::NoRoute as usize] += 1;
 
         for reason in DropReason::ALL {
             assert_eq!(

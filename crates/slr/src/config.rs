@@ -358,6 +358,32 @@ struct VirtualHostSection {
     next_hops: Vec<String>,
     #[serde(default = "default_priority")]
     priority: String,
+    #[serde(default)]
+    rules: Vec<RuleSection>,
+}
+
+/// `[[virtual_hosts.rules]]`: request-sensitive steering (F14).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    #[serde(default)]
+    dst_ports: Vec<String>,
+    #[serde(default)]
+    src_ports: Vec<String>,
+    #[serde(default)]
+    src_prefixes: Vec<String>,
+    next_hops: Vec<String>,
+}
+
+/// Parses "80" or "8000-8080".
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (a <= b).then_some((a, b))
+        }
+        None => s.trim().parse().ok().map(|p| (p, p)),
+    }
 }
 
 fn default_priority() -> String {
@@ -587,6 +613,51 @@ impl RouterFile {
                     ));
                 }
             }
+            let mut rules = Vec::new();
+            for (j, r) in v.rules.iter().enumerate() {
+                let rk = format!("{key}.rules[{j}]");
+                let ports = |field: &str, list: &[String]| -> Result<Vec<(u16, u16)>> {
+                    list.iter()
+                        .enumerate()
+                        .map(|(k, p)| {
+                            port_range(p).ok_or_else(|| {
+                                c.err(
+                                    &format!("{rk}.{field}[{k}]"),
+                                    p,
+                                    "not a port or range such as \"443\" or \"8000-8080\"",
+                                )
+                            })
+                        })
+                        .collect()
+                };
+                if r.next_hops.is_empty() {
+                    bail!(c.err(
+                        &format!("{rk}.next_hops"),
+                        &r.next_hops,
+                        "must name at least one next hop"
+                    ));
+                }
+                for (k, n) in r.next_hops.iter().enumerate() {
+                    if !core.next_hops.iter().any(|h| &h.name == n) {
+                        bail!(c.err(
+                            &format!("{rk}.next_hops[{k}]"),
+                            n,
+                            "no next hop or gateway child has this name"
+                        ));
+                    }
+                }
+                rules.push(slr_core::router::SteeringRule {
+                    dst_ports: ports("dst_ports", &r.dst_ports)?,
+                    src_ports: ports("src_ports", &r.src_ports)?,
+                    src_prefixes: r
+                        .src_prefixes
+                        .iter()
+                        .enumerate()
+                        .map(|(k, p)| c.cidr(&format!("{rk}.src_prefixes[{k}]"), p))
+                        .collect::<Result<Vec<_>>>()?,
+                    next_hops: r.next_hops.clone(),
+                });
+            }
             if let Some(o) = core.virtual_hosts.iter().find(|o: &&VirtualHostConfig| {
                 o.subnet.contains_cidr(&subnet) || subnet.contains_cidr(&o.subnet)
             }) {
@@ -602,6 +673,7 @@ impl RouterFile {
                 policy,
                 udp,
                 next_hops: v.next_hops.clone(),
+                rules,
             });
         }
         let h = &self.health_check;
