@@ -442,9 +442,8 @@ pub struct RouterDaemonConfig {
     pub control: Option<ControlConfig>,
     /// Children (next-level gateways).
     pub gateways: GatewayConfig,
-    /// The `[cost]` table as written (the operator's cost functions; compiled by the control
-    /// thread).
-    pub cost: toml::Table,
+    /// The operator's cost functions (`[cost]`; checked to compile at load).
+    pub cost: slr_policy::PolicyConfig,
     /// Client groups (F13 client location).
     pub client_groups: Vec<slr_core::route_table::ClientGroup>,
     /// Priority class per virtual host name: true = high priority.
@@ -749,6 +748,15 @@ impl RouterFile {
                 prefixes,
             });
         }
+        let cost: slr_policy::PolicyConfig = match &self.cost {
+            Some(t) => t
+                .clone()
+                .try_into()
+                .map_err(|e| anyhow!("{}: [cost]: {}", file.display(), e.to_string().trim_end()))?,
+            None => slr_policy::PolicyConfig::default(),
+        };
+        cost.compile()
+            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
         let uses_cost = core.virtual_hosts.iter().any(|v| v.policy == Policy::Cost);
         if uses_cost && control.as_ref().is_none_or(|c| c.listen.is_none()) {
             bail!(c.err(
@@ -761,7 +769,7 @@ impl RouterFile {
             level: r.level.clone().unwrap_or_else(|| "site".into()),
             control,
             gateways,
-            cost: self.cost.clone().unwrap_or_default(),
+            cost,
             client_groups,
             high_priority,
             name: r.name.clone(),

@@ -112,7 +112,8 @@ pub fn resolve_socket(target: &str) -> Result<PathBuf> {
 pub struct CtlArgs {
     /// The daemon: its name in a running lab (e.g. `r1`, `h2`) or a control socket path.
     pub target: String,
-    /// What to show or do: status, flows, hosts, stats, reload, metrics.
+    /// What to show or do: status, flows, hosts, stats, children, table, parents, reload,
+    /// metrics.
     #[arg(default_value = "status")]
     pub command: String,
     /// Print JSON instead of tables.
@@ -144,9 +145,124 @@ pub fn run(args: CtlArgs) -> Result<()> {
     Ok(())
 }
 
+/// The control plane's views: children with their reports, the route table, the parents.
+fn human_control(command: &str, c: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.3}"));
+    let metrics = |m: &Value| {
+        m.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", f(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    if command == "children" {
+        let _ = writeln!(
+            o,
+            "level {}  table generation {}  rebuilds {} (last {} us)  eval errors {}",
+            t(&c["level"]),
+            t(&c["generation"]),
+            t(&c["rebuilds"]),
+            t(&c["last_rebuild_us"]),
+            t(&c["eval_errors"])
+        );
+        let _ = writeln!(
+            o,
+            "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:>8} {:>8}  last report",
+            "child", "address", "cost", "rtt ms", "level", "live", "age ms", "reports"
+        );
+        for ch in c["children"].as_array().into_iter().flatten() {
+            let report = ch["last_report"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{}: {}", t(&r["subnet"]), metrics(&r["metrics"])))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = writeln!(
+                o,
+                "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:>8} {:>8}  {}",
+                t(&ch["name"]),
+                t(&ch["address"]),
+                f(&ch["cost"]),
+                f(&ch["rtt_ms"]),
+                ch["level"].as_str().unwrap_or("-"),
+                if ch["live"] == true { "yes" } else { "NO" },
+                ch["report_age_ms"].as_u64().map_or("-".into(), |a| a.to_string()),
+                t(&ch["reports"]),
+                report
+            );
+        }
+        return o;
+    }
+    if command == "table" {
+        let _ = writeln!(o, "table generation {}", t(&c["generation"]));
+        for e in c["table"].as_array().into_iter().flatten() {
+            let group = e["client_group"].as_str().filter(|g| !g.is_empty()).unwrap_or("*");
+            let cands = e["candidates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    format!(
+                        "{}{}={}{}",
+                        if x["chosen"] == true { "*" } else { "" },
+                        t(&x["child"]),
+                        f(&x["cost"]),
+                        if x["overloaded"] == true { "(overloaded)" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("  ");
+            let _ = writeln!(
+                o,
+                "{:<18} group {:<8} {:<11} {}",
+                t(&e["subnet"]),
+                group,
+                t(&e["priority"]),
+                cands
+            );
+            for x in e["excluded"].as_array().into_iter().flatten() {
+                let _ = writeln!(o, "{:<18} excluded {}: {}", "", t(&x[0]), t(&x[1]));
+            }
+        }
+        let _ = writeln!(o, "(* = in the chosen band: new flows spread over these)");
+        for u in c["upward"].as_array().into_iter().flatten() {
+            let _ = writeln!(o, "reports upward {}: {}", t(&u["subnet"]), metrics(&u["metrics"]));
+        }
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "{:<12} {:<9} {:>8} {:>8} {:>8} {:>10}  last error",
+        "parent", "connected", "reports", "failures", "refused", "bytes sent"
+    );
+    for p in c["parents"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "{:<12} {:<9} {:>8} {:>8} {:>8} {:>10}  {}",
+            t(&p["name"]),
+            if p["connected"] == true { "yes" } else { "no" },
+            t(&p["reports_sent"]),
+            t(&p["failures"]),
+            t(&p["subnets_refused"]),
+            t(&p["bytes_sent"]),
+            p["last_error"].as_str().unwrap_or("")
+        );
+    }
+    o
+}
+
 fn human(command: &str, v: &Value) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
+    if !v["control"].is_null() {
+        return human_control(command, &v["control"]);
+    }
     if v["kind"] == "host" {
         let _ = writeln!(
             o,

@@ -118,7 +118,11 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         }
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
+    let control = crate::control_plane::start_host(&cfg.name, cfg.control.as_ref(), &cfg.virtual_subnets)
+        .with_context(|| format!("{}: [control]", config_path.display()))?;
+    let view = control.as_ref().map(|c| c.view.clone());
     {
+        let view = view.clone();
         let (shared, name) = (shared.clone(), cfg.name.clone());
         let trusted: Vec<String> = cfg
             .trusted_tunnel_sources
@@ -138,6 +142,10 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
                     "cpu_seconds": metrics::process_cpu_seconds(),
                 }),
                 "metrics" => json!({"ok": true, "text": render(&name, &s)}),
+                "control" | "parents" => match &view {
+                    Some(v) => json!({"ok": true, "kind": "host", "control": *v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)}),
+                    None => json!({"ok": false, "error": "this host agent has no [control] section"}),
+                },
                 other => {
                     json!({"ok": false, "error": format!("unknown command {other:?} for a host agent (status, stats, metrics)")})
                 }
@@ -152,6 +160,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     }
     tracing::info!(host = %cfg.name, tun = %cfg.tun, subnets = ?cfg.virtual_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "host agent up");
     let result = pump(&cfg, &signals, &mut tun, &mut ipip, &shared);
+    drop(control);
     routes.remove_all();
     let _ = std::fs::remove_file(&cfg.control_socket);
     tracing::info!("host agent down");

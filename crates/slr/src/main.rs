@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 mod config;
+mod control_plane;
 mod ctl;
 mod daemon;
 mod health;
@@ -18,6 +19,7 @@ mod host_daemon;
 mod lab;
 mod load;
 mod metrics;
+mod pki_cmd;
 mod router_daemon;
 mod serve;
 
@@ -56,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
+    /// The operator CA and node certificates of the state update protocol (mutual TLS).
+    Ca {
+        #[command(subcommand)]
+        command: pki_cmd::CaCommand,
+    },
+    /// Serve a gateway table over HTTPS (a network configuration site).
+    GatewaySite(pki_cmd::GatewaySiteArgs),
     /// Serve HTTP (and UDP echo) on a lab host: answers say which host served them.
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -68,6 +77,8 @@ fn main() -> std::process::ExitCode {
         Command::Host { config, check } => host_daemon::run(&config, check),
         Command::Ctl(args) => ctl::run(args),
         Command::Lab { command } => lab::run(command),
+        Command::Ca { command } => pki_cmd::run_ca(command),
+        Command::GatewaySite(args) => pki_cmd::run_gateway_site(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

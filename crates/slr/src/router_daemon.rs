@@ -458,10 +458,22 @@ pub fn render_metrics(s: &Snapshot) -> String {
     p.finish()
 }
 
+/// The control thread's view, once it runs (routers without `[control]` have none).
+type ViewSlot = Arc<std::sync::OnceLock<crate::control_plane::SharedView>>;
+
+fn control_view(slot: &ViewSlot) -> Option<crate::control_plane::ControlView> {
+    slot.get()
+        .map(|v| v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+}
+
 /// Answers a control-socket request.
-fn answer(h: &Handle, req: &Value) -> Result<Value> {
+fn answer(h: &Handle, slot: &ViewSlot, req: &Value) -> Result<Value> {
     let cmd = req["cmd"].as_str().unwrap_or("");
     Ok(match cmd {
+        "children" | "table" | "parents" | "control" => match control_view(slot) {
+            Some(v) => json!({"ok": true, "kind": "router", "control": v}),
+            None => json!({"ok": false, "error": "this router has no [control] section (no children report to it)"}),
+        },
         "status" | "stats" | "hosts" | "next_hops" => {
             let s = h.snapshot()?;
             json!({"ok": true, "kind": "router", "snapshot": s})
@@ -474,11 +486,19 @@ fn answer(h: &Handle, req: &Value) -> Result<Value> {
             h.reload()?;
             json!({"ok": true})
         }
-        "metrics" => json!({"ok": true, "text": render_metrics(&h.snapshot()?)}),
+        "metrics" => json!({"ok": true, "text": metrics_page(h, slot)?}),
         other => {
-            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, reload, metrics)")})
+            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, children, table, reload, metrics)")})
         }
     })
+}
+
+fn metrics_page(h: &Handle, slot: &ViewSlot) -> Result<String> {
+    let mut text = render_metrics(&h.snapshot()?);
+    if let Some(v) = control_view(slot) {
+        v.render_metrics(&mut text);
+    }
+    Ok(text)
 }
 
 /// Runs the router until SIGTERM/SIGINT.
@@ -512,20 +532,27 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         tx,
         wake: wake.clone(),
     };
+    let slot = ViewSlot::default();
     {
-        let h = handle.clone();
+        let (h, slot) = (handle.clone(), slot.clone());
         crate::ctl::serve(&cfg.control_socket, move |req| {
-            answer(&h, req).unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}))
+            answer(&h, &slot, req)
+                .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}))
         })?;
     }
     if let Some(addr) = cfg.metrics_listen {
-        let h = handle.clone();
-        metrics::serve(addr, move || {
-            h.snapshot().map(|s| render_metrics(&s)).unwrap_or_default()
-        })?;
+        let (h, slot) = (handle.clone(), slot.clone());
+        metrics::serve(addr, move || metrics_page(&h, &slot).unwrap_or_default())?;
     }
     let mut health = HealthSupervisor::new(handle.clone(), cfg.core.tunnel_source);
     health.update(&cfg);
+    // The control thread calls the packet thread through `handle`, which is served by the
+    // loop below: it starts now and may wait a moment for its first answers.
+    let control = crate::control_plane::start_router(&cfg, handle.clone(), health.rtt())
+        .with_context(|| format!("{}: [control]", config_path.display()))?;
+    if let Some(c) = &control {
+        let _ = slot.set(c.view.clone());
+    }
     tracing::info!(
         router = %cfg.name, tun = %cfg.tun, virtual_hosts = cfg.core.virtual_hosts.len(),
         next_hops = cfg.core.next_hops.len(), control = %cfg.control_socket.display(), "router up"
@@ -546,6 +573,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         &signals,
         &mut health,
     );
+    drop(control);
     health.stop_all();
     routes.remove_all();
     let _ = std::fs::remove_file(&state.cfg.control_socket);

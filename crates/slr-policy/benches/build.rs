@@ -1,0 +1,119 @@
+//! A full table rebuild at scale: 1,000 children x 10,000 virtual subnets, 10 candidate
+//! children per subnet (100,000 evaluations of F, 10,000 of G).
+//!
+//! `cargo bench -p slr-policy --bench build`
+//!
+//! - `cold`: a new builder every time (every report smoothed and converted, no previous bands);
+//! - `new_reports`: every child sends a new report before each rebuild (the steady state of a
+//!   router rebuilding once per report interval);
+//! - `same_reports`: rebuild with no new report (smoothing state reused).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use slr_policy::{Builder, ChildInput, Inputs, PolicyConfig, Priority, ServedSubnet};
+use slr_wire::Ipv4Cidr;
+
+const CHILDREN: usize = 1_000;
+const SUBNETS: usize = 10_000;
+const PER_SUBNET: usize = 10;
+
+fn subnet(k: usize) -> Ipv4Cidr {
+    format!("10.{}.{}.0/24", k / 256, k % 256).parse().unwrap()
+}
+
+fn inputs() -> Inputs {
+    let mut children: Vec<ChildInput> = (0..CHILDREN)
+        .map(|j| ChildInput {
+            name: format!("child-{j:04}"),
+            labels: BTreeMap::from([("region".to_owned(), format!("r{}", j % 7))]),
+            static_cost: (j % 13) as f64,
+            rtt_ms: Some(1.0 + (j % 17) as f64),
+            live: true,
+            report_seq: 1,
+            report: Vec::new(),
+        })
+        .collect();
+    for k in 0..SUBNETS {
+        for i in 0..PER_SUBNET {
+            let j = (k + i * (CHILDREN / PER_SUBNET)) % CHILDREN;
+            let load = ((k * 31 + j * 17) % 100) as f64 / 100.0;
+            children[j].report.push((
+                subnet(k),
+                BTreeMap::from([
+                    ("load".to_owned(), load),
+                    ("cpu".to_owned(), load / 2.0),
+                    ("flows".to_owned(), (k % 50) as f64),
+                ]),
+            ));
+        }
+    }
+    Inputs {
+        now_unix_ms: 1_700_000_000_000,
+        client_groups: Vec::new(),
+        subnets: (0..SUBNETS)
+            .map(|k| ServedSubnet {
+                subnet: subnet(k),
+                priority: if k % 2 == 0 {
+                    Priority::High
+                } else {
+                    Priority::BestEffort
+                },
+            })
+            .collect(),
+        children,
+    }
+}
+
+fn config() -> PolicyConfig {
+    PolicyConfig {
+        f: "s.load * 100.0 + r".to_owned(),
+        ..PolicyConfig::default()
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut inputs = inputs();
+    let policy = || config().compile().unwrap();
+
+    // One timed build of each kind, printed plainly (criterion's figures follow).
+    let t = Instant::now();
+    let mut b = Builder::new(policy());
+    let out = b.build(&inputs);
+    let cold = t.elapsed();
+    assert_eq!(out.counters.entries, SUBNETS as u64);
+    assert_eq!(out.counters.eval_errors, 0);
+    assert_eq!(out.reports.len(), SUBNETS);
+    println!(
+        "cold build: {cold:?} for {} entries, {} evaluations ({:.0} ns per evaluation)",
+        out.counters.entries,
+        out.counters.evaluations,
+        cold.as_nanos() as f64 / out.counters.evaluations as f64
+    );
+
+    let mut g = c.benchmark_group("build_1000x10000");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.bench_function("cold", |bch| {
+        bch.iter(|| {
+            let mut b = Builder::new(policy());
+            black_box(b.build(&inputs))
+        })
+    });
+    let mut b = Builder::new(policy());
+    b.build(&inputs);
+    g.bench_function("same_reports", |bch| bch.iter(|| black_box(b.build(&inputs))));
+    g.bench_function("new_reports", |bch| {
+        bch.iter(|| {
+            for c in &mut inputs.children {
+                c.report_seq += 1;
+            }
+            black_box(b.build(&inputs))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

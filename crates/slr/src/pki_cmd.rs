@@ -1,0 +1,125 @@
+//! `slr ca ...` (the operator CA and node certificates for the state update protocol) and
+//! `slr gateway-site` (a network configuration site serving a gateway table over HTTPS).
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// `slr ca` subcommands.
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create an operator CA: DIR/ca.pem and DIR/ca.key (refuses to overwrite).
+    Init {
+        /// Directory for the CA's files (created if missing).
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "slr operator CA")]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Issue a certificate for a node (router, host agent or configuration site): OUT/NAME.pem
+    /// and OUT/NAME.key, with NAME as its DNS name (what peers check).
+    Issue {
+        /// Directory of the CA (ca.pem, ca.key).
+        dir: PathBuf,
+        /// Node name (lowercase DNS name: as1, site-a, h1).
+        name: String,
+        /// Output directory (default: the CA's).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days, from now.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Issue an already expired certificate (valid from 2 days ago to 1 day ago), to test
+        /// that peers refuse it.
+        #[arg(long)]
+        expired: bool,
+    },
+}
+
+/// `slr gateway-site`: serve a gateway table file over HTTPS at /gateways.json.
+#[derive(Args)]
+pub struct GatewaySiteArgs {
+    /// The gateway table (JSON, see docs/CONFIG.md); re-read when it changes.
+    #[arg(long)]
+    file: PathBuf,
+    /// Listen address.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Operator CA certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The site's certificate.
+    #[arg(long)]
+    cert: PathBuf,
+    /// The site's key.
+    #[arg(long)]
+    key: PathBuf,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Runs an `slr ca` subcommand.
+pub fn run_ca(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Init { dir, name, days } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            let f = slr_control::create_ca(&dir, &name, DAY * days as u32)?;
+            println!("{}\n{}", f.cert.display(), f.key.display());
+        }
+        CaCommand::Issue {
+            dir,
+            name,
+            out,
+            days,
+            expired,
+        } => {
+            let out = out.unwrap_or_else(|| dir.clone());
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("{}: cannot create", out.display()))?;
+            let now = SystemTime::now();
+            let (from, until) = if expired {
+                (now - 2 * DAY, now - DAY)
+            } else {
+                // A minute of slack for clocks that differ a little.
+                (now - Duration::from_secs(60), now + DAY * days as u32)
+            };
+            let f = slr_control::issue(&dir, &name, &out, from, until)?;
+            println!("{}\n{}", f.cert.display(), f.key.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `slr gateway-site` until SIGTERM or SIGINT.
+pub fn run_gateway_site(a: GatewaySiteArgs) -> Result<()> {
+    crate::daemon::init_logging();
+    let identity = slr_control::Identity::load(&a.ca, &a.cert, &a.key)?;
+    slr_control::GatewayTable::from_json(
+        &std::fs::read(&a.file).with_context(|| format!("{}: cannot read", a.file.display()))?,
+    )
+    .with_context(|| format!("{}", a.file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        tracing::info!(listen = %a.listen, file = %a.file.display(), "gateway site up");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        slr_control::serve_gateway_site(a.file.clone(), listener, &identity, stop).await?;
+        tracing::info!("gateway site down");
+        anyhow::Ok(())
+    })
+}
