@@ -1079,6 +1079,37 @@ weight = 2
                 "flow_table.udp_timeout",
                 "soon",
             ),
+            (
+                GOOD.to_string() + "[cost]\nf = \"s.load +\"\n",
+                "cost.f",
+                "s.load +",
+            ),
+            (
+                GOOD.to_string() + "[cost]\ng = \"mystery(m)\"\n",
+                "cost.g",
+                "mystery(m)",
+            ),
+            (
+                GOOD.to_string() + "[cost]\ntimezone = \"Mars/Olympus\"\n",
+                "cost.timezone",
+                "Mars/Olympus",
+            ),
+            (
+                GOOD.replace("\"weighted\"", "\"cost\""),
+                "control.listen",
+                "(missing)",
+            ),
+            (
+                GOOD.to_string()
+                    + "[[gateways.children]]\nname = \"as1\"\naddress = \"10.200.9.2\"\nsubnets = [\"10.99.0.1/16\"]\n",
+                "gateways.children[0].subnets[0]",
+                "10.99.0.1/16",
+            ),
+            (
+                GOOD.replace("udp = \"per_datagram\"", "udp = \"pin\"\n[[virtual_hosts.rules]]\ndst_ports = [\"90-80\"]\nnext_hops = [\"h1\"]"),
+                "virtual_hosts[0].rules[0].dst_ports[0]",
+                "90-80",
+            ),
         ];
         for (i, (text, key, value)) in cases.iter().enumerate() {
             let p = write(&format!("bad{i}.toml"), text);
@@ -1120,5 +1151,26 @@ weight = 2
         assert_eq!(r.health.address, Some(Ipv4Addr::new(10, 99, 0, 1)));
         let h = parse_host(&block_after("## Host agent"), file).unwrap();
         assert_eq!(h.virtual_subnets.len(), 1);
+        let up = parse_router(&block_after("## A router of the hierarchy"), file).unwrap();
+        let c = up.control.as_ref().unwrap();
+        assert_eq!(c.parents[0].name, "net");
+        assert_eq!(up.gateways.children.len(), 2);
+        assert_eq!(up.core.next_hops.len(), 2, "gateway children are next hops");
+        assert_eq!(
+            up.core.virtual_hosts[0].rules[0].dst_ports,
+            vec![(443, 443), (8443, 8444)]
+        );
+        assert_eq!(up.client_groups[0].name, "east");
+        let at = doc
+            .find("without\n`listen`")
+            .expect("host [control] example");
+        let rest = &doc[at..];
+        let start = rest.find("```toml\n").unwrap() + 8;
+        let host = parse_host(
+            &rest[start..start + rest[start..].find("```").unwrap()],
+            file,
+        )
+        .unwrap();
+        assert_eq!(host.control.unwrap().parents[0].name, "site-a");
     }
 }
