@@ -117,6 +117,16 @@ pub struct RouterFile {
     cost: Option<toml::Table>,
     #[serde(default)]
     client_groups: Vec<ClientGroupSection>,
+    #[serde(default)]
+    fault: FaultSection,
+}
+
+/// `[fault]`: fault injection on the router's own tunnel sends (the kernel here has no netem).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FaultSection {
+    #[serde(default)]
+    delay: std::collections::BTreeMap<String, String>,
 }
 
 /// `[control]`: the state update protocol (mutual TLS against the operator CA).
@@ -448,6 +458,8 @@ pub struct RouterDaemonConfig {
     pub client_groups: Vec<slr_core::route_table::ClientGroup>,
     /// Priority class per virtual host name: true = high priority.
     pub high_priority: Vec<(String, bool)>,
+    /// Injected delay of tunnelled packets per next hop name (`[fault] delay`).
+    pub fault_delay: Vec<(String, Duration)>,
     /// TUN device name.
     pub tun: String,
     /// Control socket path.
@@ -765,7 +777,20 @@ impl RouterFile {
                 "a virtual host with policy \"cost\" needs [control] with listen (children report there)"
             ));
         }
+        let mut fault_delay = Vec::new();
+        for (name, d) in &self.fault.delay {
+            let key = format!("fault.delay.{name}");
+            if !core.next_hops.iter().any(|h| &h.name == name) {
+                bail!(c.err(&key, name, "no next hop or gateway child has this name"));
+            }
+            let d = c.duration(&key, d)?;
+            if d > Duration::from_secs(10) {
+                bail!(c.err(&key, d, "at most 10s"));
+            }
+            fault_delay.push((name.clone(), d));
+        }
         Ok(RouterDaemonConfig {
+            fault_delay,
             level: r.level.clone().unwrap_or_else(|| "site".into()),
             control,
             gateways,

@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use slr_core::flow_table::FlowState;
 use slr_core::router::{Action, Control, Destination, DropReason, Event, Router};
-use slr_io::{poll_readable, EventFd, IpipSocket, PacketDevice, TunDevice};
+use slr_io::{poll_readable, EventFd, FaultInjector, IpipSocket, PacketDevice, TunDevice};
 use slr_wire::PacketBuf;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -462,8 +463,11 @@ pub fn render_metrics(s: &Snapshot) -> String {
 type ViewSlot = Arc<std::sync::OnceLock<crate::control_plane::SharedView>>;
 
 fn control_view(slot: &ViewSlot) -> Option<crate::control_plane::ControlView> {
-    slot.get()
-        .map(|v| v.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    slot.get().map(|v| {
+        v.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    })
 }
 
 /// Answers a control-socket request.
@@ -472,7 +476,9 @@ fn answer(h: &Handle, slot: &ViewSlot, req: &Value) -> Result<Value> {
     Ok(match cmd {
         "children" | "table" | "parents" | "control" => match control_view(slot) {
             Some(v) => json!({"ok": true, "kind": "router", "control": v}),
-            None => json!({"ok": false, "error": "this router has no [control] section (no children report to it)"}),
+            None => {
+                json!({"ok": false, "error": "this router has no [control] section (no children report to it)"})
+            }
         },
         "status" | "stats" | "hosts" | "next_hops" => {
             let s = h.snapshot()?;
@@ -558,11 +564,23 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         next_hops = cfg.core.next_hops.len(), control = %cfg.control_socket.display(), "router up"
     );
 
+    let mut delayed = Vec::new();
+    for (name, d) in &cfg.fault_delay {
+        let Some(n) = cfg.core.next_hops.iter().find(|n| &n.name == name) else {
+            continue;
+        };
+        let sock = IpipSocket::open().context("cannot open the raw IP-in-IP socket")?;
+        let mut inj = FaultInjector::new(sock, 1);
+        inj.set_send_delay(*d);
+        tracing::warn!(next_hop = %name, delay = ?d, "fault injection: tunnelled packets delayed");
+        delayed.push((n.address, inj));
+    }
     let mut state = LoopState {
         cfg,
         config_path: config_path.to_path_buf(),
         clock: Clock::new(),
         send_drops: 0,
+        delayed,
     };
     let result = state.run(
         &mut router,
@@ -586,6 +604,13 @@ struct LoopState {
     config_path: PathBuf,
     clock: Clock,
     send_drops: u64,
+    /// `[fault] delay`: tunnelled packets to these endpoints go through a delaying wrapper.
+    delayed: Vec<(Ipv4Addr, FaultInjector<IpipSocket>)>,
+}
+
+/// Where a tunnelled packet leaves: the plain socket, or the delaying wrapper of its endpoint.
+fn delay_slot(delayed: &[(Ipv4Addr, FaultInjector<IpipSocket>)], to: Ipv4Addr) -> Option<usize> {
+    delayed.iter().position(|(a, _)| *a == to)
 }
 
 impl LoopState {
@@ -641,16 +666,19 @@ impl LoopState {
             if m > 0 {
                 let mut k = 0;
                 for i in 0..m {
-                    if matches!(
-                        router.handle_tunnelled_packet(now, &mut tbufs[i]),
-                        Action::Tunnel { .. }
-                    ) {
+                    if let Action::Tunnel { next_hop } =
+                        router.handle_tunnelled_packet(now, &mut tbufs[i])
+                    {
+                        if self.send_delayed(next_hop, &tbufs[i]) {
+                            continue;
+                        }
                         tbufs.swap(i, k);
                         k += 1;
                     }
                 }
                 self.send_all(ipip, &tbufs[..k]);
             }
+            self.flush_delayed();
             if n == 0 && m > 0 {
                 self.flush_core(router, tun, ipip);
                 continue;
@@ -661,6 +689,12 @@ impl LoopState {
                     .map(|t| self.clock.until(t))
                     .unwrap_or(Duration::from_millis(500));
                 let timeout = timeout.min(Duration::from_millis(500));
+                // Delayed packets leave on time (a millisecond's granularity is enough here).
+                let timeout = if self.delayed.iter().any(|(_, d)| d.held_len() > 0) {
+                    timeout.min(Duration::from_millis(1))
+                } else {
+                    timeout
+                };
                 if timeout.is_zero() {
                     router.handle_timeout(now);
                 } else {
@@ -684,7 +718,10 @@ impl LoopState {
             // Move the packets to tunnel to the front so that one sendmmsg carries them.
             let mut k = 0;
             for (i, action) in actions.iter().enumerate().take(n) {
-                if matches!(action, Action::Tunnel { .. }) {
+                if let Action::Tunnel { next_hop } = *action {
+                    if self.send_delayed(next_hop, &bufs[i]) {
+                        continue;
+                    }
                     bufs.swap(i, k);
                     k += 1;
                 }
@@ -694,6 +731,25 @@ impl LoopState {
                 router.handle_timeout(now);
             }
             self.flush_core(router, tun, ipip);
+        }
+    }
+
+    /// Sends through the delaying wrapper of `to`, if it has one (true: taken).
+    fn send_delayed(&mut self, to: Ipv4Addr, pkt: &PacketBuf) -> bool {
+        let Some(i) = delay_slot(&self.delayed, to) else {
+            return false;
+        };
+        if !matches!(self.delayed[i].1.send_batch(std::slice::from_ref(pkt)), Ok(1)) {
+            self.send_drops += 1;
+        }
+        true
+    }
+
+    fn flush_delayed(&mut self) {
+        for (_, d) in &mut self.delayed {
+            if d.held_len() > 0 {
+                let _ = d.flush_due();
+            }
         }
     }
 
@@ -725,7 +781,11 @@ impl LoopState {
         while let Some(t) = router.poll_transmit() {
             let pkt = std::slice::from_ref(&t.buf);
             match t.destination {
-                Destination::Tunnel(_) => self.send_all(ipip, pkt),
+                Destination::Tunnel(to) => {
+                    if !self.send_delayed(to, &t.buf) {
+                        self.send_all(ipip, pkt)
+                    }
+                }
                 Destination::Local => {
                     if !matches!(tun.send_batch(pkt), Ok(1)) {
                         self.send_drops += 1;
