@@ -33,14 +33,26 @@ struct Pki {
 impl Pki {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        create_ca(&dir.path().join("ca"), "bench CA", Duration::from_secs(86400)).unwrap();
+        create_ca(
+            &dir.path().join("ca"),
+            "bench CA",
+            Duration::from_secs(86400),
+        )
+        .unwrap();
         Pki { dir }
     }
 
     fn identity(&self, name: &str) -> Identity {
         let now = SystemTime::now();
         let ca = self.dir.path().join("ca");
-        let files = issue(&ca, name, self.dir.path(), now - Duration::from_secs(60), now + Duration::from_secs(86400)).unwrap();
+        let files = issue(
+            &ca,
+            name,
+            self.dir.path(),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(86400),
+        )
+        .unwrap();
         Identity::load(&ca.join("ca.pem"), &files.cert, &files.key).unwrap()
     }
 }
@@ -69,25 +81,40 @@ fn load(i: usize, n: usize) -> Vec<SubnetLoad> {
             let len = if n <= 256 { 24 } else { 32 };
             let shift = if len == 24 { 8 } else { 0 };
             let subnet = Subnet::new((base + ((k as u32) << shift)).into(), len).unwrap();
-            SubnetLoad::new(subnet, [("cpu", 0.42 + k as f64), ("flows", 1234.0), ("load", 0.7)])
+            SubnetLoad::new(
+                subnet,
+                [("cpu", 0.42 + k as f64), ("flows", 1234.0), ("load", 0.7)],
+            )
         })
         .collect()
 }
 
 fn hello(name: &str) -> HelloRequest {
-    HelloRequest { child_name: name.into(), level: "site".into(), software_version: "bench".into(), subnets: vec![] }
+    HelloRequest {
+        child_name: name.into(),
+        level: "site".into(),
+        software_version: "bench".into(),
+        subnets: vec![],
+    }
 }
 
 /// A parent on 127.0.0.1 served by a one-thread runtime on its own OS thread.
 fn start_parent(pki: &Pki) -> SocketAddr {
-    let server = ParentServer::new(&pki.identity("net"), ParentConfig::default(), expected()).unwrap();
+    let server =
+        ParentServer::new(&pki.identity("net"), ParentConfig::default(), expected()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            server.serve(listener, std::future::pending()).await.unwrap();
+            server
+                .serve(listener, std::future::pending())
+                .await
+                .unwrap();
         });
     });
     rx.recv().unwrap()
@@ -105,8 +132,18 @@ async fn connect_child(pki: &Pki, addr: SocketAddr, i: usize) -> Child {
     let reporter = Reporter::new(&pki.identity(&name), "net", addr, &name, "site").unwrap();
     let counters = reporter.counters();
     let mut client = reporter.connect().await.unwrap();
-    let session_id = client.hello(hello(&name)).await.unwrap().into_inner().session_id;
-    Child { client, session_id, sequence: 0, counters }
+    let session_id = client
+        .hello(hello(&name))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    Child {
+        client,
+        session_id,
+        sequence: 0,
+        counters,
+    }
 }
 
 impl Child {
@@ -114,13 +151,20 @@ impl Child {
         self.sequence += 1;
         request.session_id = self.session_id;
         request.sequence = self.sequence;
-        let reply = self.client.report(request.clone()).await.unwrap().into_inner();
+        let reply = self
+            .client
+            .report(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(reply.refused.is_empty());
     }
 }
 
 fn print_wire_bytes(rt: &tokio::runtime::Runtime, pki: &Pki, addr: SocketAddr) {
-    println!("control bytes on the wire per report (steady state, TCP payload incl. TLS + HTTP/2):");
+    println!(
+        "control bytes on the wire per report (steady state, TCP payload incl. TLS + HTTP/2):"
+    );
     for n in [1usize, 10, 100] {
         rt.block_on(async {
             let mut child = connect_child(pki, addr, 0).await;
@@ -147,28 +191,41 @@ fn print_wire_bytes(rt: &tokio::runtime::Runtime, pki: &Pki, addr: SocketAddr) {
 fn main() {
     let pki = Pki::new();
     let addr = start_parent(&pki);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     print_wire_bytes(&rt, &pki, addr);
 
     let mut criterion = Criterion::default().configure_from_args();
 
     // The decision path alone.
     let state = ParentState::new(ParentConfig::default(), expected());
-    let peer = PeerInfo { addr: "127.0.0.1:1".parse().unwrap(), names: vec![child_name(0)].into() };
-    let session_id = state.handle_hello(&peer, &hello(&child_name(0)), Instant::now()).unwrap().session_id;
+    let peer = PeerInfo {
+        addr: "127.0.0.1:1".parse().unwrap(),
+        names: vec![child_name(0)].into(),
+    };
+    let session_id = state
+        .handle_hello(&peer, &hello(&child_name(0)), Instant::now())
+        .unwrap()
+        .session_id;
     let mut request = report_request(session_id, 0, load(0, 10));
     let mut group = criterion.benchmark_group("parent");
     group.throughput(Throughput::Elements(1));
     group.bench_function("handle_report_10x3", |b| {
         b.iter(|| {
             request.sequence += 1;
-            state.handle_report(&peer, &request, Instant::now()).unwrap()
+            state
+                .handle_report(&peer, &request, Instant::now())
+                .unwrap()
         })
     });
 
     // The full RPC path, 20 concurrent children.
-    let children: Vec<Child> =
-        rt.block_on(async { futures_join_all((0..CHILDREN).map(|i| connect_child(&pki, addr, i))).await });
+    let children: Vec<Child> = rt.block_on(async {
+        connect_sequentially((0..CHILDREN).map(|i| connect_child(&pki, addr, i))).await
+    });
     let children = Arc::new(tokio::sync::Mutex::new(children));
     group.bench_function("report_rpc_10x3_20_children", |b| {
         b.iter_custom(|iters| {
@@ -191,7 +248,9 @@ fn main() {
                     children.push(task.await.unwrap());
                 }
                 // Scale to exactly `iters` reports.
-                start.elapsed().mul_f64(iters as f64 / (per_child * CHILDREN as u64) as f64)
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_child * CHILDREN as u64) as f64)
             })
         })
     });
@@ -199,7 +258,9 @@ fn main() {
     criterion.final_summary();
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+async fn connect_sequentially<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
     let mut out = Vec::new();
     for f in futures {
         out.push(f.await);

@@ -104,7 +104,9 @@ pub enum GatewayError {
     #[error("gateway table: duplicate gateway name {0:?}")]
     DuplicateName(String),
     /// A name is not a valid node name.
-    #[error("gateway table: invalid gateway name {0:?}: expected lowercase DNS labels of [a-z0-9-]")]
+    #[error(
+        "gateway table: invalid gateway name {0:?}: expected lowercase DNS labels of [a-z0-9-]"
+    )]
     InvalidName(String),
     /// An address that cannot be a gateway.
     #[error("gateway table: gateway {name:?}: address {address} is not a unicast address")]
@@ -351,7 +353,11 @@ impl GatewayFetcher {
                     }
                     if let Some(old) = current.as_deref() {
                         if table.version < old.version {
-                            warn!(old = old.version, new = table.version, "gateway table version went down");
+                            warn!(
+                                old = old.version,
+                                new = table.version,
+                                "gateway table version went down"
+                            );
                         }
                     }
                     *current = Some(Arc::new(table));
@@ -394,9 +400,8 @@ impl GatewayFetcher {
     }
 
     async fn fetch(&self) -> Result<Bytes, FetchError> {
-        let unreachable = |what: &str, e: &dyn std::fmt::Display| {
-            FetchError::Unreachable(format!("{what}: {e}"))
-        };
+        let unreachable =
+            |what: &str, e: &dyn std::fmt::Display| FetchError::Unreachable(format!("{what}: {e}"));
         let tcp = TcpStream::connect(self.config.addr)
             .await
             .map_err(|e| unreachable("connect", &e))?;
@@ -429,10 +434,7 @@ impl GatewayFetcher {
             .await
             .map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
-                    FetchError::Invalid(format!(
-                        "body over {} bytes",
-                        self.config.max_body_bytes
-                    ))
+                    FetchError::Invalid(format!("body over {} bytes", self.config.max_body_bytes))
                 } else {
                     FetchError::Unreachable(format!("reading the body: {e}"))
                 }
@@ -530,7 +532,10 @@ async fn site_answer<B>(
         response
     };
     if request.uri().path() != "/gateways.json" {
-        return answer(http::StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n"));
+        return answer(
+            http::StatusCode::NOT_FOUND,
+            Bytes::from_static(b"not found\n"),
+        );
     }
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
         return answer(
@@ -615,10 +620,17 @@ mod tests {
             {"name": "as1", "address": "10.0.0.2", "subnets": ["10.99.0.0/16"]}]}"#;
         assert_eq!(err(dup), GatewayError::DuplicateName("as1".into()));
 
-        let e = err(&one(r#"{"name": "as1", "address": "10.0.0.300", "subnets": ["10.99.0.0/16"]}"#));
-        assert!(matches!(&e, GatewayError::Syntax(m) if m.contains("line 1")), "{e}");
+        let e = err(&one(
+            r#"{"name": "as1", "address": "10.0.0.300", "subnets": ["10.99.0.0/16"]}"#,
+        ));
+        assert!(
+            matches!(&e, GatewayError::Syntax(m) if m.contains("line 1")),
+            "{e}"
+        );
 
-        let e = err(&one(r#"{"name": "as1", "address": "10.0.0.1", "subnets": ["10.99.0.1/16"]}"#));
+        let e = err(&one(
+            r#"{"name": "as1", "address": "10.0.0.1", "subnets": ["10.99.0.1/16"]}"#,
+        ));
         assert!(e.to_string().contains("host bits set"), "{e}");
 
         let e = err(&one(
@@ -640,13 +652,19 @@ mod tests {
         let e = err(r#"{"version": 1, "children": [], "extra": true}"#);
         assert!(e.to_string().contains("unknown field `extra`"), "{e}");
 
-        let e = err(&one(r#"{"name": "As 1", "address": "10.0.0.1", "subnets": ["10.99.0.0/16"]}"#));
+        let e = err(&one(
+            r#"{"name": "As 1", "address": "10.0.0.1", "subnets": ["10.99.0.0/16"]}"#,
+        ));
         assert_eq!(e, GatewayError::InvalidName("As 1".into()));
 
-        let e = err(&one(r#"{"name": "as1", "address": "0.0.0.0", "subnets": ["10.99.0.0/16"]}"#));
+        let e = err(&one(
+            r#"{"name": "as1", "address": "0.0.0.0", "subnets": ["10.99.0.0/16"]}"#,
+        ));
         assert!(matches!(e, GatewayError::BadAddress { .. }), "{e}");
 
-        let e = err(&one(r#"{"name": "as1", "address": "10.0.0.1", "subnets": []}"#));
+        let e = err(&one(
+            r#"{"name": "as1", "address": "10.0.0.1", "subnets": []}"#,
+        ));
         assert_eq!(e, GatewayError::NoSubnets("as1".into()));
 
         let e = err(&one(r#"{"name": "as1", "subnets": ["10.99.0.0/16"]}"#));

@@ -385,7 +385,12 @@ impl ChildTable {
 
     /// The children whose last report is at most `silent_after` report intervals old at `now`,
     /// sorted. A child that has not reported yet is not live.
-    pub fn live_children(&self, now: Instant, interval: Duration, silent_after: u32) -> Vec<String> {
+    pub fn live_children(
+        &self,
+        now: Instant,
+        interval: Duration,
+        silent_after: u32,
+    ) -> Vec<String> {
         let limit = interval.saturating_mul(silent_after);
         self.read()
             .iter()
@@ -616,7 +621,9 @@ impl ParentState {
                 },
             );
         }
-        self.counters.hellos_accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .hellos_accepted
+            .fetch_add(1, Ordering::Relaxed);
         info!(peer = %peer.addr, name, level = %request.level, version = %request.software_version, session_id, "child session opened");
         Ok(HelloReply {
             session_id,
@@ -738,11 +745,16 @@ impl ParentState {
             });
         }
         self.table.changed();
-        self.counters.reports_accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .reports_accepted
+            .fetch_add(1, Ordering::Relaxed);
         self.counters
             .subnets_accepted
             .fetch_add(n_accepted as u64, Ordering::Relaxed);
-        for (reason, n) in [(Refusal::ForeignSubnet, foreign), (Refusal::Malformed, malformed)] {
+        for (reason, n) in [
+            (Refusal::ForeignSubnet, foreign),
+            (Refusal::Malformed, malformed),
+        ] {
             if n > 0 {
                 self.counters.add_refusals(reason, n);
                 let examples: Vec<&str> = refused
@@ -800,11 +812,7 @@ impl ParentState {
         }
         Ok(SubnetLoad {
             subnet,
-            metrics: entry
-                .metrics
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            metrics: entry.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         })
     }
 
@@ -956,7 +964,10 @@ where
                     .get("grpc-message")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                let addr = peer.as_ref().map(|p| p.addr.to_string()).unwrap_or_default();
+                let addr = peer
+                    .as_ref()
+                    .map(|p| p.addr.to_string())
+                    .unwrap_or_default();
                 let name = peer.as_ref().map(|p| p.display_name()).unwrap_or("?");
                 warn!(peer = %addr, name, reason = reason.as_str(), path, "request refused: {message}");
             }
@@ -1146,8 +1157,8 @@ impl AcceptLoop {
                                 tls_error.and_then(crate::tls::classify)
                             }
                             Some(other) => {
-                                let reason = crate::tls::classify(other)
-                                    .unwrap_or(Refusal::HandshakeFailed);
+                                let reason =
+                                    crate::tls::classify(other).unwrap_or(Refusal::HandshakeFailed);
                                 counters.count_refusal(reason);
                                 Some(reason)
                             }
@@ -1214,9 +1225,13 @@ mod tests {
     fn hello_authorization() {
         let s = state();
         let now = Instant::now();
-        let err = s.handle_hello(&peer("as2"), &hello("as2"), now).unwrap_err();
+        let err = s
+            .handle_hello(&peer("as2"), &hello("as2"), now)
+            .unwrap_err();
         assert_eq!(err.reason, Refusal::UnexpectedName);
-        let err = s.handle_hello(&peer("as2"), &hello("as1"), now).unwrap_err();
+        let err = s
+            .handle_hello(&peer("as2"), &hello("as1"), now)
+            .unwrap_err();
         assert_eq!(err.reason, Refusal::UnexpectedName);
         let mut bad = hello("as1");
         bad.subnets = vec!["10.99.0.1/16".into()];

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -309,12 +309,16 @@ impl Identity {
                 detail: format!("no PEM private key: {e}"),
             })?;
         let provider = rustls::crypto::ring::default_provider();
-        rustls::sign::CertifiedKey::from_der(cert_chain.clone(), private_key.clone_key(), &provider)
-            .map_err(|e| PkiError::KeyMismatch {
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-                detail: e.to_string(),
-            })?;
+        rustls::sign::CertifiedKey::from_der(
+            cert_chain.clone(),
+            private_key.clone_key(),
+            &provider,
+        )
+        .map_err(|e| PkiError::KeyMismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            detail: e.to_string(),
+        })?;
         let names = crate::tls::dns_names(&cert_chain[0]).map_err(|detail| PkiError::Invalid {
             path: cert.to_owned(),
             detail,
@@ -437,7 +441,13 @@ mod tests {
         let id = Identity::load(&ca.join("ca.pem"), &files.cert, &files.key).unwrap();
         assert_eq!(id.name(), "site-a");
         assert!(matches!(
-            issue(&ca, "../evil", dir.path(), now, now + Duration::from_secs(1)),
+            issue(
+                &ca,
+                "../evil",
+                dir.path(),
+                now,
+                now + Duration::from_secs(1)
+            ),
             Err(PkiError::InvalidName(_))
         ));
         let other = issue(&ca, "h1", dir.path(), now, now + Duration::from_secs(60)).unwrap();

@@ -132,7 +132,10 @@ impl ReporterCounters {
     fn fail(&self, error: &ControlError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.connected.store(false, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
 }
 
@@ -237,10 +240,8 @@ impl Reporter {
         *opened = true;
         self.counters.hellos.fetch_add(1, Ordering::Relaxed);
         self.counters.connected.store(true, Ordering::Relaxed);
-        let period = Duration::from_millis(u64::from(reply.report_interval_ms)).clamp(
-            Duration::from_millis(10),
-            Duration::from_secs(3600),
-        );
+        let period = Duration::from_millis(u64::from(reply.report_interval_ms))
+            .clamp(Duration::from_millis(10), Duration::from_secs(3600));
         info!(parent = ?self.parent_name, session_id = reply.session_id, ?period, allowed = ?reply.allowed_subnets, "state update session opened");
 
         let mut ticks = tokio::time::interval(period);

@@ -160,10 +160,7 @@ mod tests {
         assert_eq!(s.prefix_len(), 16);
         assert_eq!(s.to_string(), "10.99.0.0/16");
         assert_eq!("0.0.0.0/0".parse::<Subnet>().unwrap().netmask(), 0);
-        assert_eq!(
-            "1.2.3.4/32".parse::<Subnet>().unwrap().netmask(),
-            u32::MAX
-        );
+        assert_eq!("1.2.3.4/32".parse::<Subnet>().unwrap().netmask(), u32::MAX);
     }
 
     #[test]

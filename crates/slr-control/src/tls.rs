@@ -25,9 +25,7 @@ pub(crate) fn classify(error: &rustls::Error) -> Option<Refusal> {
     match error {
         rustls::Error::InvalidCertificate(e) => Some(match e {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => Refusal::UnknownCa,
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                Refusal::Expired
-            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => Refusal::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Refusal::NotYetValid
             }
@@ -68,8 +66,12 @@ impl ClientCertVerifier for RecordingClientVerifier {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|e| {
-                self.counters
-                    .count_refusal(classify(e).unwrap_or(Refusal::BadCertificate));
+                let reason = classify(e).unwrap_or(Refusal::BadCertificate);
+                self.counters.count_refusal(reason);
+                // The peer's address is logged by the acceptor (it does not reach the verifier);
+                // the name the certificate claims is only known here.
+                let claimed = dns_names(end_entity).unwrap_or_default();
+                tracing::warn!(claimed_names = ?claimed, reason = reason.as_str(), error = %e, "client certificate refused");
             })
     }
 
@@ -103,9 +105,10 @@ pub(crate) fn parent_server_config(
     counters: Arc<ParentCounters>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(identity.root_store()?, provider.clone())
-        .build()
-        .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(identity.root_store()?, provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
     let verifier = Arc::new(RecordingClientVerifier { inner, counters });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -41,13 +41,21 @@ async fn start_site(pki: &Pki, name: &str, content: &str) -> Site {
         .await
         .unwrap();
     });
-    Site { addr, file, stop, task }
+    Site {
+        addr,
+        file,
+        stop,
+        task,
+    }
 }
 
 impl Site {
     async fn stop(self) {
         let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(5), self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -78,10 +86,16 @@ async fn fetch_ok_then_unreachable_and_garbage_keep_the_last_good_table() {
 
     // Garbage in the file: the site answers 500, the fetcher keeps version 1.
     std::fs::write(&site.file, "{ this is not a table").unwrap();
-    assert!(matches!(fetcher.fetch_once().await, Err(FetchError::Invalid(_))));
+    assert!(matches!(
+        fetcher.fetch_once().await,
+        Err(FetchError::Invalid(_))
+    ));
     // A well-formed JSON that is not a valid table.
     std::fs::write(&site.file, r#"{"version": 9, "children": [{"name": "x"}]}"#).unwrap();
-    assert!(matches!(fetcher.fetch_once().await, Err(FetchError::Invalid(_))));
+    assert!(matches!(
+        fetcher.fetch_once().await,
+        Err(FetchError::Invalid(_))
+    ));
     assert_eq!(counters.fetch_errors_invalid(), 2);
     assert_eq!(fetcher.table().unwrap().version, 1);
     assert!(!updates.has_changed().unwrap());
@@ -101,7 +115,10 @@ async fn fetch_ok_then_unreachable_and_garbage_keep_the_last_good_table() {
 
     // Nothing listening at all.
     let closed = fetcher_for_closed_port(&pki).await;
-    assert!(matches!(closed.fetch_once().await, Err(FetchError::Unreachable(_))));
+    assert!(matches!(
+        closed.fetch_once().await,
+        Err(FetchError::Unreachable(_))
+    ));
 }
 
 async fn fetcher_for_closed_port(pki: &Pki) -> GatewayFetcher {
@@ -117,7 +134,10 @@ async fn site_with_another_name_is_unreachable() {
     let site = start_site(&pki, "evil", TABLE_V1).await;
     let fetcher = fetcher(&pki, site.addr, "gw");
     let error = fetcher.fetch_once().await.unwrap_err();
-    assert!(matches!(&error, FetchError::Unreachable(m) if m.contains("TLS")), "{error}");
+    assert!(
+        matches!(&error, FetchError::Unreachable(m) if m.contains("TLS")),
+        "{error}"
+    );
     assert!(fetcher.table().is_none());
     site.stop().await;
 }
@@ -137,13 +157,22 @@ async fn run_publishes_changes() {
             })
             .await
     });
-    tokio::time::timeout(Duration::from_secs(5), updates.changed()).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), updates.changed())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(updates.borrow_and_update().as_ref().unwrap().version, 1);
     std::fs::write(&site.file, TABLE_V2).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), updates.changed()).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), updates.changed())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(updates.borrow_and_update().as_ref().unwrap().version, 2);
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
     site.stop().await;
 }
 
@@ -155,6 +184,9 @@ async fn site_answers_404_elsewhere() {
     config.path = "/other".into();
     let fetcher = GatewayFetcher::new(&pki.identity("as1"), config).unwrap();
     let error = fetcher.fetch_once().await.unwrap_err();
-    assert!(matches!(&error, FetchError::Invalid(m) if m.contains("404")), "{error}");
+    assert!(
+        matches!(&error, FetchError::Invalid(m) if m.contains("404")),
+        "{error}"
+    );
     site.stop().await;
 }

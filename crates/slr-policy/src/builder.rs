@@ -7,6 +7,7 @@ use slr_core::route_table::{ClientGroup, RouteCandidate, RouteEntry, RouteTable}
 use slr_wire::Ipv4Cidr;
 
 use crate::expr::{self, ChildVals, EvalError, FVars, GResult, GVars, TimeVals, Var};
+use crate::metrics::{Interner, Metrics};
 use crate::Policy;
 
 /// The priority class of a virtual subnet.
@@ -75,13 +76,9 @@ pub struct Inputs {
     pub children: Vec<ChildInput>,
 }
 
-/// A candidate of an entry, for inspection.
-#[derive(Debug, Clone, PartialEq)]
+/// How one candidate of an entry was chosen, for inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CandidateDetail {
-    /// Its name.
-    pub next_hop: String,
-    /// Its cost (F).
-    pub cost: f64,
     /// Whether the overload predicate held (evaluated for best-effort subnets only).
     pub overloaded: bool,
     /// Whether it is in the chosen band.
@@ -97,16 +94,13 @@ pub struct ExcludedCandidate {
     pub reason: String,
 }
 
-/// How an entry was chosen, for inspection; `details[i]` describes `table.entries[i]`.
+/// How an entry was chosen, for inspection: `details[i]` describes `table.entries[i]`, and
+/// `details[i].candidates[j]` its candidate `j` (name and cost are in the table).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryDetail {
-    /// The entry's subnet.
-    pub subnet: Ipv4Cidr,
-    /// The entry's client group.
-    pub client_group: Option<String>,
     /// The subnet's priority class.
     pub priority: Priority,
-    /// The candidates, lowest cost first (as in the table).
+    /// Per candidate of the entry, in the table's order (lowest cost first).
     pub candidates: Vec<CandidateDetail>,
     /// Live children that serve the subnet but were left out.
     pub excluded: Vec<ExcludedCandidate>,
@@ -143,15 +137,13 @@ pub struct BuildOutput {
 #[derive(Debug)]
 struct Smoothed {
     subnet: Ipv4Cidr,
-    metrics: BTreeMap<String, f64>,
-    /// `metrics` as the CEL map `s`, converted once per new report.
-    val: CelMap<'static>,
+    metrics: Metrics,
 }
 
-/// What the builder remembers of a child between builds.
+/// What the builder remembers of a live child between builds.
 #[derive(Debug)]
 struct ChildState {
-    /// Stable id (the previous chosen bands refer to it).
+    /// Stable id (the previous bands refer to it).
     id: u32,
     /// Sequence number of the last report smoothed in.
     seq: u64,
@@ -162,42 +154,58 @@ struct ChildState {
 }
 
 impl ChildState {
-    /// Smooths a new report in: each metric `x` becomes `alpha * new + (1 - alpha) * x`; a
-    /// metric or subnet seen for the first time takes the new value; one no longer reported is
-    /// dropped. Non-finite values are ignored.
-    fn apply(&mut self, report: &[(Ipv4Cidr, BTreeMap<String, f64>)], alpha: f64) {
-        let mut next: Vec<Smoothed> = Vec::with_capacity(report.len());
-        for (subnet, metrics) in report {
-            let old = self
-                .reports
-                .binary_search_by(|r| r.subnet.cmp(subnet))
-                .ok()
-                .map(|i| &self.reports[i].metrics);
-            let metrics: BTreeMap<String, f64> = metrics
+    /// Smooths a new report in (see [`Metrics::smooth`]); a subnet no longer reported is
+    /// dropped, a new one starts from its first report. If a subnet appears twice, the last
+    /// wins.
+    fn apply(
+        &mut self,
+        report: &[(Ipv4Cidr, BTreeMap<String, f64>)],
+        alpha: f64,
+        names: &mut Interner,
+    ) {
+        let same_subnets = report.len() == self.reports.len()
+            && report
                 .iter()
-                .filter(|(_, v)| v.is_finite())
-                .map(|(k, &v)| {
-                    let s = match old.and_then(|o| o.get(k)) {
-                        Some(&prev) => alpha * v + (1.0 - alpha) * prev,
-                        None => v,
-                    };
-                    (k.clone(), s)
-                })
-                .collect();
-            let val = expr::metrics_val(&metrics);
-            let s = Smoothed {
+                .zip(&self.reports)
+                .all(|((s, _), r)| *s == r.subnet);
+        if same_subnets {
+            for ((_, m), r) in report.iter().zip(self.reports.iter_mut()) {
+                r.metrics.smooth(m, alpha, names);
+            }
+            return;
+        }
+        let mut old = std::mem::take(&mut self.reports);
+        let mut next: Vec<Smoothed> = Vec::with_capacity(report.len());
+        for (subnet, m) in report {
+            let metrics = match old.binary_search_by(|r| r.subnet.cmp(subnet)) {
+                Ok(i) => {
+                    let mut metrics = std::mem::take(&mut old[i].metrics);
+                    metrics.smooth(m, alpha, names);
+                    metrics
+                }
+                Err(_) => Metrics::new(m, names),
+            };
+            next.push(Smoothed {
                 subnet: *subnet,
                 metrics,
-                val,
-            };
-            match next.iter_mut().find(|n| n.subnet == *subnet) {
-                Some(n) => *n = s,
-                None => next.push(s),
-            }
+            });
         }
+        // Stable sort, then keep the last of equal subnets.
         next.sort_by(|a, b| a.subnet.cmp(&b.subnet));
+        next.reverse();
+        next.dedup_by(|a, b| a.subnet == b.subnet);
+        next.reverse();
         self.reports = next;
     }
+}
+
+/// The previous chosen band of one entry.
+#[derive(Debug)]
+struct PreviousBand {
+    subnet: Ipv4Cidr,
+    group: Option<String>,
+    /// Range of `Builder::previous_ids`.
+    ids: std::ops::Range<usize>,
 }
 
 /// The last evaluation error, kept raw until the end of the build.
@@ -209,13 +217,68 @@ struct LastError {
     error: EvalError,
 }
 
-/// One candidate of an entry during the build.
+/// One usable candidate of an entry during the build.
 struct Cand {
+    /// Index in the live children.
     child: usize,
+    /// Index of the report used, in the child's smoothed reports.
     report: usize,
     cost: f64,
     overloaded: bool,
     in_band: bool,
+}
+
+/// A live child during a build.
+struct Live<'a> {
+    input: &'a ChildInput,
+    state: &'a ChildState,
+    vals: ChildVals,
+}
+
+/// The served subnets, for the two questions a build asks.
+struct Served {
+    /// Sorted by subnet.
+    sorted: Vec<(Ipv4Cidr, Priority)>,
+    /// Prefix lengths present, longest first.
+    lengths: Vec<u8>,
+}
+
+impl Served {
+    fn new(subnets: &[ServedSubnet]) -> Self {
+        let mut sorted: Vec<(Ipv4Cidr, Priority)> =
+            subnets.iter().map(|s| (s.subnet, s.priority)).collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0); // the first of duplicates wins
+        let mut lengths: Vec<u8> = sorted.iter().map(|s| s.0.prefix_len()).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        Served { sorted, lengths }
+    }
+
+    /// The priority of the most specific served subnet that covers `c`, if any does.
+    fn covering(&self, c: &Ipv4Cidr) -> Option<Priority> {
+        self.lengths
+            .iter()
+            .filter(|&&l| l <= c.prefix_len())
+            .find_map(|&l| {
+                let v = Ipv4Cidr::new(c.addr(), l)?;
+                let i = self.sorted.binary_search_by(|s| s.0.cmp(&v)).ok()?;
+                Some(self.sorted[i].1)
+            })
+    }
+}
+
+/// The indices of the sorted prefixes whose address lies inside `c` (callers check lengths).
+fn inside<T>(sorted: &[T], key: impl Fn(&T) -> Ipv4Cidr, c: &Ipv4Cidr) -> std::ops::Range<usize> {
+    let lo = u32::from(c.addr());
+    let hi = if c.prefix_len() == 0 {
+        u32::MAX
+    } else {
+        lo | (u32::MAX >> c.prefix_len())
+    };
+    let start = sorted.partition_point(|x| u32::from(key(x).addr()) < lo);
+    let end = sorted.partition_point(|x| u32::from(key(x).addr()) <= hi);
+    start..end
 }
 
 /// Builds route tables, keeping what must persist from one build to the next: the smoothed
@@ -226,20 +289,11 @@ pub struct Builder {
     generation: u64,
     children: HashMap<String, ChildState>,
     next_id: u32,
-    /// Previous chosen band per (subnet, client group): child ids.
-    previous: HashMap<(Ipv4Cidr, Option<String>), Vec<u32>>,
+    names: Interner,
+    /// Previous chosen bands, sorted by (subnet, group).
+    previous: Vec<PreviousBand>,
+    previous_ids: Vec<u32>,
     last_error: Option<String>,
-}
-
-/// The address range of a prefix, as integers.
-fn range(c: &Ipv4Cidr) -> (u32, u32) {
-    let lo = u32::from(c.addr());
-    let hi = if c.prefix_len() == 0 {
-        u32::MAX
-    } else {
-        lo | (u32::MAX >> c.prefix_len())
-    };
-    (lo, hi)
 }
 
 impl Builder {
@@ -250,7 +304,9 @@ impl Builder {
             generation: 0,
             children: HashMap::new(),
             next_id: 0,
-            previous: HashMap::new(),
+            names: Interner::default(),
+            previous: Vec::new(),
+            previous_ids: Vec::new(),
             last_error: None,
         }
     }
@@ -276,18 +332,54 @@ impl Builder {
         self.last_error.as_deref()
     }
 
-    /// The smoothed metrics of a child for a subnet it reports (as `s` shows them to F).
-    pub fn smoothed(&self, child: &str, subnet: Ipv4Cidr) -> Option<&BTreeMap<String, f64>> {
+    /// The smoothed metrics of a live child for a subnet it reports (what `s` shows F).
+    pub fn smoothed(&self, child: &str, subnet: Ipv4Cidr) -> Option<BTreeMap<String, f64>> {
         let st = self.children.get(child)?;
         st.reports
             .binary_search_by(|r| r.subnet.cmp(&subnet))
             .ok()
-            .map(|i| &st.reports[i].metrics)
+            .map(|i| st.reports[i].metrics.to_map())
+    }
+
+    /// Smooths the new reports in and forgets the children that are gone or not live.
+    fn smooth(&mut self, inputs: &Inputs) {
+        let alpha = self.policy.config.damping;
+        for st in self.children.values_mut() {
+            st.seen = false;
+        }
+        for c in inputs.children.iter().filter(|c| c.live) {
+            let st = match self.children.get_mut(&c.name) {
+                Some(st) => st,
+                None => {
+                    let id = self.next_id;
+                    self.next_id = self.next_id.wrapping_add(1);
+                    self.children.entry(c.name.clone()).or_insert(ChildState {
+                        id,
+                        seq: c.report_seq,
+                        reports: Vec::new(),
+                        seen: false,
+                    })
+                }
+            };
+            if st.seen {
+                continue; // a name given twice: the first wins
+            }
+            st.seen = true;
+            if st.seq != c.report_seq || st.reports.is_empty() {
+                st.apply(&c.report, alpha, &mut self.names);
+                st.seq = c.report_seq;
+            }
+        }
+        self.children.retain(|_, st| st.seen);
+        self.names.collect_garbage();
     }
 
     /// Builds the table, the upward reports and the details from `inputs` (see the crate
     /// documentation for the rules).
     pub fn build(&mut self, inputs: &Inputs) -> BuildOutput {
+        let t0 = std::time::Instant::now();
+        self.smooth(inputs);
+        eprintln!("smooth {:?}", t0.elapsed());
         let policy = &self.policy;
         let cfg = &policy.config;
         let mut counters = BuildCounters::default();
@@ -303,89 +395,47 @@ impl Builder {
             i64::from(zoned.minute()),
             i64::from(zoned.weekday().to_sunday_zero_offset()),
         );
+        let uses = |v: Var| {
+            policy.f.uses(v)
+                || policy.g.uses(v)
+                || policy.overload.as_ref().is_some_and(|o| o.uses(v))
+        };
+        let no_labels = CelMap::default();
 
-        // Smooth new reports; forget children that are gone or not live.
-        for st in self.children.values_mut() {
-            st.seen = false;
-        }
-        for c in inputs.children.iter().filter(|c| c.live) {
-            let st = match self.children.get_mut(&c.name) {
-                Some(st) => st,
-                None => {
-                    let id = self.next_id;
-                    self.next_id = self.next_id.wrapping_add(1);
-                    self.children.entry(c.name.clone()).or_insert(ChildState {
-                        id,
-                        seq: c.report_seq.wrapping_sub(1),
-                        reports: Vec::new(),
-                        seen: false,
-                    })
-                }
-            };
-            if st.seen {
-                continue; // a name given twice: the first wins
-            }
-            st.seen = true;
-            if st.seq != c.report_seq || st.reports.is_empty() && !c.report.is_empty() {
-                st.apply(&c.report, cfg.damping);
-                st.seq = c.report_seq;
-            }
-        }
-        self.children.retain(|_, st| st.seen);
-
-        // Live children, each once, with their converted variables.
+        // Live children, each once, with their variables converted.
         let mut seen_names = std::collections::HashSet::new();
-        let live: Vec<(&ChildInput, &ChildState, ChildVals)> = inputs
+        let live: Vec<Live<'_>> = inputs
             .children
             .iter()
             .filter(|c| c.live && seen_names.insert(c.name.as_str()))
             .map(|c| {
                 let rtt = c.rtt_ms.unwrap_or(0.0);
                 let r = c.static_cost + cfg.rtt_weight * rtt;
-                let vals =
-                    ChildVals::new(&c.name, c.static_cost, rtt, r, expr::labels_val(&c.labels));
-                (c, &self.children[&c.name], vals)
+                let labels = if uses(Var::Labels) {
+                    expr::labels_val(&c.labels)
+                } else {
+                    no_labels.clone()
+                };
+                Live {
+                    input: c,
+                    state: &self.children[&c.name],
+                    vals: ChildVals::new(&c.name, c.static_cost, rtt, r, labels),
+                }
             })
             .collect();
 
-        // Served subnets: lookup by prefix, and sorted for range searches.
-        let served: HashMap<Ipv4Cidr, Priority> = inputs
-            .subnets
-            .iter()
-            .map(|s| (s.subnet, s.priority))
-            .collect();
-        let mut served_sorted: Vec<Ipv4Cidr> = served.keys().copied().collect();
-        served_sorted.sort_unstable();
-        let mut served_lengths: Vec<u8> = served_sorted.iter().map(|s| s.prefix_len()).collect();
-        served_lengths.sort_unstable_by(|a, b| b.cmp(a));
-        served_lengths.dedup();
-        // The most specific served subnet that covers `c`.
-        let covering = |c: &Ipv4Cidr| -> Option<Priority> {
-            served_lengths
-                .iter()
-                .filter(|&&l| l <= c.prefix_len())
-                .find_map(|&l| {
-                    let v = Ipv4Cidr::new(c.addr(), l)?;
-                    served.get(&v).copied()
-                })
-        };
-        // Indices of the sorted prefixes inside `c` (by address; callers check the length).
-        fn inside(sorted: &[Ipv4Cidr], c: &Ipv4Cidr) -> std::ops::Range<usize> {
-            let (lo, hi) = range(c);
-            let start = sorted.partition_point(|x| u32::from(x.addr()) < lo);
-            let end = sorted.partition_point(|x| u32::from(x.addr()) <= hi);
-            start..end
-        }
-
-        // Entry subnets: each reported subnet intersected with each served subnet it overlaps.
+        eprintln!("live {:?}", t0.elapsed());
+        // Entry subnets: each reported subnet intersected with each served subnet it overlaps
+        // (the more specific of the two).
+        let served = Served::new(&inputs.subnets);
         let mut entry_subnets: Vec<Ipv4Cidr> = Vec::new();
-        for (_, st, _) in &live {
-            for rep in &st.reports {
+        for l in &live {
+            for rep in &l.state.reports {
                 let x = rep.subnet;
-                if covering(&x).is_some() {
+                if served.covering(&x).is_some() {
                     entry_subnets.push(x);
                 }
-                for v in &served_sorted[inside(&served_sorted, &x)] {
+                for (v, _) in &served.sorted[inside(&served.sorted, |s| s.0, &x)] {
                     if v.prefix_len() > x.prefix_len() {
                         entry_subnets.push(*v);
                     }
@@ -395,20 +445,21 @@ impl Builder {
         entry_subnets.sort_unstable();
         entry_subnets.dedup();
 
-        // Candidates per entry subnet: each live child with a report covering it, with its most
-        // specific such report.
+        eprintln!("entries {:?}", t0.elapsed());
+        // Candidates per entry subnet: each live child with a report covering it, with its
+        // most specific such report.
         let mut cands: Vec<Vec<(usize, usize)>> = vec![Vec::new(); entry_subnets.len()];
-        for (ci, (_, st, _)) in live.iter().enumerate() {
-            for (ri, rep) in st.reports.iter().enumerate() {
+        for (ci, l) in live.iter().enumerate() {
+            for (ri, rep) in l.state.reports.iter().enumerate() {
                 let x = rep.subnet;
-                for ei in inside(&entry_subnets, &x) {
+                for ei in inside(&entry_subnets, |s| *s, &x) {
                     if entry_subnets[ei].prefix_len() < x.prefix_len() {
                         continue;
                     }
                     let list = &mut cands[ei];
                     match list.last_mut() {
                         Some(last) if last.0 == ci => {
-                            if st.reports[last.1].subnet.prefix_len() < x.prefix_len() {
+                            if l.state.reports[last.1].subnet.prefix_len() < x.prefix_len() {
                                 last.1 = ri;
                             }
                         }
@@ -418,7 +469,10 @@ impl Builder {
             }
         }
 
-        // Client groups get entries of their own only when an expression can tell them apart.
+        eprintln!("cands {:?}", t0.elapsed());
+        // Client groups get entries of their own only when an expression can tell them apart:
+        // otherwise they would be copies of the group-less entry, which their flows fall back
+        // to anyway.
         let per_group = policy.f.uses(Var::Group)
             || policy.overload.as_ref().is_some_and(|o| o.uses(Var::Group));
         let mut groups: Vec<(Option<usize>, CelString<'static>)> =
@@ -434,40 +488,51 @@ impl Builder {
         }
         let high = CelString::from(Priority::High.as_str().to_owned());
         let best_effort = CelString::from(Priority::BestEffort.as_str().to_owned());
+        let uses_subnet = uses(Var::Subnet);
 
         let mut table = RouteTable {
             generation: self.generation + 1,
             client_groups: inputs.client_groups.clone(),
-            entries: Vec::with_capacity(entry_subnets.len()),
+            entries: Vec::with_capacity(entry_subnets.len() * groups.len()),
         };
-        let mut details = Vec::with_capacity(entry_subnets.len());
-        let mut reports = Vec::new();
-        let mut previous = HashMap::with_capacity(entry_subnets.len());
+        let mut details = Vec::with_capacity(table.entries.capacity());
+        let mut reports = Vec::with_capacity(entry_subnets.len());
+        let mut previous = Vec::with_capacity(table.entries.capacity());
+        let mut previous_ids = Vec::with_capacity(self.previous_ids.len());
         let mut valid: Vec<Cand> = Vec::new();
-        let mut excluded: Vec<ExcludedCandidate> = Vec::new();
+        let name = |c: &Cand| &live[c.child].input.name;
 
+        let mut f_time = std::time::Duration::ZERO;
+        let mut g_time = std::time::Duration::ZERO;
         for (ei, subnet) in entry_subnets.iter().enumerate() {
-            let priority = covering(subnet).unwrap_or_default();
-            let subnet_val = CelString::from(subnet.to_string());
+            let priority = served.covering(subnet).unwrap_or_default();
+            let subnet_val = CelString::from(if uses_subnet {
+                subnet.to_string()
+            } else {
+                String::new()
+            });
             let priority_val = match priority {
                 Priority::High => &high,
                 Priority::BestEffort => &best_effort,
             };
             for (gi, group_val) in &groups {
                 valid.clear();
-                excluded.clear();
+                let mut excluded = Vec::new();
                 for &(ci, ri) in &cands[ei] {
-                    let (_, st, vals) = &live[ci];
+                    let l = &live[ci];
                     let vars = FVars {
-                        s: &st.reports[ri].val,
-                        child: vals,
+                        s: &l.state.reports[ri].metrics,
+                        child: &l.vals,
                         subnet: &subnet_val,
                         group: group_val,
                         priority: priority_val,
                         time: &time,
                     };
                     counters.evaluations += 1;
-                    let cost = expr::eval_number(&policy.env, &policy.f, &vars).and_then(|c| {
+                    let tf = std::time::Instant::now();
+                    let cost = expr::eval_number(&policy.env, &policy.f, &vars);
+                    f_time += tf.elapsed();
+                    let cost = cost.and_then(|c| {
                         if c.is_finite() && c >= 0.0 {
                             Ok(c)
                         } else {
@@ -481,7 +546,7 @@ impl Builder {
                         Err(e) => {
                             counters.eval_errors += 1;
                             excluded.push(ExcludedCandidate {
-                                next_hop: live[ci].0.name.clone(),
+                                next_hop: l.input.name.clone(),
                                 reason: format!("{}: {e}", policy.f.key),
                             });
                             last = Some(LastError {
@@ -524,79 +589,79 @@ impl Builder {
                         in_band: false,
                     });
                 }
-                valid.sort_by(|a, b| {
-                    a.cost
-                        .total_cmp(&b.cost)
-                        .then_with(|| live[a.child].0.name.cmp(&live[b.child].0.name))
-                });
+                valid.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| name(a).cmp(name(b))));
 
                 // The band, over the candidates that are not overloaded (all of them if every
                 // one is), with hysteresis for the previous members.
+                let group = gi.map(|g| inputs.client_groups[g].name.as_str());
+                let prev = self
+                    .previous
+                    .binary_search_by(|p| (p.subnet, p.group.as_deref()).cmp(&(*subnet, group)))
+                    .ok()
+                    .map(|i| &self.previous_ids[self.previous[i].ids.clone()]);
                 let any_free = valid.iter().any(|c| !c.overloaded);
                 let eligible = |c: &Cand| !any_free || !c.overloaded;
-                let key = (*subnet, gi.map(|g| inputs.client_groups[g].name.clone()));
-                let prev = self.previous.get(&key);
                 if let Some(min) = valid.iter().find(|c| eligible(c)).map(|c| c.cost) {
                     let width = (cfg.band * min).max(cfg.band_abs);
                     let sticky = min + width * (1.0 + cfg.hysteresis);
                     for c in valid.iter_mut() {
-                        let was = prev.is_some_and(|p| p.contains(&live[c.child].1.id));
+                        let was = prev.is_some_and(|p| p.contains(&live[c.child].state.id));
                         c.in_band =
                             eligible(c) && (c.cost <= min + width || (was && c.cost <= sticky));
                     }
                 }
-                previous.insert(
-                    key,
+                let start = previous_ids.len();
+                previous_ids.extend(
                     valid
                         .iter()
                         .filter(|c| c.in_band)
-                        .map(|c| live[c.child].1.id)
-                        .collect::<Vec<u32>>(),
+                        .map(|c| live[c.child].state.id),
                 );
+                previous.push(PreviousBand {
+                    subnet: *subnet,
+                    group: group.map(str::to_owned),
+                    ids: start..previous_ids.len(),
+                });
 
-                let client_group = gi.map(|g| inputs.client_groups[g].name.clone());
                 table.entries.push(RouteEntry {
                     subnet: *subnet,
-                    client_group: client_group.clone(),
+                    client_group: group.map(str::to_owned),
                     candidates: valid
                         .iter()
                         .map(|c| RouteCandidate {
-                            next_hop: live[c.child].0.name.clone(),
+                            next_hop: name(c).clone(),
                             cost: c.cost,
                         })
                         .collect(),
                     chosen: valid
                         .iter()
                         .filter(|c| c.in_band)
-                        .map(|c| live[c.child].0.name.clone())
+                        .map(|c| name(c).clone())
                         .collect(),
                 });
                 details.push(EntryDetail {
-                    subnet: *subnet,
-                    client_group,
                     priority,
                     candidates: valid
                         .iter()
                         .map(|c| CandidateDetail {
-                            next_hop: live[c.child].0.name.clone(),
-                            cost: c.cost,
                             overloaded: c.overloaded,
                             in_band: c.in_band,
                         })
                         .collect(),
-                    excluded: std::mem::take(&mut excluded),
+                    excluded,
                 });
 
                 // G, once per subnet, over the group-less entry's candidates.
                 if gi.is_some() || valid.is_empty() {
                     continue;
                 }
-                let reported = |c: &Cand| &live[c.child].1.reports[c.report];
-                let s: Vec<&CelMap<'static>> = valid.iter().map(|c| &reported(c).val).collect();
-                let r: Vec<f64> = valid.iter().map(|c| live[c.child].2.r()).collect();
+                let metrics = |c: &Cand| &live[c.child].state.reports[c.report].metrics;
+                let s: Vec<&Metrics> = valid.iter().map(metrics).collect();
+                let r: Vec<f64> = valid.iter().map(|c| live[c.child].vals.r()).collect();
                 let m: Vec<f64> = valid.iter().map(|c| c.cost).collect();
                 let names: Vec<&CelString<'static>> =
-                    valid.iter().map(|c| live[c.child].2.name()).collect();
+                    valid.iter().map(|c| live[c.child].vals.name()).collect();
+                let tg = std::time::Instant::now();
                 let gvars = GVars::new(&s, &r, &m, &names, &subnet_val, &time, &policy.g);
                 counters.evaluations += 1;
                 let result = expr::eval_g(&policy.env, &policy.g, &gvars).and_then(|g| {
@@ -611,15 +676,13 @@ impl Builder {
                     }
                     out.entry("children".to_owned())
                         .or_insert(valid.len() as f64);
-                    let flows: Vec<f64> = valid
-                        .iter()
-                        .filter_map(|c| reported(c).metrics.get("flows").copied())
-                        .collect();
-                    if !flows.is_empty() {
-                        out.entry("flows".to_owned()).or_insert(flows.iter().sum());
+                    let flows = s.iter().filter_map(|m| m.get("flows"));
+                    if flows.clone().next().is_some() {
+                        out.entry("flows".to_owned()).or_insert(flows.sum());
                     }
                     Ok(out)
                 });
+                g_time += tg.elapsed();
                 match result {
                     Ok(out) => reports.push((*subnet, out)),
                     Err(e) => {
@@ -636,11 +699,12 @@ impl Builder {
             }
         }
 
+        eprintln!("loop {:?} f {f_time:?} g {g_time:?}", t0.elapsed());
         counters.entries = table.entries.len() as u64;
         if let Some(l) = last {
             let child = l
                 .child
-                .map(|c| format!("child {:?}, ", live[c].0.name))
+                .map(|c| format!("child {:?}, ", live[c].input.name))
                 .unwrap_or_default();
             let group = l
                 .group
@@ -654,7 +718,10 @@ impl Builder {
             counters.last_error = Some(msg);
         }
         drop(live);
+        previous
+            .sort_by(|a, b| (a.subnet, a.group.as_deref()).cmp(&(b.subnet, b.group.as_deref())));
         self.previous = previous;
+        self.previous_ids = previous_ids;
         self.generation += 1;
         BuildOutput {
             table,

@@ -21,6 +21,7 @@ use cel::common::value::{Builtin, BuiltinRef, CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program};
 
+use crate::metrics::{Interner, Metrics};
 use crate::PolicyError;
 
 /// The configuration key of F.
@@ -426,7 +427,7 @@ fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<()
         .iter()
         .map(|n| ((*n).to_owned(), "sample".to_owned()))
         .collect();
-    let s = metrics_val(&metrics);
+    let s = Metrics::new(&metrics, &mut Interner::default());
     let labels = labels_val(&labels);
     let refuse = |what: String| PolicyError::Type {
         key: e.key,
@@ -506,7 +507,8 @@ impl std::fmt::Display for EvalError {
     }
 }
 
-/// The smoothed metrics of one report as a CEL `map(string, double)`.
+/// Metrics as `cel`'s own `map(string, double)`.
+#[cfg(test)]
 pub(crate) fn metrics_val(metrics: &BTreeMap<String, f64>) -> CelMap<'static> {
     let m: HashMap<CelMapKey<'static>, Box<dyn Val>> = metrics
         .iter()
@@ -600,8 +602,8 @@ impl TimeVals {
 
 /// The variables of one evaluation of F or of the overload predicate, all borrowed.
 pub(crate) struct FVars<'a> {
-    /// The child's smoothed metrics for the subnet.
-    pub s: &'a CelMap<'static>,
+    /// The child's smoothed metrics for the subnet (a [`Metrics`]; any CEL map in tests).
+    pub s: &'a dyn Val,
     /// The child's other variables.
     pub child: &'a ChildVals,
     /// The entry's subnet.
@@ -616,6 +618,12 @@ pub(crate) struct FVars<'a> {
 
 impl VariableResolver for FVars<'_> {
     fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some(field) = name.strip_prefix("s.") {
+            // `s.load` is first looked up as the qualified name "s.load": answering it here is
+            // what selecting `load` on `s` would give, without the interpreter's detour.
+            let m = self.s.downcast_ref::<Metrics>()?;
+            return m.find(field).map(|v| CowVal::Borrowed(v as &dyn Val));
+        }
         let v: &dyn Val = match name {
             "s" => self.s,
             "r" => &self.child.r,
@@ -645,7 +653,7 @@ pub(crate) struct GVars<'a> {
 impl<'a> GVars<'a> {
     /// The variables over the candidates of one subnet, in cost order.
     pub fn new(
-        s: &[&'a CelMap<'static>],
+        s: &[&'a Metrics],
         r: &[f64],
         m: &[f64],
         children: &[&'a CelString<'static>],
@@ -769,6 +777,9 @@ pub(crate) fn eval_g(
     eval(env, e, vars, |v| {
         if let Some(x) = number(v) {
             return Ok(GResult::Number(x));
+        }
+        if let Some(m) = v.downcast_ref::<Metrics>() {
+            return Ok(GResult::Map(m.to_map()));
         }
         let Some(map) = v.downcast_ref::<CelMap>() else {
             return Err(EvalError::Result(format!(

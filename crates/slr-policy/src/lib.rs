@@ -4,6 +4,7 @@ mod builder;
 mod config;
 mod error;
 mod expr;
+mod metrics;
 
 pub use builder::{
     BuildCounters, BuildOutput, Builder, CandidateDetail, ChildInput, EntryDetail,

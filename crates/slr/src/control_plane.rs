@@ -246,7 +246,12 @@ impl ControlView {
             "gauge",
             self.children
                 .iter()
-                .map(|c| (format!("{{child=\"{}\"}}", c.name), f64::from(u8::from(c.live))))
+                .map(|c| {
+                    (
+                        format!("{{child=\"{}\"}}", c.name),
+                        f64::from(u8::from(c.live)),
+                    )
+                })
                 .collect(),
         );
         line(
@@ -274,8 +279,14 @@ impl ControlView {
                 "counter",
                 vec![
                     ("{result=\"ok\"}".into(), f.fetches_ok() as f64),
-                    ("{result=\"unreachable\"}".into(), f.fetch_errors_unreachable() as f64),
-                    ("{result=\"invalid\"}".into(), f.fetch_errors_invalid() as f64),
+                    (
+                        "{result=\"unreachable\"}".into(),
+                        f.fetch_errors_unreachable() as f64,
+                    ),
+                    (
+                        "{result=\"invalid\"}".into(),
+                        f.fetch_errors_invalid() as f64,
+                    ),
                 ],
             );
         }
@@ -354,10 +365,7 @@ pub fn start_router(
         return Ok(None);
     };
     let identity = identity(&control)?;
-    let policy = cfg
-        .cost
-        .compile()
-        .map_err(|e| anyhow!("[cost]: {e}"))?;
+    let policy = cfg.cost.compile().map_err(|e| anyhow!("[cost]: {e}"))?;
     let static_table = gateway_table(&cfg.gateways.children)?;
     let view: SharedView = Arc::new(Mutex::new(ControlView {
         level: cfg.level.clone(),
@@ -410,7 +418,9 @@ pub fn start_router(
     let mut reporters = Vec::new();
     for p in &control.parents {
         let r = Reporter::new(&identity, &p.name, p.address, &cfg.name, &cfg.level)?;
-        lock(&view).reporter_counters.push((p.name.clone(), r.counters()));
+        lock(&view)
+            .reporter_counters
+            .push((p.name.clone(), r.counters()));
         reporters.push(r);
     }
     let children = parent.as_ref().map(ParentServer::child_table);
@@ -443,7 +453,8 @@ pub fn start_router(
                     let up = upward.clone();
                     let s = until_stopped(stop_rx.clone());
                     tasks.spawn(async move {
-                        let source = move || up.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                        let source =
+                            move || up.lock().unwrap_or_else(PoisonError::into_inner).clone();
                         r.run(source, s).await;
                     });
                 }
@@ -526,11 +537,22 @@ impl BuildState {
         if *table == *self.gateways {
             return;
         }
-        tracing::info!(version = table.version, children = table.children.len(), "new gateway table");
+        tracing::info!(
+            version = table.version,
+            children = table.children.len(),
+            "new gateway table"
+        );
         self.expected.set_from_gateway_table(&table);
         let mut core = self.cfg.core.clone();
-        let static_names: Vec<&str> = self.cfg.gateways.children.iter().map(|c| c.name.as_str()).collect();
-        core.next_hops.retain(|n| !static_names.contains(&n.name.as_str()));
+        let static_names: Vec<&str> = self
+            .cfg
+            .gateways
+            .children
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        core.next_hops
+            .retain(|n| !static_names.contains(&n.name.as_str()));
         for c in &table.children {
             if core.next_hops.iter().all(|n| n.name != c.name) {
                 core.next_hops.push(NextHopConfig {
@@ -542,9 +564,11 @@ impl BuildState {
         }
         // Virtual hosts listing next hops by name keep only known ones.
         for v in &mut core.virtual_hosts {
-            v.next_hops.retain(|n| core.next_hops.iter().any(|h| &h.name == n));
+            v.next_hops
+                .retain(|n| core.next_hops.iter().any(|h| &h.name == n));
             for r in &mut v.rules {
-                r.next_hops.retain(|n| core.next_hops.iter().any(|h| &h.name == n));
+                r.next_hops
+                    .retain(|n| core.next_hops.iter().any(|h| &h.name == n));
             }
             v.rules.retain(|r| !r.next_hops.is_empty());
         }
@@ -562,7 +586,13 @@ impl BuildState {
         let started = Instant::now();
         let snapshot = children.map(ChildTable::snapshot).unwrap_or_default();
         let live: Vec<String> = children
-            .map(|c| c.live_children(started, self.control.report_interval, self.control.silent_after))
+            .map(|c| {
+                c.live_children(
+                    started,
+                    self.control.report_interval,
+                    self.control.silent_after,
+                )
+            })
             .unwrap_or_default();
         let subnets = self
             .cfg
@@ -649,20 +679,23 @@ impl BuildState {
             })
             .collect();
         v.table = out
-            .details
+            .table
+            .entries
             .iter()
-            .map(|d| TableRow {
-                subnet: d.subnet.to_string(),
-                client_group: d.client_group.clone().unwrap_or_default(),
+            .zip(&out.details)
+            .map(|(e, d)| TableRow {
+                subnet: e.subnet.to_string(),
+                client_group: e.client_group.clone().unwrap_or_default(),
                 priority: d.priority.as_str().into(),
-                candidates: d
+                candidates: e
                     .candidates
                     .iter()
-                    .map(|c| CandidateRow {
+                    .zip(&d.candidates)
+                    .map(|(c, cd)| CandidateRow {
                         child: c.next_hop.clone(),
                         cost: c.cost,
-                        chosen: c.in_band,
-                        overloaded: c.overloaded,
+                        chosen: cd.in_band,
+                        overloaded: cd.overloaded,
                     })
                     .collect(),
                 excluded: d
@@ -686,7 +719,8 @@ impl BuildState {
                     rtt_ms: self.rtt.get(&g.name),
                     level: s.map(|s| s.level.clone()),
                     live: live.contains(&g.name),
-                    report_age_ms: r.map(|r| started.saturating_duration_since(r.received).as_millis() as u64),
+                    report_age_ms: r
+                        .map(|r| started.saturating_duration_since(r.received).as_millis() as u64),
                     reports: s.map_or(0, |s| s.reports),
                     last_report: r
                         .map(|r| {
@@ -728,7 +762,9 @@ pub fn start_host(
                 ..slr_control::ReporterConfig::default()
             },
         );
-        lock(&view).reporter_counters.push((p.name.clone(), r.counters()));
+        lock(&view)
+            .reporter_counters
+            .push((p.name.clone(), r.counters()));
         reporters.push(r);
     }
     let (stop, stop_rx) = watch::channel(false);
@@ -751,7 +787,8 @@ pub fn start_host(
                     tasks.spawn(async move {
                         let source = move || {
                             let mut l = last.lock().unwrap_or_else(PoisonError::into_inner);
-                            let fresh = l.0.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
+                            let fresh =
+                                l.0.is_some_and(|t| t.elapsed() < Duration::from_millis(200));
                             if !fresh {
                                 let report = sampler
                                     .lock()

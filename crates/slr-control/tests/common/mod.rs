@@ -46,8 +46,19 @@ impl Pki {
     }
 
     /// A node identity with the given validity.
-    pub fn identity_valid(&self, name: &str, not_before: SystemTime, not_after: SystemTime) -> Identity {
-        let out = self.dir.path().join(format!("valid-{}", not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()));
+    pub fn identity_valid(
+        &self,
+        name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Identity {
+        let out = self.dir.path().join(format!(
+            "valid-{}",
+            not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        ));
         self.issue_in(&self.ca_dir(), name, &out, not_before, not_after)
     }
 
@@ -55,10 +66,23 @@ impl Pki {
     pub fn foreign_identity(&self, name: &str) -> Identity {
         let now = SystemTime::now();
         let out = self.dir.path().join("foreign");
-        self.issue_in(&self.dir.path().join("other-ca"), name, &out, now - HOUR, now + HOUR)
+        self.issue_in(
+            &self.dir.path().join("other-ca"),
+            name,
+            &out,
+            now - HOUR,
+            now + HOUR,
+        )
     }
 
-    fn issue_in(&self, ca: &Path, name: &str, out: &Path, nb: SystemTime, na: SystemTime) -> Identity {
+    fn issue_in(
+        &self,
+        ca: &Path,
+        name: &str,
+        out: &Path,
+        nb: SystemTime,
+        na: SystemTime,
+    ) -> Identity {
         let files = issue(ca, name, out, nb, na).unwrap();
         Identity::load(&self.ca_pem(), &files.cert, &files.key).unwrap()
     }
@@ -101,7 +125,14 @@ impl Parent {
                 .await
                 .unwrap();
         });
-        Parent { addr, table, counters, expected, stop: Some(stop), task }
+        Parent {
+            addr,
+            table,
+            counters,
+            expected,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Stops the parent and waits until its port is closed.
@@ -117,7 +148,10 @@ impl Parent {
 }
 
 /// A raw gRPC client of the parent at `addr` with `identity`.
-pub async fn client(identity: &Identity, addr: SocketAddr) -> Result<StateUpdateClient<Channel>, slr_control::ControlError> {
+pub async fn client(
+    identity: &Identity,
+    addr: SocketAddr,
+) -> Result<StateUpdateClient<Channel>, slr_control::ControlError> {
     let reporter = Reporter::new(identity, "net", addr, identity.name(), "as").unwrap();
     reporter.connect().await
 }
@@ -138,15 +172,26 @@ pub fn subnet_load(subnet: &str, metrics: &[(&str, f64)]) -> slr_control::proto:
     }
 }
 
-pub fn report(session_id: u64, sequence: u64, subnets: Vec<slr_control::proto::SubnetLoad>) -> ReportRequest {
-    ReportRequest { session_id, sequence, subnets }
+pub fn report(
+    session_id: u64,
+    sequence: u64,
+    subnets: Vec<slr_control::proto::SubnetLoad>,
+) -> ReportRequest {
+    ReportRequest {
+        session_id,
+        sequence,
+        subnets,
+    }
 }
 
 /// Waits until `condition` holds, at most 5 s.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -160,7 +205,11 @@ pub async fn good_child_works(pki: &Pki, parent: &Parent, name: &str) {
         .unwrap();
     let session = client.hello(hello(name)).await.unwrap().into_inner();
     let reply = client
-        .report(report(session.session_id, 1, vec![subnet_load("10.99.7.0/24", &[("load", 0.25)])]))
+        .report(report(
+            session.session_id,
+            1,
+            vec![subnet_load("10.99.7.0/24", &[("load", 0.25)])],
+        ))
         .await
         .unwrap()
         .into_inner();
