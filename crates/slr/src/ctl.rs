@@ -192,7 +192,9 @@ fn human_control(command: &str, c: &Value) -> String {
                 f(&ch["rtt_ms"]),
                 ch["level"].as_str().unwrap_or("-"),
                 if ch["live"] == true { "yes" } else { "NO" },
-                ch["report_age_ms"].as_u64().map_or("-".into(), |a| a.to_string()),
+                ch["report_age_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |a| a.to_string()),
                 t(&ch["reports"]),
                 report
             );
@@ -202,7 +204,10 @@ fn human_control(command: &str, c: &Value) -> String {
     if command == "table" {
         let _ = writeln!(o, "table generation {}", t(&c["generation"]));
         for e in c["table"].as_array().into_iter().flatten() {
-            let group = e["client_group"].as_str().filter(|g| !g.is_empty()).unwrap_or("*");
+            let group = e["client_group"]
+                .as_str()
+                .filter(|g| !g.is_empty())
+                .unwrap_or("*");
             let cands = e["candidates"]
                 .as_array()
                 .into_iter()
@@ -213,7 +218,11 @@ fn human_control(command: &str, c: &Value) -> String {
                         if x["chosen"] == true { "*" } else { "" },
                         t(&x["child"]),
                         f(&x["cost"]),
-                        if x["overloaded"] == true { "(overloaded)" } else { "" }
+                        if x["overloaded"] == true {
+                            "(overloaded)"
+                        } else {
+                            ""
+                        }
                     )
                 })
                 .collect::<Vec<_>>()
@@ -232,7 +241,12 @@ fn human_control(command: &str, c: &Value) -> String {
         }
         let _ = writeln!(o, "(* = in the chosen band: new flows spread over these)");
         for u in c["upward"].as_array().into_iter().flatten() {
-            let _ = writeln!(o, "reports upward {}: {}", t(&u["subnet"]), metrics(&u["metrics"]));
+            let _ = writeln!(
+                o,
+                "reports upward {}: {}",
+                t(&u["subnet"]),
+                metrics(&u["metrics"])
+            );
         }
         return o;
     }

@@ -118,8 +118,9 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         }
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let control = crate::control_plane::start_host(&cfg.name, cfg.control.as_ref(), &cfg.virtual_subnets)
-        .with_context(|| format!("{}: [control]", config_path.display()))?;
+    let control =
+        crate::control_plane::start_host(&cfg.name, cfg.control.as_ref(), &cfg.virtual_subnets)
+            .with_context(|| format!("{}: [control]", config_path.display()))?;
     let view = control.as_ref().map(|c| c.view.clone());
     {
         let view = view.clone();
@@ -143,8 +144,12 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
                 }),
                 "metrics" => json!({"ok": true, "text": render(&name, &s)}),
                 "control" | "parents" => match &view {
-                    Some(v) => json!({"ok": true, "kind": "host", "control": *v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)}),
-                    None => json!({"ok": false, "error": "this host agent has no [control] section"}),
+                    Some(v) => {
+                        json!({"ok": true, "kind": "host", "control": *v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)})
+                    }
+                    None => {
+                        json!({"ok": false, "error": "this host agent has no [control] section"})
+                    }
                 },
                 other => {
                     json!({"ok": false, "error": format!("unknown command {other:?} for a host agent (status, stats, metrics)")})

@@ -65,6 +65,8 @@ enum Command {
     },
     /// Serve a gateway table over HTTPS (a network configuration site).
     GatewaySite(pki_cmd::GatewaySiteArgs),
+    /// Say hello and send one load report to a parent, printing its answers.
+    Report(pki_cmd::ReportArgs),
     /// Serve HTTP (and UDP echo) on a lab host: answers say which host served them.
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab { command } => lab::run(command),
         Command::Ca { command } => pki_cmd::run_ca(command),
         Command::GatewaySite(args) => pki_cmd::run_gateway_site(args),
+        Command::Report(args) => pki_cmd::run_report(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

@@ -123,3 +123,102 @@ pub fn run_gateway_site(a: GatewaySiteArgs) -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// `slr report`: one Hello and one Report to a parent, printing its answers: checks
+/// certificates and gateway entries by hand (what a child would be told).
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The parent: NAME@ADDRESS:PORT (NAME is checked against its certificate).
+    #[arg(long)]
+    parent: String,
+    /// The name to say hello as (it must be the certificate's name).
+    #[arg(long)]
+    name: String,
+    /// Operator CA certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Certificate to present.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    key: PathBuf,
+    /// A subnet to report, with metrics: SUBNET[:name=value,...], e.g.
+    /// 10.99.0.0/24:load=0.2,flows=3 (repeatable).
+    #[arg(long = "subnet", required = true)]
+    subnets: Vec<String>,
+}
+
+/// Runs `slr report`. Exits non-zero if the parent refuses the session or any subnet.
+pub fn run_report(a: ReportArgs) -> Result<()> {
+    use slr_control::proto::{HelloRequest, ReportRequest};
+    let (pname, paddr) = a.parent.split_once('@').ok_or_else(|| {
+        anyhow::anyhow!("--parent: expected NAME@ADDRESS:PORT, got {:?}", a.parent)
+    })?;
+    let paddr: std::net::SocketAddr = paddr
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--parent: {paddr:?} is not ADDRESS:PORT"))?;
+    let mut loads = Vec::new();
+    for s in &a.subnets {
+        let (net, metrics) = s.split_once(':').unwrap_or((s, ""));
+        let mut m = std::collections::BTreeMap::new();
+        for kv in metrics.split(',').filter(|x| !x.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("--subnet {s:?}: metric {kv:?} is not name=value")
+            })?;
+            let v: f64 = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--subnet {s:?}: {v:?} is not a number"))?;
+            m.insert(k.to_owned(), v);
+        }
+        loads.push((net.to_owned(), m));
+    }
+    let identity = slr_control::Identity::load(&a.ca, &a.cert, &a.key)?;
+    let reporter = slr_control::Reporter::new(&identity, pname, paddr, &a.name, "probe")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut client = tokio::time::timeout(Duration::from_secs(5), reporter.connect())
+            .await
+            .map_err(|_| anyhow::anyhow!("connect to {paddr}: timed out"))??;
+        let hello = client
+            .hello(HelloRequest {
+                child_name: a.name.clone(),
+                level: "probe".into(),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+                subnets: loads.iter().map(|(n, _)| n.clone()).collect(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("hello refused: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        println!(
+            "hello accepted: session {} report_interval_ms {} allowed {:?}",
+            hello.session_id, hello.report_interval_ms, hello.allowed_subnets
+        );
+        let reply = client
+            .report(ReportRequest {
+                session_id: hello.session_id,
+                sequence: 1,
+                subnets: loads
+                    .into_iter()
+                    .map(|(subnet, metrics)| slr_control::proto::SubnetLoad {
+                        subnet,
+                        metrics: metrics.into_iter().collect(),
+                    })
+                    .collect(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("report refused: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        println!("report: {} subnet(s) accepted", reply.accepted);
+        for r in &reply.refused {
+            println!("refused: {} ({})", r.subnet, r.reason);
+        }
+        if reply.refused.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{} subnet(s) refused", reply.refused.len()))
+        }
+    })
+}
