@@ -12,6 +12,17 @@
 //!
 //! The run fails (non-zero exit) if any request or datagram failed, any answer came
 //! from another address than the VIP dialled, or any reply crossed a router.
+//!
+//! In a hierarchy ([`Topology::is_hierarchy`]) the summary also shows how the requests
+//! spread per client group and per level (AS, site, ...: the routers above the host that
+//! answered), and the path each request took: while the clients run, the routers' flow
+//! tables (`slr ctl NODE flows`) are read every second, and each request's 5-tuple (client
+//! address and curl's local port, VIP and port 80) is followed from the top router, next hop
+//! by next hop, down to a host (`c1:40312 -> net -> as1 -> site-a -> h2`). The captures then
+//! also cover the hosts, to show that each router and host received its packets in tunnels
+//! from its parent only. The run also fails if a traced path ends at another host than the
+//! one that answered, if a lower router or a host received a tunnel from anyone but its
+//! parent or a VIP packet outside a tunnel, or if no request could be traced.
 
 use super::configs::{HTTP_PORT, ROUTER_METRICS_PORT, UDP_PORT};
 use super::lifecycle::{self, UpOptions};
@@ -22,10 +33,12 @@ use super::state::{self, State};
 use super::topology::{Role, Topology};
 use super::{check_interrupted, interrupted, sleep_interruptible};
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How `lab run` behaves.
@@ -84,6 +97,11 @@ pub fn run(file: &Path, up_opts: &UpOptions, opts: &DemoOptions) -> Result<()> {
 #[derive(Debug, Clone)]
 struct Request {
     client: String,
+    /// The client's address and the local port curl used (with the VIP and port: the
+    /// flow's 5-tuple).
+    source: Option<SocketAddrV4>,
+    /// The VIP it dialled.
+    vip: Ipv4Addr,
     url: String,
     /// Host that answered, if it did.
     served_by: Option<String>,
@@ -91,8 +109,28 @@ struct Request {
     error: Option<String>,
     /// curl's `time_total`, seconds.
     seconds: f64,
+    /// In a hierarchy, the routers (top first) and host the flow tables say the request
+    /// went through; ends with "?" where no table had its flow.
+    path: Vec<String>,
 }
 
+impl Request {
+    /// Whether the traced path reaches a host.
+    fn traced(&self) -> bool {
+        !self.path.is_empty() && self.path.last().is_some_and(|h| h != "?")
+    }
+}
+
+/// What arrived at a lower router or a host of a hierarchy (captured on its `eth0`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TunnelCounts {
+    /// IP-in-IP packets from its parent.
+    from_parent: usize,
+    /// IP-in-IP packets from anyone else.
+    from_other: usize,
+    /// Packets for a VIP outside a tunnel.
+    plain_vip: usize,
+}
 /// Everything a client did.
 #[derive(Debug, Default)]
 struct ClientReport {
@@ -129,6 +167,12 @@ pub struct Summary {
     router_metric: Option<f64>,
     /// curl `time_total` of the direct baseline requests, seconds.
     direct_seconds: Vec<f64>,
+    /// Hierarchy only: what arrived at each lower router and host.
+    tunnels: BTreeMap<String, TunnelCounts>,
+    /// Hierarchy only: why reading a flow table failed, if it did.
+    flow_errors: Vec<String>,
+    /// Whether the lab is a hierarchy (paths and tunnels are checked).
+    hierarchy: bool,
 }
 
 fn median_ms(values: &[f64]) -> Option<f64> {
@@ -177,7 +221,47 @@ impl Summary {
         if self.client_vip_replies == 0 && !self.requests.is_empty() {
             p.push("the client capture saw no reply from a VIP (is tcpdump working?)".into());
         }
+        if self.hierarchy {
+            let wrong = self.wrong_paths().len();
+            if wrong > 0 {
+                p.push(format!(
+                    "{wrong} traced paths end at another host than the one that answered"
+                ));
+            }
+            let answered = self.requests.iter().filter(|r| r.error.is_none()).count();
+            if answered > 0 && !self.requests.iter().any(Request::traced) {
+                p.push(format!(
+                    "no request could be traced through the routers' flow tables{}",
+                    self.flow_errors
+                        .last()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+            let other: usize = self.tunnels.values().map(|c| c.from_other).sum();
+            if other > 0 {
+                p.push(format!(
+                    "{other} tunnelled packets reached a router or host from another node than its parent"
+                ));
+            }
+            let plain: usize = self.tunnels.values().map(|c| c.plain_vip).sum();
+            if plain > 0 {
+                p.push(format!(
+                    "{plain} packets for a VIP reached a lower router or a host outside a tunnel"
+                ));
+            }
+        }
         p
+    }
+
+    /// Answered requests whose traced path ends at another host than the one that answered.
+    fn wrong_paths(&self) -> Vec<&Request> {
+        self.requests
+            .iter()
+            .filter(|r| {
+                r.traced() && r.served_by.is_some() && r.path.last() != r.served_by.as_ref()
+            })
+            .collect()
     }
 
     /// Prints the summary readable at a glance.
@@ -185,13 +269,33 @@ impl Summary {
         let count = |r| t.nodes_with(r).count();
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         println!();
-        println!(
-            "slr lab run: {} ({}, {}, {})",
-            t.name,
-            plural(count(Role::Router), "router"),
-            plural(count(Role::Host), "host"),
-            plural(count(Role::Client), "client")
-        );
+        if self.hierarchy {
+            let groups = t.client_groups().len();
+            println!(
+                "slr lab run: {} ({} in {}, {}, {}{})",
+                t.name,
+                plural(count(Role::Router), "router"),
+                plural(t.router_levels().len(), "level"),
+                plural(count(Role::Host), "host"),
+                plural(count(Role::Client), "client"),
+                if groups > 0 {
+                    format!(" in {}", plural(groups, "client group"))
+                } else {
+                    String::new()
+                }
+            );
+            for line in t.tree() {
+                println!("  {line}");
+            }
+        } else {
+            println!(
+                "slr lab run: {} ({}, {}, {})",
+                t.name,
+                plural(count(Role::Router), "router"),
+                plural(count(Role::Host), "host"),
+                plural(count(Role::Client), "client")
+            );
+        }
         let failed = self.failed_requests();
         let vips: Vec<String> = t
             .virtual_hosts
@@ -219,6 +323,9 @@ impl Summary {
                 .collect::<Vec<_>>()
                 .join("  ")
         };
+        if self.hierarchy {
+            self.print_spread(t);
+        }
         println!(
             "per host   {}",
             hosts_line(&|h| per_host.get(h).copied().unwrap_or(0))
@@ -233,6 +340,9 @@ impl Summary {
         }
         if failed.len() > 3 {
             println!("  failed   ... and {} more", failed.len() - 3);
+        }
+        if self.hierarchy {
+            self.print_paths(t);
         }
         println!(
             "udp        {} datagrams, {} answered intact ({} of {} fragmented 3000-byte ones{}); per host {}",
@@ -271,18 +381,29 @@ impl Summary {
             );
         }
         println!(
-            "router     saw {} reply packets (of {} arriving); clients received {} reply packets from the VIP, {}",
+            "router     saw {} reply packets (of {} arriving{}); clients received {} reply packets from the VIP, {}",
             self.router_reply_packets,
             self.router_packets,
+            if self.hierarchy { " at all the routers" } else { "" },
             self.client_vip_replies,
             if self.router_reply_packets == 0 {
-                "all bypassing the router".to_string()
+                format!(
+                    "all bypassing the router{}",
+                    if self.hierarchy { "s" } else { "" }
+                )
             } else {
                 format!("{} of them through the router", self.router_reply_packets)
             }
         );
         if let Some(m) = self.router_metric {
-            println!("router     forwarded {m} packets (slr_router_packets_total)");
+            println!(
+                "router     forwarded {m} packets (slr_router_packets_total{})",
+                if self.hierarchy {
+                    ", summed over every router"
+                } else {
+                    ""
+                }
+            );
         }
         let vip_ms = median_ms(
             &self
@@ -302,6 +423,186 @@ impl Summary {
             println!("result     PASS");
         } else {
             println!("result     FAIL: {}", problems.join("; "));
+        }
+    }
+}
+
+impl Summary {
+    /// Hierarchy: answered requests per client group (by the top router's children) and
+    /// per router of each level below the top (by the routers above the host that answered).
+    fn print_spread(&self, t: &Topology) {
+        let answered: Vec<&Request> = self.requests.iter().filter(|r| r.error.is_none()).collect();
+        let Some(top) = t.top_router() else { return };
+        let top_children: Vec<&str> = t
+            .children(&top.name)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        // The child of the top router a host sits below (the host itself if it is one).
+        let branch = |host: &str| -> Option<String> {
+            let mut chain: Vec<String> = t.ancestors(host).iter().map(|n| n.name.clone()).collect();
+            chain.push(host.to_string());
+            chain.get(1).cloned()
+        };
+        let mut groups: Vec<(String, Vec<String>)> = t
+            .client_groups()
+            .into_iter()
+            .map(|(g, m)| (g, m.iter().map(|c| c.name.clone()).collect()))
+            .collect();
+        let ungrouped: Vec<String> = t
+            .nodes_with(Role::Client)
+            .filter(|c| c.group.is_none())
+            .map(|c| c.name.clone())
+            .collect();
+        if !groups.is_empty() && !ungrouped.is_empty() {
+            groups.push(("(none)".into(), ungrouped));
+        }
+        if !groups.is_empty() {
+            let parts: Vec<String> = groups
+                .iter()
+                .map(|(g, members)| {
+                    let mine: Vec<&&Request> = answered
+                        .iter()
+                        .filter(|r| members.contains(&r.client))
+                        .collect();
+                    let per: Vec<String> = top_children
+                        .iter()
+                        .map(|c| {
+                            let n = mine
+                                .iter()
+                                .filter(|r| {
+                                    r.served_by.as_deref().and_then(branch).as_deref() == Some(c)
+                                })
+                                .count();
+                            format!("{c} {n}")
+                        })
+                        .collect();
+                    format!(
+                        "{g} ({}) {}: {}",
+                        members.join(" "),
+                        mine.len(),
+                        per.join(" ")
+                    )
+                })
+                .collect();
+            println!("per group  {}", parts.join("   "));
+        }
+        for level in t.router_levels().iter().skip(1) {
+            let routers: Vec<&str> = t
+                .nodes_with(Role::Router)
+                .filter(|r| r.level.as_deref() == Some(level.as_str()) && r.parent.is_some())
+                .map(|r| r.name.as_str())
+                .collect();
+            let counts: Vec<String> = routers
+                .iter()
+                .map(|r| {
+                    let n = answered
+                        .iter()
+                        .filter(|q| {
+                            q.served_by
+                                .as_deref()
+                                .is_some_and(|h| t.ancestors(h).iter().any(|a| a.name == *r))
+                        })
+                        .count();
+                    format!("{r} {n}")
+                })
+                .collect();
+            println!("per {:<6} {}", level, counts.join("  "));
+        }
+    }
+
+    /// Hierarchy: how many requests were traced through the flow tables, a sample path per
+    /// client, and what arrived at each level in tunnels.
+    fn print_paths(&self, t: &Topology) {
+        let answered: Vec<&Request> = self.requests.iter().filter(|r| r.error.is_none()).collect();
+        let traced = answered.iter().filter(|r| r.traced()).count();
+        let wrong = self.wrong_paths();
+        println!(
+            "paths      {traced} of {} answered requests traced hop by hop through the routers' flow tables (slr ctl NODE flows, joined by 5-tuple); {}",
+            answered.len(),
+            if wrong.is_empty() {
+                "each ends at the host that answered".to_string()
+            } else {
+                format!("{} end at another host than the one that answered", wrong.len())
+            }
+        );
+        if let Some(e) = self.flow_errors.last() {
+            println!("  flows    reading a flow table failed: {e}");
+        }
+        let show = |r: &Request| {
+            let from = r
+                .source
+                .map(|s| format!("{}:{}", r.client, s.port()))
+                .unwrap_or_else(|| r.client.clone());
+            println!("  path     {from} -> {}", r.path.join(" -> "));
+        };
+        // One traced request per client, then the wrong ones.
+        for c in t.nodes_with(Role::Client) {
+            if let Some(r) = answered.iter().find(|r| r.client == c.name && r.traced()) {
+                show(r);
+            }
+        }
+        for r in wrong.iter().take(3) {
+            show(r);
+            println!(
+                "           ^ answered by {}",
+                r.served_by.as_deref().unwrap_or("?")
+            );
+        }
+        // What each level received, tunnelled from its parent (hosts last).
+        let mut parts = Vec::new();
+        let mut total = TunnelCounts::default();
+        let levels = t.router_levels();
+        for level in levels.iter().skip(1).map(Some).chain([None]) {
+            let members: Vec<&str> = t
+                .nodes
+                .iter()
+                .filter(|n| match level {
+                    Some(l) => {
+                        n.role == Role::Router
+                            && n.parent.is_some()
+                            && n.level.as_deref() == Some(l.as_str())
+                    }
+                    None => n.role == Role::Host,
+                })
+                .map(|n| n.name.as_str())
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let mut sum = TunnelCounts::default();
+            for c in members.iter().filter_map(|m| self.tunnels.get(*m)) {
+                sum.from_parent += c.from_parent;
+                sum.from_other += c.from_other;
+                sum.plain_vip += c.plain_vip;
+            }
+            total.from_other += sum.from_other;
+            total.plain_vip += sum.plain_vip;
+            parts.push(format!(
+                "{} ({}) {}",
+                level
+                    .map(|l| format!("{l} routers"))
+                    .unwrap_or_else(|| "hosts".into()),
+                members.len(),
+                sum.from_parent
+            ));
+        }
+        println!(
+            "tunnels    IP-in-IP packets each level received from its parent: {}; from any other node {}; VIP packets outside a tunnel below the top {}",
+            parts.join(", "),
+            total.from_other,
+            total.plain_vip
+        );
+        for (node, c) in self
+            .tunnels
+            .iter()
+            .filter(|(_, c)| c.from_other > 0 || c.plain_vip > 0)
+            .take(5)
+        {
+            println!(
+                "  tunnels  {node}: {} tunnelled from another node than its parent, {} untunnelled to a VIP",
+                c.from_other, c.plain_vip
+            );
         }
     }
 }
@@ -329,14 +630,25 @@ fn curl(ns: &str, url: &str, write_out: &str, max_seconds: u32) -> Result<(bool,
 
 /// One request to a VIP, checked: status 200, `served-by=` present, and both the
 /// server's `vip=` and curl's `remote_ip` equal to the VIP.
-fn vip_request(ns: &str, client: &str, vip: Ipv4Addr) -> Result<Request> {
+fn vip_request(
+    ns: &str,
+    client: &str,
+    client_addr: Option<Ipv4Addr>,
+    vip: Ipv4Addr,
+) -> Result<Request> {
     let url = format!("http://{vip}/");
-    let (ok, stdout, stderr) = curl(ns, &url, "\n%{http_code} %{remote_ip} %{time_total}", 5)?;
+    let (ok, stdout, stderr) = curl(
+        ns,
+        &url,
+        "\n%{http_code} %{remote_ip} %{time_total} %{local_port}",
+        5,
+    )?;
     let (body, trailer) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
     let mut fields = trailer.split_whitespace();
     let code = fields.next().unwrap_or("");
     let remote_ip = fields.next().unwrap_or("");
     let seconds: f64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let local_port: Option<u16> = fields.next().and_then(|s| s.parse().ok());
     let served_by = body
         .split_whitespace()
         .find_map(|f| f.strip_prefix("served-by="))
@@ -363,22 +675,30 @@ fn vip_request(ns: &str, client: &str, vip: Ipv4Addr) -> Result<Request> {
     };
     Ok(Request {
         client: client.to_string(),
+        source: client_addr
+            .zip(local_port)
+            .map(|(a, p)| SocketAddrV4::new(a, p)),
+        vip,
         url,
         served_by: if error.is_none() { served_by } else { None },
         error,
         seconds,
+        path: Vec::new(),
     })
 }
 
 fn client_traffic(t: &Topology, client: &str, requests: u32) -> Result<ClientReport> {
     let ns = t.netns(client);
+    let addr = t.address(client);
     let mut report = ClientReport::default();
     for vh in &t.virtual_hosts {
         for _ in 0..requests {
             if interrupted() {
                 return Ok(report);
             }
-            report.requests.push(vip_request(&ns, client, vh.vip())?);
+            report
+                .requests
+                .push(vip_request(&ns, client, addr, vh.vip())?);
         }
     }
     for vh in &t.virtual_hosts {
@@ -435,11 +755,12 @@ struct Capture {
 fn start_captures(state: &mut State) -> Result<Vec<Capture>> {
     let t = state.topology.clone();
     let mut captures = Vec::new();
-    for node in t
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.role, Role::Router | Role::Client))
-    {
+    // A hierarchy also captures at the hosts: what reaches them must come from their parent.
+    for node in t.nodes.iter().filter(|n| match n.role {
+        Role::Router | Role::Client => true,
+        Role::Host => t.is_hierarchy(),
+        Role::Core => false,
+    }) {
         let pcap = state.dir().join(format!("capture-{}.pcap", node.name));
         // --immediate-mode: hand each packet over at once (TPACKET_V3 otherwise holds
         // them in a ring block for up to a second, and SIGTERM discards that block);
@@ -534,10 +855,74 @@ fn router_metric(t: &Topology) -> Option<f64> {
     Some(total)
 }
 
+/// A flow as the routers' flow tables name it: protocol, client `a.b.c.d:port`, virtual
+/// host `a.b.c.d:port`.
+type FlowKey = (String, String, String);
+
+/// The routers' flow tables, read repeatedly while the demo runs (a closed flow leaves a
+/// table some seconds after its last packet), merged: router -> flow -> next hop.
+#[derive(Debug, Default)]
+struct FlowTables {
+    next_hops: HashMap<String, HashMap<FlowKey, String>>,
+    errors: Vec<String>,
+}
+
+impl FlowTables {
+    /// Reads every router's flow table once (`slr ctl NODE flows`, over its control socket).
+    fn read(&mut self, t: &Topology) {
+        for r in t.nodes_with(Role::Router) {
+            let sock = state::lab_dir(&t.name).join(format!("{}.sock", r.name));
+            match crate::ctl::request(&sock, &json!({"cmd": "flows", "limit": 1_000_000})) {
+                Ok(v) => {
+                    let table = self.next_hops.entry(r.name.clone()).or_default();
+                    for f in v["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                        let field = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                        table.insert(
+                            (field("protocol"), field("client"), field("virtual_host")),
+                            field("next_hop"),
+                        );
+                    }
+                }
+                Err(e) => {
+                    if self.errors.len() < 10 {
+                        self.errors.push(format!("{}: {e:#}", r.name));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The path of a TCP flow from the top router down: each next hop in turn, until a
+    /// host (or "?" where no table knows the flow).
+    fn trace(&self, t: &Topology, source: SocketAddrV4, vip: SocketAddrV4) -> Vec<String> {
+        let key: FlowKey = ("tcp".into(), source.to_string(), vip.to_string());
+        let Some(top) = t.top_router() else {
+            return Vec::new();
+        };
+        let mut path = vec![top.name.clone()];
+        let mut at = top.name.clone();
+        // A tree of n nodes has paths of at most n hops; the bound only guards a loop.
+        for _ in 0..t.nodes.len() {
+            let Some(next) = self.next_hops.get(&at).and_then(|m| m.get(&key)) else {
+                path.push("?".into());
+                return path;
+            };
+            path.push(next.clone());
+            match t.node(next).map(|n| n.role) {
+                Some(Role::Router) => at = next.clone(),
+                _ => return path,
+            }
+        }
+        path
+    }
+}
+
 fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
     let t = state.topology.clone();
     let captures = start_captures(state)?;
 
+    let mut tables = FlowTables::default();
+    let clients_done = AtomicBool::new(false);
     let reports: Vec<Result<ClientReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = t
             .nodes_with(Role::Client)
@@ -547,12 +932,30 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                 s.spawn(move || client_traffic(t, &name, opts.requests_per_client))
             })
             .collect();
-        handles
+        // A hierarchy's paths: read the flow tables every second while the clients run.
+        if t.is_hierarchy() {
+            let (t, tables, done) = (&t, &mut tables, &clients_done);
+            s.spawn(move || {
+                while !done.load(Ordering::SeqCst) && !interrupted() {
+                    tables.read(t);
+                    let next = Instant::now() + Duration::from_secs(1);
+                    while Instant::now() < next && !done.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            });
+        }
+        let reports = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| bail!("client thread panicked")))
-            .collect()
+            .collect();
+        clients_done.store(true, Ordering::SeqCst);
+        reports
     });
     check_interrupted()?;
+    if t.is_hierarchy() {
+        tables.read(&t);
+    }
     // Let the last packets (FINs, ACKs) reach the captures.
     sleep_interruptible(Duration::from_millis(300));
     stop_captures(state)?;
@@ -573,6 +976,15 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
     summary.udp_fragmented = t.nodes_with(Role::Client).count()
         * t.virtual_hosts.len()
         * UDP_SIZES.iter().filter(|s| **s > 1472).count();
+    if t.is_hierarchy() {
+        summary.hierarchy = true;
+        for r in summary.requests.iter_mut().filter(|r| r.error.is_none()) {
+            if let Some(source) = r.source {
+                r.path = tables.trace(&t, source, SocketAddrV4::new(r.vip, HTTP_PORT));
+            }
+        }
+        summary.flow_errors = tables.errors;
+    }
 
     let clients: Vec<Ipv4Addr> = t
         .nodes_with(Role::Client)
@@ -590,6 +1002,7 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                     .filter(|p| is_reply(&p.outer) || p.inner.as_ref().is_some_and(is_reply))
                     .count();
             }
+            Role::Host => {}
             Role::Client => {
                 let me = t.address(&cap.node).expect("client has a link");
                 for p in packets.iter().filter(|p| p.outer.dst == me) {
@@ -600,7 +1013,23 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                     }
                 }
             }
-            _ => {}
+            Role::Core => {}
+        }
+        // Below the top of a hierarchy: everything for a VIP must come tunnelled from the
+        // node's parent.
+        let parent = t.node(&cap.node).and_then(|n| n.parent.as_deref());
+        if let (true, Some(parent)) = (t.is_hierarchy(), parent) {
+            let parent_addr = t.address(parent).expect("parent has a link");
+            let mut c = TunnelCounts::default();
+            for p in &packets {
+                match p.inner {
+                    Some(_) if p.outer.src == parent_addr => c.from_parent += 1,
+                    Some(_) => c.from_other += 1,
+                    None if t.is_virtual(p.outer.dst) => c.plain_vip += 1,
+                    None => {}
+                }
+            }
+            summary.tunnels.insert(cap.node.clone(), c);
         }
     }
 
@@ -633,10 +1062,13 @@ mod tests {
     fn request(served_by: Option<&str>, error: Option<&str>) -> Request {
         Request {
             client: "c1".into(),
+            source: Some(SocketAddrV4::new(Ipv4Addr::new(10, 200, 1, 2), 40312)),
+            vip: Ipv4Addr::new(10, 99, 0, 1),
             url: "http://10.99.0.1/".into(),
             served_by: served_by.map(str::to_string),
             error: error.map(str::to_string),
             seconds: 0.002,
+            path: Vec::new(),
         }
     }
 
@@ -664,5 +1096,77 @@ mod tests {
     fn median() {
         assert_eq!(median_ms(&[]), None);
         assert_eq!(median_ms(&[0.003, 0.001, 0.002]), Some(2.0));
+    }
+
+    #[test]
+    fn a_hierarchy_fails_on_wrong_paths_foreign_tunnels_and_no_trace() {
+        let mut traced = request(Some("h2"), None);
+        traced.path = vec!["net".into(), "as1".into(), "site-a".into(), "h2".into()];
+        let mut untraced = request(Some("h3"), None);
+        untraced.path = vec!["net".into(), "?".into()];
+        let mut s = Summary {
+            requests: vec![traced.clone(), untraced.clone()],
+            udp_sent: 1,
+            udp_answered: 1,
+            client_vip_replies: 10,
+            hierarchy: true,
+            ..Summary::default()
+        };
+        assert!(traced.traced() && !untraced.traced());
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+        s.requests[0].path[3] = "h1".into();
+        assert_eq!(
+            s.problems(),
+            ["1 traced paths end at another host than the one that answered"]
+        );
+        s.requests = vec![untraced];
+        assert_eq!(
+            s.problems(),
+            ["no request could be traced through the routers' flow tables"]
+        );
+        s.requests = vec![traced];
+        s.tunnels.insert(
+            "as1".into(),
+            TunnelCounts {
+                from_parent: 10,
+                from_other: 2,
+                plain_vip: 1,
+            },
+        );
+        assert_eq!(
+            s.problems(),
+            [
+                "2 tunnelled packets reached a router or host from another node than its parent",
+                "1 packets for a VIP reached a lower router or a host outside a tunnel"
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_follow_the_flow_tables_from_the_top() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/three-level.toml"
+        );
+        let t = Topology::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 200, 1, 2), 40312);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 80);
+        let key: FlowKey = ("tcp".into(), client.to_string(), vip.to_string());
+        let mut tables = FlowTables::default();
+        for (router, next) in [("net", "as1"), ("as1", "site-b"), ("site-b", "h5")] {
+            tables
+                .next_hops
+                .entry(router.into())
+                .or_default()
+                .insert(key.clone(), next.into());
+        }
+        assert_eq!(
+            tables.trace(&t, client, vip),
+            ["net", "as1", "site-b", "h5"]
+        );
+        let other = SocketAddrV4::new(Ipv4Addr::new(10, 200, 1, 2), 40313);
+        assert_eq!(tables.trace(&t, other, vip), ["net", "?"]);
+        tables.next_hops.get_mut("site-b").unwrap().clear();
+        assert_eq!(tables.trace(&t, client, vip), ["net", "as1", "site-b", "?"]);
     }
 }

@@ -145,10 +145,15 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     netns::sysctl(&core_ns, &core_sysctls)?;
 
     // Clients reach VIPs through the router(s): the core routes each virtual subnet there.
-    let routers: Vec<Ipv4Addr> = t
-        .nodes_with(Role::Router)
-        .map(|r| t.address(&r.name).expect("router has a link"))
-        .collect();
+    // In a hierarchy only to the top router: lower routers and hosts receive only tunnels
+    // addressed to their own 10.200.k.2, which the core routes anyway.
+    let routers: Vec<Ipv4Addr> = match t.top_router() {
+        Some(top) => vec![t.address(&top.name).expect("router has a link")],
+        None => t
+            .nodes_with(Role::Router)
+            .map(|r| t.address(&r.name).expect("router has a link"))
+            .collect(),
+    };
     for vh in &t.virtual_hosts {
         let subnet = vh.subnet.to_string();
         let mut args = vec!["route".to_string(), "add".to_string(), subnet];
@@ -161,6 +166,13 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         netns::ip_in(&core_ns, &args)?;
+    }
+    check_interrupted()?;
+
+    let exe = std::env::current_exe().context("finding this executable")?;
+    // A hierarchy's daemons authenticate each other with certificates of the lab's own CA.
+    if t.is_hierarchy() {
+        make_pki(&t, &exe)?;
     }
     check_interrupted()?;
 
@@ -178,7 +190,6 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         let path = configs::config_path(&t.name, &node.name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let exe = std::env::current_exe().context("finding this executable")?;
     if opts.daemons {
         for role in [Role::Router, Role::Host] {
             for node in t.nodes_with(role) {
@@ -200,6 +211,33 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     wait_ready(state, opts)?;
     state.ready = true;
     state.save()
+}
+
+/// Makes the lab's CA and a certificate for every router and host (`slr ca init`, `slr ca
+/// issue`) in [`configs::pki_dir`], which goes with the state directory at `down`.
+fn make_pki(t: &Topology, exe: &Path) -> Result<()> {
+    let dir = configs::pki_dir(&t.name);
+    eprintln!(
+        "slr lab: making the lab's CA and certificates in {}",
+        dir.display()
+    );
+    let exe_s = exe.display().to_string();
+    let dir_s = dir.display().to_string();
+    netns::run(&exe_s, ["ca", "init", dir_s.as_str()]).with_context(|| {
+        format!(
+            "creating the lab's CA with `{exe_s} ca init {dir_s}` (a hierarchy lab needs an slr with the `ca` subcommand)"
+        )
+    })?;
+    for node in t
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Router | Role::Host))
+    {
+        check_interrupted()?;
+        netns::run(&exe_s, ["ca", "issue", dir_s.as_str(), node.name.as_str()])
+            .with_context(|| format!("issuing the certificate of {}", node.name))?;
+    }
+    Ok(())
 }
 
 /// Starts a process in a node's namespace and records it at once.
@@ -262,41 +300,61 @@ fn check_processes(state: &State) -> Result<()> {
 }
 
 /// Waits until every host answers `/health` on its own address and every VIP answers
-/// `/` through the router, both from the first client.
+/// `/` through the router, from the first client (in a hierarchy: from the first client of
+/// each client group, whose flows the top router may route by other entries, and from the
+/// first client without a group). A hierarchy then waits until every router hears from
+/// every child ([`wait_reports`]).
 fn wait_ready(state: &State, opts: &UpOptions) -> Result<()> {
     let t = &state.topology;
-    let client = t
+    let first_client = t
         .nodes_with(Role::Client)
         .next()
         .expect("validated: a client");
-    let client_ns = t.netns(&client.name);
     let deadline = Instant::now() + opts.ready_timeout;
-    let mut targets: Vec<(String, SocketAddrV4, &str)> = t
+    let mut targets: Vec<(String, &str, SocketAddrV4, &str)> = t
         .nodes_with(Role::Host)
         .map(|h| {
             let addr = t.address(&h.name).expect("host has a link");
             (
                 format!("host {} at {addr}", h.name),
+                first_client.name.as_str(),
                 SocketAddrV4::new(addr, HTTP_PORT),
                 "/health",
             )
         })
         .collect();
-    if opts.daemons {
-        targets.extend(t.virtual_hosts.iter().map(|v| {
-            (
-                format!(
-                    "virtual host {} at {} (through the router)",
-                    v.name,
-                    v.vip()
-                ),
-                SocketAddrV4::new(v.vip(), HTTP_PORT),
-                "/",
+    let mut vip_clients: Vec<&str> = vec![first_client.name.as_str()];
+    if t.is_hierarchy() {
+        vip_clients = t
+            .client_groups()
+            .iter()
+            .map(|(_, members)| members[0].name.as_str())
+            .chain(
+                t.nodes_with(Role::Client)
+                    .find(|c| c.group.is_none())
+                    .map(|c| c.name.as_str()),
             )
-        }));
+            .collect();
     }
-    for (what, addr, path) in targets {
+    if opts.daemons {
+        for client in vip_clients {
+            targets.extend(t.virtual_hosts.iter().map(|v| {
+                (
+                    format!(
+                        "virtual host {} at {} (through the router), from {client}",
+                        v.name,
+                        v.vip()
+                    ),
+                    client,
+                    SocketAddrV4::new(v.vip(), HTTP_PORT),
+                    "/",
+                )
+            }));
+        }
+    }
+    for (what, client, addr, path) in targets {
         eprintln!("slr lab: waiting for {what}");
+        let client_ns = t.netns(client);
         let mut last_error;
         loop {
             check_interrupted()?;
@@ -322,7 +380,88 @@ fn wait_ready(state: &State, opts: &UpOptions) -> Result<()> {
             sleep_interruptible(Duration::from_millis(200));
         }
     }
+    if opts.daemons && t.is_hierarchy() {
+        wait_reports(state, opts)?;
+    }
     Ok(())
+}
+
+/// Waits until every router of a hierarchy has heard from every child (`slr ctl NODE
+/// children`: each child `live`), then one more report and rebuild interval, so that the
+/// top router's table holds every branch. Routers that cannot say (no `children`
+/// command) get [`settle_time`] instead.
+fn wait_reports(state: &State, opts: &UpOptions) -> Result<()> {
+    let t = &state.topology;
+    let c = t.control.clone().unwrap_or_default();
+    let parse = |s: &str| crate::config::parse_duration(s).unwrap_or(Duration::from_secs(1));
+    let deadline = Instant::now() + opts.ready_timeout;
+    eprintln!("slr lab: waiting for every router to hear from each of its children");
+    loop {
+        check_interrupted()?;
+        check_processes(state)?;
+        let mut silent = Vec::new();
+        for r in t.nodes_with(Role::Router) {
+            let sock = lab_dir(&t.name).join(format!("{}.sock", r.name));
+            let view = match crate::ctl::request(&sock, &serde_json::json!({"cmd": "children"})) {
+                Ok(v) => v,
+                Err(e) if format!("{e:#}").contains("unknown command") => {
+                    let settle = settle_time(t);
+                    eprintln!(
+                        "slr lab: {} cannot list its children; giving the reports {settle:?} to reach the top",
+                        r.name
+                    );
+                    sleep_interruptible(settle);
+                    return check_interrupted();
+                }
+                Err(e) => {
+                    silent.push(format!("{} ({e:#})", r.name));
+                    continue;
+                }
+            };
+            let rows = view["control"]["children"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for child in t.children(&r.name) {
+                let live = rows
+                    .iter()
+                    .any(|row| row["name"] == child.name.as_str() && row["live"] == true);
+                if !live {
+                    silent.push(format!("{} -> {}", r.name, child.name));
+                }
+            }
+        }
+        if silent.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "after {:?}, routers had not heard from these children: {}{}",
+                opts.ready_timeout,
+                silent.join(", "),
+                log_tails(state)
+            );
+        }
+        sleep_interruptible(Duration::from_millis(250));
+    }
+    // The last reports climb one more level per interval; the top rebuilds its table.
+    sleep_interruptible(parse(&c.report_interval) + parse(&c.rebuild_interval));
+    check_interrupted()
+}
+
+/// How long reports take to climb a hierarchy once the first path works: at each level a
+/// router learns its children's load within a report interval and rebuilds its table within
+/// a rebuild interval; one more report interval for the slowest first connection.
+pub fn settle_time(t: &Topology) -> Duration {
+    let c = t.control.clone().unwrap_or_default();
+    let parse = |s: &str| crate::config::parse_duration(s).unwrap_or(Duration::from_secs(1));
+    let (report, rebuild) = (parse(&c.report_interval), parse(&c.rebuild_interval));
+    let depth = t
+        .nodes_with(Role::Router)
+        .map(|r| t.ancestors(&r.name).len() + 1)
+        .max()
+        .unwrap_or(1) as u32;
+    (report + rebuild) * depth + report
 }
 
 /// Stops a lab's recorded processes, deletes its recorded namespaces (newest first) and
@@ -451,6 +590,15 @@ pub struct NodeJson {
     pub addresses: Vec<String>,
     /// Pids of the processes the lab runs there.
     pub pids: Vec<i32>,
+    /// In a hierarchy, the router above this router or host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A router's level ("network", "as", "site", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// A client's client group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A virtual host in [`StatusJson`].
@@ -495,6 +643,9 @@ pub fn status_json(state: &State) -> StatusJson {
                 netns: t.netns(&n.name),
                 addresses: t.addresses(n),
                 pids: state.pids(&n.name),
+                parent: n.parent.clone(),
+                level: n.level.clone(),
+                group: n.group.clone(),
             })
             .collect(),
         virtual_hosts: t
@@ -543,9 +694,57 @@ fn print_status(state: &State) {
         state.topology_file.display(),
         state.dir().display()
     );
+    // A hierarchy adds where each node sits: a router's level, a node's parent, a client's
+    // group.
+    let place = |n: &super::topology::Node| -> String {
+        if !t.is_hierarchy() {
+            return String::new();
+        }
+        let mut p: Vec<String> = Vec::new();
+        if let Some(l) = &n.level {
+            p.push(l.clone());
+        }
+        if let Some(parent) = &n.parent {
+            p.push(format!("< {parent}"));
+        }
+        if let Some(g) = &n.group {
+            p.push(format!("group {g}"));
+        }
+        format!(
+            " {:<18}",
+            if p.is_empty() {
+                "-".into()
+            } else {
+                p.join(" ")
+            }
+        )
+    };
+    // Columns as wide as the longest name (at least the widths a one-site lab needs).
+    let node_w = t
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    let netns_w = t
+        .nodes
+        .iter()
+        .map(|n| t.netns(&n.name).len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
     println!(
-        "  {:<10} {:<7} {:<20} {:<18} PROCESSES",
-        "NODE", "ROLE", "NETNS", "ADDRESS"
+        "  {:<node_w$} {:<7}{} {:<netns_w$} {:<18} PROCESSES",
+        "NODE",
+        "ROLE",
+        if t.is_hierarchy() {
+            format!(" {:<18}", "PLACE")
+        } else {
+            String::new()
+        },
+        "NETNS",
+        "ADDRESS"
     );
     for n in &t.nodes {
         let addrs = t.addresses(n);
@@ -568,9 +767,10 @@ fn print_status(state: &State) {
             })
             .collect();
         println!(
-            "  {:<10} {:<7} {:<20} {:<18} {}",
+            "  {:<node_w$} {:<7}{} {:<netns_w$} {:<18} {}",
             n.name,
             n.role.as_str(),
+            place(n),
             t.netns(&n.name),
             addr,
             if procs.is_empty() {
@@ -608,6 +808,9 @@ pub fn print_up_summary(state: &State) {
         count(Role::Client),
         state.dir().display()
     );
+    for line in t.tree() {
+        println!("  {line}");
+    }
     let client = t.nodes_with(Role::Client).next().map(|c| t.netns(&c.name));
     let host = t.nodes_with(Role::Host).next();
     if let (Some(client_ns), Some(host)) = (client, host) {
@@ -619,11 +822,79 @@ pub fn print_up_summary(state: &State) {
             t.address(&host.name).expect("host has a link")
         );
     }
+    if let Some(top) = t.top_router() {
+        println!(
+            "  routers: slr ctl {0} children; slr ctl {0} table; slr ctl {0} flows",
+            top.name
+        );
+    }
     println!(
         "  status: slr lab status; tear down: slr lab down {}",
         state.lab
     );
     if interrupted() {
         println!("  (interrupted after it came up)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(file: &str) -> Topology {
+        let path = format!("{}/../../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        Topology::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn status_json_adds_parent_level_and_group() {
+        let state = State::new(example("three-level.toml"), "three-level.toml".into());
+        let v = serde_json::to_value(status_json(&state)).unwrap();
+        let node = |name: &str| {
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let net = node("net");
+        assert_eq!(net["role"], "router");
+        assert_eq!(net["level"], "network");
+        assert!(net.get("parent").is_none(), "the top router has none");
+        assert_eq!(net["addresses"][0], "10.200.3.2/24");
+        assert_eq!(node("as2")["parent"], "net");
+        assert_eq!(node("site-c")["level"], "site");
+        assert_eq!(node("h10")["parent"], "site-d");
+        assert!(node("h10").get("level").is_none());
+        assert_eq!(node("c3")["group"], "west");
+        assert_eq!(node("core")["role"], "core");
+        for key in ["name", "role", "netns", "addresses", "pids"] {
+            assert!(node("c1").get(key).is_some(), "{key}");
+        }
+        // A static lab keeps its keys; its one router is a site.
+        let state = State::new(example("site.toml"), "site.toml".into());
+        let v = serde_json::to_value(status_json(&state)).unwrap();
+        let r1 = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "r1")
+            .unwrap();
+        assert_eq!(r1["level"], "site");
+        assert!(r1.get("parent").is_none());
+    }
+
+    #[test]
+    fn settle_time_grows_with_depth() {
+        assert_eq!(
+            settle_time(&example("three-level.toml")),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            settle_time(&example("four-level.toml")),
+            Duration::from_secs(9)
+        );
     }
 }

@@ -6,6 +6,13 @@
 //! client → core → router → (IP-in-IP) → core → host, and the host's answer goes
 //! host → core → client without touching the router (direct server return).
 //!
+//! A topology can also be a hierarchy of any depth (network router → AS routers → site
+//! routers → hosts, or more levels): the core then routes the virtual subnets to the top
+//! router only, and every level tunnels a new flow to one of its children through the core
+//! (client → core → net → core → as1 → core → site-a → core → h2), each router choosing by
+//! the cost its children report over mutual TLS with certificates `up` makes
+//! (`<state>/pki/`); the host still answers straight to the client.
+//!
 //! - `slr lab up FILE` builds the namespaces and links, writes the daemons' configs,
 //!   starts `slr router`, `slr host` and `slr serve`, and waits until every host and
 //!   every VIP answers. A failure (or Ctrl-C) tears down what was built.
@@ -13,7 +20,8 @@
 //! - `slr lab down [NAME]` stops the lab's processes and deletes its namespaces: only
 //!   what its state file ([`state`]) records, so it is safe after a crash and idempotent.
 //! - `slr lab run FILE` is up, a demo of real traffic with a one-screen summary
-//!   ([`demo`]), and down.
+//!   ([`demo`]; for a hierarchy also the spread per client group and level and each
+//!   request's path through the routers' flow tables), and down.
 //!
 //! Everything needs root (namespaces) and the `ip` command; the demo also uses `curl`
 //! and `tcpdump`.

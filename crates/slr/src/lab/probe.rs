@@ -107,8 +107,16 @@ mod tests {
         };
         std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // Read the whole request: closing with unread data would reset the connection.
+            let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
                 .unwrap();
         });

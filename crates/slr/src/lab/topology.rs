@@ -13,13 +13,34 @@
 //!                          # bare address is a /32); must not overlap another virtual
 //!                          # subnet, 10.200.0.0/16 (lab links) or 127.0.0.0/8. Its VIP is
 //!                          # the first address (.1; a /32 is its own VIP).
-//! policy = "maglev"        # round_robin | weighted | least_flows | maglev (default maglev)
+//! policy = "maglev"        # round_robin | weighted | least_flows | maglev (default maglev);
+//!                          # in a hierarchy only cost (its default): see below
 //! udp = "pin"              # pin | per_datagram (default pin)
 //!
 //! [[nodes]]                # at least one client, one router and one host
-//! name = "h1"              # required; unique; [a-z0-9_-], at most 24 characters
+//! name = "h1"              # required; unique; [a-z0-9_-], at most 24 characters (in a
+//!                          # hierarchy routers and hosts [a-z0-9-]: their certificates
+//!                          # carry the name as a DNS name)
 //! role = "host"            # required; client | router | host | core
-//! weight = 1               # hosts only; 0..=65535, default 1; at least one host needs > 0
+//! weight = 1               # hosts of a static lab only; 0..=65535, default 1; at least one
+//!                          # host needs > 0
+//! parent = "site-a"        # hierarchy: the router this router or host is a child of
+//! level = "as"             # routers only: "network", "as", "site" or any label ([a-z0-9_-]);
+//!                          # default "site" if all its children are hosts, else "router"
+//! group = "east"           # clients of a hierarchy only: the client group (F13 client
+//!                          # location) the top router knows this client's address by
+//! cost = 10.0              # routers and hosts of a hierarchy: the static routing cost its
+//!                          # parent gives it (finite, >= 0; default 1)
+//! labels = { region = "east" }   # routers and hosts of a hierarchy: labels its parent's
+//!                          # cost function sees (string values; default none)
+//!
+//! [control]                # optional, hierarchy only (its presence alone makes one): the
+//!                          # state update protocol's settings, the same for every daemon
+//! report_interval = "1s"   # how often children report to their parents (default "1s")
+//! silent_after = 3         # reports a child may miss before it leaves selection (default 3)
+//! rebuild_interval = "1s"  # how often routers rebuild their route tables (default "1s")
+//! f = "..."                # the operator's cost function F (CEL), the routers' [cost] f;
+//! g = "..."                # and the aggregation G; unset: the routers' defaults
 //!
 //! [router_config]          # optional: merged over the router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
@@ -28,6 +49,24 @@
 //!
 //! The core namespace, which joins every node, is implicit: a node named "core" with role
 //! `core` is added unless the file declares one (at most one; it may have another name).
+//!
+//! # Static labs and hierarchies
+//!
+//! A file without any `parent` key and without `[control]` is a **static** lab, as before
+//! hierarchies existed: every router (usually one, a site) has every host as a next hop with
+//! its `weight`, chooses by the virtual host's `policy`, and the core spreads the virtual
+//! subnets over all routers.
+//!
+//! A file with a `parent` key or a `[control]` table is a **hierarchy** of any depth (F5):
+//! a network router above AS routers above site routers above hosts, or any other number of
+//! levels. Exactly one router has no parent: the *top* router, the only one the core routes the
+//! virtual subnets to. Every other router and every host names its parent router (with exactly
+//! one router, hosts without `parent` are its children). Each router tunnels a new flow to one
+//! of its children, chosen by cost from the children's reports (policy `cost`); children report
+//! to their parents over mutual TLS with certificates `lab up` issues. Lower routers and hosts
+//! receive only tunnelled packets from their parent, addressed to their own 10.200.k.2; hosts
+//! answer the clients directly through the core. Clients may carry a `group`: the top router
+//! gets one client group per name, with those clients' addresses.
 //!
 //! Address plan: the k-th non-core node in file order (k = 1, 2, ...; at most 254) is
 //! wired to the core with one veth pair on 10.200.k.0/24: the node side is "eth0" with
@@ -40,6 +79,7 @@
 
 use serde::{Deserialize, Serialize};
 use slr_wire::Ipv4Cidr;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -180,10 +220,12 @@ pub enum Policy {
     LeastFlows,
     /// Consistent hashing of the flow (Maglev table).
     Maglev,
+    /// The child with the least cost, from its reports (every router of a hierarchy).
+    Cost,
 }
 
 impl Policy {
-    const NAMES: &'static str = "round_robin, weighted, least_flows, maglev";
+    const NAMES: &'static str = "round_robin, weighted, least_flows, maglev, cost";
 
     /// The policy's name as written in topology and router config files.
     pub fn as_str(self) -> &'static str {
@@ -192,6 +234,7 @@ impl Policy {
             Policy::Weighted => "weighted",
             Policy::LeastFlows => "least_flows",
             Policy::Maglev => "maglev",
+            Policy::Cost => "cost",
         }
     }
 }
@@ -204,6 +247,7 @@ impl FromStr for Policy {
             "weighted" => Policy::Weighted,
             "least_flows" => Policy::LeastFlows,
             "maglev" => Policy::Maglev,
+            "cost" => Policy::Cost,
             _ => return Err(()),
         })
     }
@@ -264,7 +308,7 @@ impl VirtualHost {
 }
 
 /// A node: one network namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Name, unique in the lab.
     pub name: String,
@@ -272,10 +316,62 @@ pub struct Node {
     pub role: Role,
     /// Router weight of a host (1 for other roles, where it means nothing).
     pub weight: u32,
+    /// In a hierarchy, the router above this router or host (resolved: a host of a
+    /// one-router hierarchy that names none gets that router). `None` for the top router,
+    /// clients, the core, and every node of a static lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A router's level ("network", "as", "site", ...; resolved to its default when the
+    /// file names none); `None` for other roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// A client's client group, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The static routing cost the parent gives this router or host (default 1).
+    #[serde(default = "default_cost")]
+    pub cost: f64,
+    /// Labels the parent's cost function sees.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_cost() -> f64 {
+    1.0
+}
+
+/// `[control]`: the state update protocol's settings, the same for every daemon of a
+/// hierarchy (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlSettings {
+    /// How often children report (a duration such as "1s").
+    pub report_interval: String,
+    /// Reports a child may miss before it leaves selection.
+    pub silent_after: u32,
+    /// How often routers rebuild their route tables.
+    pub rebuild_interval: String,
+    /// The operator's cost function F (CEL), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f: Option<String>,
+    /// The aggregation G (CEL), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub g: Option<String>,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            report_interval: "1s".into(),
+            silent_after: 3,
+            rebuild_interval: "1s".into(),
+            f: None,
+            g: None,
+        }
+    }
 }
 
 /// A validated topology. `nodes` holds exactly one core node (declared or implicit).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
     /// Lab name.
     pub name: String,
@@ -287,6 +383,10 @@ pub struct Topology {
     /// example `[router_config.flow_table] max_flows = 20000`), kept as text; empty if none.
     #[serde(default)]
     pub router_config: String,
+    /// `Some` (with defaults filled in) when the lab is a hierarchy (a `parent` key or a
+    /// `[control]` table in the file), `None` for a static lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSettings>,
 }
 
 /// One node's link to the core.
@@ -320,7 +420,7 @@ impl Topology {
         check_keys(
             table,
             "",
-            &["lab", "virtual_hosts", "nodes", "router_config"],
+            &["lab", "virtual_hosts", "nodes", "router_config", "control"],
         )?;
         let router_config = match table.get("router_config") {
             None => String::new(),
@@ -343,6 +443,17 @@ impl Topology {
         let name = req_str(lab, "lab", "name")?;
         check_name(&name, "lab.name", false)?;
 
+        let node_tables = array_of_tables(table, "nodes")?;
+        // A `parent` anywhere or a [control] table makes the lab a hierarchy; what is valid
+        // below (policies, weights, costs) depends on it.
+        let hierarchy =
+            table.contains_key("control") || node_tables.iter().any(|t| t.contains_key("parent"));
+        let control = if hierarchy {
+            Some(parse_control(table.get("control"))?)
+        } else {
+            None
+        };
+
         let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
         for (i, t) in array_of_tables(table, "virtual_hosts")?.iter().enumerate() {
             let at = format!("virtual_hosts[{i}]");
@@ -359,7 +470,33 @@ impl Topology {
             let subnet = parse_subnet(&subnet_s)
                 .map_err(|e| TopologyError::new(format!("{at}.subnet"), e))?;
             check_virtual_subnet(subnet, &format!("{at}.subnet"), &virtual_hosts)?;
-            let policy = opt_enum(t, &at, "policy", Policy::Maglev, "policy", Policy::NAMES)?;
+            let default_policy = if hierarchy {
+                Policy::Cost
+            } else {
+                Policy::Maglev
+            };
+            let policy = opt_enum(t, &at, "policy", default_policy, "policy", Policy::NAMES)?;
+            match (hierarchy, policy) {
+                (true, Policy::Cost) | (false, Policy::RoundRobin)
+                | (false, Policy::Weighted)
+                | (false, Policy::LeastFlows)
+                | (false, Policy::Maglev) => {}
+                (true, p) => {
+                    return Err(TopologyError::new(
+                        format!("{at}.policy"),
+                        format!(
+                            "{:?}: in a hierarchy every router chooses by the cost its children report; use \"cost\" or leave policy out",
+                            p.as_str()
+                        ),
+                    ))
+                }
+                (false, Policy::Cost) => {
+                    return Err(TopologyError::new(
+                        format!("{at}.policy"),
+                        "\"cost\" needs a hierarchy (routers learn costs from their children's reports): give routers and hosts a parent, or add a [control] table",
+                    ))
+                }
+            }
             let udp = opt_enum(t, &at, "udp", UdpMode::Pin, "udp mode", UdpMode::NAMES)?;
             virtual_hosts.push(VirtualHost {
                 name: vh_name,
@@ -376,9 +513,17 @@ impl Topology {
         }
 
         let mut nodes: Vec<Node> = Vec::new();
-        for (i, t) in array_of_tables(table, "nodes")?.iter().enumerate() {
+        // Index in the file of each node in `nodes` (the implicit core has none), for errors.
+        let mut file_index: Vec<usize> = Vec::new();
+        for (i, t) in node_tables.iter().enumerate() {
             let at = format!("nodes[{i}]");
-            check_keys(t, &at, &["name", "role", "weight"])?;
+            check_keys(
+                t,
+                &at,
+                &[
+                    "name", "role", "weight", "parent", "level", "group", "cost", "labels",
+                ],
+            )?;
             let node_name = req_str(t, &at, "name")?;
             check_name(&node_name, &format!("{at}.name"), true)?;
             if nodes.iter().any(|n| n.name == node_name) {
@@ -409,17 +554,52 @@ impl Topology {
                     ),
                 ));
             }
+            if hierarchy && matches!(role, Role::Router | Role::Host) && node_name.contains('_') {
+                return Err(TopologyError::new(
+                    format!("{at}.name"),
+                    format!(
+                        "{node_name:?}: in a hierarchy router and host names are certificate DNS names ([a-z0-9-], no '_')"
+                    ),
+                ));
+            }
+            // Which role may carry which key, and in which kind of lab.
+            let only = |key: &str, roles: &[Role], needs_hierarchy: bool| {
+                if !t.contains_key(key) {
+                    return Ok(());
+                }
+                let who = roles
+                    .iter()
+                    .map(|r| format!("{}s", r.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                if !roles.contains(&role) {
+                    return Err(TopologyError::new(
+                        format!("{at}.{key}"),
+                        format!("only {who} have a {key} (this node is a {})", role.as_str()),
+                    ));
+                }
+                if needs_hierarchy && !hierarchy {
+                    return Err(TopologyError::new(
+                        format!("{at}.{key}"),
+                        "only a hierarchy uses it: give routers and hosts a parent, or add a [control] table",
+                    ));
+                }
+                Ok(())
+            };
+            only("weight", &[Role::Host], false)?;
+            only("parent", &[Role::Router, Role::Host], true)?;
+            only("level", &[Role::Router], false)?;
+            only("group", &[Role::Client], true)?;
+            only("cost", &[Role::Router, Role::Host], true)?;
+            only("labels", &[Role::Router, Role::Host], true)?;
+            if hierarchy && t.contains_key("weight") {
+                return Err(TopologyError::new(
+                    format!("{at}.weight"),
+                    "a hierarchy chooses by cost and reports, not by weight (use cost)",
+                ));
+            }
             let weight = match t.get("weight") {
                 None => 1,
-                Some(_) if role != Role::Host => {
-                    return Err(TopologyError::new(
-                        format!("{at}.weight"),
-                        format!(
-                            "only hosts have a weight (this node is a {})",
-                            role.as_str()
-                        ),
-                    ))
-                }
                 Some(v) => v
                     .as_integer()
                     .and_then(|w| u32::try_from(w).ok())
@@ -431,6 +611,29 @@ impl Topology {
                         )
                     })?,
             };
+            let parent = opt_str(t, &at, "parent")?;
+            let level = opt_str(t, &at, "level")?;
+            if let Some(l) = &level {
+                check_name(l, &format!("{at}.level"), true)?;
+            }
+            let group = opt_str(t, &at, "group")?;
+            if let Some(g) = &group {
+                check_name(g, &format!("{at}.group"), true)?;
+            }
+            let cost = match t.get("cost") {
+                None => default_cost(),
+                Some(v) => v
+                    .as_float()
+                    .or_else(|| v.as_integer().map(|i| i as f64))
+                    .filter(|c| c.is_finite() && *c >= 0.0)
+                    .ok_or_else(|| {
+                        TopologyError::new(
+                            format!("{at}.cost"),
+                            format!("{v} is not a finite number >= 0"),
+                        )
+                    })?,
+            };
+            let labels = parse_labels(t.get("labels"), &format!("{at}.labels"))?;
             if role != Role::Core {
                 // Interface names are cut to 15 characters: two long names with a common
                 // prefix would collide in the core namespace.
@@ -452,7 +655,13 @@ impl Topology {
                 name: node_name,
                 role,
                 weight,
+                parent,
+                level,
+                group,
+                cost,
+                labels,
             });
+            file_index.push(i);
         }
         if !nodes.iter().any(|n| n.role == Role::Core) {
             nodes.insert(
@@ -461,8 +670,14 @@ impl Topology {
                     name: "core".into(),
                     role: Role::Core,
                     weight: 1,
+                    parent: None,
+                    level: None,
+                    group: None,
+                    cost: default_cost(),
+                    labels: BTreeMap::new(),
                 },
             );
+            file_index.insert(0, usize::MAX);
         }
 
         for (role, what) in [
@@ -477,11 +692,41 @@ impl Topology {
                 ));
             }
         }
-        if !nodes.iter().any(|n| n.role == Role::Host && n.weight > 0) {
+        if hierarchy {
+            resolve_hierarchy(&mut nodes, &file_index)?;
+        } else if !nodes.iter().any(|n| n.role == Role::Host && n.weight > 0) {
             return Err(TopologyError::new(
                 "nodes",
                 "every host has weight 0: nothing would serve the virtual hosts",
             ));
+        }
+        // Routers' default level: "site" above hosts only, "router" otherwise (in a static
+        // lab every router's children are the hosts).
+        let levels: Vec<Option<String>> = nodes
+            .iter()
+            .map(|n| {
+                if n.role != Role::Router {
+                    return None;
+                }
+                if let Some(l) = &n.level {
+                    return Some(l.clone());
+                }
+                let mut children = nodes.iter().filter(|c| {
+                    if hierarchy {
+                        c.parent.as_deref() == Some(&n.name)
+                    } else {
+                        c.role == Role::Host
+                    }
+                });
+                Some(if children.all(|c| c.role == Role::Host) {
+                    "site".to_string()
+                } else {
+                    "router".to_string()
+                })
+            })
+            .collect();
+        for (n, level) in nodes.iter_mut().zip(levels) {
+            n.level = level;
         }
         let linked = nodes.iter().filter(|n| n.role != Role::Core).count();
         if linked > 254 {
@@ -496,6 +741,7 @@ impl Topology {
             virtual_hosts,
             nodes,
             router_config,
+            control,
         })
     }
 
@@ -559,6 +805,128 @@ impl Topology {
     pub fn is_virtual(&self, ip: Ipv4Addr) -> bool {
         self.virtual_hosts.iter().any(|v| v.subnet.contains(ip))
     }
+
+    /// Whether the lab is a hierarchy (its routers choose by the cost their children
+    /// report) rather than a static lab.
+    pub fn is_hierarchy(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The top router of a hierarchy (the one without parent, which the core routes the
+    /// virtual subnets to); `None` in a static lab.
+    pub fn top_router(&self) -> Option<&Node> {
+        if !self.is_hierarchy() {
+            return None;
+        }
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Router && n.parent.is_none())
+    }
+
+    /// A router's children in file order: in a hierarchy the routers and hosts that name
+    /// it as parent; in a static lab every host.
+    pub fn children(&self, router: &str) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                if self.is_hierarchy() {
+                    n.parent.as_deref() == Some(router)
+                } else {
+                    n.role == Role::Host
+                        && self.node(router).is_some_and(|r| r.role == Role::Router)
+                }
+            })
+            .collect()
+    }
+
+    /// The routers above a node, top first (empty for the top router, clients, the core and
+    /// every node of a static lab).
+    pub fn ancestors(&self, node: &str) -> Vec<&Node> {
+        let mut chain = Vec::new();
+        let mut cur = self.node(node).and_then(|n| n.parent.as_deref());
+        while let Some(p) = cur {
+            let Some(parent) = self.node(p) else { break };
+            if chain.iter().any(|c: &&Node| c.name == parent.name) {
+                break; // validated topologies have no cycle; do not loop on a hand-edited state
+            }
+            chain.push(parent);
+            cur = parent.parent.as_deref();
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// Routers' levels, top first: each level name once, ordered by the least depth at which
+    /// a router of that level sits.
+    pub fn router_levels(&self) -> Vec<String> {
+        let mut levels: Vec<(usize, String)> = Vec::new();
+        for r in self.nodes_with(Role::Router) {
+            let depth = self.ancestors(&r.name).len();
+            let level = r.level.clone().unwrap_or_else(|| "router".into());
+            match levels.iter_mut().find(|(_, l)| *l == level) {
+                Some((d, _)) => *d = (*d).min(depth),
+                None => levels.push((depth, level)),
+            }
+        }
+        levels.sort_by_key(|(d, _)| *d);
+        levels.into_iter().map(|(_, l)| l).collect()
+    }
+
+    /// A hierarchy drawn as indented lines, top router first: a router as `name (level)`
+    /// with its cost and labels when set, its host children on the same line
+    /// (`site-a (site): h1 h2 h3`). Empty for a static lab.
+    pub fn tree(&self) -> Vec<String> {
+        fn walk(t: &Topology, node: &Node, depth: usize, out: &mut Vec<String>) {
+            let mut line = format!(
+                "{}{} ({})",
+                "  ".repeat(depth),
+                node.name,
+                node.level.as_deref().unwrap_or("router")
+            );
+            if node.parent.is_some() && node.cost != 1.0 {
+                line += &format!(" cost {}", node.cost);
+            }
+            for (k, v) in &node.labels {
+                line += &format!(" {k}={v}");
+            }
+            let children = t.children(&node.name);
+            let hosts: Vec<&str> = children
+                .iter()
+                .filter(|c| c.role == Role::Host)
+                .map(|c| c.name.as_str())
+                .collect();
+            if !hosts.is_empty() {
+                line += &format!(": {}", hosts.join(" "));
+            }
+            out.push(line);
+            for c in children.iter().filter(|c| c.role == Role::Router) {
+                walk(t, c, depth + 1, out);
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(top) = self.top_router() {
+            walk(self, top, 0, &mut out);
+        }
+        out
+    }
+
+    /// Client groups in order of first appearance, with their clients.
+    pub fn client_groups(&self) -> Vec<(String, Vec<&Node>)> {
+        let mut groups: Vec<(String, Vec<&Node>)> = Vec::new();
+        for c in self.nodes_with(Role::Client) {
+            let Some(g) = &c.group else { continue };
+            match groups.iter_mut().find(|(name, _)| name == g) {
+                Some((_, members)) => members.push(c),
+                None => groups.push((g.clone(), vec![c])),
+            }
+        }
+        groups
+    }
 }
 
 /// The core side's interface name for a node: `v-<node>` cut to 15 characters.
@@ -581,6 +949,229 @@ fn check_keys(t: &toml::Table, at: &str, allowed: &[&str]) -> Result<(), Topolog
         }
     }
     Ok(())
+}
+
+/// Reads `[control]` (absent: every default).
+fn parse_control(v: Option<&toml::Value>) -> Result<ControlSettings, TopologyError> {
+    let mut c = ControlSettings::default();
+    let Some(v) = v else { return Ok(c) };
+    let t = v.as_table().ok_or_else(|| {
+        TopologyError::new(
+            "control",
+            format!("must be a table ([control]), found a {}", v.type_str()),
+        )
+    })?;
+    check_keys(
+        t,
+        "control",
+        &[
+            "report_interval",
+            "silent_after",
+            "rebuild_interval",
+            "f",
+            "g",
+        ],
+    )?;
+    for (key, slot) in [
+        ("report_interval", &mut c.report_interval),
+        ("rebuild_interval", &mut c.rebuild_interval),
+    ] {
+        if let Some(s) = opt_str(t, "control", key)? {
+            match crate::config::parse_duration(&s) {
+                Some(d) if d >= std::time::Duration::from_millis(50) => *slot = s,
+                _ => {
+                    return Err(TopologyError::new(
+                        format!("control.{key}"),
+                        format!(
+                            "{s:?} is not a duration of at least 50ms (e.g. \"500ms\", \"1s\")"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    if let Some(v) = t.get("silent_after") {
+        c.silent_after = v
+            .as_integer()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                TopologyError::new(
+                    "control.silent_after",
+                    format!("{v} is not an integer >= 1"),
+                )
+            })?;
+    }
+    for (key, slot) in [("f", &mut c.f), ("g", &mut c.g)] {
+        if let Some(s) = opt_str(t, "control", key)? {
+            if s.trim().is_empty() {
+                return Err(TopologyError::new(
+                    format!("control.{key}"),
+                    "an empty expression (leave the key out for the routers' default)",
+                ));
+            }
+            *slot = Some(s);
+        }
+    }
+    Ok(c)
+}
+
+/// Reads a node's `labels` table: names to strings.
+fn parse_labels(
+    v: Option<&toml::Value>,
+    at: &str,
+) -> Result<BTreeMap<String, String>, TopologyError> {
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
+    let t = v.as_table().ok_or_else(|| {
+        TopologyError::new(
+            at,
+            format!(
+                "must be a table such as {{ region = \"east\" }}, found {} {v}",
+                v.type_str()
+            ),
+        )
+    })?;
+    let mut labels = BTreeMap::new();
+    for (k, v) in t {
+        check_name(k, &format!("{at}.{k}"), true)?;
+        let s = v.as_str().ok_or_else(|| {
+            TopologyError::new(
+                format!("{at}.{k}"),
+                format!("expected a string, found {} {v}", v.type_str()),
+            )
+        })?;
+        labels.insert(k.clone(), s.to_string());
+    }
+    Ok(labels)
+}
+
+/// Checks a hierarchy's shape and fills in implicit parents: every parent is a router,
+/// no cycles, exactly one top router, every router has a child. `file_index[i]` is the
+/// index in the file of `nodes[i]`, for error keys.
+fn resolve_hierarchy(nodes: &mut [Node], file_index: &[usize]) -> Result<(), TopologyError> {
+    let at = |i: usize| format!("nodes[{}]", file_index[i]);
+    let routers: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Router)
+        .map(|n| n.name.clone())
+        .collect();
+    for i in 0..nodes.len() {
+        let n = &nodes[i];
+        let Some(p) = &n.parent else {
+            if n.role == Role::Host {
+                if let [only] = routers.as_slice() {
+                    nodes[i].parent = Some(only.clone());
+                    continue;
+                }
+                return Err(TopologyError::new(
+                    format!("{}.parent", at(i)),
+                    format!(
+                        "missing: with {} routers every host names its (site) router as parent",
+                        routers.len()
+                    ),
+                ));
+            }
+            continue;
+        };
+        if p == &n.name {
+            return Err(TopologyError::new(
+                format!("{}.parent", at(i)),
+                format!("{p:?} is the node itself"),
+            ));
+        }
+        match nodes.iter().find(|o| &o.name == p) {
+            None => {
+                return Err(TopologyError::new(
+                    format!("{}.parent", at(i)),
+                    format!("unknown node {p:?}"),
+                ))
+            }
+            Some(o) if o.role != Role::Router => {
+                return Err(TopologyError::new(
+                    format!("{}.parent", at(i)),
+                    format!(
+                        "{p:?} is a {}, not a router (a {}'s parent is {})",
+                        o.role.as_str(),
+                        n.role.as_str(),
+                        if n.role == Role::Host {
+                            "its site router"
+                        } else {
+                            "the router of the level above"
+                        }
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    // Cycles: walk up from every router; a chain that comes back to a node it passed is one.
+    for i in 0..nodes.len() {
+        if nodes[i].role != Role::Router {
+            continue;
+        }
+        let mut chain = vec![nodes[i].name.clone()];
+        let mut cur = nodes[i].parent.clone();
+        while let Some(p) = cur {
+            if chain.contains(&p) {
+                chain.push(p);
+                return Err(TopologyError::new(
+                    format!("{}.parent", at(i)),
+                    format!(
+                        "cycle {} (a hierarchy is a tree below one top router)",
+                        chain.join(" -> ")
+                    ),
+                ));
+            }
+            cur = nodes
+                .iter()
+                .find(|o| o.name == p)
+                .and_then(|o| o.parent.clone());
+            chain.push(p);
+        }
+    }
+    let tops: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.role == Role::Router && n.parent.is_none())
+        .map(|n| n.name.as_str())
+        .collect();
+    if tops.len() != 1 {
+        return Err(TopologyError::new(
+            "nodes",
+            format!(
+                "routers {} have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent",
+                tops.iter()
+                    .map(|t| format!("{t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if n.role == Role::Router
+            && !nodes
+                .iter()
+                .any(|c| c.parent.as_deref() == Some(n.name.as_str()))
+        {
+            return Err(TopologyError::new(
+                at(i),
+                format!(
+                    "router {:?} has no child (no router or host names it as parent)",
+                    n.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn opt_str(t: &toml::Table, at: &str, key: &str) -> Result<Option<String>, TopologyError> {
+    if t.contains_key(key) {
+        req_str(t, at, key).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 fn req_str(t: &toml::Table, at: &str, key: &str) -> Result<String, TopologyError> {
@@ -829,7 +1420,7 @@ mod tests {
     fn rejects_bad_values() {
         assert_eq!(
             err(&SITE.replace("\"maglev\"", "\"random\"")),
-            "virtual_hosts[0].policy: unknown policy \"random\" (expected round_robin, weighted, least_flows, maglev)"
+            "virtual_hosts[0].policy: unknown policy \"random\" (expected round_robin, weighted, least_flows, maglev, cost)"
         );
         assert_eq!(
             err(&SITE.replace("udp = \"pin\"", "udp = \"sticky\"")),
@@ -853,7 +1444,7 @@ mod tests {
         );
         assert_eq!(
             err(&SITE.replace("weight = 2", "wieght = 2")),
-            "nodes[2].wieght: unknown key (expected one of name, role, weight)"
+            "nodes[2].wieght: unknown key (expected one of name, role, weight, parent, level, group, cost, labels)"
         );
         assert_eq!(
             err(&SITE.replace("name = \"site\"", "name = \"Site\"")),
@@ -881,7 +1472,7 @@ mod tests {
         );
         assert_eq!(
             err("x = 1"),
-            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config)"
+            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config, control)"
         );
         assert_eq!(
             err(&format!("router_config = 3\n{SITE}")),
@@ -916,5 +1507,315 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert!(json.contains("\"subnet\":\"10.99.0.0/24\""));
         assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), t);
+    }
+
+    /// Three levels: network, two AS, two sites per AS (one with a mixed set of children
+    /// is not needed here), hosts; two client groups.
+    const THREE: &str = r#"
+        [lab]
+        name = "three"
+        [control]
+        report_interval = "500ms"
+        f = 'cost + load'
+        [[virtual_hosts]]
+        name = "web"
+        subnet = "10.99.0.0/24"
+        [[nodes]]
+        name = "c1"
+        role = "client"
+        group = "east"
+        [[nodes]]
+        name = "net"
+        role = "router"
+        level = "network"
+        [[nodes]]
+        name = "as1"
+        role = "router"
+        level = "as"
+        parent = "net"
+        labels = { region = "east" }
+        [[nodes]]
+        name = "as2"
+        role = "router"
+        parent = "net"
+        cost = 10
+        [[nodes]]
+        name = "site-a"
+        role = "router"
+        parent = "as1"
+        [[nodes]]
+        name = "site-c"
+        role = "router"
+        parent = "as2"
+        [[nodes]]
+        name = "h1"
+        role = "host"
+        parent = "site-a"
+        cost = 2.5
+        [[nodes]]
+        name = "h2"
+        role = "host"
+        parent = "site-c"
+        [[nodes]]
+        name = "c2"
+        role = "client"
+        group = "west"
+        [[nodes]]
+        name = "c3"
+        role = "client"
+    "#;
+
+    #[test]
+    fn parses_a_hierarchy_with_levels_groups_costs_and_labels() {
+        let t = Topology::parse(THREE).unwrap();
+        assert!(t.is_hierarchy());
+        let c = t.control.as_ref().unwrap();
+        assert_eq!(c.report_interval, "500ms");
+        assert_eq!(c.rebuild_interval, "1s");
+        assert_eq!(c.silent_after, 3);
+        assert_eq!(c.f.as_deref(), Some("cost + load"));
+        assert_eq!(c.g, None);
+        assert_eq!(t.virtual_hosts[0].policy, Policy::Cost);
+        assert_eq!(t.top_router().unwrap().name, "net");
+        assert_eq!(node(&t, "net").level.as_deref(), Some("network"));
+        assert_eq!(node(&t, "as1").level.as_deref(), Some("as"));
+        assert_eq!(
+            node(&t, "as2").level.as_deref(),
+            Some("router"),
+            "default above routers"
+        );
+        assert_eq!(
+            node(&t, "site-a").level.as_deref(),
+            Some("site"),
+            "default above hosts"
+        );
+        assert_eq!(node(&t, "h1").level, None);
+        assert_eq!(node(&t, "as2").cost, 10.0);
+        assert_eq!(node(&t, "h1").cost, 2.5);
+        assert_eq!(node(&t, "h2").cost, 1.0);
+        assert_eq!(node(&t, "as1").labels["region"], "east");
+        assert_eq!(node(&t, "c1").group.as_deref(), Some("east"));
+        assert_eq!(node(&t, "c3").group, None);
+        let names = |v: Vec<&Node>| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(t.children("net")), ["as1", "as2"]);
+        assert_eq!(names(t.children("site-a")), ["h1"]);
+        assert!(t.children("h1").is_empty());
+        assert_eq!(names(t.ancestors("h1")), ["net", "as1", "site-a"]);
+        assert!(t.ancestors("net").is_empty());
+        assert_eq!(t.router_levels(), ["network", "as", "router", "site"]);
+        let groups: Vec<(String, Vec<String>)> = t
+            .client_groups()
+            .into_iter()
+            .map(|(g, m)| (g, names(m)))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("east".to_string(), vec!["c1".to_string()]),
+                ("west".to_string(), vec!["c2".to_string()])
+            ]
+        );
+        assert_eq!(
+            t.tree(),
+            [
+                "net (network)",
+                "  as1 (as) region=east",
+                "    site-a (site): h1",
+                "  as2 (router) cost 10",
+                "    site-c (site): h2"
+            ]
+        );
+        // The address plan is unchanged: file order.
+        assert_eq!(t.address("net"), Some(Ipv4Addr::new(10, 200, 2, 2)));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn static_labs_stay_static_and_old_state_files_load() {
+        let t = Topology::parse(SITE).unwrap();
+        assert!(!t.is_hierarchy());
+        assert_eq!(t.top_router(), None);
+        assert_eq!(node(&t, "r1").level.as_deref(), Some("site"));
+        assert_eq!(node(&t, "h1").parent, None);
+        assert_eq!(t.children("r1").len(), 2);
+        assert!(t.tree().is_empty());
+        // A state file written before hierarchies existed.
+        let old = r#"{"name":"site","virtual_hosts":[{"name":"web","subnet":"10.99.0.0/24","policy":"maglev","udp":"pin"}],
+            "nodes":[{"name":"core","role":"core","weight":1},{"name":"c1","role":"client","weight":1}],"router_config":""}"#;
+        let t: Topology = serde_json::from_str(old).unwrap();
+        assert!(!t.is_hierarchy());
+        assert_eq!(t.nodes[1].cost, 1.0);
+    }
+
+    #[test]
+    fn one_router_hierarchy_adopts_hosts_without_parent() {
+        let text = format!("{SITE}\n[control]\nsilent_after = 5\n")
+            .replace("        weight = 2\n", "")
+            .replace("policy = \"maglev\"", "");
+        let t = Topology::parse(&text).unwrap();
+        assert!(t.is_hierarchy());
+        assert_eq!(node(&t, "h1").parent.as_deref(), Some("r1"));
+        assert_eq!(t.top_router().unwrap().name, "r1");
+        assert_eq!(t.control.as_ref().unwrap().silent_after, 5);
+        assert_eq!(t.virtual_hosts[0].policy, Policy::Cost);
+    }
+
+    #[test]
+    fn rejects_bad_hierarchies_naming_key_and_value() {
+        let three = |from: &str, to: &str| {
+            assert!(THREE.contains(from), "{from}");
+            err(&THREE.replacen(from, to, 1))
+        };
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = \"site-x\""),
+            "nodes[6].parent: unknown node \"site-x\""
+        );
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = \"h2\""),
+            "nodes[6].parent: \"h2\" is a host, not a router (a host's parent is its site router)"
+        );
+        assert_eq!(
+            three("parent = \"as1\"", "parent = \"c1\""),
+            "nodes[4].parent: \"c1\" is a client, not a router (a router's parent is the router of the level above)"
+        );
+        assert_eq!(
+            three("parent = \"as1\"", "parent = \"site-a\""),
+            "nodes[4].parent: \"site-a\" is the node itself"
+        );
+        // as1 -> site-a -> as1, with net's other child as2 still below net.
+        assert_eq!(
+            three(
+                "level = \"as\"\n        parent = \"net\"",
+                "level = \"as\"\n        parent = \"site-a\""
+            ),
+            "nodes[2].parent: cycle as1 -> site-a -> as1 (a hierarchy is a tree below one top router)"
+        );
+        assert_eq!(
+            three(
+                "level = \"network\"",
+                "level = \"network\"\n        parent = \"net\""
+            ),
+            "nodes[1].parent: \"net\" is the node itself"
+        );
+        assert_eq!(
+            three("role = \"router\"\n        parent = \"as2\"", "role = \"router\""),
+            "nodes: routers \"net\", \"site-c\" have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent"
+        );
+        assert_eq!(
+            three(
+                "name = \"h2\"\n        role = \"host\"\n        parent = \"site-c\"",
+                "name = \"h2\"\n        role = \"host\"\n        parent = \"site-a\""
+            ),
+            "nodes[5]: router \"site-c\" has no child (no router or host names it as parent)"
+        );
+        assert_eq!(
+            three("parent = \"site-c\"", ""),
+            "nodes[7].parent: missing: with 5 routers every host names its (site) router as parent"
+        );
+        assert_eq!(
+            three(
+                "group = \"east\"",
+                "group = \"east\"\n        parent = \"net\""
+            ),
+            "nodes[0].parent: only routers and hosts have a parent (this node is a client)"
+        );
+        assert_eq!(
+            three("cost = 2.5", "cost = -1"),
+            "nodes[6].cost: -1 is not a finite number >= 0"
+        );
+        assert_eq!(
+            three("cost = 2.5", "cost = \"cheap\""),
+            "nodes[6].cost: \"cheap\" is not a finite number >= 0"
+        );
+        assert_eq!(
+            three("cost = 2.5", "weight = 2"),
+            "nodes[6].weight: a hierarchy chooses by cost and reports, not by weight (use cost)"
+        );
+        assert_eq!(
+            three(
+                "group = \"east\"",
+                "group = \"east\"\n        level = \"x\""
+            ),
+            "nodes[0].level: only routers have a level (this node is a client)"
+        );
+        assert_eq!(
+            three("level = \"as\"", "group = \"as\""),
+            "nodes[2].group: only clients have a group (this node is a router)"
+        );
+        assert_eq!(
+            three("{ region = \"east\" }", "{ region = 3 }"),
+            "nodes[2].labels.region: expected a string, found integer 3"
+        );
+        assert_eq!(
+            three("{ region = \"east\" }", "\"east\""),
+            "nodes[2].labels: must be a table such as { region = \"east\" }, found string \"east\""
+        );
+        assert_eq!(
+            three("name = \"h2\"", "name = \"h_2\""),
+            "nodes[7].name: \"h_2\": in a hierarchy router and host names are certificate DNS names ([a-z0-9-], no '_')"
+        );
+        assert_eq!(
+            three("[[virtual_hosts]]", "[[virtual_hosts]]\n        policy = \"maglev\""),
+            "virtual_hosts[0].policy: \"maglev\": in a hierarchy every router chooses by the cost its children report; use \"cost\" or leave policy out"
+        );
+        assert_eq!(
+            three("report_interval = \"500ms\"", "report_interval = \"soon\""),
+            "control.report_interval: \"soon\" is not a duration of at least 50ms (e.g. \"500ms\", \"1s\")"
+        );
+        assert_eq!(
+            three("report_interval = \"500ms\"", "silent_after = 0"),
+            "control.silent_after: 0 is not an integer >= 1"
+        );
+        assert_eq!(
+            three("report_interval = \"500ms\"", "interval = \"1s\""),
+            "control.interval: unknown key (expected one of report_interval, silent_after, rebuild_interval, f, g)"
+        );
+    }
+
+    #[test]
+    fn static_labs_refuse_hierarchy_only_keys() {
+        assert_eq!(
+            err(&SITE.replace("role = \"client\"", "role = \"client\"\n group = \"east\"")),
+            "nodes[0].group: only a hierarchy uses it: give routers and hosts a parent, or add a [control] table"
+        );
+        assert_eq!(
+            err(&SITE.replace("weight = 2", "cost = 2")),
+            "nodes[2].cost: only a hierarchy uses it: give routers and hosts a parent, or add a [control] table"
+        );
+        assert_eq!(
+            err(&SITE.replace("\"maglev\"", "\"cost\"")),
+            "virtual_hosts[0].policy: \"cost\" needs a hierarchy (routers learn costs from their children's reports): give routers and hosts a parent, or add a [control] table"
+        );
+        // Two routers without parents stay a valid static lab (the core spreads over both).
+        let two = format!("{SITE}\n[[nodes]]\nname = \"r2\"\nrole = \"router\"\n");
+        assert!(!Topology::parse(&two).unwrap().is_hierarchy());
+    }
+
+    #[test]
+    fn examples_parse() {
+        for (file, top, depth) in [
+            ("site.toml", None, 1),
+            ("three-level.toml", Some("net"), 3),
+            ("four-level.toml", Some("net"), 4),
+        ] {
+            let path = format!("{}/../../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+            let t = Topology::parse(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(t.top_router().map(|n| n.name.as_str()), top, "{file}");
+            assert_eq!(
+                t.nodes_with(Role::Router)
+                    .map(|r| t.ancestors(&r.name).len() + 1)
+                    .max(),
+                Some(depth),
+                "{file}"
+            );
+            if t.is_hierarchy() {
+                assert_eq!(t.client_groups().len(), 2, "{file}");
+                for r in t.nodes_with(Role::Router) {
+                    assert!(!t.children(&r.name).is_empty(), "{file}: {}", r.name);
+                }
+            }
+        }
     }
 }
