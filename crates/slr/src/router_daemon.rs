@@ -739,7 +739,10 @@ impl LoopState {
         let Some(i) = delay_slot(&self.delayed, to) else {
             return false;
         };
-        if !matches!(self.delayed[i].1.send_batch(std::slice::from_ref(pkt)), Ok(1)) {
+        if !matches!(
+            self.delayed[i].1.send_batch(std::slice::from_ref(pkt)),
+            Ok(1)
+        ) {
             self.send_drops += 1;
         }
         true
