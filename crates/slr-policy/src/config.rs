@@ -136,6 +136,27 @@ impl Policy {
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }
+
+    /// The keys of the expressions evaluated directly, without the CEL interpreter, when they
+    /// can be (`cost.f`, `cost.g`, `cost.overload`; see the crate documentation).
+    pub fn evaluated_directly(&self) -> Vec<&'static str> {
+        [Some(&self.f), Some(&self.g), self.overload.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|e| e.is_direct())
+            .map(|e| e.key)
+            .collect()
+    }
+
+    /// Turns direct evaluation on (the default) or off; off, every evaluation goes to the CEL
+    /// interpreter (for comparisons and benchmarks: the results are the same).
+    pub fn set_direct_evaluation(&mut self, on: bool) {
+        self.f.set_direct(on);
+        self.g.set_direct(on);
+        if let Some(o) = &mut self.overload {
+            o.set_direct(on);
+        }
+    }
 }
 
 #[cfg(test)]

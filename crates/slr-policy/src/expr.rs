@@ -21,6 +21,7 @@ use cel::common::value::{Builtin, BuiltinRef, CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, ExecutionError, Program};
 
+use crate::direct::Direct;
 use crate::metrics::{Interner, Metrics};
 use crate::PolicyError;
 
@@ -171,12 +172,36 @@ pub(crate) struct CompiledExpr {
     program: Program,
     /// The variables it refers to.
     refs: u32,
+    /// Its translation for direct evaluation, if it lies in the subset.
+    direct: Option<Direct>,
+    /// Whether to use `direct`.
+    use_direct: bool,
+    /// Whether `direct` agreed with the interpreter on the sample inputs.
+    direct_agrees: bool,
 }
 
 impl CompiledExpr {
     /// Whether the expression refers to `v`.
     pub fn uses(&self, v: Var) -> bool {
         self.refs & v.bit() != 0
+    }
+
+    /// The syntax tree.
+    #[cfg(test)]
+    pub fn expression(&self) -> &IdedExpr {
+        self.program.expression()
+    }
+
+    /// Whether the expression is evaluated directly (see [`crate::direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.use_direct && self.direct.is_some()
+    }
+
+    /// Turns direct evaluation on or off (off: every evaluation goes to the interpreter). It
+    /// stays off for an expression whose direct evaluation disagreed with the interpreter on
+    /// the sample inputs.
+    pub fn set_direct(&mut self, on: bool) {
+        self.use_direct = on && self.direct_agrees;
     }
 }
 
@@ -407,19 +432,33 @@ pub(crate) fn compile(
             }
         }
     }
-    let compiled = CompiledExpr {
+    let direct = match returns {
+        Returns::Number => Direct::number(program.expression()),
+        Returns::Bool => Direct::boolean(program.expression()),
+        Returns::NumberOrMap => Direct::aggregate(program.expression()),
+    };
+    let mut compiled = CompiledExpr {
         key,
         source: source.to_owned(),
         program,
         refs,
+        direct,
+        use_direct: false,
+        direct_agrees: false,
     };
-    sample_check(env, &compiled, returns)?;
+    // The sample evaluations go to the interpreter, and also check that the direct evaluation
+    // agrees with it (if it ever did not, the expression would stay with the interpreter).
+    let agrees = sample_check(env, &compiled, returns)?;
+    compiled.direct_agrees = agrees;
+    compiled.use_direct = agrees;
     Ok(compiled)
 }
 
 /// Evaluates `e` on a few sample inputs (three times of day, each priority class, the empty
-/// and a named group) and refuses type errors and results of the wrong type.
-fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<(), PolicyError> {
+/// and a named group) and refuses type errors and results of the wrong type. Returns whether
+/// the direct evaluation, if any, agreed with the interpreter on every sample.
+fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<bool, PolicyError> {
+    let mut agrees = true;
     let mut names = vec!["load", "cpu", "flows"];
     names_in(e.program.expression(), &mut names);
     let metrics: BTreeMap<String, f64> = names.iter().map(|n| ((*n).to_owned(), 1.0)).collect();
@@ -453,9 +492,17 @@ fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<()
                     time: &time,
                 };
                 let r = if returns == Returns::Number {
-                    eval_number(env, e, &vars).map(|_| ())
+                    let r = interpret_number(env, e, &vars);
+                    if let Some(x) = e.direct.as_ref().and_then(|d| d.eval_number(&vars)) {
+                        agrees &= r.as_ref().is_ok_and(|y| x.to_bits() == y.to_bits());
+                    }
+                    r.map(|_| ())
                 } else {
-                    eval_bool(env, e, &vars).map(|_| ())
+                    let r = interpret_bool(env, e, &vars);
+                    if let Some(x) = e.direct.as_ref().and_then(|d| d.eval_bool(&vars)) {
+                        agrees &= r == Ok(x);
+                    }
+                    r.map(|_| ())
                 };
                 match r {
                     Ok(()) => {}
@@ -477,7 +524,15 @@ fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<()
                     e,
                 );
                 let what = format!("on sample inputs (3 children, m = [1.0, 2.0, 3.0], s[i] = {metrics:?}, hour = {hour})");
-                match eval_g(env, e, &vars) {
+                let r = interpret_g(env, e, &vars);
+                if let Some(x) = e
+                    .direct
+                    .as_ref()
+                    .and_then(|d| d.eval_aggregate(&[1.0, 2.0, 3.0], &[11.0, 12.0, 13.0]))
+                {
+                    agrees &= matches!(r, Ok(GResult::Number(y)) if x.to_bits() == y.to_bits());
+                }
+                match r {
                     Ok(_) => {}
                     Err(EvalError::Cel(err)) if tolerated(&err) => {}
                     Err(EvalError::Cel(err)) => return Err(refuse(format!("fails {what}: {err}"))),
@@ -486,7 +541,7 @@ fn sample_check(env: &Arc<Env>, e: &CompiledExpr, returns: Returns) -> Result<()
             }
         }
     }
-    Ok(())
+    Ok(agrees)
 }
 
 /// Why one evaluation gave no usable result.
@@ -563,6 +618,25 @@ impl ChildVals {
         *self.r.inner()
     }
 
+    /// The static cost `cost`.
+    pub fn cost(&self) -> f64 {
+        *self.cost.inner()
+    }
+
+    /// The round-trip time `rtt`.
+    pub fn rtt(&self) -> f64 {
+        *self.rtt.inner()
+    }
+
+    /// A label.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        let key = CelString::from(name);
+        match self.labels.as_indexer()?.get(&key).ok()? {
+            CowVal::Borrowed(v) => v.downcast_ref::<CelString>().map(|s| s.inner()),
+            CowVal::Owned(_) => None,
+        }
+    }
+
     /// The name as a CEL value.
     pub fn name(&self) -> &CelString<'static> {
         &self.name
@@ -587,6 +661,26 @@ impl TimeVals {
             minute: CelInt::from(minute),
             weekday: CelInt::from(weekday),
         }
+    }
+
+    /// `hour`.
+    pub fn hour(&self) -> i64 {
+        *self.hour.inner()
+    }
+
+    /// `minute`.
+    pub fn minute(&self) -> i64 {
+        *self.minute.inner()
+    }
+
+    /// `weekday`.
+    pub fn weekday(&self) -> i64 {
+        *self.weekday.inner()
+    }
+
+    /// `now`.
+    pub fn now(&self) -> i64 {
+        *self.now.inner()
     }
 
     fn resolve(&self, name: &str) -> Option<&dyn Val> {
@@ -731,8 +825,22 @@ fn eval<T>(
     f(v.as_ref())
 }
 
-/// Evaluates a number-valued expression (F).
+/// Evaluates a number-valued expression (F): directly if it can, else with the interpreter.
 pub(crate) fn eval_number(
+    env: &Arc<Env>,
+    e: &CompiledExpr,
+    vars: &FVars<'_>,
+) -> Result<f64, EvalError> {
+    if e.use_direct {
+        if let Some(x) = e.direct.as_ref().and_then(|d| d.eval_number(vars)) {
+            return Ok(x);
+        }
+    }
+    interpret_number(env, e, vars)
+}
+
+/// Evaluates a number-valued expression with the interpreter.
+pub(crate) fn interpret_number(
     env: &Arc<Env>,
     e: &CompiledExpr,
     vars: &dyn VariableResolver,
@@ -744,8 +852,23 @@ pub(crate) fn eval_number(
     })
 }
 
-/// Evaluates a boolean expression (the overload predicate).
+/// Evaluates a boolean expression (the overload predicate): directly if it can, else with the
+/// interpreter.
 pub(crate) fn eval_bool(
+    env: &Arc<Env>,
+    e: &CompiledExpr,
+    vars: &FVars<'_>,
+) -> Result<bool, EvalError> {
+    if e.use_direct {
+        if let Some(x) = e.direct.as_ref().and_then(|d| d.eval_bool(vars)) {
+            return Ok(x);
+        }
+    }
+    interpret_bool(env, e, vars)
+}
+
+/// Evaluates a boolean expression with the interpreter.
+pub(crate) fn interpret_bool(
     env: &Arc<Env>,
     e: &CompiledExpr,
     vars: &dyn VariableResolver,
@@ -768,8 +891,19 @@ pub(crate) enum GResult {
     Map(BTreeMap<String, f64>),
 }
 
-/// Evaluates G.
-pub(crate) fn eval_g(
+/// Evaluates G directly, if it can (`m` and `r` non-empty).
+pub(crate) fn eval_g_direct(e: &CompiledExpr, m: &[f64], r: &[f64]) -> Option<GResult> {
+    if !e.use_direct {
+        return None;
+    }
+    e.direct
+        .as_ref()
+        .and_then(|d| d.eval_aggregate(m, r))
+        .map(GResult::Number)
+}
+
+/// Evaluates G with the interpreter.
+pub(crate) fn interpret_g(
     env: &Arc<Env>,
     e: &CompiledExpr,
     vars: &dyn VariableResolver,
@@ -965,6 +1099,6 @@ mod tests {
         let time = TimeVals::new(0, 0, 0, 0);
         let subnet = CelString::from("x".to_owned());
         let vars = GVars::new(&[], &[], &[1.5, 2.5], &[], &subnet, &time, &g);
-        assert_eq!(eval_g(&env, &g, &vars), Ok(GResult::Number(6.0)));
+        assert_eq!(interpret_g(&env, &g, &vars), Ok(GResult::Number(6.0)));
     }
 }

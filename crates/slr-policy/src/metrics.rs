@@ -13,24 +13,37 @@ use cel::common::traits::{self, Container, Indexer, Iterable, Sizer, Zeroer};
 use cel::common::types::{CelBool, CelDouble, CelInt, CelString, CelUInt, Type, MAP_TYPE};
 use cel::common::value::{CowVal, StaticVal, Val};
 use cel::ExecutionError;
+use smallvec::SmallVec;
 
 /// Metric names shared by every report that uses them.
 #[derive(Debug, Default)]
-pub(crate) struct Interner(HashMap<Arc<str>, ()>);
+pub(crate) struct Interner(HashMap<Arc<str>, ()>, Vec<Arc<str>>);
 
 impl Interner {
     /// The shared copy of `name`.
     pub fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some((k, _)) = self.0.get_key_value(name) {
+        // Reports use the same few names over and over: look at the recent ones first.
+        if let Some(k) = self.1.iter().find(|k| &***k == name) {
             return Arc::clone(k);
         }
-        let k: Arc<str> = Arc::from(name);
-        self.0.insert(Arc::clone(&k), ());
+        let k = match self.0.get_key_value(name) {
+            Some((k, _)) => Arc::clone(k),
+            None => {
+                let k: Arc<str> = Arc::from(name);
+                self.0.insert(Arc::clone(&k), ());
+                k
+            }
+        };
+        if self.1.len() == 8 {
+            self.1.remove(0);
+        }
+        self.1.push(Arc::clone(&k));
         k
     }
 
     /// Forgets names no report uses any more.
     pub fn collect_garbage(&mut self) {
+        self.1.clear();
         self.0.retain(|k, _| Arc::strong_count(k) > 1);
     }
 }
@@ -43,8 +56,9 @@ impl Interner {
 /// the left of `==` (`{"load": 1.0} == s`) is false; `s == {"load": 1.0}` works.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Metrics {
-    /// (name, value), sorted by name, names unique.
-    entries: Vec<(Arc<str>, CelDouble)>,
+    /// (name, value), sorted by name, names unique; inline up to a typical report's size, so
+    /// that reading a metric touches the report itself and the (shared, hot) names only.
+    entries: SmallVec<[(Arc<str>, CelDouble); 4]>,
     /// The keys as CEL strings, made on first iteration only.
     keys: OnceLock<Vec<CelString<'static>>>,
 }
