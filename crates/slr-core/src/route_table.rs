@@ -25,7 +25,7 @@
 //!    share new flows instead of all of them herding to a momentary minimum;
 //! 4. a chosen next hop the router itself considers ineligible (failed health check, weight 0,
 //!    no longer configured) is skipped; if none of the band is eligible, the eligible candidate
-//!    with the lowest cost takes the flow;
+//!    with the lowest cost takes the flow, except candidates the entry holds back;
 //! 5. no entry at all, or no eligible candidate: the packet is dropped and counted
 //!    (`no_route`, `no_next_hop`). A router never guesses a child for a subnet that no child
 //!    reported.
@@ -70,6 +70,10 @@ pub struct RouteEntry {
     /// Names of the candidates new flows spread over (the lowest-cost band); a subset of
     /// `candidates`.
     pub chosen: Vec<String>,
+    /// Candidates that take no new flow of this entry even when no band member is eligible
+    /// (overloaded children of a best-effort subnet: they keep their capacity for high-priority
+    /// flows). A subset of `candidates`, disjoint from `chosen`.
+    pub held_back: Vec<String>,
 }
 
 /// A complete table, replacing the previous one when installed.
@@ -255,7 +259,11 @@ impl CompiledTable {
             };
             let mut sorted: Vec<&RouteCandidate> = e.candidates.iter().collect();
             sorted.sort_by(|a, b| a.cost.total_cmp(&b.cost).then(a.next_hop.cmp(&b.next_hop)));
-            let by_cost = sorted.iter().filter_map(|c| resolve(&c.next_hop)).collect();
+            let by_cost = sorted
+                .iter()
+                .filter(|c| !e.held_back.contains(&c.next_hop))
+                .filter_map(|c| resolve(&c.next_hop))
+                .collect();
             let chosen = e
                 .chosen
                 .iter()
@@ -325,6 +333,7 @@ mod tests {
                 })
                 .collect(),
             chosen: chosen.iter().map(|s| (*s).to_owned()).collect(),
+            held_back: Vec::new(),
         }
     }
 

@@ -2195,6 +2195,7 @@ mod tests {
                         })
                         .collect(),
                     chosen: chosen.into_iter().map(name).collect(),
+                    held_back: Vec::new(),
                 })
                 .collect(),
         }
@@ -2315,6 +2316,33 @@ mod tests {
             .handle_control(T0, Control::InstallRouteTable(Box::new(bad)))
             .is_err());
         assert_eq!(r.route_table().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn held_back_candidates_take_no_fallback_flows() {
+        let mut r = router(config(Policy::Cost, 3));
+        // Band: h0. h1 is cheaper than h2 but held back (an overloaded child of a best-effort
+        // subnet): when h0 fails, h2 takes the flows, not h1.
+        let mut t = cost_table(
+            1,
+            vec![(
+                "10.99.0.0/24",
+                None,
+                vec![(0, 1.0), (1, 2.0), (2, 3.0)],
+                vec![0],
+            )],
+        );
+        t.entries[0].held_back = vec![name(1)];
+        install(&mut r, t);
+        assert!(choices(&mut r, 1000..1050, CLIENT)
+            .iter()
+            .all(|&a| a == host(0)));
+        set_available(&mut r, 0, false);
+        assert!(choices(&mut r, 2000..2050, CLIENT)
+            .iter()
+            .all(|&a| a == host(2)));
+        set_available(&mut r, 2, false);
+        assert_eq!(dropped(&mut r, T0, &syn(40000)), DropReason::NoNextHop);
     }
 
     #[test]

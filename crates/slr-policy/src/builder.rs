@@ -711,6 +711,13 @@ impl Builder {
                         .filter(|c| c.in_band)
                         .map(|c| name(c).clone())
                         .collect(),
+                    // Overloaded children of a best-effort subnet keep their capacity for
+                    // high-priority flows, even when the band's members fail.
+                    held_back: valid
+                        .iter()
+                        .filter(|c| !eligible(c))
+                        .map(|c| name(c).clone())
+                        .collect(),
                 });
                 details.push(EntryDetail {
                     priority,
@@ -1189,6 +1196,7 @@ mod tests {
         let out = b.build(&i);
         let (e, d) = entry(&out, "10.99.1.0/24", None);
         assert_entry(e, &[("a", 1.0), ("b", 5.0)], &["b"]);
+        assert_eq!(e.held_back, ["a"], "not even a fallback for best effort");
         assert_eq!(d.priority, Priority::BestEffort);
         assert_eq!(
             d.candidates,
@@ -1205,6 +1213,7 @@ mod tests {
         );
         let (e, d) = entry(&out, "10.99.2.0/24", None);
         assert_entry(e, &[("a", 1.0), ("b", 5.0)], &["a"]);
+        assert!(e.held_back.is_empty());
         assert_eq!(d.priority, Priority::High);
         // Every candidate overloaded: best effort keeps the lowest-cost band.
         i.children[1].report_seq += 1;
