@@ -48,7 +48,7 @@ impl Default for PolicyConfig {
             damping: 0.5,
             overload: None,
             timezone: "UTC".to_owned(),
-            rtt_weight: 1.0,
+            rtt_weight: 0.01,
         }
     }
 }

@@ -29,7 +29,7 @@
 //! damping = 0.5             # EWMA factor on every reported metric (1 = no smoothing)
 //! # overload = "s.load > 0.9"  # optional: true = no new best-effort flows for that child
 //! timezone = "UTC"          # IANA name, for hour, minute and weekday
-//! rtt_weight = 1.0          # r = cost + rtt_weight * rtt (ms)
+//! rtt_weight = 0.01         # r = cost + rtt_weight * rtt (ms)
 //! ```
 //!
 //! An expression that does not parse, refers to a variable it cannot see, or fails with a type

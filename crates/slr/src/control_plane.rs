@@ -543,37 +543,16 @@ impl BuildState {
             "new gateway table"
         );
         self.expected.set_from_gateway_table(&table);
-        let mut core = self.cfg.core.clone();
-        let static_names: Vec<&str> = self
-            .cfg
-            .gateways
+        let children = table
             .children
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| NextHopConfig {
+                name: c.name.clone(),
+                address: c.address,
+                weight: 1,
+            })
             .collect();
-        core.next_hops
-            .retain(|n| !static_names.contains(&n.name.as_str()));
-        for c in &table.children {
-            if core.next_hops.iter().all(|n| n.name != c.name) {
-                core.next_hops.push(NextHopConfig {
-                    name: c.name.clone(),
-                    address: c.address,
-                    weight: 1,
-                });
-            }
-        }
-        // Virtual hosts listing next hops by name keep only known ones.
-        for v in &mut core.virtual_hosts {
-            v.next_hops
-                .retain(|n| core.next_hops.iter().any(|h| &h.name == n));
-            for r in &mut v.rules {
-                r.next_hops
-                    .retain(|n| core.next_hops.iter().any(|h| &h.name == n));
-            }
-            v.rules.retain(|r| !r.next_hops.is_empty());
-        }
-        core.flow_table_seed = 0; // replaced by the packet thread's own seed
-        match self.handle.control(Control::Reconfigure(Box::new(core))) {
+        match self.handle.set_gateways(children) {
             Ok(()) => {
                 self.gateways = table.clone();
                 lock(&self.view).gateway_version = table.version;

@@ -18,7 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use slr_core::flow_table::FlowState;
-use slr_core::router::{Action, Control, Destination, DropReason, Event, Router};
+use slr_core::router::{Action, Control, Destination, DropReason, Event, NextHopConfig, Router};
 use slr_io::{poll_readable, EventFd, FaultInjector, IpipSocket, PacketDevice, TunDevice};
 use slr_wire::PacketBuf;
 use std::net::Ipv4Addr;
@@ -42,6 +42,9 @@ pub enum Request {
     Flows(usize, Sender<Vec<FlowRow>>),
     /// Read the configuration file again.
     Reload(Sender<Result<(), String>>),
+    /// The children of a fetched gateway table: they replace the file's
+    /// `[[gateways.children]]` as next hops, now and after every reload.
+    Gateways(Vec<NextHopConfig>, Sender<Result<(), String>>),
 }
 
 /// The handle other threads use to reach the packet thread.
@@ -83,6 +86,40 @@ impl Handle {
         rx.recv_timeout(Duration::from_secs(10))?
             .map_err(|e| anyhow!(e))
     }
+    /// Replaces the gateway children (next hops) with a fetched table's.
+    pub fn set_gateways(&self, children: Vec<NextHopConfig>) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Gateways(children, tx))?;
+        rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+/// The configuration in force: the file's, with the static gateway children replaced by a
+/// fetched table's when there is one. Names that are gone drop out of virtual hosts' lists.
+fn effective(file: &RouterDaemonConfig, gateways: Option<&[NextHopConfig]>) -> RouterDaemonConfig {
+    let mut cfg = file.clone();
+    let Some(children) = gateways else {
+        return cfg;
+    };
+    let core = &mut cfg.core;
+    core.next_hops
+        .retain(|n| !file.gateways.children.iter().any(|g| g.name == n.name));
+    for c in children {
+        if core.next_hops.iter().all(|n| n.name != c.name) {
+            core.next_hops.push(c.clone());
+        }
+    }
+    let known: Vec<String> = core.next_hops.iter().map(|n| n.name.clone()).collect();
+    for v in &mut core.virtual_hosts {
+        v.next_hops.retain(|n| known.contains(n));
+        for r in &mut v.rules {
+            r.next_hops.retain(|n| known.contains(n));
+        }
+        v.rules.retain(|r| !r.next_hops.is_empty());
+    }
+    cfg.fault_delay.retain(|(n, _)| known.contains(n));
+    cfg
 }
 
 /// One next hop in a snapshot.
@@ -581,6 +618,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         clock: Clock::new(),
         send_drops: 0,
         delayed,
+        gateways: None,
     };
     let result = state.run(
         &mut router,
@@ -606,6 +644,8 @@ struct LoopState {
     send_drops: u64,
     /// `[fault] delay`: tunnelled packets to these endpoints go through a delaying wrapper.
     delayed: Vec<(Ipv4Addr, FaultInjector<IpipSocket>)>,
+    /// The children of a fetched gateway table, once the control thread has one.
+    gateways: Option<Vec<NextHopConfig>>,
 }
 
 /// Where a tunnelled packet leaves: the plain socket, or the delaying wrapper of its endpoint.
@@ -819,6 +859,23 @@ impl LoopState {
         if cfg.tun != self.cfg.tun || cfg.core.tunnel_source != self.cfg.core.tunnel_source {
             anyhow::bail!("router.tun and router.tunnel_source cannot change without a restart");
         }
+        // The control thread and the fault wrappers read these once, at start.
+        let o = &self.cfg;
+        if cfg.control != o.control
+            || cfg.gateways != o.gateways
+            || cfg.cost != o.cost
+            || cfg.client_groups != o.client_groups
+            || cfg.high_priority != o.high_priority
+            || cfg.fault_delay != o.fault_delay
+            || cfg.level != o.level
+        {
+            anyhow::bail!(
+                "[control], [gateways], [cost], [[client_groups]], virtual host priorities, [fault] \
+                 and router.level cannot change without a restart"
+            );
+        }
+        let file = cfg;
+        let cfg = effective(&file, self.gateways.as_deref());
         let mut core_cfg = cfg.core.clone();
         core_cfg.flow_table_seed = router.config().flow_table_seed;
         router.handle_control(self.clock.now(), Control::Reconfigure(Box::new(core_cfg)))?;
@@ -841,7 +898,7 @@ impl LoopState {
             }
         }
         health.update(&cfg);
-        self.cfg = cfg;
+        self.cfg = file;
         Ok(())
     }
 
@@ -870,6 +927,18 @@ impl LoopState {
                     tracing::info!("configuration reloaded (slr ctl reload)");
                 }
                 let _ = reply.send(r);
+            }
+            Request::Gateways(children, reply) => {
+                let eff = effective(&self.cfg, Some(&children));
+                let mut core = eff.core.clone();
+                core.flow_table_seed = router.config().flow_table_seed;
+                let r = router.handle_control(now, Control::Reconfigure(Box::new(core)));
+                if r.is_ok() {
+                    // Health checks (and so RTTs) follow the new children.
+                    health.update(&eff);
+                    self.gateways = Some(children);
+                }
+                let _ = reply.send(r.map_err(|e| e.to_string()));
             }
         }
     }
