@@ -103,7 +103,22 @@ pub fn router_config(t: &Topology, router: &str) -> String {
     } else {
         static_router_config(t, router)
     };
-    with_router_config(t, s)
+    let s = with_router_config(t, s);
+    match t.nodes.iter().find(|n| n.name == router) {
+        Some(n) if !n.router_config.is_empty() => merge_text(s, &n.router_config, router),
+        _ => s,
+    }
+}
+
+/// Merges a node's own `router_config` over its configuration.
+fn merge_text(s: String, over: &str, router: &str) -> String {
+    let mut doc: toml::Table = s.parse().expect("the lab writes valid TOML");
+    let over: toml::Table = over.parse().expect("checked when the topology was parsed");
+    merge(&mut doc, over);
+    format!(
+        "# Written by `slr lab up`, with router {router:?}'s own router_config.\n{}",
+        toml::to_string(&doc).expect("TOML")
+    )
 }
 
 /// A static lab's router: every host a next hop with its weight.
@@ -476,6 +491,38 @@ mod tests {
             .iter()
             .map(|s| s.as_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_routers_own_router_config_applies_to_it_alone() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/three-level.toml"
+        );
+        let text = std::fs::read_to_string(path).unwrap().replace(
+            "name = \"as1\"\nrole = \"router\"",
+            "name = \"as1\"\nrole = \"router\"\nrouter_config = { fault = { delay = { site-b = \"40ms\" } }, cost = { g = \"mean(m)\" } }",
+        );
+        let t = Topology::parse(&text).unwrap();
+        let as1: toml::Table = router_config(&t, "as1").parse().unwrap();
+        assert_eq!(as1["fault"]["delay"]["site-b"].as_str(), Some("40ms"));
+        assert_eq!(as1["cost"]["g"].as_str(), Some("mean(m)"));
+        assert!(
+            as1["cost"].get("f").is_some(),
+            "merged key by key: the lab's f stays"
+        );
+        let as2: toml::Table = router_config(&t, "as2").parse().unwrap();
+        assert!(as2.get("fault").is_none());
+        // And the daemon accepts it.
+        crate::config::parse_router(&router_config(&t, "as1"), std::path::Path::new("as1.toml"))
+            .unwrap();
+        // Only routers have one.
+        let bad = text.replace(
+            "name = \"h1\"\nrole = \"host\"",
+            "name = \"h1\"\nrole = \"host\"\nrouter_config = { }",
+        );
+        let e = Topology::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("router_config"), "{e}");
     }
 
     #[test]

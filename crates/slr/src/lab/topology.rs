@@ -42,9 +42,13 @@
 //! f = "..."                # the operator's cost function F (CEL), the routers' [cost] f;
 //! g = "..."                # and the aggregation G; unset: the routers' defaults
 //!
-//! [router_config]          # optional: merged over the router configuration the lab writes
+//! [router_config]          # optional: merged over every router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
 //! health_check = { interval = "2s" }       # [router_config.health_check] enabled = false
+//!
+//! A router node may carry its own `router_config = { ... }` table too, merged after the
+//! lab-wide one, for what only that router has: `router_config = { fault = { delay =
+//! { site-b = "40ms" } }, cost = { g = "mean(m)" } }`.
 //! ```
 //!
 //! The core namespace, which joins every node, is implicit: a node named "core" with role
@@ -334,6 +338,10 @@ pub struct Node {
     /// Labels the parent's cost function sees.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A router's own `router_config` table (TOML text), merged after the lab-wide
+    /// `[router_config]`; empty if none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub router_config: String,
 }
 
 fn default_cost() -> f64 {
@@ -521,7 +529,15 @@ impl Topology {
                 t,
                 &at,
                 &[
-                    "name", "role", "weight", "parent", "level", "group", "cost", "labels",
+                    "name",
+                    "role",
+                    "weight",
+                    "parent",
+                    "level",
+                    "group",
+                    "cost",
+                    "labels",
+                    "router_config",
                 ],
             )?;
             let node_name = req_str(t, &at, "name")?;
@@ -592,6 +608,19 @@ impl Topology {
             only("group", &[Role::Client], true)?;
             only("cost", &[Role::Router, Role::Host], true)?;
             only("labels", &[Role::Router, Role::Host], true)?;
+            only("router_config", &[Role::Router], false)?;
+            let router_config = match t.get("router_config") {
+                None => String::new(),
+                Some(toml::Value::Table(rc)) => toml::to_string(rc).map_err(|e| {
+                    TopologyError::new(format!("{at}.router_config"), e.to_string())
+                })?,
+                Some(v) => {
+                    return Err(TopologyError::new(
+                        format!("{at}.router_config"),
+                        format!("must be a table of router configuration keys, not {v}"),
+                    ))
+                }
+            };
             if hierarchy && t.contains_key("weight") {
                 return Err(TopologyError::new(
                     format!("{at}.weight"),
@@ -660,6 +689,7 @@ impl Topology {
                 group,
                 cost,
                 labels,
+                router_config,
             });
             file_index.push(i);
         }
@@ -675,6 +705,7 @@ impl Topology {
                     group: None,
                     cost: default_cost(),
                     labels: BTreeMap::new(),
+                    router_config: String::new(),
                 },
             );
             file_index.insert(0, usize::MAX);
