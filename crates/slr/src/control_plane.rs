@@ -513,9 +513,14 @@ impl BuildState {
         let mut tick = tokio::time::interval(self.control.rebuild_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The moment the next live child turns silent: rebuild right then, so that a
+            // silent child leaves selection N intervals after its last report, not up to R
+            // later.
+            let silence = children.as_ref().and_then(|c| self.next_silence(c));
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tick.tick() => {}
+                _ = async { match silence { Some(at) => tokio::time::sleep_until(at.into()).await, None => std::future::pending().await } } => {}
                 Ok(()) = async { match changes.as_mut() { Some(c) => c.changed().await, None => std::future::pending().await } } => {
                     // Reports come one child at a time: let a burst settle (a few ms) so that
                     // one rebuild covers it.
@@ -530,6 +535,22 @@ impl BuildState {
             }
             self.rebuild(children.as_ref());
         }
+    }
+
+    /// When the earliest live child becomes silent (its last report older than N intervals).
+    fn next_silence(&self, children: &ChildTable) -> Option<Instant> {
+        let limit = self
+            .control
+            .report_interval
+            .saturating_mul(self.control.silent_after)
+            + Duration::from_millis(1);
+        let now = Instant::now();
+        children
+            .snapshot()
+            .values()
+            .filter_map(|c| c.last_report.as_ref().map(|r| r.received + limit))
+            .filter(|&at| at > now)
+            .min()
     }
 
     /// A new gateway table: expected children and the core's next hops follow it.
