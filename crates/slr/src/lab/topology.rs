@@ -1475,7 +1475,7 @@ mod tests {
         );
         assert_eq!(
             err(&SITE.replace("weight = 2", "wieght = 2")),
-            "nodes[2].wieght: unknown key (expected one of name, role, weight, parent, level, group, cost, labels)"
+            "nodes[2].wieght: unknown key (expected one of name, role, weight, parent, level, group, cost, labels, router_config)"
         );
         assert_eq!(
             err(&SITE.replace("name = \"site\"", "name = \"Site\"")),
