@@ -95,6 +95,8 @@ pub struct ChildRow {
     pub level: Option<String>,
     /// Whether it is a candidate (reported within `silent_after` intervals).
     pub live: bool,
+    /// Its health check: "up" or "down" (filled in when inspected).
+    pub health: Option<String>,
     /// Age of its last report, ms.
     pub report_age_ms: Option<u64>,
     /// Reports accepted from it.
@@ -719,6 +721,7 @@ impl BuildState {
                     rtt_ms: self.rtt.get(&g.name),
                     level: s.map(|s| s.level.clone()),
                     live: live.contains(&g.name),
+                    health: None,
                     report_age_ms: r
                         .map(|r| started.saturating_duration_since(r.received).as_millis() as u64),
                     reports: s.map_or(0, |s| s.reports),

@@ -172,8 +172,8 @@ fn human_control(command: &str, c: &Value) -> String {
         );
         let _ = writeln!(
             o,
-            "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:>8} {:>8}  last report",
-            "child", "address", "cost", "rtt ms", "level", "live", "age ms", "reports"
+            "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:<6} {:>8} {:>8}  last report",
+            "child", "address", "cost", "rtt ms", "level", "live", "health", "age ms", "reports"
         );
         for ch in c["children"].as_array().into_iter().flatten() {
             let report = ch["last_report"]
@@ -185,13 +185,14 @@ fn human_control(command: &str, c: &Value) -> String {
                 .join("; ");
             let _ = writeln!(
                 o,
-                "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:>8} {:>8}  {}",
+                "{:<12} {:<15} {:>6} {:>8} {:<6} {:<5} {:<6} {:>8} {:>8}  {}",
                 t(&ch["name"]),
                 t(&ch["address"]),
                 f(&ch["cost"]),
                 f(&ch["rtt_ms"]),
                 ch["level"].as_str().unwrap_or("-"),
                 if ch["live"] == true { "yes" } else { "NO" },
+                ch["health"].as_str().unwrap_or("-"),
                 ch["report_age_ms"]
                     .as_u64()
                     .map_or("-".into(), |a| a.to_string()),

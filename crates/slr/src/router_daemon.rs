@@ -512,7 +512,18 @@ fn answer(h: &Handle, slot: &ViewSlot, req: &Value) -> Result<Value> {
     let cmd = req["cmd"].as_str().unwrap_or("");
     Ok(match cmd {
         "children" | "table" | "parents" | "control" => match control_view(slot) {
-            Some(v) => json!({"ok": true, "kind": "router", "control": v}),
+            Some(mut v) => {
+                // Each child's health check, as the core holds it.
+                let s = h.snapshot()?;
+                for c in &mut v.children {
+                    c.health = s
+                        .next_hops
+                        .iter()
+                        .find(|n| n.name == c.name && n.configured)
+                        .map(|n| if n.available { "up" } else { "down" }.to_owned());
+                }
+                json!({"ok": true, "kind": "router", "control": v})
+            }
             None => {
                 json!({"ok": false, "error": "this router has no [control] section (no children report to it)"})
             }
