@@ -1,16 +1,12 @@
 //! The configuration loaders on arbitrary text, as a router file and as a host file: they must
 //! return Ok or an error, never panic. A router file that loads must also be accepted or refused
-//! (not panic) by the routing core it configures.
-//!
-//! crates/slr/src/config.rs is a module of the `slr` binary, not of a library: it is compiled in
-//! here as it is (its dependencies are in fuzz/Cargo.toml).
+//! (not panic) by the routing core it configures. A router file that loads also serializes
+//! back (the lab writes files from the same types) and that text loads to the same
+//! configuration.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../crates/slr/src/config.rs"]
-mod config;
-
 use libfuzzer_sys::fuzz_target;
+use slr_config as config;
 use slr_core::select::Policy;
 use std::path::Path;
 
@@ -33,6 +29,12 @@ fuzz_target!(|data: &[u8]| {
             "host file: {:?}",
             host.as_ref().map(|h| &h.name).map_err(|e| format!("{e:#}"))
         );
+    }
+    if let Ok(file) = toml::from_str::<config::RouterFile>(text) {
+        let again = toml::to_string(&file).expect("a router file serializes");
+        let back: config::RouterFile = toml::from_str(&again).expect("and reads back");
+        // Text, not values: a NaN cost is a valid value and never equal to itself.
+        assert_eq!(toml::to_string(&back).unwrap(), again);
     }
     match router {
         Ok(c) => {

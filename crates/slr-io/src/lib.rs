@@ -13,8 +13,9 @@
 //! - wrapper devices that work over any device, in the simulator as on real ones:
 //!   [`FaultInjector`] (loss, delay, reordering: the kernel here has no netem) and [`PcapWriter`];
 //!   [`MemoryDevice`] is a device with no kernel behind it, for tests;
-//! - [`EventFd`], [`poll_readable`] and [`poll_writable`] for the daemon's wait loop, and the
-//!   network-namespace helpers in [`netns`] that the end-to-end tests use.
+//! - [`EventFd`], [`poll_readable`] and [`poll_writable`] for the daemon's wait loop, the
+//!   network-namespace helpers in [`netns`] that the lab and the end-to-end tests use, and the
+//!   process helpers in [`process`] (a detached child, signals, the clock tick).
 //!
 //! AF_XDP sockets and an XDP fast path can be added later as further [`PacketDevice`]s without
 //! touching the callers.
@@ -28,6 +29,7 @@ mod ipip;
 mod memory;
 pub mod netns;
 mod pcap;
+pub mod process;
 mod sys;
 mod tun;
 

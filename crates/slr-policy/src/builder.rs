@@ -1,6 +1,7 @@
 //! Building a [`RouteTable`] and the upward reports from the children's reports.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
 use cel::common::types::{CelMap, CelString};
 use slr_core::route_table::{ClientGroup, RouteCandidate, RouteEntry, RouteTable};
@@ -8,7 +9,7 @@ use slr_wire::Ipv4Cidr;
 
 use crate::expr::{self, ChildVals, EvalError, FVars, GResult, GVars, TimeVals, Var};
 use crate::metrics::{Interner, Metrics};
-use crate::Policy;
+use crate::{Policy, PolicyConfig};
 
 /// The priority class of a virtual subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize)]
@@ -209,7 +210,7 @@ struct PreviousBand {
     subnet: Ipv4Cidr,
     group: Option<String>,
     /// Range of `Builder::previous_ids`.
-    ids: std::ops::Range<usize>,
+    ids: Range<usize>,
 }
 
 /// The last evaluation error, kept raw until the end of the build.
@@ -221,6 +222,21 @@ struct LastError {
     error: EvalError,
 }
 
+/// The counters of a build, with its last evaluation error kept raw.
+#[derive(Default)]
+struct Tally {
+    counters: BuildCounters,
+    last: Option<LastError>,
+}
+
+impl Tally {
+    /// Counts a failed evaluation, which becomes the build's last error.
+    fn failed(&mut self, error: LastError) {
+        self.counters.eval_errors += 1;
+        self.last = Some(error);
+    }
+}
+
 /// One usable candidate of an entry during the build.
 struct Cand {
     /// Index in the live children.
@@ -229,6 +245,8 @@ struct Cand {
     report: usize,
     cost: f64,
     overloaded: bool,
+    /// Overloaded while another candidate is not: it takes no new flows of the entry.
+    held_back: bool,
     in_band: bool,
 }
 
@@ -273,7 +291,7 @@ impl Served {
 }
 
 /// The indices of the sorted prefixes whose address lies inside `c` (callers check lengths).
-fn inside<T>(sorted: &[T], key: impl Fn(&T) -> Ipv4Cidr, c: &Ipv4Cidr) -> std::ops::Range<usize> {
+fn inside<T>(sorted: &[T], key: impl Fn(&T) -> Ipv4Cidr, c: &Ipv4Cidr) -> Range<usize> {
     let lo = u32::from(c.addr());
     let hi = if c.prefix_len() == 0 {
         u32::MAX
@@ -382,51 +400,210 @@ impl Builder {
     /// documentation for the rules).
     pub fn build(&mut self, inputs: &Inputs) -> BuildOutput {
         self.smooth(inputs);
-        let policy = &self.policy;
-        let cfg = &policy.config;
-        let mut counters = BuildCounters::default();
-        let mut last: Option<LastError> = None;
+        let build = Build::new(&self.policy, &self.children, inputs);
+        let mut tally = Tally::default();
+        let costs = build.evaluate(&mut tally);
+        let chosen = self.choose(&build, &costs, &mut tally);
 
-        // Time variables.
-        let ts = jiff::Timestamp::from_millisecond(inputs.now_unix_ms)
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let zoned = ts.to_zoned(policy.timezone.clone());
-        let time = TimeVals::new(
-            ts.as_second(),
-            i64::from(zoned.hour()),
-            i64::from(zoned.minute()),
-            i64::from(zoned.weekday().to_sunday_zero_offset()),
-        );
-        let uses = |v: Var| {
-            policy.f.uses(v)
-                || policy.g.uses(v)
-                || policy.overload.as_ref().is_some_and(|o| o.uses(v))
+        let mut counters = tally.counters;
+        counters.entries = chosen.entries.len() as u64;
+        if let Some(l) = tally.last {
+            let msg = build.error_message(&l);
+            self.last_error = Some(msg.clone());
+            counters.last_error = Some(msg);
+        }
+        let mut bands = chosen.bands;
+        bands.sort();
+        self.previous = bands.previous;
+        self.previous_ids = bands.ids;
+        self.generation += 1;
+        BuildOutput {
+            table: RouteTable {
+                generation: self.generation,
+                client_groups: inputs.client_groups.clone(),
+                entries: chosen.entries,
+            },
+            reports: chosen.reports,
+            details: chosen.details,
+            counters,
+        }
+    }
+
+    /// Per entry (subnet, then group): its usable candidates, its band, its table entry and
+    /// details, and for the group-less entry of each subnet the upward report (G).
+    ///
+    /// Runs after every F is evaluated: a G error outranks any F error as the build's last
+    /// error.
+    fn choose(&self, build: &Build<'_>, costs: &Costs, tally: &mut Tally) -> Chosen {
+        let subnets = &build.entries.subnets;
+        let capacity = subnets.len() * build.vals.groups.len();
+        let mut chosen = Chosen {
+            entries: Vec::with_capacity(capacity),
+            details: Vec::with_capacity(capacity),
+            reports: Vec::with_capacity(subnets.len()),
+            bands: Bands {
+                previous: Vec::with_capacity(capacity),
+                ids: Vec::with_capacity(self.previous_ids.len()),
+            },
         };
-        let no_labels = CelMap::default();
+        let mut valid: Vec<Cand> = Vec::new();
+        for (ei, subnet) in subnets.iter().enumerate() {
+            for g in 0..build.vals.groups.len() {
+                let excluded = build.candidates(ei, g, costs, &mut valid);
+                let group = build.group_name(g);
+                let previous = self.previous_band(*subnet, group);
+                choose_band(&self.policy.config, previous, &build.live, &mut valid);
+                chosen.bands.push(
+                    *subnet,
+                    group,
+                    valid
+                        .iter()
+                        .filter(|c| c.in_band)
+                        .map(|c| build.live[c.child].state.id),
+                );
+                let (entry, detail) = build.entry(ei, group, &valid, excluded);
+                chosen.entries.push(entry);
+                chosen.details.push(detail);
 
-        // Live children, each once, with their variables converted.
-        let mut seen_names = std::collections::HashSet::new();
-        let live: Vec<Live<'_>> = inputs
-            .children
-            .iter()
-            .filter(|c| c.live && seen_names.insert(c.name.as_str()))
-            .map(|c| {
-                let rtt = c.rtt_ms.unwrap_or(0.0);
-                let r = c.static_cost + cfg.rtt_weight * rtt;
-                let labels = if uses(Var::Labels) {
-                    expr::labels_val(&c.labels)
-                } else {
-                    no_labels.clone()
-                };
-                Live {
-                    input: c,
-                    state: &self.children[&c.name],
-                    vals: ChildVals::new(&c.name, c.static_cost, rtt, r, labels),
+                // G, once per subnet, over the group-less entry's candidates.
+                if group.is_some() || valid.is_empty() {
+                    continue;
                 }
-            })
-            .collect();
+                if let Some(report) = build.aggregate(ei, &valid, tally) {
+                    chosen.reports.push((*subnet, report));
+                }
+            }
+        }
+        chosen
+    }
 
-        // Every report of every live child, grouped by reported subnet.
+    /// The ids of the children in the band chosen for (`subnet`, `group`) by the previous
+    /// build, if it had that entry.
+    fn previous_band(&self, subnet: Ipv4Cidr, group: Option<&str>) -> Option<&[u32]> {
+        self.previous
+            .binary_search_by(|p| (p.subnet, p.group.as_deref()).cmp(&(subnet, group)))
+            .ok()
+            .map(|i| &self.previous_ids[self.previous[i].ids.clone()])
+    }
+}
+
+/// The chosen bands of one build, kept for the next build's hysteresis.
+struct Bands {
+    /// In the order of the entries (sorted at the end of the build).
+    previous: Vec<PreviousBand>,
+    /// The children of every band (`PreviousBand::ids` are ranges of it).
+    ids: Vec<u32>,
+}
+
+impl Bands {
+    /// Records the band of entry (`subnet`, `group`).
+    fn push(&mut self, subnet: Ipv4Cidr, group: Option<&str>, ids: impl Iterator<Item = u32>) {
+        let start = self.ids.len();
+        self.ids.extend(ids);
+        self.previous.push(PreviousBand {
+            subnet,
+            group: group.map(str::to_owned),
+            ids: start..self.ids.len(),
+        });
+    }
+
+    /// Sorts the bands by (subnet, group), for [`Builder::previous_band`]'s binary search.
+    fn sort(&mut self) {
+        self.previous
+            .sort_by(|a, b| (a.subnet, a.group.as_deref()).cmp(&(b.subnet, b.group.as_deref())));
+    }
+}
+
+/// What [`Builder::choose`] produces: the table's entries with their details, the upward
+/// reports and the bands to remember.
+struct Chosen {
+    entries: Vec<RouteEntry>,
+    details: Vec<EntryDetail>,
+    reports: Report,
+    bands: Bands,
+}
+
+/// Marks the band of one entry's candidates (sorted by cost): drawn over the candidates that
+/// are not overloaded (all of them if every one is), with hysteresis for the members of the
+/// `previous` band so that a child near the band's edge does not flap in and out.
+fn choose_band(
+    cfg: &PolicyConfig,
+    previous: Option<&[u32]>,
+    live: &[Live<'_>],
+    valid: &mut [Cand],
+) {
+    let any_free = valid.iter().any(|c| !c.overloaded);
+    for c in valid.iter_mut() {
+        c.held_back = any_free && c.overloaded;
+    }
+    if let Some(min) = valid.iter().find(|c| !c.held_back).map(|c| c.cost) {
+        let width = (cfg.band * min).max(cfg.band_abs);
+        let sticky = min + width * (1.0 + cfg.hysteresis);
+        for c in valid.iter_mut() {
+            let was = previous.is_some_and(|p| p.contains(&live[c.child].state.id));
+            c.in_band = !c.held_back && (c.cost <= min + width || (was && c.cost <= sticky));
+        }
+    }
+}
+
+/// Whether F, G or the overload predicate uses `v` (if none does, it need not be converted).
+fn any_uses(policy: &Policy, v: Var) -> bool {
+    policy.f.uses(v) || policy.g.uses(v) || policy.overload.as_ref().is_some_and(|o| o.uses(v))
+}
+
+/// One build in progress: what its evaluation and selection steps read, prepared once.
+struct Build<'a> {
+    policy: &'a Policy,
+    client_groups: &'a [ClientGroup],
+    /// The live children, each once.
+    live: Vec<Live<'a>>,
+    entries: Entries,
+    vals: SharedVals,
+}
+
+/// The live children, each once (the first of a name given twice), with their variables
+/// converted for the expressions.
+fn live_children<'a>(
+    policy: &Policy,
+    states: &'a HashMap<String, ChildState>,
+    children: &'a [ChildInput],
+) -> Vec<Live<'a>> {
+    let cfg = &policy.config;
+    let convert_labels = any_uses(policy, Var::Labels);
+    let no_labels = CelMap::default();
+    let mut seen_names = std::collections::HashSet::new();
+    children
+        .iter()
+        .filter(|c| c.live && seen_names.insert(c.name.as_str()))
+        .map(|c| {
+            let rtt = c.rtt_ms.unwrap_or(0.0);
+            let r = c.static_cost + cfg.rtt_weight * rtt;
+            let labels = if convert_labels {
+                expr::labels_val(&c.labels)
+            } else {
+                no_labels.clone()
+            };
+            Live {
+                input: c,
+                state: &states[&c.name],
+                vals: ChildVals::new(&c.name, c.static_cost, rtt, r, labels),
+            }
+        })
+        .collect()
+}
+
+/// Every report of every live child, grouped by reported subnet.
+struct Reported {
+    /// (key of the subnet, index in the live children, index of the report), sorted by key.
+    reps: Vec<(u64, u32, u32)>,
+    /// Each reported subnet, with its range of `reps`.
+    subnets: Vec<(Ipv4Cidr, Range<usize>)>,
+}
+
+impl Reported {
+    /// Groups the smoothed reports of the live children by subnet, so that the later steps
+    /// visit each reported subnet once.
+    fn new(live: &[Live<'_>]) -> Self {
         let key = |c: &Ipv4Cidr| u64::from(u32::from(c.addr())) << 8 | u64::from(c.prefix_len());
         let mut reps: Vec<(u64, u32, u32)> = live
             .iter()
@@ -440,87 +617,144 @@ impl Builder {
             })
             .collect();
         reps.sort_unstable_by_key(|r| r.0);
-        let mut reported: Vec<(Ipv4Cidr, std::ops::Range<usize>)> = Vec::new();
+        let mut subnets: Vec<(Ipv4Cidr, Range<usize>)> = Vec::new();
         for (i, r) in reps.iter().enumerate() {
-            match reported.last_mut() {
+            match subnets.last_mut() {
                 Some((_, range)) if reps[range.start].0 == r.0 => range.end = i + 1,
                 _ => {
                     let (ci, ri) = (r.1 as usize, r.2 as usize);
-                    reported.push((live[ci].state.reports[ri].subnet, i..i + 1));
+                    subnets.push((live[ci].state.reports[ri].subnet, i..i + 1));
                 }
             }
         }
+        Reported { reps, subnets }
+    }
+}
 
-        // Entry subnets: each reported subnet intersected with each served subnet it overlaps
-        // (the more specific of the two).
-        let served = Served::new(&inputs.subnets);
-        let mut entry_subnets: Vec<Ipv4Cidr> = Vec::new();
-        for (x, _) in &reported {
-            if served.covering(x).is_some() {
-                entry_subnets.push(*x);
-            }
-            for (v, _) in &served.sorted[inside(&served.sorted, |s| s.0, x)] {
-                if v.prefix_len() > x.prefix_len() {
-                    entry_subnets.push(*v);
-                }
-            }
-        }
-        entry_subnets.sort_unstable();
-        entry_subnets.dedup();
+/// One candidate of one entry: a live child and the report of it that applies.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Index in the live children.
+    child: u32,
+    /// Index of the report, in the child's smoothed reports.
+    report: u32,
+    /// Index of the entry subnet.
+    entry: u32,
+}
 
-        // Candidates per entry subnet: each live child with a report covering it, with its
-        // most specific such report.
-        let mut cands: Vec<Vec<(usize, usize)>> = vec![Vec::new(); entry_subnets.len()];
-        let mut nested = Vec::new();
-        for (x, range) in &reported {
-            for ei in inside(&entry_subnets, |s| *s, x) {
-                if entry_subnets[ei].prefix_len() < x.prefix_len() {
-                    continue;
-                }
-                if !cands[ei].is_empty() {
-                    nested.push(ei);
-                }
-                cands[ei].extend(
-                    reps[range.clone()]
-                        .iter()
-                        .map(|r| (r.1 as usize, r.2 as usize)),
-                );
-            }
-        }
-        nested.sort_unstable();
-        nested.dedup();
-        for ei in nested {
-            // Reports of several subnets cover this entry: keep each child's most specific.
-            let list = &mut cands[ei];
-            let len = |&(ci, ri): &(usize, usize)| live[ci].state.reports[ri].subnet.prefix_len();
-            list.sort_by(|a, b| a.0.cmp(&b.0).then(len(b).cmp(&len(a))));
-            list.dedup_by_key(|c| c.0);
-        }
+/// The entry subnets, their priorities and their candidates.
+struct Entries {
+    /// Sorted.
+    subnets: Vec<Ipv4Cidr>,
+    /// The priority of each entry subnet.
+    priorities: Vec<Priority>,
+    /// The candidates of entry `ei` are `slots[starts[ei]..starts[ei + 1]]`.
+    starts: Vec<usize>,
+    slots: Vec<Slot>,
+}
 
-        // Client groups get entries of their own only when an expression can tell them apart:
-        // otherwise they would be copies of the group-less entry, which their flows fall back
-        // to anyway.
-        let per_group = policy.f.uses(Var::Group)
-            || policy.overload.as_ref().is_some_and(|o| o.uses(Var::Group));
-        let mut groups: Vec<(Option<usize>, CelString<'static>)> =
-            vec![(None, CelString::from(String::new()))];
-        if per_group {
-            groups.extend(
-                inputs
-                    .client_groups
-                    .iter()
-                    .enumerate()
-                    .map(|(i, g)| (Some(i), CelString::from(g.name.clone()))),
-            );
+impl Entries {
+    /// The entries of the live children's reports and the served subnets, each with its
+    /// candidates, flattened into one list of slots.
+    fn new(live: &[Live<'_>], served: &Served) -> Self {
+        let reported = Reported::new(live);
+        let subnets = entry_subnets(&reported, served);
+        let cands = candidates(&reported, live, &subnets);
+        let mut starts = Vec::with_capacity(subnets.len() + 1);
+        let mut slots: Vec<Slot> = Vec::with_capacity(reported.reps.len());
+        for (ei, list) in cands.iter().enumerate() {
+            starts.push(slots.len());
+            slots.extend(list.iter().map(|&(ci, ri)| Slot {
+                child: ci as u32,
+                report: ri as u32,
+                entry: ei as u32,
+            }));
         }
-        let high = CelString::from(Priority::High.as_str().to_owned());
-        let best_effort = CelString::from(Priority::BestEffort.as_str().to_owned());
-        let no_subnet = CelString::from(String::new());
-        let priorities: Vec<Priority> = entry_subnets
+        starts.push(slots.len());
+        let priorities = subnets
             .iter()
             .map(|e| served.covering(e).unwrap_or_default())
             .collect();
-        let subnet_vals: Vec<CelString<'static>> = if uses(Var::Subnet) {
+        Entries {
+            subnets,
+            priorities,
+            starts,
+            slots,
+        }
+    }
+}
+
+/// The entry subnets: each reported subnet intersected with each served subnet it overlaps
+/// (the more specific of the two), sorted.
+fn entry_subnets(reported: &Reported, served: &Served) -> Vec<Ipv4Cidr> {
+    let mut entry_subnets: Vec<Ipv4Cidr> = Vec::new();
+    for (x, _) in &reported.subnets {
+        if served.covering(x).is_some() {
+            entry_subnets.push(*x);
+        }
+        for (v, _) in &served.sorted[inside(&served.sorted, |s| s.0, x)] {
+            if v.prefix_len() > x.prefix_len() {
+                entry_subnets.push(*v);
+            }
+        }
+    }
+    entry_subnets.sort_unstable();
+    entry_subnets.dedup();
+    entry_subnets
+}
+
+/// Per entry subnet, its candidates as (live child, report): each live child with a report
+/// covering it, with its most specific such report.
+fn candidates(
+    reported: &Reported,
+    live: &[Live<'_>],
+    entry_subnets: &[Ipv4Cidr],
+) -> Vec<Vec<(usize, usize)>> {
+    let mut cands: Vec<Vec<(usize, usize)>> = vec![Vec::new(); entry_subnets.len()];
+    let mut nested = Vec::new();
+    for (x, range) in &reported.subnets {
+        for ei in inside(entry_subnets, |s| *s, x) {
+            if entry_subnets[ei].prefix_len() < x.prefix_len() {
+                continue;
+            }
+            if !cands[ei].is_empty() {
+                nested.push(ei);
+            }
+            cands[ei].extend(
+                reported.reps[range.clone()]
+                    .iter()
+                    .map(|r| (r.1 as usize, r.2 as usize)),
+            );
+        }
+    }
+    nested.sort_unstable();
+    nested.dedup();
+    for ei in nested {
+        // Reports of several subnets cover this entry: keep each child's most specific.
+        let list = &mut cands[ei];
+        let len = |&(ci, ri): &(usize, usize)| live[ci].state.reports[ri].subnet.prefix_len();
+        list.sort_by(|a, b| a.0.cmp(&b.0).then(len(b).cmp(&len(a))));
+        list.dedup_by_key(|c| c.0);
+    }
+    cands
+}
+
+/// The values expressions see that do not depend on the child, converted once per build.
+struct SharedVals {
+    time: TimeVals,
+    /// The groups entries are built for: first no group (`""`), then each client group (its
+    /// index in [`Inputs::client_groups`]) if it gets entries of its own.
+    groups: Vec<(Option<usize>, CelString<'static>)>,
+    /// Per entry subnet, `subnet`; empty if no expression uses it.
+    subnets: Vec<CelString<'static>>,
+    no_subnet: CelString<'static>,
+    high: CelString<'static>,
+    best_effort: CelString<'static>,
+}
+
+impl SharedVals {
+    fn new(policy: &Policy, inputs: &Inputs, entry_subnets: &[Ipv4Cidr]) -> Self {
+        let subnets = if any_uses(policy, Var::Subnet) {
             entry_subnets
                 .iter()
                 .map(|e| CelString::from(e.to_string()))
@@ -528,291 +762,386 @@ impl Builder {
         } else {
             Vec::new()
         };
-        let subnet_val = |ei: usize| subnet_vals.get(ei).unwrap_or(&no_subnet);
-
-        // The candidates of entry `ei` are `slots[starts[ei]..starts[ei + 1]]`.
-        let mut starts = Vec::with_capacity(entry_subnets.len() + 1);
-        let mut slots: Vec<(u32, u32, u32)> = Vec::with_capacity(reps.len());
-        for (ei, list) in cands.iter().enumerate() {
-            starts.push(slots.len());
-            slots.extend(
-                list.iter()
-                    .map(|&(ci, ri)| (ci as u32, ri as u32, ei as u32)),
-            );
+        SharedVals {
+            time: time_vals(policy, inputs.now_unix_ms),
+            groups: groups(policy, &inputs.client_groups),
+            subnets,
+            no_subnet: CelString::from(String::new()),
+            high: CelString::from(Priority::High.as_str().to_owned()),
+            best_effort: CelString::from(Priority::BestEffort.as_str().to_owned()),
         }
-        starts.push(slots.len());
-        drop(cands);
+    }
 
-        // F (and the overload predicate) for every slot, child by child: each child's reports
-        // are contiguous in memory, which a subnet-by-subnet order would visit at random.
-        let mut by_child = vec![0usize; live.len() + 1];
-        for s in &slots {
-            by_child[s.0 as usize + 1] += 1;
+    /// `subnet` for entry subnet `ei`.
+    fn subnet(&self, ei: usize) -> &CelString<'static> {
+        self.subnets.get(ei).unwrap_or(&self.no_subnet)
+    }
+
+    /// `priority` for a subnet of class `priority`.
+    fn priority(&self, priority: Priority) -> &CelString<'static> {
+        match priority {
+            Priority::High => &self.high,
+            Priority::BestEffort => &self.best_effort,
+        }
+    }
+}
+
+/// `now`, `hour`, `minute` and `weekday` for a build at `now_unix_ms`, in the policy's time
+/// zone.
+fn time_vals(policy: &Policy, now_unix_ms: i64) -> TimeVals {
+    let ts = jiff::Timestamp::from_millisecond(now_unix_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let zoned = ts.to_zoned(policy.timezone.clone());
+    TimeVals::new(
+        ts.as_second(),
+        i64::from(zoned.hour()),
+        i64::from(zoned.minute()),
+        i64::from(zoned.weekday().to_sunday_zero_offset()),
+    )
+}
+
+/// The groups entries are built for, with their `group` values: no group, then the client
+/// groups, but those only when an expression can tell them apart: otherwise they would be
+/// copies of the group-less entry, which their flows fall back to anyway.
+fn groups(
+    policy: &Policy,
+    client_groups: &[ClientGroup],
+) -> Vec<(Option<usize>, CelString<'static>)> {
+    let per_group =
+        policy.f.uses(Var::Group) || policy.overload.as_ref().is_some_and(|o| o.uses(Var::Group));
+    let mut groups: Vec<(Option<usize>, CelString<'static>)> =
+        vec![(None, CelString::from(String::new()))];
+    if per_group {
+        groups.extend(
+            client_groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (Some(i), CelString::from(g.name.clone()))),
+        );
+    }
+    groups
+}
+
+/// F and the overload predicate per (group `g`, slot `k`), at index `g * slots.len() + k`.
+struct Costs {
+    /// The cost; NaN if the candidate is excluded, the reason in `errors`.
+    costs: Vec<f64>,
+    /// Whether the candidate is overloaded.
+    overloaded: Vec<bool>,
+    errors: HashMap<usize, EvalError>,
+}
+
+impl<'a> Build<'a> {
+    /// Finds the live children, the entries with their candidates, and the values the
+    /// expressions will see.
+    fn new(
+        policy: &'a Policy,
+        states: &'a HashMap<String, ChildState>,
+        inputs: &'a Inputs,
+    ) -> Self {
+        let live = live_children(policy, states, &inputs.children);
+        let served = Served::new(&inputs.subnets);
+        let entries = Entries::new(&live, &served);
+        let vals = SharedVals::new(policy, inputs, &entries.subnets);
+        Build {
+            policy,
+            client_groups: &inputs.client_groups,
+            live,
+            entries,
+            vals,
+        }
+    }
+
+    /// The name of group `g` (`None` for the group-less entries).
+    fn group_name(&self, g: usize) -> Option<&'a str> {
+        let client_groups = self.client_groups;
+        self.vals.groups[g]
+            .0
+            .map(|i| client_groups[i].name.as_str())
+    }
+
+    /// The slots, child by child: each child's reports are contiguous in memory, which a
+    /// subnet-by-subnet order would visit at random.
+    fn child_order(&self) -> Vec<u32> {
+        let slots = &self.entries.slots;
+        let mut by_child = vec![0usize; self.live.len() + 1];
+        for s in slots {
+            by_child[s.child as usize + 1] += 1;
         }
         for i in 1..by_child.len() {
             by_child[i] += by_child[i - 1];
         }
         let mut order = vec![0u32; slots.len()];
         for (k, s) in slots.iter().enumerate() {
-            let at = &mut by_child[s.0 as usize];
+            let at = &mut by_child[s.child as usize];
             order[*at] = k as u32;
             *at += 1;
         }
-        // Per group: the cost of each slot (NaN: excluded, the reason in `errors`), and
-        // whether the child is overloaded there.
-        let mut costs = vec![f64::NAN; slots.len() * groups.len()];
-        let mut overloaded = vec![false; slots.len() * groups.len()];
-        let mut errors: HashMap<usize, EvalError> = HashMap::new();
-        for (g, (gi, group_val)) in groups.iter().enumerate() {
-            for &k in &order {
-                let (ci, ri, ei) = slots[k as usize];
-                let (ci, ei) = (ci as usize, ei as usize);
-                let l = &live[ci];
-                let priority = priorities[ei];
-                let vars = FVars {
-                    s: &l.state.reports[ri as usize].metrics,
-                    child: &l.vals,
-                    subnet: subnet_val(ei),
-                    group: group_val,
-                    priority: match priority {
-                        Priority::High => &high,
-                        Priority::BestEffort => &best_effort,
-                    },
-                    time: &time,
-                };
-                let at = g * slots.len() + k as usize;
-                counters.evaluations += 1;
-                let cost = expr::eval_number(&policy.env, &policy.f, &vars).and_then(|c| {
-                    if c.is_finite() && c >= 0.0 {
-                        Ok(c)
-                    } else {
-                        Err(EvalError::Result(format!(
-                            "cost {c} is not a finite number >= 0"
-                        )))
-                    }
-                });
-                match cost {
-                    Ok(c) => costs[at] = c,
-                    Err(e) => {
-                        counters.eval_errors += 1;
-                        last = Some(LastError {
-                            key: policy.f.key,
-                            child: Some(ci),
-                            subnet: entry_subnets[ei],
-                            group: *gi,
-                            error: e.clone(),
-                        });
-                        errors.insert(at, e);
-                        continue;
-                    }
-                }
-                if let (Some(o), Priority::BestEffort) = (&policy.overload, priority) {
-                    counters.evaluations += 1;
-                    match expr::eval_bool(&policy.env, o, &vars) {
-                        Ok(b) => overloaded[at] = b,
-                        Err(e) => {
-                            // A failing predicate does not take the child out: it is treated
-                            // as not overloaded, and counted.
-                            counters.eval_errors += 1;
-                            last = Some(LastError {
-                                key: o.key,
-                                child: Some(ci),
-                                subnet: entry_subnets[ei],
-                                group: *gi,
-                                error: e,
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        order
+    }
 
-        let mut table = RouteTable {
-            generation: self.generation + 1,
-            client_groups: inputs.client_groups.clone(),
-            entries: Vec::with_capacity(entry_subnets.len() * groups.len()),
+    /// F (and the overload predicate) for every slot and group, in [`Build::child_order`].
+    fn evaluate(&self, tally: &mut Tally) -> Costs {
+        let len = self.entries.slots.len() * self.vals.groups.len();
+        let mut costs = Costs {
+            costs: vec![f64::NAN; len],
+            overloaded: vec![false; len],
+            errors: HashMap::new(),
         };
-        let mut details = Vec::with_capacity(table.entries.capacity());
-        let mut reports = Vec::with_capacity(entry_subnets.len());
-        let mut previous = Vec::with_capacity(table.entries.capacity());
-        let mut previous_ids = Vec::with_capacity(self.previous_ids.len());
-        let mut valid: Vec<Cand> = Vec::new();
-        let name = |c: &Cand| &live[c.child].input.name;
-
-        for (ei, subnet) in entry_subnets.iter().enumerate() {
-            let priority = priorities[ei];
-            for (g, (gi, _)) in groups.iter().enumerate() {
-                valid.clear();
-                let mut excluded = Vec::new();
-                for k in starts[ei]..starts[ei + 1] {
-                    let (ci, ri, _) = slots[k];
-                    let at = g * slots.len() + k;
-                    if let Some(e) = costs[at].is_nan().then(|| errors.get(&at)).flatten() {
-                        excluded.push(ExcludedCandidate {
-                            next_hop: live[ci as usize].input.name.clone(),
-                            reason: format!("{}: {e}", policy.f.key),
-                        });
-                        continue;
-                    }
-                    valid.push(Cand {
-                        child: ci as usize,
-                        report: ri as usize,
-                        cost: costs[at],
-                        overloaded: overloaded[at],
-                        in_band: false,
-                    });
-                }
-                valid.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| name(a).cmp(name(b))));
-
-                // The band, over the candidates that are not overloaded (all of them if every
-                // one is), with hysteresis for the previous members.
-                let group = gi.map(|g| inputs.client_groups[g].name.as_str());
-                let prev = self
-                    .previous
-                    .binary_search_by(|p| (p.subnet, p.group.as_deref()).cmp(&(*subnet, group)))
-                    .ok()
-                    .map(|i| &self.previous_ids[self.previous[i].ids.clone()]);
-                let any_free = valid.iter().any(|c| !c.overloaded);
-                let eligible = |c: &Cand| !any_free || !c.overloaded;
-                if let Some(min) = valid.iter().find(|c| eligible(c)).map(|c| c.cost) {
-                    let width = (cfg.band * min).max(cfg.band_abs);
-                    let sticky = min + width * (1.0 + cfg.hysteresis);
-                    for c in valid.iter_mut() {
-                        let was = prev.is_some_and(|p| p.contains(&live[c.child].state.id));
-                        c.in_band =
-                            eligible(c) && (c.cost <= min + width || (was && c.cost <= sticky));
-                    }
-                }
-                let start = previous_ids.len();
-                previous_ids.extend(
-                    valid
-                        .iter()
-                        .filter(|c| c.in_band)
-                        .map(|c| live[c.child].state.id),
-                );
-                previous.push(PreviousBand {
-                    subnet: *subnet,
-                    group: group.map(str::to_owned),
-                    ids: start..previous_ids.len(),
-                });
-
-                table.entries.push(RouteEntry {
-                    subnet: *subnet,
-                    client_group: group.map(str::to_owned),
-                    candidates: valid
-                        .iter()
-                        .map(|c| RouteCandidate {
-                            next_hop: name(c).clone(),
-                            cost: c.cost,
-                        })
-                        .collect(),
-                    chosen: valid
-                        .iter()
-                        .filter(|c| c.in_band)
-                        .map(|c| name(c).clone())
-                        .collect(),
-                    // Overloaded children of a best-effort subnet keep their capacity for
-                    // high-priority flows, even when the band's members fail.
-                    held_back: valid
-                        .iter()
-                        .filter(|c| !eligible(c))
-                        .map(|c| name(c).clone())
-                        .collect(),
-                });
-                details.push(EntryDetail {
-                    priority,
-                    candidates: valid
-                        .iter()
-                        .map(|c| CandidateDetail {
-                            overloaded: c.overloaded,
-                            in_band: c.in_band,
-                        })
-                        .collect(),
-                    excluded,
-                });
-
-                // G, once per subnet, over the group-less entry's candidates.
-                if gi.is_some() || valid.is_empty() {
-                    continue;
-                }
-                let metrics = |c: &Cand| &live[c.child].state.reports[c.report].metrics;
-                let r: Vec<f64> = valid.iter().map(|c| live[c.child].vals.r()).collect();
-                let m: Vec<f64> = valid.iter().map(|c| c.cost).collect();
-                counters.evaluations += 1;
-                let result = match expr::eval_g_direct(&policy.g, &m, &r) {
-                    Some(g) => Ok(g),
-                    None => {
-                        let s: Vec<&Metrics> = valid.iter().map(metrics).collect();
-                        let names: Vec<&CelString<'static>> =
-                            valid.iter().map(|c| live[c.child].vals.name()).collect();
-                        let gvars =
-                            GVars::new(&s, &r, &m, &names, subnet_val(ei), &time, &policy.g);
-                        expr::interpret_g(&policy.env, &policy.g, &gvars)
-                    }
-                };
-                let result = result.and_then(|g| {
-                    let mut out = match g {
-                        GResult::Number(x) => BTreeMap::from([("load".to_owned(), x)]),
-                        GResult::Map(m) => m,
-                    };
-                    if let Some((k, x)) = out.iter().find(|(_, x)| !x.is_finite()) {
-                        return Err(EvalError::Result(format!(
-                            "reported {k} = {x}, not a finite number"
-                        )));
-                    }
-                    out.entry("children".to_owned())
-                        .or_insert(valid.len() as f64);
-                    let flows = valid.iter().filter_map(|c| metrics(c).get("flows"));
-                    if flows.clone().next().is_some() {
-                        out.entry("flows".to_owned()).or_insert(flows.sum());
-                    }
-                    Ok(out)
-                });
-                match result {
-                    Ok(out) => reports.push((*subnet, out)),
-                    Err(e) => {
-                        counters.eval_errors += 1;
-                        last = Some(LastError {
-                            key: policy.g.key,
-                            child: None,
-                            subnet: *subnet,
-                            group: None,
-                            error: e,
-                        });
-                    }
-                }
+        let order = self.child_order();
+        for g in 0..self.vals.groups.len() {
+            for &k in &order {
+                self.evaluate_slot(g, k as usize, &mut costs, tally);
             }
         }
+        costs
+    }
 
-        counters.entries = table.entries.len() as u64;
-        if let Some(l) = last {
-            let child = l
-                .child
-                .map(|c| format!("child {:?}, ", live[c].input.name))
-                .unwrap_or_default();
-            let group = l
-                .group
-                .map(|g| inputs.client_groups[g].name.as_str())
-                .unwrap_or("");
-            let msg = format!(
-                "{} ({child}subnet {}, group {group:?}): {}",
-                l.key, l.subnet, l.error
-            );
-            self.last_error = Some(msg.clone());
-            counters.last_error = Some(msg);
+    /// F for slot `k` in group `g`, and for a best-effort subnet the overload predicate.
+    ///
+    /// A failing F, or a cost that is not a finite number >= 0, excludes the candidate (the
+    /// error is kept as the reason). A failing predicate does not take the child out: it is
+    /// treated as not overloaded. Both are counted.
+    fn evaluate_slot(&self, g: usize, k: usize, costs: &mut Costs, tally: &mut Tally) {
+        let policy = self.policy;
+        let slot = self.entries.slots[k];
+        let (ci, ei) = (slot.child as usize, slot.entry as usize);
+        let (gi, group_val) = &self.vals.groups[g];
+        let l = &self.live[ci];
+        let priority = self.entries.priorities[ei];
+        let vars = FVars {
+            s: &l.state.reports[slot.report as usize].metrics,
+            child: &l.vals,
+            subnet: self.vals.subnet(ei),
+            group: group_val,
+            priority: self.vals.priority(priority),
+            time: &self.vals.time,
+        };
+        let at = g * self.entries.slots.len() + k;
+        let error = |key, error| LastError {
+            key,
+            child: Some(ci),
+            subnet: self.entries.subnets[ei],
+            group: *gi,
+            error,
+        };
+        tally.counters.evaluations += 1;
+        match self.cost(&vars) {
+            Ok(c) => costs.costs[at] = c,
+            Err(e) => {
+                tally.failed(error(policy.f.key, e.clone()));
+                costs.errors.insert(at, e);
+                return;
+            }
         }
-        drop(live);
-        previous
-            .sort_by(|a, b| (a.subnet, a.group.as_deref()).cmp(&(b.subnet, b.group.as_deref())));
-        self.previous = previous;
-        self.previous_ids = previous_ids;
-        self.generation += 1;
-        BuildOutput {
-            table,
-            reports,
-            details,
-            counters,
+        if let (Some(o), Priority::BestEffort) = (&policy.overload, priority) {
+            tally.counters.evaluations += 1;
+            match expr::eval_bool(&policy.env, o, &vars) {
+                Ok(b) => costs.overloaded[at] = b,
+                Err(e) => tally.failed(error(o.key, e)),
+            }
         }
+    }
+
+    /// F for `vars`, refused unless a finite number >= 0.
+    fn cost(&self, vars: &FVars<'_>) -> Result<f64, EvalError> {
+        let policy = self.policy;
+        expr::eval_number(&policy.env, &policy.f, vars).and_then(|c| {
+            if c.is_finite() && c >= 0.0 {
+                Ok(c)
+            } else {
+                Err(EvalError::Result(format!(
+                    "cost {c} is not a finite number >= 0"
+                )))
+            }
+        })
+    }
+
+    /// Fills `valid` with the usable candidates of entry `ei` in group `g`, sorted by cost
+    /// then name, and returns the candidates left out because F failed for them.
+    fn candidates(
+        &self,
+        ei: usize,
+        g: usize,
+        costs: &Costs,
+        valid: &mut Vec<Cand>,
+    ) -> Vec<ExcludedCandidate> {
+        let slots = &self.entries.slots;
+        valid.clear();
+        let mut excluded = Vec::new();
+        for k in self.entries.starts[ei]..self.entries.starts[ei + 1] {
+            let slot = slots[k];
+            let at = g * slots.len() + k;
+            let cost = costs.costs[at];
+            if let Some(e) = cost.is_nan().then(|| costs.errors.get(&at)).flatten() {
+                excluded.push(ExcludedCandidate {
+                    next_hop: self.live[slot.child as usize].input.name.clone(),
+                    reason: format!("{}: {e}", self.policy.f.key),
+                });
+                continue;
+            }
+            valid.push(Cand {
+                child: slot.child as usize,
+                report: slot.report as usize,
+                cost,
+                overloaded: costs.overloaded[at],
+                held_back: false,
+                in_band: false,
+            });
+        }
+        valid.sort_by(|a, b| {
+            a.cost
+                .total_cmp(&b.cost)
+                .then_with(|| self.name(a).cmp(self.name(b)))
+        });
+        excluded
+    }
+
+    /// The name of a candidate's child.
+    fn name(&self, c: &Cand) -> &'a String {
+        &self.live[c.child].input.name
+    }
+
+    /// The table entry of entry subnet `ei` for `group` once its band is chosen, and its
+    /// details.
+    fn entry(
+        &self,
+        ei: usize,
+        group: Option<&str>,
+        valid: &[Cand],
+        excluded: Vec<ExcludedCandidate>,
+    ) -> (RouteEntry, EntryDetail) {
+        let names = |keep: fn(&Cand) -> bool| -> Vec<String> {
+            valid
+                .iter()
+                .filter(|c| keep(c))
+                .map(|c| self.name(c).clone())
+                .collect()
+        };
+        let entry = RouteEntry {
+            subnet: self.entries.subnets[ei],
+            client_group: group.map(str::to_owned),
+            candidates: valid
+                .iter()
+                .map(|c| RouteCandidate {
+                    next_hop: self.name(c).clone(),
+                    cost: c.cost,
+                })
+                .collect(),
+            chosen: names(|c| c.in_band),
+            // Overloaded children of a best-effort subnet keep their capacity for
+            // high-priority flows, even when the band's members fail.
+            held_back: names(|c| c.held_back),
+        };
+        let detail = EntryDetail {
+            priority: self.entries.priorities[ei],
+            candidates: valid
+                .iter()
+                .map(|c| CandidateDetail {
+                    overloaded: c.overloaded,
+                    in_band: c.in_band,
+                })
+                .collect(),
+            excluded,
+        };
+        (entry, detail)
+    }
+
+    /// The upward report of entry subnet `ei` from its group-less candidates `valid` (not
+    /// empty); `None` if G fails or reports a non-finite number (counted).
+    fn aggregate(
+        &self,
+        ei: usize,
+        valid: &[Cand],
+        tally: &mut Tally,
+    ) -> Option<BTreeMap<String, f64>> {
+        tally.counters.evaluations += 1;
+        let result = self
+            .eval_g(ei, valid)
+            .and_then(|g| self.upward_report(g, valid));
+        match result {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tally.failed(LastError {
+                    key: self.policy.g.key,
+                    child: None,
+                    subnet: self.entries.subnets[ei],
+                    group: None,
+                    error: e,
+                });
+                None
+            }
+        }
+    }
+
+    /// G over `valid`: directly if it can, else with the interpreter.
+    fn eval_g(&self, ei: usize, valid: &[Cand]) -> Result<GResult, EvalError> {
+        let policy = self.policy;
+        let r: Vec<f64> = valid.iter().map(|c| self.live[c.child].vals.r()).collect();
+        let m: Vec<f64> = valid.iter().map(|c| c.cost).collect();
+        if let Some(g) = expr::eval_g_direct(&policy.g, &m, &r) {
+            return Ok(g);
+        }
+        let s: Vec<&Metrics> = valid.iter().map(|c| self.metrics(c)).collect();
+        let names: Vec<&CelString<'static>> = valid
+            .iter()
+            .map(|c| self.live[c.child].vals.name())
+            .collect();
+        let gvars = GVars::new(
+            &s,
+            &r,
+            &m,
+            &names,
+            self.vals.subnet(ei),
+            &self.vals.time,
+            &policy.g,
+        );
+        expr::interpret_g(&policy.env, &policy.g, &gvars)
+    }
+
+    /// The smoothed metrics of the report a candidate was chosen by.
+    fn metrics(&self, c: &Cand) -> &'a Metrics {
+        &self.live[c.child].state.reports[c.report].metrics
+    }
+
+    /// G's result as a report: a number becomes `load`; `children` and `flows` are added
+    /// unless G sets them. Refused if any value is not finite.
+    fn upward_report(
+        &self,
+        g: GResult,
+        valid: &[Cand],
+    ) -> Result<BTreeMap<String, f64>, EvalError> {
+        let mut out = match g {
+            GResult::Number(x) => BTreeMap::from([("load".to_owned(), x)]),
+            GResult::Map(m) => m,
+        };
+        if let Some((k, x)) = out.iter().find(|(_, x)| !x.is_finite()) {
+            return Err(EvalError::Result(format!(
+                "reported {k} = {x}, not a finite number"
+            )));
+        }
+        out.entry("children".to_owned())
+            .or_insert(valid.len() as f64);
+        let flows = valid.iter().filter_map(|c| self.metrics(c).get("flows"));
+        if flows.clone().next().is_some() {
+            out.entry("flows".to_owned()).or_insert(flows.sum());
+        }
+        Ok(out)
+    }
+
+    /// The message of the build's last error, naming the expression, child, subnet and group.
+    fn error_message(&self, l: &LastError) -> String {
+        let child = l
+            .child
+            .map(|c| format!("child {:?}, ", self.live[c].input.name))
+            .unwrap_or_default();
+        let group = l
+            .group
+            .map(|g| self.client_groups[g].name.as_str())
+            .unwrap_or("");
+        format!(
+            "{} ({child}subnet {}, group {group:?}): {}",
+            l.key, l.subnet, l.error
+        )
     }
 }
 

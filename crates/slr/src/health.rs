@@ -12,8 +12,9 @@
 //! interval, a host that stops answering leaves selection within `interval x count + timeout`,
 //! which is within `interval x count + 1 s` for any timeout up to 1 s.
 
-use crate::config::{HealthConfig, RouterDaemonConfig};
-use crate::router_daemon::Handle;
+use crate::mailbox::Handle;
+use crate::rtt::RttTable;
+use slr_config::{HealthConfig, RouterDaemonConfig};
 use slr_core::flow_table::FlowKey;
 use slr_core::router::Control;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -29,35 +30,6 @@ struct Checker {
     vip: Ipv4Addr,
     config: HealthConfig,
     stop: Arc<AtomicBool>,
-}
-
-/// Round-trip times measured by the checks, per next hop name (milliseconds, smoothed).
-///
-/// A check's TCP handshake goes out through the tunnel (router -> next hop -> ... -> host) and
-/// its answer comes straight back from the host, like a client's: its duration is the RTT of the
-/// path a flow sent to that next hop takes. The cost functions see it as `rtt` (F13 proximity).
-#[derive(Debug, Clone, Default)]
-pub struct RttTable(Arc<std::sync::Mutex<HashMap<String, f64>>>);
-
-impl RttTable {
-    /// Weight of a new sample in the smoothed value.
-    const ALPHA: f64 = 0.5;
-
-    fn record(&self, name: &str, sample: Duration) {
-        let ms = sample.as_secs_f64() * 1e3;
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let v = m.entry(name.to_owned()).or_insert(ms);
-        *v = Self::ALPHA * ms + (1.0 - Self::ALPHA) * *v;
-    }
-
-    /// The smoothed RTT of a next hop, if any check has passed.
-    pub fn get(&self, name: &str) -> Option<f64> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-    }
 }
 
 /// Starts, stops and updates one checker thread per next hop.

@@ -10,18 +10,16 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-mod config;
+mod cli;
 mod control_plane;
-mod ctl;
 mod daemon;
 mod health;
-mod host_daemon;
-mod lab;
-mod load;
+mod host;
+mod mailbox;
 mod metrics;
-mod pki_cmd;
-mod router_daemon;
-mod serve;
+mod router;
+mod rtt;
+mod snapshot;
 
 /// Service level routing: virtual hosts routed per connection to host servers over IP-in-IP.
 #[derive(Parser)]
@@ -52,37 +50,37 @@ enum Command {
         check: bool,
     },
     /// Inspect or steer a running router or host agent.
-    Ctl(ctl::CtlArgs),
+    Ctl(cli::ctl::CtlArgs),
     /// Build, inspect and tear down a lab of network namespaces.
     Lab {
         #[command(subcommand)]
-        command: lab::LabCommand,
+        command: slr_lab::LabCommand,
     },
     /// The operator CA and node certificates of the state update protocol (mutual TLS).
     Ca {
         #[command(subcommand)]
-        command: pki_cmd::CaCommand,
+        command: cli::pki::CaCommand,
     },
     /// Serve a gateway table over HTTPS (a network configuration site).
-    GatewaySite(pki_cmd::GatewaySiteArgs),
+    GatewaySite(cli::pki::GatewaySiteArgs),
     /// Say hello and send one load report to a parent, printing its answers.
-    Report(pki_cmd::ReportArgs),
+    Report(cli::pki::ReportArgs),
     /// Serve HTTP (and UDP echo) on a lab host: answers say which host served them.
     #[command(hide = true)]
-    Serve(serve::ServeArgs),
+    Serve(slr_lab::serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Router { config, check } => router_daemon::run(&config, check),
-        Command::Host { config, check } => host_daemon::run(&config, check),
-        Command::Ctl(args) => ctl::run(args),
-        Command::Lab { command } => lab::run(command),
-        Command::Ca { command } => pki_cmd::run_ca(command),
-        Command::GatewaySite(args) => pki_cmd::run_gateway_site(args),
-        Command::Report(args) => pki_cmd::run_report(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Router { config, check } => router::run(&config, check),
+        Command::Host { config, check } => host::run(&config, check),
+        Command::Ctl(args) => cli::ctl::run(args),
+        Command::Lab { command } => slr_lab::run(command),
+        Command::Ca { command } => cli::pki::run_ca(command),
+        Command::GatewaySite(args) => cli::pki::run_gateway_site(args),
+        Command::Report(args) => cli::pki::run_report(args),
+        Command::Serve(args) => slr_lab::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

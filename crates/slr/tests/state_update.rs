@@ -255,8 +255,7 @@ fn per_site(answers: &[Result<String, String>]) -> BTreeMap<&'static str, usize>
 
 /// Sends a signal to a process; false if it failed (the process is gone).
 fn kill(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory preconditions.
-    unsafe { libc::kill(pid, sig) == 0 }
+    slr_io::process::send_signal(pid, sig)
 }
 
 /// Lab processes stopped with SIGSTOP; continued (SIGCONT) by `resume` or when dropped, so

@@ -21,8 +21,13 @@
 //! A hierarchy's hosts trust tunnels from their parent only, and report to it
 //! (`[control]` with certificate and `[[control.parents]]`).
 
-use super::state::lab_dir;
-use super::topology::{Role, Topology};
+use crate::state::lab_dir;
+use crate::topology::{Role, Topology};
+use slr_config::file::{
+    ClientGroupSection, ControlSection, FaultSection, FlowTableSection, GatewayChildSection,
+    GatewaysSection, HealthSection, HostFile, HostSection, NextHopSection, ParentSection,
+    RouterFile, RouterSection, VirtualHostSection,
+};
 
 /// Port of the router's metrics endpoint (inside its namespace, on 127.0.0.1).
 pub const ROUTER_METRICS_PORT: u16 = 9464;
@@ -41,53 +46,30 @@ pub fn pki_dir(lab: &str) -> std::path::PathBuf {
     lab_dir(lab).join("pki")
 }
 
-/// A string as a TOML string literal (names are validated; labels and CEL expressions
-/// may hold quotes).
-fn quote(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-/// A cost as a TOML float (`1.0`, not `1`).
-fn float(v: f64) -> String {
-    let s = format!("{v:?}");
-    if s.contains(['.', 'e', 'E']) {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
-/// `[control]` lines common to routers and hosts: the CA, the node's certificate and key,
-/// the lab's intervals.
-fn control_section(t: &Topology, node: &str) -> String {
+/// `[control]` common to routers and hosts: the CA, the node's certificate and key, the
+/// lab's intervals, and its parent (nothing for the top router).
+fn control_section(t: &Topology, node: &str) -> ControlSection {
     let pki = pki_dir(&t.name);
     let c = t.control.clone().unwrap_or_default();
-    format!(
-        "\n[control]\n\
-         ca = \"{ca}\"\n\
-         cert = \"{cert}\"\n\
-         key = \"{key}\"\n\
-         report_interval = {ri}\n\
-         silent_after = {sa}\n\
-         rebuild_interval = {rb}\n",
-        ca = pki.join("ca.pem").display(),
-        cert = pki.join(format!("{node}.pem")).display(),
-        key = pki.join(format!("{node}.key")).display(),
-        ri = quote(&c.report_interval),
-        sa = c.silent_after,
-        rb = quote(&c.rebuild_interval),
-    )
-}
-
-/// `[[control.parents]]` of a node of a hierarchy (nothing for the top router).
-fn parents_section(t: &Topology, node: &str) -> String {
-    match t.node(node).and_then(|n| n.parent.as_deref()) {
-        Some(p) => format!(
-            "\n[[control.parents]]\nname = \"{p}\"\naddress = \"{}:{CONTROL_PORT}\"\n",
-            t.address(p).expect("parent has a link")
-        ),
-        None => String::new(),
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let mut s = ControlSection::new(
+        &path(pki.join("ca.pem")),
+        &path(pki.join(format!("{node}.pem"))),
+        &path(pki.join(format!("{node}.key"))),
+    );
+    s.report_interval = c.report_interval;
+    s.silent_after = c.silent_after;
+    s.rebuild_interval = c.rebuild_interval;
+    if let Some(p) = t.node(node).and_then(|n| n.parent.as_deref()) {
+        s.parents.push(ParentSection {
+            name: p.to_owned(),
+            address: format!(
+                "{}:{CONTROL_PORT}",
+                t.address(p).expect("parent has a link")
+            ),
+        });
     }
+    s
 }
 
 /// The config file of a router or host node, in the lab's state directory.
@@ -95,192 +77,147 @@ pub fn config_path(lab: &str, node: &str) -> std::path::PathBuf {
     lab_dir(lab).join(format!("{node}.toml"))
 }
 
-/// The router's configuration (TOML). Every router of the lab gets the same virtual
-/// hosts, next hops and hash seed, so that several routers pick the same host for a flow.
+/// The router's configuration file (TOML): [`router_file`], with the topology's
+/// `[router_config]` and then the node's own `router_config` merged over it.
 pub fn router_config(t: &Topology, router: &str) -> String {
-    let s = if t.is_hierarchy() {
-        hierarchy_router_config(t, router)
-    } else {
-        static_router_config(t, router)
-    };
-    let s = with_router_config(t, s);
-    match t.nodes.iter().find(|n| n.name == router) {
-        Some(n) if !n.router_config.is_empty() => merge_text(s, &n.router_config, router),
-        _ => s,
+    let file = router_file(t, router);
+    let mut doc = toml::Table::try_from(&file).expect("a router file serializes");
+    let mut header = format!("# Written by `slr lab up` for lab {:?}", t.name);
+    if !t.router_config.is_empty() {
+        merge(&mut doc, parse_over(&t.router_config));
+        header += ", with its [router_config]";
     }
-}
-
-/// Merges a node's own `router_config` over its configuration.
-fn merge_text(s: String, over: &str, router: &str) -> String {
-    let mut doc: toml::Table = s.parse().expect("the lab writes valid TOML");
-    let over: toml::Table = over.parse().expect("checked when the topology was parsed");
-    merge(&mut doc, over);
+    if let Some(n) = t.node(router).filter(|n| !n.router_config.is_empty()) {
+        merge(&mut doc, parse_over(&n.router_config));
+        header += &format!(", with router {router:?}'s own router_config");
+    }
     format!(
-        "# Written by `slr lab up`, with router {router:?}'s own router_config.\n{}",
-        toml::to_string(&doc).expect("TOML")
+        "{header}.\n{}",
+        toml::to_string(&doc).expect("a TOML table serializes")
     )
 }
 
-/// A static lab's router: every host a next hop with its weight.
-fn static_router_config(t: &Topology, router: &str) -> String {
-    let dir = lab_dir(&t.name);
-    let source = t.address(router).expect("router has a link");
-    let mut s = format!(
-        "# Written by `slr lab up` for lab {lab:?}.\n\
-         [router]\n\
-         name = \"{router}\"\n\
-         tunnel_source = \"{source}\"\n\
-         tun = \"slr0\"\n\
-         tunnel_mtu = 1500\n\
-         control_socket = \"{sock}\"\n\
-         metrics_listen = \"127.0.0.1:{ROUTER_METRICS_PORT}\"\n\
-         hash_seed = 1\n\
-         \n\
-         [health_check]\n\
-         port = {HTTP_PORT}\n\
-         path = \"/health\"\n\
-         interval = \"1s\"\n\
-         timeout = \"500ms\"\n\
-         count = 2\n",
-        lab = t.name,
-        sock = dir.join(format!("{router}.sock")).display(),
-    );
-    for vh in &t.virtual_hosts {
-        s += &format!(
-            "\n[[virtual_hosts]]\nname = \"{}\"\nsubnet = \"{}\"\npolicy = \"{}\"\nudp = \"{}\"\n",
-            vh.name,
-            vh.subnet,
-            vh.policy.as_str(),
-            vh.udp.as_str()
-        );
-    }
-    for host in t.nodes_with(Role::Host) {
-        s += &format!(
-            "\n[[next_hops]]\nname = \"{}\"\naddress = \"{}\"\nweight = {}\n",
-            host.name,
-            t.address(&host.name).expect("host has a link"),
-            host.weight
-        );
-    }
-    s
+fn parse_over(text: &str) -> toml::Table {
+    text.parse().expect("checked when the topology was parsed")
 }
 
-/// A hierarchy's router: its children as gateways, reports over mutual TLS, policy cost.
-fn hierarchy_router_config(t: &Topology, router: &str) -> String {
-    let dir = lab_dir(&t.name);
+/// The router's configuration as the daemon's own file type. Every router of the lab gets
+/// the same virtual hosts, next hops and hash seed, so that several routers pick the same
+/// host for a flow. A static lab's router has every host as a next hop with its weight; a
+/// hierarchy's router has its children as gateways, reports over mutual TLS and policy cost.
+pub fn router_file(t: &Topology, router: &str) -> RouterFile {
+    let source = t.address(router).expect("router has a link").to_string();
+    let mut r = RouterSection::new(router, &source);
+    r.control_socket = Some(socket_path(t, router));
+    r.metrics_listen = Some(format!("127.0.0.1:{ROUTER_METRICS_PORT}"));
+    r.hash_seed = 1;
+    let mut file = RouterFile {
+        router: r,
+        flow_table: FlowTableSection::default(),
+        health_check: HealthSection {
+            port: HTTP_PORT,
+            count: 2,
+            ..HealthSection::default()
+        },
+        virtual_hosts: t
+            .virtual_hosts
+            .iter()
+            .map(|vh| {
+                VirtualHostSection::new(
+                    &vh.name,
+                    &vh.subnet.to_string(),
+                    vh.policy.as_str(),
+                    vh.udp.as_str(),
+                )
+            })
+            .collect(),
+        next_hops: Vec::new(),
+        control: None,
+        gateways: GatewaysSection::default(),
+        cost: None,
+        client_groups: Vec::new(),
+        fault: FaultSection::default(),
+    };
+    if t.is_hierarchy() {
+        hierarchy_router(t, router, &mut file);
+    } else {
+        file.next_hops = t
+            .nodes_with(Role::Host)
+            .map(|host| NextHopSection {
+                name: host.name.clone(),
+                address: t.address(&host.name).expect("host has a link").to_string(),
+                weight: host.weight,
+            })
+            .collect();
+    }
+    file
+}
+
+/// What a hierarchy's router has besides a static one's: its level and parent, `[control]`
+/// with the address its children report to, its children as `[[gateways.children]]`, the
+/// cost functions, and (the top router) the client groups.
+fn hierarchy_router(t: &Topology, router: &str, file: &mut RouterFile) {
     let node = t.node(router).expect("router of the topology");
     let source = t.address(router).expect("router has a link");
-    let parent = node.parent.as_deref();
-    let trusted = parent
-        .map(|p| format!("\"{}/32\"", t.address(p).expect("parent has a link")))
-        .unwrap_or_default();
-    let mut s = format!(
-        "# Written by `slr lab up` for lab {lab:?}: {level} router{below}.\n\
-         [router]\n\
-         name = \"{router}\"\n\
-         level = {level_q}\n\
-         tunnel_source = \"{source}\"\n\
-         trusted_parents = [{trusted}]\n\
-         tun = \"slr0\"\n\
-         tunnel_mtu = 1500\n\
-         control_socket = \"{sock}\"\n\
-         metrics_listen = \"127.0.0.1:{ROUTER_METRICS_PORT}\"\n\
-         hash_seed = 1\n\
-         \n\
-         [health_check]\n\
-         port = {HTTP_PORT}\n\
-         path = \"/health\"\n\
-         interval = \"1s\"\n\
-         timeout = \"500ms\"\n\
-         count = 2\n",
-        lab = t.name,
-        level = node.level.as_deref().unwrap_or("router"),
-        level_q = quote(node.level.as_deref().unwrap_or("router")),
-        below = parent
-            .map(|p| format!(" below {p}"))
-            .unwrap_or_else(|| ", the top".into()),
-        sock = dir.join(format!("{router}.sock")).display(),
-    );
-    s += &control_section(t, router);
-    s += &format!("listen = \"{source}:{CONTROL_PORT}\"\n");
-    s += &parents_section(t, router);
-    let subnets = subnet_list(t);
-    for child in t.children(router) {
-        s += &format!(
-            "\n[[gateways.children]]\nname = \"{}\"\naddress = \"{}\"\nsubnets = [{subnets}]\ncost = {}\n",
-            child.name,
-            t.address(&child.name).expect("child has a link"),
-            float(child.cost),
-        );
-        if !child.labels.is_empty() {
-            let labels: Vec<String> = child
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", quote(v)))
-                .collect();
-            s += &format!("labels = {{ {} }}\n", labels.join(", "));
-        }
+    file.router.level = Some(node.level.clone().unwrap_or_else(|| "router".into()));
+    if let Some(p) = &node.parent {
+        file.router.trusted_parents =
+            vec![format!("{}/32", t.address(p).expect("parent has a link"))];
     }
+    let mut control = control_section(t, router);
+    control.listen = Some(format!("{source}:{CONTROL_PORT}"));
+    file.control = Some(control);
+    let subnets: Vec<String> = t
+        .virtual_hosts
+        .iter()
+        .map(|v| v.subnet.to_string())
+        .collect();
+    file.gateways.children = t
+        .children(router)
+        .into_iter()
+        .map(|child| GatewayChildSection {
+            name: child.name.clone(),
+            address: t
+                .address(&child.name)
+                .expect("child has a link")
+                .to_string(),
+            subnets: subnets.clone(),
+            cost: child.cost,
+            labels: child.labels.clone(),
+        })
+        .collect();
     let c = t.control.clone().unwrap_or_default();
     if c.f.is_some() || c.g.is_some() {
-        s += "\n[cost]\n";
-        if let Some(f) = &c.f {
-            s += &format!("f = {}\n", quote(f));
+        let mut cost = toml::Table::new();
+        if let Some(f) = c.f {
+            cost.insert("f".into(), toml::Value::String(f));
         }
-        if let Some(g) = &c.g {
-            s += &format!("g = {}\n", quote(g));
+        if let Some(g) = c.g {
+            cost.insert("g".into(), toml::Value::String(g));
         }
+        file.cost = Some(cost);
     }
-    if parent.is_none() {
-        for (group, clients) in t.client_groups() {
-            let prefixes: Vec<String> = clients
-                .iter()
-                .map(|c| format!("\"{}/32\"", t.address(&c.name).expect("client has a link")))
-                .collect();
-            s += &format!(
-                "\n[[client_groups]]\nname = \"{group}\"\nprefixes = [{}]\n",
-                prefixes.join(", ")
-            );
-        }
+    if node.parent.is_none() {
+        file.client_groups = t
+            .client_groups()
+            .into_iter()
+            .map(|(group, clients)| ClientGroupSection {
+                name: group,
+                prefixes: clients
+                    .iter()
+                    .map(|c| format!("{}/32", t.address(&c.name).expect("client has a link")))
+                    .collect(),
+            })
+            .collect();
     }
-    for vh in &t.virtual_hosts {
-        s += &format!(
-            "\n[[virtual_hosts]]\nname = \"{}\"\nsubnet = \"{}\"\npolicy = \"{}\"\nudp = \"{}\"\n",
-            vh.name,
-            vh.subnet,
-            vh.policy.as_str(),
-            vh.udp.as_str()
-        );
-    }
-    s
 }
 
-/// Every virtual subnet, as the items of a TOML array.
-fn subnet_list(t: &Topology) -> String {
-    t.virtual_hosts
-        .iter()
-        .map(|v| format!("\"{}\"", v.subnet))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The topology's `[router_config]` merged over a router configuration the lab wrote.
-fn with_router_config(t: &Topology, s: String) -> String {
-    if t.router_config.is_empty() {
-        return s;
-    }
-    // The topology's [router_config] goes over what the lab wrote, table by table.
-    let mut doc: toml::Table = s.parse().expect("the lab writes valid TOML");
-    let over: toml::Table = t
-        .router_config
-        .parse()
-        .expect("checked when the topology was parsed");
-    merge(&mut doc, over);
-    format!(
-        "# Written by `slr lab up` for lab {:?}, with its [router_config].\n{}",
-        t.name,
-        toml::to_string(&doc).expect("TOML")
-    )
+/// The control socket of a lab daemon.
+fn socket_path(t: &Topology, node: &str) -> String {
+    lab_dir(&t.name)
+        .join(format!("{node}.sock"))
+        .display()
+        .to_string()
 }
 
 /// Merges `over` into `base`: tables merge key by key, anything else replaces.
@@ -295,34 +232,37 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// The host agent's configuration (TOML): accept every virtual subnet, and tunnels only
-/// from the lab's routers (in a hierarchy: from its parent, which it also reports to).
+/// The host agent's configuration file (TOML): [`host_file`].
 pub fn host_config(t: &Topology, host: &str) -> String {
+    format!(
+        "# Written by `slr lab up` for lab {:?}.\n{}",
+        t.name,
+        toml::to_string(&host_file(t, host)).expect("a host file serializes")
+    )
+}
+
+/// The host agent's configuration as the daemon's own file type: accept every virtual
+/// subnet, and tunnels only from the lab's routers (in a hierarchy: from its parent, which
+/// it also reports to).
+pub fn host_file(t: &Topology, host: &str) -> HostFile {
     let parent = t.node(host).and_then(|n| n.parent.as_deref());
     let routers: Vec<String> = t
         .nodes_with(Role::Router)
         .filter(|r| parent.is_none_or(|p| p == r.name))
-        .map(|r| format!("\"{}/32\"", t.address(&r.name).expect("router has a link")))
+        .map(|r| format!("{}/32", t.address(&r.name).expect("router has a link")))
         .collect();
-    let mut s = format!(
-        "# Written by `slr lab up` for lab {lab:?}.\n\
-         [host]\n\
-         name = \"{host}\"\n\
-         virtual_subnets = [{subnets}]\n\
-         trusted_tunnel_sources = [{routers}]\n\
-         tun = \"slrh0\"\n\
-         control_socket = \"{sock}\"\n\
-         metrics_listen = \"127.0.0.1:{HOST_METRICS_PORT}\"\n",
-        lab = t.name,
-        subnets = subnet_list(t),
-        routers = routers.join(", "),
-        sock = lab_dir(&t.name).join(format!("{host}.sock")).display(),
-    );
-    if t.is_hierarchy() {
-        s += &control_section(t, host);
-        s += &parents_section(t, host);
+    let subnets = t
+        .virtual_hosts
+        .iter()
+        .map(|v| v.subnet.to_string())
+        .collect();
+    let mut h = HostSection::new(host, subnets, routers);
+    h.control_socket = Some(socket_path(t, host));
+    h.metrics_listen = Some(format!("127.0.0.1:{HOST_METRICS_PORT}"));
+    HostFile {
+        host: h,
+        control: t.is_hierarchy().then(|| control_section(t, host)),
     }
-    s
 }
 
 /// Arguments of `slr serve` on a host: HTTP on every address, UDP echo on each VIP.
@@ -514,7 +454,7 @@ mod tests {
         let as2: toml::Table = router_config(&t, "as2").parse().unwrap();
         assert!(as2.get("fault").is_none());
         // And the daemon accepts it.
-        crate::config::parse_router(&router_config(&t, "as1"), std::path::Path::new("as1.toml"))
+        slr_config::parse_router(&router_config(&t, "as1"), std::path::Path::new("as1.toml"))
             .unwrap();
         // Only routers have one.
         let bad = text.replace(
@@ -648,11 +588,11 @@ mod tests {
                 let file = config_path(&t.name, &n.name);
                 match n.role {
                     Role::Router => {
-                        crate::config::parse_router(&router_config(&t, &n.name), &file)
+                        slr_config::parse_router(&router_config(&t, &n.name), &file)
                             .unwrap_or_else(|e| panic!("{}: {e:#}", n.name));
                     }
                     Role::Host => {
-                        crate::config::parse_host(&host_config(&t, &n.name), &file)
+                        slr_config::parse_host(&host_config(&t, &n.name), &file)
                             .unwrap_or_else(|e| panic!("{}: {e:#}", n.name));
                     }
                     _ => {}

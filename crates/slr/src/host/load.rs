@@ -35,12 +35,10 @@ pub struct LoadSampler {
 impl LoadSampler {
     /// A sampler for the agent's virtual subnets; the first sample only sets the baseline.
     pub fn new(subnets: Vec<Ipv4Cidr>) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         LoadSampler {
             subnets,
             netns: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),
-            clk_tck: if tck > 0 { tck as f64 } else { 100.0 },
+            clk_tck: slr_io::process::clock_ticks_per_second() as f64,
             last_stat: None,
             last_ticks: HashMap::new(),
             last_at: None,

@@ -82,6 +82,8 @@
 //! `[[nodes]]` tables. The caller prefixes the file name.
 
 use serde::{Deserialize, Serialize};
+pub use slr_core::router::UdpMode;
+pub use slr_core::select::Policy;
 use slr_wire::Ipv4Cidr;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -212,81 +214,41 @@ impl FromStr for Role {
     }
 }
 
-/// How the router picks a host server for a new flow (passed to the router config as is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    /// Each new flow to the next host in turn.
-    RoundRobin,
-    /// Hosts chosen in proportion to their weight.
-    Weighted,
-    /// The host with the fewest active flows.
-    LeastFlows,
-    /// Consistent hashing of the flow (Maglev table).
-    Maglev,
-    /// The child with the least cost, from its reports (every router of a hierarchy).
-    Cost,
-}
+/// Names of the policies a topology may give, for error messages.
+const POLICY_NAMES: &str = "round_robin, weighted, least_flows, maglev, cost";
+/// Names of the UDP modes, for error messages.
+const UDP_MODE_NAMES: &str = "pin, per_datagram";
 
-impl Policy {
-    const NAMES: &'static str = "round_robin, weighted, least_flows, maglev, cost";
+/// Serde for the core's enums by their configuration names (the state file keeps the
+/// topology): `Policy` and `UdpMode` are the daemons' own types, not copies.
+mod by_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::str::FromStr;
 
-    /// The policy's name as written in topology and router config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::RoundRobin => "round_robin",
-            Policy::Weighted => "weighted",
-            Policy::LeastFlows => "least_flows",
-            Policy::Maglev => "maglev",
-            Policy::Cost => "cost",
+    /// A type named in configuration files.
+    pub trait Named: FromStr {
+        /// Its configuration name.
+        fn name(&self) -> &'static str;
+    }
+    impl Named for slr_core::select::Policy {
+        fn name(&self) -> &'static str {
+            self.as_str()
         }
     }
-}
-
-impl FromStr for Policy {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "round_robin" => Policy::RoundRobin,
-            "weighted" => Policy::Weighted,
-            "least_flows" => Policy::LeastFlows,
-            "maglev" => Policy::Maglev,
-            "cost" => Policy::Cost,
-            _ => return Err(()),
-        })
-    }
-}
-
-/// How connectionless (UDP) traffic to a virtual host is steered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UdpMode {
-    /// Datagrams of one 5-tuple stick to one host, like a TCP flow.
-    Pin,
-    /// Every datagram is steered on its own.
-    PerDatagram,
-}
-
-impl UdpMode {
-    const NAMES: &'static str = "pin, per_datagram";
-
-    /// The mode's name as written in topology and router config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UdpMode::Pin => "pin",
-            UdpMode::PerDatagram => "per_datagram",
+    impl Named for slr_core::router::UdpMode {
+        fn name(&self) -> &'static str {
+            self.as_str()
         }
     }
-}
 
-impl FromStr for UdpMode {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "pin" => UdpMode::Pin,
-            "per_datagram" => UdpMode::PerDatagram,
-            _ => return Err(()),
-        })
+    pub fn serialize<T: Named, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub fn deserialize<'de, T: Named, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown name {s:?}")))
     }
 }
 
@@ -299,8 +261,10 @@ pub struct VirtualHost {
     #[serde(with = "cidr_serde")]
     pub subnet: Ipv4Cidr,
     /// Host selection policy.
+    #[serde(with = "by_name")]
     pub policy: Policy,
     /// UDP steering.
+    #[serde(with = "by_name")]
     pub udp: UdpMode,
 }
 
@@ -424,353 +388,29 @@ impl Topology {
         Self::from_table(&table)
     }
 
+    /// Validates a parsed topology file, one step per part of the file; the first error
+    /// found wins, so the steps run in the order a reader meets the parts.
     fn from_table(table: &toml::Table) -> Result<Topology, TopologyError> {
-        check_keys(
-            table,
-            "",
-            &["lab", "virtual_hosts", "nodes", "router_config", "control"],
-        )?;
-        let router_config = match table.get("router_config") {
-            None => String::new(),
-            Some(toml::Value::Table(t)) => toml::to_string(t)
-                .map_err(|e| TopologyError::new("router_config", e.to_string()))?,
-            Some(v) => {
-                return Err(TopologyError::new(
-                    "router_config",
-                    format!("must be a table of router configuration keys, not {v}"),
-                ))
-            }
-        };
-
-        let lab = table
-            .get("lab")
-            .ok_or_else(|| TopologyError::new("lab", "missing [lab] table"))?
-            .as_table()
-            .ok_or_else(|| TopologyError::new("lab", "must be a table ([lab])"))?;
-        check_keys(lab, "lab", &["name"])?;
-        let name = req_str(lab, "lab", "name")?;
-        check_name(&name, "lab.name", false)?;
-
+        let router_config = parse_top_level(table)?;
+        let name = parse_lab(table)?;
         let node_tables = array_of_tables(table, "nodes")?;
-        // A `parent` anywhere or a [control] table makes the lab a hierarchy; what is valid
-        // below (policies, weights, costs) depends on it.
-        let hierarchy =
-            table.contains_key("control") || node_tables.iter().any(|t| t.contains_key("parent"));
-        let control = if hierarchy {
-            Some(parse_control(table.get("control"))?)
-        } else {
-            None
-        };
-
-        let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
-        for (i, t) in array_of_tables(table, "virtual_hosts")?.iter().enumerate() {
-            let at = format!("virtual_hosts[{i}]");
-            check_keys(t, &at, &["name", "subnet", "policy", "udp"])?;
-            let vh_name = req_str(t, &at, "name")?;
-            check_name(&vh_name, &format!("{at}.name"), true)?;
-            if virtual_hosts.iter().any(|v| v.name == vh_name) {
-                return Err(TopologyError::new(
-                    format!("{at}.name"),
-                    format!("duplicate virtual host name {vh_name:?}"),
-                ));
-            }
-            let subnet_s = req_str(t, &at, "subnet")?;
-            let subnet = parse_subnet(&subnet_s)
-                .map_err(|e| TopologyError::new(format!("{at}.subnet"), e))?;
-            check_virtual_subnet(subnet, &format!("{at}.subnet"), &virtual_hosts)?;
-            let default_policy = if hierarchy {
-                Policy::Cost
-            } else {
-                Policy::Maglev
-            };
-            let policy = opt_enum(t, &at, "policy", default_policy, "policy", Policy::NAMES)?;
-            match (hierarchy, policy) {
-                (true, Policy::Cost) | (false, Policy::RoundRobin)
-                | (false, Policy::Weighted)
-                | (false, Policy::LeastFlows)
-                | (false, Policy::Maglev) => {}
-                (true, p) => {
-                    return Err(TopologyError::new(
-                        format!("{at}.policy"),
-                        format!(
-                            "{:?}: in a hierarchy every router chooses by the cost its children report; use \"cost\" or leave policy out",
-                            p.as_str()
-                        ),
-                    ))
-                }
-                (false, Policy::Cost) => {
-                    return Err(TopologyError::new(
-                        format!("{at}.policy"),
-                        "\"cost\" needs a hierarchy (routers learn costs from their children's reports): give routers and hosts a parent, or add a [control] table",
-                    ))
-                }
-            }
-            let udp = opt_enum(t, &at, "udp", UdpMode::Pin, "udp mode", UdpMode::NAMES)?;
-            virtual_hosts.push(VirtualHost {
-                name: vh_name,
-                subnet,
-                policy,
-                udp,
-            });
-        }
-        if virtual_hosts.is_empty() {
-            return Err(TopologyError::new(
-                "virtual_hosts",
-                "no virtual host (add a [[virtual_hosts]] table with name and subnet)",
-            ));
-        }
-
-        let mut nodes: Vec<Node> = Vec::new();
-        // Index in the file of each node in `nodes` (the implicit core has none), for errors.
-        let mut file_index: Vec<usize> = Vec::new();
-        for (i, t) in node_tables.iter().enumerate() {
-            let at = format!("nodes[{i}]");
-            check_keys(
-                t,
-                &at,
-                &[
-                    "name",
-                    "role",
-                    "weight",
-                    "parent",
-                    "level",
-                    "group",
-                    "cost",
-                    "labels",
-                    "router_config",
-                ],
-            )?;
-            let node_name = req_str(t, &at, "name")?;
-            check_name(&node_name, &format!("{at}.name"), true)?;
-            if nodes.iter().any(|n| n.name == node_name) {
-                return Err(TopologyError::new(
-                    format!("{at}.name"),
-                    format!("duplicate node name {node_name:?}"),
-                ));
-            }
-            let role_s = req_str(t, &at, "role")?;
-            let role: Role = role_s.parse().map_err(|()| {
-                TopologyError::new(
-                    format!("{at}.role"),
-                    format!("unknown role {role_s:?} (expected {})", Role::NAMES),
-                )
-            })?;
-            if role == Role::Core && nodes.iter().any(|n| n.role == Role::Core) {
-                return Err(TopologyError::new(
-                    format!("{at}.role"),
-                    "a second core node (there is one core namespace per lab)",
-                ));
-            }
-            if role != Role::Core && node_name == "core" {
-                return Err(TopologyError::new(
-                    format!("{at}.name"),
-                    format!(
-                        "\"core\" is the implicit core node's name; give this {} another name",
-                        role.as_str()
-                    ),
-                ));
-            }
-            if hierarchy && matches!(role, Role::Router | Role::Host) && node_name.contains('_') {
-                return Err(TopologyError::new(
-                    format!("{at}.name"),
-                    format!(
-                        "{node_name:?}: in a hierarchy router and host names are certificate DNS names ([a-z0-9-], no '_')"
-                    ),
-                ));
-            }
-            // Which role may carry which key, and in which kind of lab.
-            let only = |key: &str, roles: &[Role], needs_hierarchy: bool| {
-                if !t.contains_key(key) {
-                    return Ok(());
-                }
-                let who = roles
-                    .iter()
-                    .map(|r| format!("{}s", r.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(" and ");
-                if !roles.contains(&role) {
-                    return Err(TopologyError::new(
-                        format!("{at}.{key}"),
-                        format!("only {who} have a {key} (this node is a {})", role.as_str()),
-                    ));
-                }
-                if needs_hierarchy && !hierarchy {
-                    return Err(TopologyError::new(
-                        format!("{at}.{key}"),
-                        "only a hierarchy uses it: give routers and hosts a parent, or add a [control] table",
-                    ));
-                }
-                Ok(())
-            };
-            only("weight", &[Role::Host], false)?;
-            only("parent", &[Role::Router, Role::Host], true)?;
-            only("level", &[Role::Router], false)?;
-            only("group", &[Role::Client], true)?;
-            only("cost", &[Role::Router, Role::Host], true)?;
-            only("labels", &[Role::Router, Role::Host], true)?;
-            only("router_config", &[Role::Router], false)?;
-            let router_config = match t.get("router_config") {
-                None => String::new(),
-                Some(toml::Value::Table(rc)) => toml::to_string(rc).map_err(|e| {
-                    TopologyError::new(format!("{at}.router_config"), e.to_string())
-                })?,
-                Some(v) => {
-                    return Err(TopologyError::new(
-                        format!("{at}.router_config"),
-                        format!("must be a table of router configuration keys, not {v}"),
-                    ))
-                }
-            };
-            if hierarchy && t.contains_key("weight") {
-                return Err(TopologyError::new(
-                    format!("{at}.weight"),
-                    "a hierarchy chooses by cost and reports, not by weight (use cost)",
-                ));
-            }
-            let weight = match t.get("weight") {
-                None => 1,
-                Some(v) => v
-                    .as_integer()
-                    .and_then(|w| u32::try_from(w).ok())
-                    .filter(|w| *w <= 65535)
-                    .ok_or_else(|| {
-                        TopologyError::new(
-                            format!("{at}.weight"),
-                            format!("{v} is not an integer 0..=65535"),
-                        )
-                    })?,
-            };
-            let parent = opt_str(t, &at, "parent")?;
-            let level = opt_str(t, &at, "level")?;
-            if let Some(l) = &level {
-                check_name(l, &format!("{at}.level"), true)?;
-            }
-            let group = opt_str(t, &at, "group")?;
-            if let Some(g) = &group {
-                check_name(g, &format!("{at}.group"), true)?;
-            }
-            let cost = match t.get("cost") {
-                None => default_cost(),
-                Some(v) => v
-                    .as_float()
-                    .or_else(|| v.as_integer().map(|i| i as f64))
-                    .filter(|c| c.is_finite() && *c >= 0.0)
-                    .ok_or_else(|| {
-                        TopologyError::new(
-                            format!("{at}.cost"),
-                            format!("{v} is not a finite number >= 0"),
-                        )
-                    })?,
-            };
-            let labels = parse_labels(t.get("labels"), &format!("{at}.labels"))?;
-            if role != Role::Core {
-                // Interface names are cut to 15 characters: two long names with a common
-                // prefix would collide in the core namespace.
-                let ifname = core_ifname(&node_name);
-                if let Some(other) = nodes
-                    .iter()
-                    .find(|n| n.role != Role::Core && core_ifname(&n.name) == ifname)
-                {
-                    return Err(TopologyError::new(
-                        format!("{at}.name"),
-                        format!(
-                            "{node_name:?} and {:?} both make interface name {ifname:?} (names are cut to {MAX_IFNAME_LEN} characters)",
-                            other.name
-                        ),
-                    ));
-                }
-            }
-            nodes.push(Node {
-                name: node_name,
-                role,
-                weight,
-                parent,
-                level,
-                group,
-                cost,
-                labels,
-                router_config,
-            });
-            file_index.push(i);
-        }
-        if !nodes.iter().any(|n| n.role == Role::Core) {
-            nodes.insert(
-                0,
-                Node {
-                    name: "core".into(),
-                    role: Role::Core,
-                    weight: 1,
-                    parent: None,
-                    level: None,
-                    group: None,
-                    cost: default_cost(),
-                    labels: BTreeMap::new(),
-                    router_config: String::new(),
-                },
-            );
-            file_index.insert(0, usize::MAX);
-        }
-
-        for (role, what) in [
-            (Role::Client, "a client"),
-            (Role::Router, "a router"),
-            (Role::Host, "a host"),
-        ] {
-            if !nodes.iter().any(|n| n.role == role) {
-                return Err(TopologyError::new(
-                    "nodes",
-                    format!("no node with role {:?}: a lab needs {what}", role.as_str()),
-                ));
-            }
-        }
+        let control = parse_lab_kind(table, &node_tables)?;
+        let hierarchy = control.is_some();
+        let virtual_hosts = parse_virtual_hosts(table, hierarchy)?;
+        let mut nodes = ParsedNodes::parse(&node_tables, hierarchy)?;
+        nodes.add_implicit_core();
+        check_required_roles(&nodes.nodes)?;
         if hierarchy {
-            resolve_hierarchy(&mut nodes, &file_index)?;
-        } else if !nodes.iter().any(|n| n.role == Role::Host && n.weight > 0) {
-            return Err(TopologyError::new(
-                "nodes",
-                "every host has weight 0: nothing would serve the virtual hosts",
-            ));
+            nodes.resolve_hierarchy()?;
+        } else {
+            check_some_host_weighs(&nodes.nodes)?;
         }
-        // Routers' default level: "site" above hosts only, "router" otherwise (in a static
-        // lab every router's children are the hosts).
-        let levels: Vec<Option<String>> = nodes
-            .iter()
-            .map(|n| {
-                if n.role != Role::Router {
-                    return None;
-                }
-                if let Some(l) = &n.level {
-                    return Some(l.clone());
-                }
-                let mut children = nodes.iter().filter(|c| {
-                    if hierarchy {
-                        c.parent.as_deref() == Some(&n.name)
-                    } else {
-                        c.role == Role::Host
-                    }
-                });
-                Some(if children.all(|c| c.role == Role::Host) {
-                    "site".to_string()
-                } else {
-                    "router".to_string()
-                })
-            })
-            .collect();
-        for (n, level) in nodes.iter_mut().zip(levels) {
-            n.level = level;
-        }
-        let linked = nodes.iter().filter(|n| n.role != Role::Core).count();
-        if linked > 254 {
-            return Err(TopologyError::new(
-                "nodes",
-                format!("{linked} nodes besides the core; 10.200.k.0/24 numbering allows 254"),
-            ));
-        }
-
+        fill_default_levels(&mut nodes.nodes, hierarchy);
+        check_link_count(&nodes.nodes)?;
         Ok(Topology {
             name,
             virtual_hosts,
-            nodes,
+            nodes: nodes.nodes,
             router_config,
             control,
         })
@@ -960,6 +600,483 @@ impl Topology {
     }
 }
 
+/// Checks the file's top-level keys and reads `[router_config]` (as TOML text; empty if
+/// absent).
+fn parse_top_level(table: &toml::Table) -> Result<String, TopologyError> {
+    check_keys(
+        table,
+        "",
+        &["lab", "virtual_hosts", "nodes", "router_config", "control"],
+    )?;
+    router_config_text(table.get("router_config"), "router_config")
+}
+
+/// Reads a `router_config` table (the lab-wide one or a router's own) as TOML text, empty
+/// if absent; `key` is its path for errors.
+fn router_config_text(v: Option<&toml::Value>, key: &str) -> Result<String, TopologyError> {
+    match v {
+        None => Ok(String::new()),
+        Some(toml::Value::Table(t)) => {
+            toml::to_string(t).map_err(|e| TopologyError::new(key, e.to_string()))
+        }
+        Some(v) => Err(TopologyError::new(
+            key,
+            format!("must be a table of router configuration keys, not {v}"),
+        )),
+    }
+}
+
+/// Reads `[lab]`: the lab's name.
+fn parse_lab(table: &toml::Table) -> Result<String, TopologyError> {
+    let lab = table
+        .get("lab")
+        .ok_or_else(|| TopologyError::new("lab", "missing [lab] table"))?
+        .as_table()
+        .ok_or_else(|| TopologyError::new("lab", "must be a table ([lab])"))?;
+    check_keys(lab, "lab", &["name"])?;
+    let name = req_str(lab, "lab", "name")?;
+    check_name(&name, "lab.name", false)?;
+    Ok(name)
+}
+
+/// Decides whether the lab is a hierarchy and, if so, reads its `[control]`: `Some` for a
+/// hierarchy, `None` for a static lab.
+fn parse_lab_kind(
+    table: &toml::Table,
+    node_tables: &[&toml::Table],
+) -> Result<Option<ControlSettings>, TopologyError> {
+    // A `parent` anywhere or a [control] table makes the lab a hierarchy; what is valid
+    // later (policies, weights, costs) depends on it.
+    let hierarchy =
+        table.contains_key("control") || node_tables.iter().any(|t| t.contains_key("parent"));
+    if hierarchy {
+        parse_control(table.get("control")).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// One `[[virtual_hosts]]` or `[[nodes]]` table being read: its key path and the kind of
+/// lab it belongs to.
+struct Entry<'a> {
+    /// The table.
+    table: &'a toml::Table,
+    /// Its path for errors, e.g. `nodes[2]`.
+    at: String,
+    /// Whether the lab is a hierarchy.
+    hierarchy: bool,
+}
+
+impl Entry<'_> {
+    /// The path of one of the table's keys, e.g. `nodes[2].role`.
+    fn key(&self, key: &str) -> String {
+        format!("{}.{key}", self.at)
+    }
+}
+
+/// Reads `[[virtual_hosts]]`: at least one.
+fn parse_virtual_hosts(
+    table: &toml::Table,
+    hierarchy: bool,
+) -> Result<Vec<VirtualHost>, TopologyError> {
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+    for (i, t) in array_of_tables(table, "virtual_hosts")?.iter().enumerate() {
+        let entry = Entry {
+            table: t,
+            at: format!("virtual_hosts[{i}]"),
+            hierarchy,
+        };
+        let virtual_host = parse_virtual_host(&entry, &virtual_hosts)?;
+        virtual_hosts.push(virtual_host);
+    }
+    if virtual_hosts.is_empty() {
+        return Err(TopologyError::new(
+            "virtual_hosts",
+            "no virtual host (add a [[virtual_hosts]] table with name and subnet)",
+        ));
+    }
+    Ok(virtual_hosts)
+}
+
+/// Reads one `[[virtual_hosts]]` table; `earlier` are the ones before it in the file (names
+/// and subnets must not clash with theirs).
+fn parse_virtual_host(
+    entry: &Entry<'_>,
+    earlier: &[VirtualHost],
+) -> Result<VirtualHost, TopologyError> {
+    let (t, at) = (entry.table, entry.at.as_str());
+    check_keys(t, at, &["name", "subnet", "policy", "udp"])?;
+    let name = req_str(t, at, "name")?;
+    check_name(&name, &entry.key("name"), true)?;
+    if earlier.iter().any(|v| v.name == name) {
+        return Err(TopologyError::new(
+            entry.key("name"),
+            format!("duplicate virtual host name {name:?}"),
+        ));
+    }
+    let subnet_s = req_str(t, at, "subnet")?;
+    let subnet = parse_subnet(&subnet_s).map_err(|e| TopologyError::new(entry.key("subnet"), e))?;
+    check_virtual_subnet(subnet, &entry.key("subnet"), earlier)?;
+    let default_policy = if entry.hierarchy {
+        Policy::Cost
+    } else {
+        Policy::Maglev
+    };
+    let policy = opt_enum(t, at, "policy", default_policy, "policy", POLICY_NAMES)?;
+    check_policy(entry, policy)?;
+    let udp = opt_enum(t, at, "udp", UdpMode::Pin, "udp mode", UDP_MODE_NAMES)?;
+    Ok(VirtualHost {
+        name,
+        subnet,
+        policy,
+        udp,
+    })
+}
+
+/// The policy rule: a hierarchy chooses only by cost, a static lab by anything but cost.
+fn check_policy(entry: &Entry<'_>, policy: Policy) -> Result<(), TopologyError> {
+    match (entry.hierarchy, policy) {
+        (true, Policy::Cost)
+        | (false, Policy::RoundRobin)
+        | (false, Policy::Weighted)
+        | (false, Policy::LeastFlows)
+        | (false, Policy::Maglev) => Ok(()),
+        (true, p) => Err(TopologyError::new(
+            entry.key("policy"),
+            format!(
+                "{:?}: in a hierarchy every router chooses by the cost its children report; use \"cost\" or leave policy out",
+                p.as_str()
+            ),
+        )),
+        (false, Policy::Cost) => Err(TopologyError::new(
+            entry.key("policy"),
+            "\"cost\" needs a hierarchy (routers learn costs from their children's reports): give routers and hosts a parent, or add a [control] table",
+        )),
+    }
+}
+
+/// The nodes read so far, with each one's index in the file (for error keys).
+struct ParsedNodes {
+    /// Nodes in file order (an implicit core, once added, first).
+    nodes: Vec<Node>,
+    /// Index in the file of each node in `nodes`; `usize::MAX` for the implicit core.
+    file_index: Vec<usize>,
+}
+
+impl ParsedNodes {
+    /// Reads `[[nodes]]`, each table checked against the nodes before it.
+    fn parse(node_tables: &[&toml::Table], hierarchy: bool) -> Result<Self, TopologyError> {
+        let mut parsed = ParsedNodes {
+            nodes: Vec::new(),
+            file_index: Vec::new(),
+        };
+        for (i, t) in node_tables.iter().enumerate() {
+            let entry = Entry {
+                table: t,
+                at: format!("nodes[{i}]"),
+                hierarchy,
+            };
+            let node = parse_node(&entry, &parsed.nodes)?;
+            parsed.nodes.push(node);
+            parsed.file_index.push(i);
+        }
+        Ok(parsed)
+    }
+
+    /// Adds the implicit core, first, unless the file declares one.
+    fn add_implicit_core(&mut self) {
+        if self.nodes.iter().any(|n| n.role == Role::Core) {
+            return;
+        }
+        self.nodes.insert(
+            0,
+            Node {
+                name: "core".into(),
+                role: Role::Core,
+                weight: 1,
+                parent: None,
+                level: None,
+                group: None,
+                cost: default_cost(),
+                labels: BTreeMap::new(),
+                router_config: String::new(),
+            },
+        );
+        self.file_index.insert(0, usize::MAX);
+    }
+}
+
+/// Every key a `[[nodes]]` table may have.
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "role",
+    "weight",
+    "parent",
+    "level",
+    "group",
+    "cost",
+    "labels",
+    "router_config",
+];
+
+/// Reads one `[[nodes]]` table; `earlier` are the nodes before it in the file (names,
+/// the core and interface names must not clash with theirs).
+fn parse_node(entry: &Entry<'_>, earlier: &[Node]) -> Result<Node, TopologyError> {
+    let (t, at) = (entry.table, entry.at.as_str());
+    check_keys(t, at, NODE_KEYS)?;
+    let (name, role) = parse_node_name_and_role(entry, earlier)?;
+    check_node_keys_for_role(entry, role)?;
+    let router_config = router_config_text(t.get("router_config"), &entry.key("router_config"))?;
+    let weight = parse_node_weight(entry)?;
+    let parent = opt_str(t, at, "parent")?;
+    let level = opt_str(t, at, "level")?;
+    if let Some(l) = &level {
+        check_name(l, &entry.key("level"), true)?;
+    }
+    let group = opt_str(t, at, "group")?;
+    if let Some(g) = &group {
+        check_name(g, &entry.key("group"), true)?;
+    }
+    let cost = parse_node_cost(entry)?;
+    let labels = parse_labels(t.get("labels"), &entry.key("labels"))?;
+    if role != Role::Core {
+        check_core_ifname_free(entry, &name, earlier)?;
+    }
+    Ok(Node {
+        name,
+        role,
+        weight,
+        parent,
+        level,
+        group,
+        cost,
+        labels,
+        router_config,
+    })
+}
+
+/// Reads a node's name and role: a unique name, a known role, at most one core, "core" only
+/// for the core, and in a hierarchy router and host names usable as DNS names.
+fn parse_node_name_and_role(
+    entry: &Entry<'_>,
+    earlier: &[Node],
+) -> Result<(String, Role), TopologyError> {
+    let (t, at) = (entry.table, entry.at.as_str());
+    let name = req_str(t, at, "name")?;
+    check_name(&name, &entry.key("name"), true)?;
+    if earlier.iter().any(|n| n.name == name) {
+        return Err(TopologyError::new(
+            entry.key("name"),
+            format!("duplicate node name {name:?}"),
+        ));
+    }
+    let role_s = req_str(t, at, "role")?;
+    let role: Role = role_s.parse().map_err(|()| {
+        TopologyError::new(
+            entry.key("role"),
+            format!("unknown role {role_s:?} (expected {})", Role::NAMES),
+        )
+    })?;
+    if role == Role::Core && earlier.iter().any(|n| n.role == Role::Core) {
+        return Err(TopologyError::new(
+            entry.key("role"),
+            "a second core node (there is one core namespace per lab)",
+        ));
+    }
+    if role != Role::Core && name == "core" {
+        return Err(TopologyError::new(
+            entry.key("name"),
+            format!(
+                "\"core\" is the implicit core node's name; give this {} another name",
+                role.as_str()
+            ),
+        ));
+    }
+    if entry.hierarchy && matches!(role, Role::Router | Role::Host) && name.contains('_') {
+        return Err(TopologyError::new(
+            entry.key("name"),
+            format!(
+                "{name:?}: in a hierarchy router and host names are certificate DNS names ([a-z0-9-], no '_')"
+            ),
+        ));
+    }
+    Ok((name, role))
+}
+
+/// Which role may carry which node key, and whether only a hierarchy uses it (in the order
+/// the keys are checked).
+const NODE_KEYS_BY_ROLE: &[(&str, &[Role], bool)] = &[
+    ("weight", &[Role::Host], false),
+    ("parent", &[Role::Router, Role::Host], true),
+    ("level", &[Role::Router], false),
+    ("group", &[Role::Client], true),
+    ("cost", &[Role::Router, Role::Host], true),
+    ("labels", &[Role::Router, Role::Host], true),
+    ("router_config", &[Role::Router], false),
+];
+
+/// Refuses a key the node's role does not have, or a hierarchy-only key in a static lab.
+fn check_node_keys_for_role(entry: &Entry<'_>, role: Role) -> Result<(), TopologyError> {
+    for &(key, roles, needs_hierarchy) in NODE_KEYS_BY_ROLE {
+        if !entry.table.contains_key(key) {
+            continue;
+        }
+        if !roles.contains(&role) {
+            let who = roles
+                .iter()
+                .map(|r| format!("{}s", r.as_str()))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            return Err(TopologyError::new(
+                entry.key(key),
+                format!("only {who} have a {key} (this node is a {})", role.as_str()),
+            ));
+        }
+        if needs_hierarchy && !entry.hierarchy {
+            return Err(TopologyError::new(
+                entry.key(key),
+                "only a hierarchy uses it: give routers and hosts a parent, or add a [control] table",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a host's `weight` (default 1): 0..=65535, and only in a static lab.
+fn parse_node_weight(entry: &Entry<'_>) -> Result<u32, TopologyError> {
+    if entry.hierarchy && entry.table.contains_key("weight") {
+        return Err(TopologyError::new(
+            entry.key("weight"),
+            "a hierarchy chooses by cost and reports, not by weight (use cost)",
+        ));
+    }
+    match entry.table.get("weight") {
+        None => Ok(1),
+        Some(v) => v
+            .as_integer()
+            .and_then(|w| u32::try_from(w).ok())
+            .filter(|w| *w <= 65535)
+            .ok_or_else(|| {
+                TopologyError::new(
+                    entry.key("weight"),
+                    format!("{v} is not an integer 0..=65535"),
+                )
+            }),
+    }
+}
+
+/// Reads a router's or host's `cost` (default 1): a finite number >= 0.
+fn parse_node_cost(entry: &Entry<'_>) -> Result<f64, TopologyError> {
+    match entry.table.get("cost") {
+        None => Ok(default_cost()),
+        Some(v) => v
+            .as_float()
+            .or_else(|| v.as_integer().map(|i| i as f64))
+            .filter(|c| c.is_finite() && *c >= 0.0)
+            .ok_or_else(|| {
+                TopologyError::new(
+                    entry.key("cost"),
+                    format!("{v} is not a finite number >= 0"),
+                )
+            }),
+    }
+}
+
+/// Refuses a node whose core-side interface name an earlier node already makes.
+fn check_core_ifname_free(
+    entry: &Entry<'_>,
+    name: &str,
+    earlier: &[Node],
+) -> Result<(), TopologyError> {
+    // Interface names are cut to 15 characters: two long names with a common prefix would
+    // collide in the core namespace.
+    let ifname = core_ifname(name);
+    match earlier
+        .iter()
+        .find(|n| n.role != Role::Core && core_ifname(&n.name) == ifname)
+    {
+        None => Ok(()),
+        Some(other) => Err(TopologyError::new(
+            entry.key("name"),
+            format!(
+                "{name:?} and {:?} both make interface name {ifname:?} (names are cut to {MAX_IFNAME_LEN} characters)",
+                other.name
+            ),
+        )),
+    }
+}
+
+/// Refuses a lab without a client, a router or a host.
+fn check_required_roles(nodes: &[Node]) -> Result<(), TopologyError> {
+    for (role, what) in [
+        (Role::Client, "a client"),
+        (Role::Router, "a router"),
+        (Role::Host, "a host"),
+    ] {
+        if !nodes.iter().any(|n| n.role == role) {
+            return Err(TopologyError::new(
+                "nodes",
+                format!("no node with role {:?}: a lab needs {what}", role.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a static lab where every host has weight 0.
+fn check_some_host_weighs(nodes: &[Node]) -> Result<(), TopologyError> {
+    if nodes.iter().any(|n| n.role == Role::Host && n.weight > 0) {
+        return Ok(());
+    }
+    Err(TopologyError::new(
+        "nodes",
+        "every host has weight 0: nothing would serve the virtual hosts",
+    ))
+}
+
+/// Gives routers without a `level` their default: "site" above hosts only, "router"
+/// otherwise (in a static lab every router's children are the hosts).
+fn fill_default_levels(nodes: &mut [Node], hierarchy: bool) {
+    let levels: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| {
+            if n.role != Role::Router {
+                return None;
+            }
+            if let Some(l) = &n.level {
+                return Some(l.clone());
+            }
+            let mut children = nodes.iter().filter(|c| {
+                if hierarchy {
+                    c.parent.as_deref() == Some(&n.name)
+                } else {
+                    c.role == Role::Host
+                }
+            });
+            Some(if children.all(|c| c.role == Role::Host) {
+                "site".to_string()
+            } else {
+                "router".to_string()
+            })
+        })
+        .collect();
+    for (n, level) in nodes.iter_mut().zip(levels) {
+        n.level = level;
+    }
+}
+
+/// Refuses more than 254 nodes besides the core: links are numbered 10.200.k.0/24.
+fn check_link_count(nodes: &[Node]) -> Result<(), TopologyError> {
+    let linked = nodes.iter().filter(|n| n.role != Role::Core).count();
+    if linked > 254 {
+        return Err(TopologyError::new(
+            "nodes",
+            format!("{linked} nodes besides the core; 10.200.k.0/24 numbering allows 254"),
+        ));
+    }
+    Ok(())
+}
+
 /// The core side's interface name for a node: `v-<node>` cut to 15 characters.
 fn core_ifname(node: &str) -> String {
     format!("v-{node}").chars().take(MAX_IFNAME_LEN).collect()
@@ -1008,7 +1125,7 @@ fn parse_control(v: Option<&toml::Value>) -> Result<ControlSettings, TopologyErr
         ("rebuild_interval", &mut c.rebuild_interval),
     ] {
         if let Some(s) = opt_str(t, "control", key)? {
-            match crate::config::parse_duration(&s) {
+            match slr_config::parse_duration(&s) {
                 Some(d) if d >= std::time::Duration::from_millis(50) => *slot = s,
                 _ => {
                     return Err(TopologyError::new(
@@ -1078,123 +1195,149 @@ fn parse_labels(
     Ok(labels)
 }
 
-/// Checks a hierarchy's shape and fills in implicit parents: every parent is a router,
-/// no cycles, exactly one top router, every router has a child. `file_index[i]` is the
-/// index in the file of `nodes[i]`, for error keys.
-fn resolve_hierarchy(nodes: &mut [Node], file_index: &[usize]) -> Result<(), TopologyError> {
-    let at = |i: usize| format!("nodes[{}]", file_index[i]);
-    let routers: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.role == Role::Router)
-        .map(|n| n.name.clone())
-        .collect();
-    for i in 0..nodes.len() {
-        let n = &nodes[i];
-        let Some(p) = &n.parent else {
-            if n.role == Role::Host {
-                if let [only] = routers.as_slice() {
-                    nodes[i].parent = Some(only.clone());
-                    continue;
+impl ParsedNodes {
+    /// Checks a hierarchy's shape and fills in implicit parents: every parent is a router,
+    /// no cycles, exactly one top router, every router has a child.
+    fn resolve_hierarchy(&mut self) -> Result<(), TopologyError> {
+        self.resolve_parents()?;
+        self.check_no_cycles()?;
+        self.check_tree_shape()
+    }
+
+    /// The key path of `nodes[i]` in the file, for errors.
+    fn at(&self, i: usize) -> String {
+        format!("nodes[{}]", self.file_index[i])
+    }
+
+    /// Gives hosts of a one-router hierarchy that name no parent that router, and checks
+    /// every named parent is another node, and a router.
+    fn resolve_parents(&mut self) -> Result<(), TopologyError> {
+        let routers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Router)
+            .map(|n| n.name.clone())
+            .collect();
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            let Some(p) = &n.parent else {
+                if n.role == Role::Host {
+                    if let [only] = routers.as_slice() {
+                        self.nodes[i].parent = Some(only.clone());
+                        continue;
+                    }
+                    return Err(TopologyError::new(
+                        format!("{}.parent", self.at(i)),
+                        format!(
+                            "missing: with {} routers every host names its (site) router as parent",
+                            routers.len()
+                        ),
+                    ));
                 }
+                continue;
+            };
+            if p == &n.name {
                 return Err(TopologyError::new(
-                    format!("{}.parent", at(i)),
-                    format!(
-                        "missing: with {} routers every host names its (site) router as parent",
-                        routers.len()
-                    ),
+                    format!("{}.parent", self.at(i)),
+                    format!("{p:?} is the node itself"),
                 ));
             }
-            continue;
-        };
-        if p == &n.name {
-            return Err(TopologyError::new(
-                format!("{}.parent", at(i)),
-                format!("{p:?} is the node itself"),
-            ));
-        }
-        match nodes.iter().find(|o| &o.name == p) {
-            None => {
-                return Err(TopologyError::new(
-                    format!("{}.parent", at(i)),
-                    format!("unknown node {p:?}"),
-                ))
+            match self.nodes.iter().find(|o| &o.name == p) {
+                None => {
+                    return Err(TopologyError::new(
+                        format!("{}.parent", self.at(i)),
+                        format!("unknown node {p:?}"),
+                    ))
+                }
+                Some(o) if o.role != Role::Router => {
+                    return Err(TopologyError::new(
+                        format!("{}.parent", self.at(i)),
+                        format!(
+                            "{p:?} is a {}, not a router (a {}'s parent is {})",
+                            o.role.as_str(),
+                            n.role.as_str(),
+                            if n.role == Role::Host {
+                                "its site router"
+                            } else {
+                                "the router of the level above"
+                            }
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
-            Some(o) if o.role != Role::Router => {
-                return Err(TopologyError::new(
-                    format!("{}.parent", at(i)),
-                    format!(
-                        "{p:?} is a {}, not a router (a {}'s parent is {})",
-                        o.role.as_str(),
-                        n.role.as_str(),
-                        if n.role == Role::Host {
-                            "its site router"
-                        } else {
-                            "the router of the level above"
-                        }
-                    ),
-                ))
-            }
-            Some(_) => {}
         }
+        Ok(())
     }
-    // Cycles: walk up from every router; a chain that comes back to a node it passed is one.
-    for i in 0..nodes.len() {
-        if nodes[i].role != Role::Router {
-            continue;
-        }
-        let mut chain = vec![nodes[i].name.clone()];
-        let mut cur = nodes[i].parent.clone();
-        while let Some(p) = cur {
-            if chain.contains(&p) {
+
+    /// Refuses cycles: walks up from every router; a chain that comes back to a node it
+    /// passed is one.
+    fn check_no_cycles(&self) -> Result<(), TopologyError> {
+        let nodes = &self.nodes;
+        for i in 0..nodes.len() {
+            if nodes[i].role != Role::Router {
+                continue;
+            }
+            let mut chain = vec![nodes[i].name.clone()];
+            let mut cur = nodes[i].parent.clone();
+            while let Some(p) = cur {
+                if chain.contains(&p) {
+                    chain.push(p);
+                    return Err(TopologyError::new(
+                        format!("{}.parent", self.at(i)),
+                        format!(
+                            "cycle {} (a hierarchy is a tree below one top router)",
+                            chain.join(" -> ")
+                        ),
+                    ));
+                }
+                cur = nodes
+                    .iter()
+                    .find(|o| o.name == p)
+                    .and_then(|o| o.parent.clone());
                 chain.push(p);
-                return Err(TopologyError::new(
-                    format!("{}.parent", at(i)),
-                    format!(
-                        "cycle {} (a hierarchy is a tree below one top router)",
-                        chain.join(" -> ")
-                    ),
-                ));
             }
-            cur = nodes
-                .iter()
-                .find(|o| o.name == p)
-                .and_then(|o| o.parent.clone());
-            chain.push(p);
         }
+        Ok(())
     }
-    let tops: Vec<&str> = nodes
-        .iter()
-        .filter(|n| n.role == Role::Router && n.parent.is_none())
-        .map(|n| n.name.as_str())
-        .collect();
-    if tops.len() != 1 {
-        return Err(TopologyError::new(
-            "nodes",
-            format!(
-                "routers {} have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent",
-                tops.iter()
-                    .map(|t| format!("{t:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        if n.role == Role::Router
-            && !nodes
-                .iter()
-                .any(|c| c.parent.as_deref() == Some(n.name.as_str()))
-        {
+
+    /// Checks the tree has exactly one top router and every router has a child.
+    fn check_tree_shape(&self) -> Result<(), TopologyError> {
+        let nodes = &self.nodes;
+        let tops: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.role == Role::Router && n.parent.is_none())
+            .map(|n| n.name.as_str())
+            .collect();
+        if tops.len() != 1 {
             return Err(TopologyError::new(
-                at(i),
+                "nodes",
                 format!(
-                    "router {:?} has no child (no router or host names it as parent)",
-                    n.name
+                    "routers {} have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent",
+                    tops.iter()
+                        .map(|t| format!("{t:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
+        for (i, n) in nodes.iter().enumerate() {
+            if n.role == Role::Router
+                && !nodes
+                    .iter()
+                    .any(|c| c.parent.as_deref() == Some(n.name.as_str()))
+            {
+                return Err(TopologyError::new(
+                    self.at(i),
+                    format!(
+                        "router {:?} has no child (no router or host names it as parent)",
+                        n.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn opt_str(t: &toml::Table, at: &str, key: &str) -> Result<Option<String>, TopologyError> {

@@ -8,7 +8,7 @@ use super::configs::{self, HTTP_PORT};
 use super::netns;
 use super::probe;
 use super::state::{self, lab_dir, Process, State};
-use super::topology::{Role, Topology, LINK_PREFIX, NODE_IFNAME};
+use super::topology::{Node, Role, Topology, LINK_PREFIX, NODE_IFNAME};
 use super::{check_interrupted, interrupted, sleep_interruptible};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -78,16 +78,37 @@ pub fn up(file: &Path, opts: &UpOptions) -> Result<State> {
     }
 }
 
+/// Builds the lab `up` recorded in `state`: the network, the daemons' configs and
+/// processes; then waits until it answers.
 fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     let t = state.topology.clone();
-    let core = t.core().name.clone();
-    let core_ns = t.netns(&core);
     eprintln!(
         "slr lab: building {:?}: {} namespaces",
         t.name,
         t.nodes.len()
     );
+    let core_ns = build_network(state, &t)?;
+    route_virtual_subnets(&t, &core_ns)?;
+    check_interrupted()?;
 
+    let exe = std::env::current_exe().context("finding this executable")?;
+    // A hierarchy's daemons authenticate each other with certificates of the lab's own CA.
+    if t.is_hierarchy() {
+        make_pki(&t, &exe)?;
+    }
+    check_interrupted()?;
+
+    write_configs(&t)?;
+    start_processes(state, &t, &exe, opts)?;
+    wait_ready(state, opts)?;
+    state.ready = true;
+    state.save()
+}
+
+/// Makes every namespace, each node's link to the core and their sysctls; returns the
+/// core's namespace.
+fn build_network(state: &mut State, t: &Topology) -> Result<String> {
+    let core_ns = t.netns(&t.core().name);
     // The core forwards between all links. rp_filter stays off everywhere: paths are
     // asymmetric by design (requests via the router, replies straight back).
     // Recorded before it is created: a crash in between leaves `down` a name to delete
@@ -102,49 +123,59 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         // With several routers, spread flows over them by 5-tuple, not address pair.
         ("net.ipv4.fib_multipath_hash_policy".to_string(), "1"),
     ];
-
     for node in t.nodes.iter().filter(|n| n.role != Role::Core) {
         check_interrupted()?;
-        let ns = t.netns(&node.name);
-        let link = t.link(&node.name).expect("non-core node has a link");
-        state.namespaces.push(ns.clone());
-        state.save()?;
-        netns::add(&ns)?;
-        netns::add_veth(&core_ns, &link.core_ifname, &ns, NODE_IFNAME)?;
-        netns::add_address(
-            &ns,
-            NODE_IFNAME,
-            &format!("{}/{LINK_PREFIX}", link.node_address),
-        )?;
-        netns::add_address(
-            &core_ns,
-            &link.core_ifname,
-            &format!("{}/{LINK_PREFIX}", link.core_address),
-        )?;
-        netns::ip_in(
-            &ns,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &link.core_address.to_string(),
-            ],
-        )?;
-        let mut sysctls = vec![
-            ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
-            ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
-            (format!("net.ipv4.conf.{NODE_IFNAME}.rp_filter"), "0"),
-        ];
-        if node.role == Role::Router {
-            sysctls.push(("net.ipv4.ip_forward".to_string(), "1"));
-        }
-        netns::sysctl(&ns, &sysctls)?;
-        core_sysctls.push((format!("net.ipv4.conf.{}.rp_filter", link.core_ifname), "0"));
+        let core_ifname = add_node(state, t, node, &core_ns)?;
+        core_sysctls.push((format!("net.ipv4.conf.{core_ifname}.rp_filter"), "0"));
     }
     netns::sysctl(&core_ns, &core_sysctls)?;
+    Ok(core_ns)
+}
 
-    // Clients reach VIPs through the router(s): the core routes each virtual subnet there.
+/// Makes a node's namespace (recorded first, like the core's) and its link to the core;
+/// returns the core side's interface name.
+fn add_node(state: &mut State, t: &Topology, node: &Node, core_ns: &str) -> Result<String> {
+    let ns = t.netns(&node.name);
+    let link = t.link(&node.name).expect("non-core node has a link");
+    state.namespaces.push(ns.clone());
+    state.save()?;
+    netns::add(&ns)?;
+    netns::add_veth(core_ns, &link.core_ifname, &ns, NODE_IFNAME)?;
+    netns::add_address(
+        &ns,
+        NODE_IFNAME,
+        &format!("{}/{LINK_PREFIX}", link.node_address),
+    )?;
+    netns::add_address(
+        core_ns,
+        &link.core_ifname,
+        &format!("{}/{LINK_PREFIX}", link.core_address),
+    )?;
+    netns::ip_in(
+        &ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &link.core_address.to_string(),
+        ],
+    )?;
+    let mut sysctls = vec![
+        ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+        ("net.ipv4.conf.default.rp_filter".to_string(), "0"),
+        (format!("net.ipv4.conf.{NODE_IFNAME}.rp_filter"), "0"),
+    ];
+    if node.role == Role::Router {
+        sysctls.push(("net.ipv4.ip_forward".to_string(), "1"));
+    }
+    netns::sysctl(&ns, &sysctls)?;
+    Ok(link.core_ifname)
+}
+
+/// Routes each virtual subnet in the core to the router(s), so clients reach the VIPs
+/// through them.
+fn route_virtual_subnets(t: &Topology, core_ns: &str) -> Result<()> {
     // In a hierarchy only to the top router: lower routers and hosts receive only tunnels
     // addressed to their own 10.200.k.2, which the core routes anyway.
     let routers: Vec<Ipv4Addr> = match t.top_router() {
@@ -165,31 +196,32 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        netns::ip_in(&core_ns, &args)?;
+        netns::ip_in(core_ns, &args)?;
     }
-    check_interrupted()?;
+    Ok(())
+}
 
-    let exe = std::env::current_exe().context("finding this executable")?;
-    // A hierarchy's daemons authenticate each other with certificates of the lab's own CA.
-    if t.is_hierarchy() {
-        make_pki(&t, &exe)?;
-    }
-    check_interrupted()?;
-
-    // Daemon configs, then the processes: routers, host agents, servers.
+/// Writes every router's and host's daemon configuration.
+fn write_configs(t: &Topology) -> Result<()> {
     for node in t
         .nodes
         .iter()
         .filter(|n| matches!(n.role, Role::Router | Role::Host))
     {
         let text = if node.role == Role::Router {
-            configs::router_config(&t, &node.name)
+            configs::router_config(t, &node.name)
         } else {
-            configs::host_config(&t, &node.name)
+            configs::host_config(t, &node.name)
         };
         let path = configs::config_path(&t.name, &node.name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Starts the processes: routers and host agents (unless `--no-daemons`), then the hosts'
+/// servers.
+fn start_processes(state: &mut State, t: &Topology, exe: &Path, opts: &UpOptions) -> Result<()> {
     if opts.daemons {
         for role in [Role::Router, Role::Host] {
             for node in t.nodes_with(role) {
@@ -204,13 +236,10 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         }
     }
     for host in t.nodes_with(Role::Host) {
-        let args = configs::serve_args(&t, &host.name);
+        let args = configs::serve_args(t, &host.name);
         start(state, &host.name, "serve", exe.as_os_str(), &args)?;
     }
-
-    wait_ready(state, opts)?;
-    state.ready = true;
-    state.save()
+    Ok(())
 }
 
 /// Makes the lab's CA and a certificate for every router and host (`slr ca init`, `slr ca
@@ -393,7 +422,7 @@ fn wait_ready(state: &State, opts: &UpOptions) -> Result<()> {
 fn wait_reports(state: &State, opts: &UpOptions) -> Result<()> {
     let t = &state.topology;
     let c = t.control.clone().unwrap_or_default();
-    let parse = |s: &str| crate::config::parse_duration(s).unwrap_or(Duration::from_secs(1));
+    let parse = |s: &str| slr_config::parse_duration(s).unwrap_or(Duration::from_secs(1));
     let deadline = Instant::now() + opts.ready_timeout;
     eprintln!("slr lab: waiting for every router to hear from each of its children");
     loop {
@@ -402,7 +431,7 @@ fn wait_reports(state: &State, opts: &UpOptions) -> Result<()> {
         let mut silent = Vec::new();
         for r in t.nodes_with(Role::Router) {
             let sock = lab_dir(&t.name).join(format!("{}.sock", r.name));
-            let view = match crate::ctl::request(&sock, &serde_json::json!({"cmd": "children"})) {
+            let view = match slr_ctl::request(&sock, &serde_json::json!({"cmd": "children"})) {
                 Ok(v) => v,
                 Err(e) if format!("{e:#}").contains("unknown command") => {
                     let settle = settle_time(t);
@@ -454,7 +483,7 @@ fn wait_reports(state: &State, opts: &UpOptions) -> Result<()> {
 /// a rebuild interval; one more report interval for the slowest first connection.
 pub fn settle_time(t: &Topology) -> Duration {
     let c = t.control.clone().unwrap_or_default();
-    let parse = |s: &str| crate::config::parse_duration(s).unwrap_or(Duration::from_secs(1));
+    let parse = |s: &str| slr_config::parse_duration(s).unwrap_or(Duration::from_secs(1));
     let (report, rebuild) = (parse(&c.report_interval), parse(&c.rebuild_interval));
     let depth = t
         .nodes_with(Role::Router)

@@ -9,7 +9,6 @@
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -122,18 +121,8 @@ pub fn spawn_in(ns: &str, program: &OsStr, args: &[String], log: &Path) -> Resul
         .stdin(Stdio::null())
         .stdout(file.try_clone().context("duplicating a log file handle")?)
         .stderr(file);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it is
-    // all the child does between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let line = command_line(&cmd);
-    cmd.spawn().with_context(|| format!("starting `{line}`"))
+    slr_io::process::spawn_detached(&mut cmd).with_context(|| format!("starting `{line}`"))
 }
 
 /// Runs `f` on a new thread that entered the network namespace `ns`, and returns its

@@ -266,9 +266,24 @@ impl Summary {
 
     /// Prints the summary readable at a glance.
     fn print(&self, t: &Topology) {
+        println!();
+        self.print_lab(t);
+        self.print_requests(t);
+        self.print_udp(t);
+        self.print_replies(t);
+        self.print_latency();
+        let problems = self.problems();
+        if problems.is_empty() {
+            println!("result     PASS");
+        } else {
+            println!("result     FAIL: {}", problems.join("; "));
+        }
+    }
+
+    /// The summary's first line: the lab's name and size, and for a hierarchy its tree.
+    fn print_lab(&self, t: &Topology) {
         let count = |r| t.nodes_with(r).count();
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-        println!();
         if self.hierarchy {
             let groups = t.client_groups().len();
             println!(
@@ -296,17 +311,17 @@ impl Summary {
                 plural(count(Role::Client), "client")
             );
         }
+    }
+
+    /// The requests: how many failed, (hierarchy) their spread, how many each host
+    /// answered, the first failures and (hierarchy) their paths.
+    fn print_requests(&self, t: &Topology) {
         let failed = self.failed_requests();
-        let vips: Vec<String> = t
-            .virtual_hosts
-            .iter()
-            .map(|v| v.vip().to_string())
-            .collect();
         println!(
             "requests   {} made, {} failed  (curl http://{}/, a new connection each)",
             self.requests.len(),
             failed.len(),
-            vips.join("/, http://")
+            vips(t).join("/, http://")
         );
         let mut per_host: BTreeMap<&str, usize> = t
             .nodes_with(Role::Host)
@@ -317,18 +332,12 @@ impl Summary {
                 *per_host.entry(h.as_str()).or_default() += 1;
             }
         }
-        let hosts_line = |counts: &dyn Fn(&str) -> usize| {
-            t.nodes_with(Role::Host)
-                .map(|h| format!("{} {}", h.name, counts(&h.name)))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
         if self.hierarchy {
             self.print_spread(t);
         }
         println!(
             "per host   {}",
-            hosts_line(&|h| per_host.get(h).copied().unwrap_or(0))
+            hosts_line(t, |h| per_host.get(h).copied().unwrap_or(0))
         );
         for r in failed.iter().take(3) {
             println!(
@@ -344,6 +353,10 @@ impl Summary {
         if self.hierarchy {
             self.print_paths(t);
         }
+    }
+
+    /// The UDP datagrams: how many came back intact, fragmented ones included, per host.
+    fn print_udp(&self, t: &Topology) {
         println!(
             "udp        {} datagrams, {} answered intact ({} of {} fragmented 3000-byte ones{}); per host {}",
             self.udp_sent,
@@ -355,11 +368,16 @@ impl Summary {
             } else {
                 String::new()
             },
-            hosts_line(&|h| self.udp_per_host.get(h).copied().unwrap_or(0))
+            hosts_line(t, |h| self.udp_per_host.get(h).copied().unwrap_or(0))
         );
         for e in self.udp_errors.iter().take(3) {
             println!("  failed   {e}");
         }
+    }
+
+    /// Direct server return: the replies' source at the clients, the replies that crossed
+    /// a router, and what the routers say they forwarded.
+    fn print_replies(&self, t: &Topology) {
         let replies = self.client_vip_replies + self.client_other_replies;
         if replies == 0 {
             println!("client saw no reply packets in the capture (is tcpdump working?)");
@@ -367,7 +385,7 @@ impl Summary {
             let pct = 100.0 * self.client_vip_replies as f64 / replies as f64;
             println!(
                 "client saw source {} on {}% of replies{}",
-                vips.join(" or "),
+                vips(t).join(" or "),
                 if pct == 100.0 {
                     "100".to_string()
                 } else {
@@ -405,6 +423,10 @@ impl Summary {
                 }
             );
         }
+    }
+
+    /// Median latency through the VIP against the direct baseline, if both were measured.
+    fn print_latency(&self) {
         let vip_ms = median_ms(
             &self
                 .requests
@@ -418,13 +440,23 @@ impl Summary {
                 "latency    median {v:.1} ms through the VIP, {d:.1} ms direct to a host (curl time_total, new connection)"
             );
         }
-        let problems = self.problems();
-        if problems.is_empty() {
-            println!("result     PASS");
-        } else {
-            println!("result     FAIL: {}", problems.join("; "));
-        }
     }
+}
+
+/// The lab's VIPs, in virtual host order.
+fn vips(t: &Topology) -> Vec<String> {
+    t.virtual_hosts
+        .iter()
+        .map(|v| v.vip().to_string())
+        .collect()
+}
+
+/// Every host with its count, `h1 3  h2 4`.
+fn hosts_line(t: &Topology, counts: impl Fn(&str) -> usize) -> String {
+    t.nodes_with(Role::Host)
+        .map(|h| format!("{} {}", h.name, counts(&h.name)))
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 impl Summary {
@@ -872,7 +904,7 @@ impl FlowTables {
     fn read(&mut self, t: &Topology) {
         for r in t.nodes_with(Role::Router) {
             let sock = state::lab_dir(&t.name).join(format!("{}.sock", r.name));
-            match crate::ctl::request(&sock, &json!({"cmd": "flows", "limit": 1_000_000})) {
+            match slr_ctl::request(&sock, &json!({"cmd": "flows", "limit": 1_000_000})) {
                 Ok(v) => {
                     let table = self.next_hops.entry(r.name.clone()).or_default();
                     for f in v["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
@@ -917,24 +949,53 @@ impl FlowTables {
     }
 }
 
+/// Captures while the clients send their traffic, then reads the captures and measures the
+/// direct baseline.
 fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
     let t = state.topology.clone();
     let captures = start_captures(state)?;
-
     let mut tables = FlowTables::default();
+    let reports = run_clients(&t, opts, &mut tables);
+    check_interrupted()?;
+    if t.is_hierarchy() {
+        tables.read(&t);
+    }
+    // Let the last packets (FINs, ACKs) reach the captures.
+    sleep_interruptible(Duration::from_millis(300));
+    stop_captures(state)?;
+
+    let mut summary = Summary::from_reports(&t, reports)?;
+    if t.is_hierarchy() {
+        summary.hierarchy = true;
+        summary.trace_paths(&t, tables);
+    }
+    for cap in &captures {
+        summary.count_capture(&t, cap)?;
+    }
+    summary.direct_seconds = direct_baseline(&t)?;
+    summary.router_metric = router_metric(&t);
+    Ok(summary)
+}
+
+/// Runs every client's traffic in a thread of its own and, in a hierarchy, reads the
+/// routers' flow tables into `tables` every second meanwhile.
+fn run_clients(
+    t: &Topology,
+    opts: &DemoOptions,
+    tables: &mut FlowTables,
+) -> Vec<Result<ClientReport>> {
     let clients_done = AtomicBool::new(false);
-    let reports: Vec<Result<ClientReport>> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = t
             .nodes_with(Role::Client)
             .map(|c| {
-                let t = &t;
                 let name = c.name.clone();
                 s.spawn(move || client_traffic(t, &name, opts.requests_per_client))
             })
             .collect();
         // A hierarchy's paths: read the flow tables every second while the clients run.
         if t.is_hierarchy() {
-            let (t, tables, done) = (&t, &mut tables, &clients_done);
+            let done = &clients_done;
             s.spawn(move || {
                 while !done.load(Ordering::SeqCst) && !interrupted() {
                     tables.read(t);
@@ -951,53 +1012,55 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
             .collect();
         clients_done.store(true, Ordering::SeqCst);
         reports
-    });
-    check_interrupted()?;
-    if t.is_hierarchy() {
-        tables.read(&t);
-    }
-    // Let the last packets (FINs, ACKs) reach the captures.
-    sleep_interruptible(Duration::from_millis(300));
-    stop_captures(state)?;
+    })
+}
 
-    let mut summary = Summary::default();
-    for report in reports {
-        let r = report?;
-        summary.requests.extend(r.requests);
-        summary.udp_sent += r.udp_sent;
-        summary.udp_answered += r.udp_answered;
-        summary.udp_fragmented_ok += r.udp_fragmented_ok;
-        summary.udp_resent += r.udp_resent;
-        summary.udp_errors.extend(r.udp_errors);
-        for (h, n) in r.udp_per_host {
-            *summary.udp_per_host.entry(h).or_default() += n;
-        }
-    }
-    summary.udp_fragmented = t.nodes_with(Role::Client).count()
-        * t.virtual_hosts.len()
-        * UDP_SIZES.iter().filter(|s| **s > 1472).count();
-    if t.is_hierarchy() {
-        summary.hierarchy = true;
-        for r in summary.requests.iter_mut().filter(|r| r.error.is_none()) {
-            if let Some(source) = r.source {
-                r.path = tables.trace(&t, source, SocketAddrV4::new(r.vip, HTTP_PORT));
+impl Summary {
+    /// Adds up the clients' reports (the first client that failed fails the demo).
+    fn from_reports(t: &Topology, reports: Vec<Result<ClientReport>>) -> Result<Summary> {
+        let mut summary = Summary::default();
+        for report in reports {
+            let r = report?;
+            summary.requests.extend(r.requests);
+            summary.udp_sent += r.udp_sent;
+            summary.udp_answered += r.udp_answered;
+            summary.udp_fragmented_ok += r.udp_fragmented_ok;
+            summary.udp_resent += r.udp_resent;
+            summary.udp_errors.extend(r.udp_errors);
+            for (h, n) in r.udp_per_host {
+                *summary.udp_per_host.entry(h).or_default() += n;
             }
         }
-        summary.flow_errors = tables.errors;
+        summary.udp_fragmented = t.nodes_with(Role::Client).count()
+            * t.virtual_hosts.len()
+            * UDP_SIZES.iter().filter(|s| **s > 1472).count();
+        Ok(summary)
     }
 
-    let clients: Vec<Ipv4Addr> = t
-        .nodes_with(Role::Client)
-        .filter_map(|c| t.address(&c.name))
-        .collect();
-    for cap in &captures {
+    /// Hierarchy: follows each answered request through the flow tables read meanwhile.
+    fn trace_paths(&mut self, t: &Topology, tables: FlowTables) {
+        for r in self.requests.iter_mut().filter(|r| r.error.is_none()) {
+            if let Some(source) = r.source {
+                r.path = tables.trace(t, source, SocketAddrV4::new(r.vip, HTTP_PORT));
+            }
+        }
+        self.flow_errors = tables.errors;
+    }
+
+    /// Counts what one capture saw: replies arriving at a router, the source of replies at
+    /// a client and, below the top of a hierarchy, where the tunnels came from.
+    fn count_capture(&mut self, t: &Topology, cap: &Capture) -> Result<()> {
+        let clients: Vec<Ipv4Addr> = t
+            .nodes_with(Role::Client)
+            .filter_map(|c| t.address(&c.name))
+            .collect();
         let packets = pcap::read_ipv4(&cap.pcap)?;
         match cap.role {
             Role::Router => {
-                summary.router_packets += packets.len();
+                self.router_packets += packets.len();
                 let is_reply =
                     |ip: &pcap::Ipv4Info| t.is_virtual(ip.src) && clients.contains(&ip.dst);
-                summary.router_reply_packets += packets
+                self.router_reply_packets += packets
                     .iter()
                     .filter(|p| is_reply(&p.outer) || p.inner.as_ref().is_some_and(is_reply))
                     .count();
@@ -1007,9 +1070,9 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                 let me = t.address(&cap.node).expect("client has a link");
                 for p in packets.iter().filter(|p| p.outer.dst == me) {
                     if t.is_virtual(p.outer.src) {
-                        summary.client_vip_replies += 1;
+                        self.client_vip_replies += 1;
                     } else if matches!(p.outer.src_port, Some(HTTP_PORT | UDP_PORT)) {
-                        summary.client_other_replies += 1;
+                        self.client_other_replies += 1;
                     }
                 }
             }
@@ -1029,11 +1092,16 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                     None => {}
                 }
             }
-            summary.tunnels.insert(cap.node.clone(), c);
+            self.tunnels.insert(cap.node.clone(), c);
         }
+        Ok(())
     }
+}
 
-    // Baseline: the same request straight to each host's own address.
+/// Baseline: the same request straight to each host's own address, from every client;
+/// curl's `time_total` of those that succeeded, seconds.
+fn direct_baseline(t: &Topology) -> Result<Vec<f64>> {
+    let mut seconds = Vec::new();
     for c in t.nodes_with(Role::Client) {
         for h in t.nodes_with(Role::Host) {
             for _ in 0..DIRECT_REQUESTS {
@@ -1046,13 +1114,12 @@ fn demo(state: &mut State, opts: &DemoOptions) -> Result<Summary> {
                     out.rsplit_once('\n')
                         .and_then(|(_, s)| s.trim().parse().ok()),
                 ) {
-                    summary.direct_seconds.push(secs);
+                    seconds.push(secs);
                 }
             }
         }
     }
-    summary.router_metric = router_metric(&t);
-    Ok(summary)
+    Ok(seconds)
 }
 
 #[cfg(test)]

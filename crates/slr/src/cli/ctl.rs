@@ -1,111 +1,8 @@
-//! The control socket of the daemons and the `slr ctl` client.
-//!
-//! A Unix stream socket; one JSON request per line (`{"cmd":"flows"}`), one JSON answer per line.
-//! Answers carry `"ok": true` or `"ok": false, "error": "..."`. Everything `slr ctl` prints comes
-//! from these answers, as JSON with `--json` and as tables without.
+//! `slr ctl`: asks a daemon on its control socket (the protocol is `slr-ctl`'s) and prints the
+//! answer, as JSON with `--json` and as tables without.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-/// Serves requests on `path` from a thread; `handler` answers each.
-pub fn serve(path: &Path, handler: impl Fn(&Value) -> Value + Send + Sync + 'static) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("control socket directory {}", dir.display()))?;
-    }
-    // A socket file left by a crashed daemon would make bind fail; a live daemon would answer.
-    if UnixStream::connect(path).is_ok() {
-        bail!(
-            "control socket {} is in use by a running daemon",
-            path.display()
-        );
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    let handler = std::sync::Arc::new(handler);
-    std::thread::Builder::new()
-        .name("ctl".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let handler = handler.clone();
-                let _ = std::thread::Builder::new()
-                    .name("ctl-conn".into())
-                    .spawn(move || {
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                        let mut w = match conn.try_clone() {
-                            Ok(w) => w,
-                            Err(_) => return,
-                        };
-                        for line in BufReader::new(conn).lines() {
-                            let Ok(line) = line else { break };
-                            let answer = match serde_json::from_str::<Value>(&line) {
-                                Ok(req) => handler(&req),
-                                Err(e) => {
-                                    json!({"ok": false, "error": format!("bad request: {e}")})
-                                }
-                            };
-                            if writeln!(w, "{answer}").is_err() {
-                                break;
-                            }
-                        }
-                    });
-            }
-        })?;
-    Ok(())
-}
-
-/// Sends one request and returns the answer; an `"ok": false` answer becomes an error.
-pub fn request(path: &Path, req: &Value) -> Result<Value> {
-    let mut s = UnixStream::connect(path)
-        .with_context(|| format!("cannot connect to {}", path.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    writeln!(s, "{req}")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line)
-        .with_context(|| format!("bad answer from {}", path.display()))?;
-    if v["ok"] == json!(false) {
-        bail!(
-            "{}: {}",
-            path.display(),
-            v["error"].as_str().unwrap_or("error")
-        );
-    }
-    Ok(v)
-}
-
-/// Finds the control socket of `target`: a path, or a daemon name in a running lab
-/// (`/run/slr-lab/*/NAME.sock`) or in `/run/slr/NAME.sock`.
-pub fn resolve_socket(target: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(target);
-    if target.contains('/') || p.extension().is_some_and(|e| e == "sock") {
-        return Ok(p);
-    }
-    let mut found = Vec::new();
-    if let Ok(labs) = std::fs::read_dir("/run/slr-lab") {
-        for lab in labs.flatten() {
-            let s = lab.path().join(format!("{target}.sock"));
-            if s.exists() {
-                found.push(s);
-            }
-        }
-    }
-    let s = PathBuf::from(format!("/run/slr/{target}.sock"));
-    if s.exists() {
-        found.push(s);
-    }
-    match found.len() {
-        0 => Err(anyhow!("no control socket for {target:?} (looked in /run/slr-lab/*/ and /run/slr/); pass a path")),
-        1 => Ok(found.remove(0)),
-        _ => Err(anyhow!("{target:?} names several daemons: {found:?}; pass a path")),
-    }
-}
 
 /// `slr ctl` arguments.
 #[derive(clap::Args)]
@@ -126,13 +23,13 @@ pub struct CtlArgs {
 
 /// Runs `slr ctl`.
 pub fn run(args: CtlArgs) -> Result<()> {
-    let path = resolve_socket(&args.target)?;
+    let path = slr_ctl::resolve_socket(&args.target)?;
     let limit = if args.json && args.command == "flows" && args.limit == 50 {
         1_000_000
     } else {
         args.limit
     };
-    let v = request(&path, &json!({"cmd": args.command, "limit": limit}))?;
+    let v = slr_ctl::request(&path, &json!({"cmd": args.command, "limit": limit}))?;
     if args.command == "metrics" {
         print!("{}", v["text"].as_str().unwrap_or(""));
         return Ok(());

@@ -4,6 +4,7 @@
 //! the counting exact and testable.
 
 use anyhow::{bail, Context, Result};
+use slr_wire::{Ipv4Packet, TcpPacket, UdpPacket};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -36,27 +37,25 @@ const LINKTYPE_LINUX_SLL: u32 = 113;
 const LINKTYPE_IPV4: u32 = 228;
 const LINKTYPE_LINUX_SLL2: u32 = 276;
 
+/// The IPv4 header (slr-wire's view) and, for an unfragmented or first fragment, the TCP
+/// or UDP source port; with the payload for the inner packet of a tunnel.
 fn parse_ipv4(b: &[u8]) -> Option<(Ipv4Info, &[u8])> {
-    if b.len() < 20 || b[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(b[0] & 0x0f) * 4;
-    if ihl < 20 || b.len() < ihl {
-        return None;
-    }
-    let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
-    let protocol = b[9];
-    let payload = &b[ihl..];
-    let src_port = match protocol {
-        6 | 17 if frag_offset == 0 && payload.len() >= 2 => {
-            Some(u16::from_be_bytes([payload[0], payload[1]]))
-        }
-        _ => None,
+    let ip = Ipv4Packet::new_checked(b).ok()?;
+    let payload = &b[usize::from(ip.header_len())..usize::from(ip.total_len())];
+    let protocol = u8::from(ip.protocol());
+    let src_port = if ip.frag_offset() != 0 {
+        None
+    } else if protocol == 6 {
+        TcpPacket::new_checked(payload).ok().map(|t| t.src_port())
+    } else if protocol == 17 {
+        UdpPacket::new_checked(payload).ok().map(|u| u.src_port())
+    } else {
+        None
     };
     Some((
         Ipv4Info {
-            src: Ipv4Addr::new(b[12], b[13], b[14], b[15]),
-            dst: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
             protocol,
             src_port,
         },
@@ -133,13 +132,21 @@ fn parse_file(bytes: &[u8]) -> Result<Vec<Packet>> {
     let linktype = u32_at(bytes, 20) & 0xffff;
     let mut packets = Vec::new();
     let mut off = 24;
+    let mut frame = Vec::new();
     while off + 16 <= bytes.len() {
         let caplen = u32_at(bytes, off + 8) as usize;
+        let orig_len = u32_at(bytes, off + 12) as usize;
         let start = off + 16;
-        let Some(frame) = bytes.get(start..start + caplen) else {
+        let Some(captured) = bytes.get(start..start + caplen) else {
             break;
         };
-        if let Some(p) = parse_packet(linktype, frame) {
+        // The demo captures the first 160 bytes of each packet (`tcpdump -s 160`): what the
+        // snap length cut off reads as zeros, so that the headers, which are all within it,
+        // parse as the whole packet they came from.
+        frame.clear();
+        frame.extend_from_slice(captured);
+        frame.resize(orig_len.clamp(caplen, caplen + 65_536), 0);
+        if let Some(p) = parse_packet(linktype, &frame) {
             packets.push(p);
         }
         off = start + caplen;
@@ -152,10 +159,31 @@ mod tests {
     use super::*;
 
     fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (20 + payload.len()) as u16;
         let mut h = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, protocol, 0, 0];
+        h[2..4].copy_from_slice(&len.to_be_bytes());
         h.extend_from_slice(&src);
         h.extend_from_slice(&dst);
         h.extend_from_slice(payload);
+        h
+    }
+
+    /// A TCP header (SYN, data offset 5) with these ports.
+    fn tcp(src: u16, dst: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 20];
+        h[..2].copy_from_slice(&src.to_be_bytes());
+        h[2..4].copy_from_slice(&dst.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = 0x02;
+        h
+    }
+
+    /// A UDP header with these ports and 4 bytes of data.
+    fn udp(src: u16, dst: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 12];
+        h[..2].copy_from_slice(&src.to_be_bytes());
+        h[2..4].copy_from_slice(&dst.to_be_bytes());
+        h[4..6].copy_from_slice(&12u16.to_be_bytes());
         h
     }
 
@@ -184,8 +212,8 @@ mod tests {
 
     #[test]
     fn reads_plain_tunnelled_and_skips_other_frames() {
-        let reply = ipv4([10, 99, 0, 1], [10, 200, 1, 2], 6, &[0, 80, 0x9c, 0x40]);
-        let inner = ipv4([10, 200, 1, 2], [10, 99, 0, 1], 17, &[0x9c, 0x40, 0, 7]);
+        let reply = ipv4([10, 99, 0, 1], [10, 200, 1, 2], 6, &tcp(80, 40000));
+        let inner = ipv4([10, 200, 1, 2], [10, 99, 0, 1], 17, &udp(40000, 7));
         let tunnelled = ipv4([10, 200, 2, 2], [10, 200, 3, 2], 4, &inner);
         let mut arp = vec![0xaa; 12];
         arp.extend_from_slice(&[0x08, 0x06, 1, 2, 3]);
@@ -203,6 +231,22 @@ mod tests {
             (Ipv4Addr::new(10, 200, 1, 2), Ipv4Addr::new(10, 99, 0, 1))
         );
         assert_eq!(i.src_port, Some(40000));
+    }
+
+    #[test]
+    fn packets_cut_at_the_snap_length_still_parse() {
+        let mut body = tcp(80, 40000);
+        body.extend_from_slice(&[7u8; 1400]);
+        let frame = ether(&ipv4([10, 99, 0, 1], [10, 200, 1, 2], 6, &body));
+        let mut file = pcap(&[]);
+        // One record of which only the first 160 bytes were captured.
+        file.extend_from_slice(&[0; 8]);
+        file.extend_from_slice(&160u32.to_le_bytes());
+        file.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        file.extend_from_slice(&frame[..160]);
+        let packets = parse_file(&file).unwrap();
+        assert_eq!(packets.len(), 1);
+        assert_eq!(packets[0].outer.src_port, Some(80));
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //!   every VIP answers. A failure (or Ctrl-C) tears down what was built.
 //! - `slr lab status [--json] [NAME]` shows nodes, addresses, processes and VIPs.
 //! - `slr lab down [NAME]` stops the lab's processes and deletes its namespaces: only
-//!   what its state file ([`state`]) records, so it is safe after a crash and idempotent.
+//!   what its state file (module `state`) records, so it is safe after a crash and idempotent.
 //! - `slr lab run FILE` is up, a demo of real traffic with a one-screen summary
-//!   ([`demo`]; for a hierarchy also the spread per client group and level and each
+//!   (module `demo`; for a hierarchy also the spread per client group and level and each
 //!   request's path through the routers' flow tables), and down.
 //!
 //! Everything needs root (namespaces) and the `ip` command; the demo also uses `curl`
@@ -30,16 +30,18 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-mod configs;
+pub mod configs;
 mod demo;
 mod lifecycle;
 mod netns;
 mod pcap;
 mod probe;
+pub mod serve;
 mod state;
-mod topology;
+pub mod topology;
 
 /// `slr lab` subcommands.
 #[derive(Subcommand, Debug)]
@@ -129,23 +131,15 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 }
 
 /// Set by SIGINT/SIGTERM; long operations check it between steps and in waits.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: the one thing a signal handler may safely do here.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+static INTERRUPTED: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 /// Makes Ctrl-C (and SIGTERM) set [`INTERRUPTED`] instead of killing the process, so
 /// `up` and `run` can tear down what they built.
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                sig,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, INTERRUPTED.clone()) {
+            eprintln!("slr lab: cannot handle signal {sig}: {e} (Ctrl-C will not clean up)");
         }
     }
 }

@@ -589,15 +589,19 @@ fn send_pattern<W: Write>(w: &mut W, n: u64) -> io::Result<()> {
     w.flush()
 }
 
+/// Answers the requests of one connection until the client or an error closes it, or a
+/// request asks to close it.
 fn serve_connection(server: &Server, stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(server.idle_timeout))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let peer = stream.peer_addr()?;
-    let local = stream.local_addr()?;
+    let ends = Ends {
+        name: server.name.as_str(),
+        peer: stream.peer_addr()?,
+        local: stream.local_addr()?,
+    };
     let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
     let mut w = &stream;
-    let name = server.name.as_str();
     loop {
         let req = match read_head(&mut reader)? {
             None => return Ok(()),
@@ -608,105 +612,20 @@ fn serve_connection(server: &Server, stream: TcpStream) -> io::Result<()> {
                     HeadError::TooLarge => (431, "request head too large"),
                     HeadError::Slow => (408, "request head too slow"),
                 };
-                return respond_simple(&mut w, name, status, &format!("{msg}\n"), false, false);
+                let msg = format!("{msg}\n");
+                return respond_simple(&mut w, ends.name, status, &msg, false, false);
             }
         };
         server.requests.fetch_add(1, Ordering::Relaxed);
         let mut keep_alive = req.keep_alive();
-        let head_only = req.method == "HEAD";
-        let get = req.method == "GET" || head_only;
         let path = req.target.split('?').next().unwrap_or("");
-
         if req.method == "POST" && path == "/upload" {
-            if req.expect_continue {
-                w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
-            }
-            let mut body = Body::new(&mut reader, &req);
-            let mut hash = Fnv1a64::default();
-            let mut total: u64 = 0;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = body.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hash.update(&buf[..n]);
-                total += n as u64;
-            }
-            let answer = format!("bytes={total} fnv64={:016x}\n", hash.value());
-            respond_simple(&mut w, name, 200, &answer, keep_alive, false)?;
+            answer_upload(&mut reader, &mut w, ends.name, &req, keep_alive)?;
         } else {
-            // Drain a (small) body of any other request so the next request is framed
-            // right; a large one is not worth reading: answer and close.
-            if req.has_body() {
-                if req.content_length.unwrap_or(0) > MAX_DRAIN {
-                    keep_alive = false;
-                } else {
-                    let mut body = Body::new(&mut reader, &req).take(MAX_DRAIN + 1);
-                    if io::copy(&mut body, &mut io::sink())? > MAX_DRAIN {
-                        keep_alive = false;
-                    }
-                }
+            if !drain_body(&mut reader, &req)? {
+                keep_alive = false;
             }
-            match (get, path) {
-                (true, "/") => {
-                    let body = format!("served-by={name} client={peer} vip={}\n", local.ip());
-                    respond_simple(&mut w, name, 200, &body, keep_alive, head_only)?;
-                }
-                (true, "/health") => {
-                    respond_simple(&mut w, name, 200, "ok\n", keep_alive, head_only)?;
-                }
-                (true, "/json") => {
-                    // A struct, not json!(), so the keys keep this order.
-                    #[derive(serde::Serialize)]
-                    struct Facts<'a> {
-                        served_by: &'a str,
-                        client: String,
-                        vip: String,
-                        port: u16,
-                    }
-                    let facts = Facts {
-                        served_by: name,
-                        client: peer.to_string(),
-                        vip: local.ip().to_string(),
-                        port: local.port(),
-                    };
-                    let body = serde_json::to_string(&facts).unwrap_or_default() + "\n";
-                    respond(
-                        &mut w,
-                        name,
-                        200,
-                        "application/json",
-                        body.as_bytes(),
-                        keep_alive,
-                        head_only,
-                    )?;
-                }
-                (true, p) if p.starts_with("/bytes/") => {
-                    match p["/bytes/".len()..].parse::<u64>() {
-                        Ok(n) if n <= MAX_BYTES => {
-                            let h = head(name, 200, "application/octet-stream", n, keep_alive);
-                            w.write_all(h.as_bytes())?;
-                            if !head_only {
-                                send_pattern(&mut w, n)?;
-                            }
-                        }
-                        _ => {
-                            let msg = format!("/bytes/N takes N = 0..={MAX_BYTES}\n");
-                            respond_simple(&mut w, name, 400, &msg, keep_alive, head_only)?;
-                        }
-                    }
-                }
-                (false, "/" | "/health" | "/json") => {
-                    respond_simple(&mut w, name, 405, "use GET\n", keep_alive, false)?;
-                }
-                (_, "/upload") => {
-                    respond_simple(&mut w, name, 405, "use POST\n", keep_alive, head_only)?;
-                }
-                _ => {
-                    respond_simple(&mut w, name, 404, "not found\n", keep_alive, head_only)?;
-                }
-            }
+            answer(&mut w, &ends, &req, keep_alive)?;
         }
         if !keep_alive {
             return Ok(());
@@ -714,56 +633,132 @@ fn serve_connection(server: &Server, stream: TcpStream) -> io::Result<()> {
     }
 }
 
+/// The two ends of a connection, as answers name them.
+struct Ends<'a> {
+    /// The server's (host's) name.
+    name: &'a str,
+    /// The client.
+    peer: SocketAddr,
+    /// The address the client dialled (a VIP, or the host's own).
+    local: SocketAddr,
+}
+
+/// `POST /upload`: reads the body and answers its length and FNV-1a 64.
+fn answer_upload<R: BufRead, W: Write>(
+    reader: &mut R,
+    w: &mut W,
+    name: &str,
+    req: &Request,
+    keep_alive: bool,
+) -> io::Result<()> {
+    if req.expect_continue {
+        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let mut body = Body::new(reader, req);
+    let mut hash = Fnv1a64::default();
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+    }
+    let answer = format!("bytes={total} fnv64={:016x}\n", hash.value());
+    respond_simple(w, name, 200, &answer, keep_alive, false)
+}
+
+/// Drains a (small) body of any other request so the next request is framed right; a
+/// large one is not worth reading. Returns whether the connection can stay open.
+fn drain_body<R: BufRead>(reader: &mut R, req: &Request) -> io::Result<bool> {
+    if !req.has_body() {
+        return Ok(true);
+    }
+    if req.content_length.unwrap_or(0) > MAX_DRAIN {
+        return Ok(false);
+    }
+    let mut body = Body::new(reader, req).take(MAX_DRAIN + 1);
+    Ok(io::copy(&mut body, &mut io::sink())? <= MAX_DRAIN)
+}
+
+/// Answers any request but `POST /upload` (its body already drained).
+fn answer<W: Write>(w: &mut W, ends: &Ends<'_>, req: &Request, keep_alive: bool) -> io::Result<()> {
+    let name = ends.name;
+    let head_only = req.method == "HEAD";
+    let get = req.method == "GET" || head_only;
+    let path = req.target.split('?').next().unwrap_or("");
+    match (get, path) {
+        (true, "/") => {
+            let body = format!(
+                "served-by={name} client={} vip={}\n",
+                ends.peer,
+                ends.local.ip()
+            );
+            respond_simple(w, name, 200, &body, keep_alive, head_only)
+        }
+        (true, "/health") => respond_simple(w, name, 200, "ok\n", keep_alive, head_only),
+        (true, "/json") => {
+            // A struct, not json!(), so the keys keep this order.
+            #[derive(serde::Serialize)]
+            struct Facts<'a> {
+                served_by: &'a str,
+                client: String,
+                vip: String,
+                port: u16,
+            }
+            let facts = Facts {
+                served_by: name,
+                client: ends.peer.to_string(),
+                vip: ends.local.ip().to_string(),
+                port: ends.local.port(),
+            };
+            let body = serde_json::to_string(&facts).unwrap_or_default() + "\n";
+            respond(
+                w,
+                name,
+                200,
+                "application/json",
+                body.as_bytes(),
+                keep_alive,
+                head_only,
+            )
+        }
+        (true, p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
+            Ok(n) if n <= MAX_BYTES => {
+                let h = head(name, 200, "application/octet-stream", n, keep_alive);
+                w.write_all(h.as_bytes())?;
+                if !head_only {
+                    send_pattern(w, n)?;
+                }
+                Ok(())
+            }
+            _ => {
+                let msg = format!("/bytes/N takes N = 0..={MAX_BYTES}\n");
+                respond_simple(w, name, 400, &msg, keep_alive, head_only)
+            }
+        },
+        (false, "/" | "/health" | "/json") => {
+            respond_simple(w, name, 405, "use GET\n", keep_alive, false)
+        }
+        (_, "/upload") => respond_simple(w, name, 405, "use POST\n", keep_alive, head_only),
+        _ => respond_simple(w, name, 404, "not found\n", keep_alive, head_only),
+    }
+}
+
 /// Binds a UDP socket to exactly `addr`. IPv4 sockets get `IP_FREEBIND` so that a VIP
 /// can be bound before its AnyIP route exists; once it does, datagrams to the VIP arrive
 /// here and replies leave from the VIP.
 fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let SocketAddr::V4(v4) = addr else {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let SocketAddr::V4(_) = addr else {
         return UdpSocket::bind(addr);
     };
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: plain socket(2); the fd is owned by `fd` at once so every error path
-    // closes it.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let one: libc::c_int = 1;
-    // SAFETY: the option value points to a live c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            raw,
-            libc::IPPROTO_IP,
-            libc::IP_FREEBIND,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: the address points to a live sockaddr_in of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            raw,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UdpSocket::from(fd))
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_freebind(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn udp_loop(server: &Server, socket: &UdpSocket, addr: SocketAddr) {

@@ -160,11 +160,7 @@ impl Process {
     /// it is our child (during `lab run`), so that an exited child does not linger as a
     /// zombie that looks alive.
     pub fn is_running(&self) -> bool {
-        // SAFETY: waitpid with WNOHANG on a pid only reaps it if it is our exited child;
-        // for any other pid it fails with ECHILD and changes nothing.
-        unsafe {
-            libc::waitpid(self.pid, std::ptr::null_mut(), libc::WNOHANG);
-        }
+        slr_io::process::reap_if_child(self.pid);
         match proc_stat(self.pid) {
             Some((t, state)) => t == self.start_time && state != 'Z' && state != 'X',
             None => false,
@@ -174,10 +170,8 @@ impl Process {
     /// Sends a signal if the process is still the one we started.
     pub fn signal(&self, sig: libc::c_int) {
         if self.is_running() {
-            // SAFETY: kill has no memory effects; the pid was checked to be ours just now.
-            unsafe {
-                libc::kill(self.pid, sig);
-            }
+            // The pid was checked to be ours just now.
+            slr_io::process::send_signal(self.pid, sig);
         }
     }
 }

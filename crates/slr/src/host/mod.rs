@@ -7,11 +7,13 @@
 //! answers from the VIP straight to the client (direct server return). The routes are removed
 //! when the agent exits.
 
-use crate::config::{HostDaemonConfig, HostFile};
+mod load;
+
 use crate::daemon::{Routes, Signals};
 use crate::metrics::{self, Page};
 use anyhow::{Context, Result};
 use serde_json::json;
+use slr_config::HostDaemonConfig;
 use slr_core::terminate::{TerminateDrop, TunnelTerminator};
 use slr_io::{poll_readable, IpipSocket, PacketDevice, TunDevice};
 use slr_wire::PacketBuf;
@@ -99,7 +101,7 @@ fn render(name: &str, s: &Shared) -> String {
 
 /// Runs the host agent until SIGTERM/SIGINT.
 pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
-    let cfg = HostFile::load(config_path)?;
+    let cfg = slr_config::load_host(config_path)?;
     if check_only {
         println!("{}: ok", config_path.display());
         return Ok(());
@@ -118,9 +120,14 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         }
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let control =
-        crate::control_plane::start_host(&cfg.name, cfg.control.as_ref(), &cfg.virtual_subnets)
-            .with_context(|| format!("{}: [control]", config_path.display()))?;
+    let mut sampler = load::LoadSampler::new(cfg.virtual_subnets.clone());
+    let control = crate::control_plane::start_host(
+        &cfg.name,
+        cfg.control.as_ref(),
+        &cfg.virtual_subnets,
+        move || sampler.sample(),
+    )
+    .with_context(|| format!("{}: [control]", config_path.display()))?;
     let view = control.as_ref().map(|c| c.view.clone());
     {
         let view = view.clone();
@@ -131,7 +138,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
             .map(|c| c.to_string())
             .collect();
         let subnets: Vec<String> = cfg.virtual_subnets.iter().map(|c| c.to_string()).collect();
-        crate::ctl::serve(&cfg.control_socket, move |req| {
+        slr_ctl::serve(&cfg.control_socket, move |req| {
             let s = shared.lock().map(|s| s.clone()).unwrap_or_default();
             match req["cmd"].as_str().unwrap_or("") {
                 "status" | "stats" => json!({

@@ -1,0 +1,79 @@
+//! Processes: starting a detached child, signalling and reaping a pid, and the kernel's clock
+//! tick (what the lab and the host agent's load sampler need from libc).
+
+use std::io;
+use std::process::{Child, Command};
+
+/// Starts `cmd` in a session (and process group) of its own, so that neither a Ctrl-C meant
+/// for the caller nor a closed terminal reaches it.
+pub fn spawn_detached(cmd: &mut Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it is all the
+    // child does between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Reaps `pid` if it is an exited child of this process (so that it does not linger as a
+/// zombie that looks alive); for any other pid nothing happens.
+pub fn reap_if_child(pid: i32) {
+    // SAFETY: waitpid with WNOHANG on a pid only reaps it if it is our exited child; for any
+    // other pid it fails with ECHILD and changes nothing. No memory is passed.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+    }
+}
+
+/// Sends `signal` to `pid`; true if it was delivered (the process exists and may be signalled).
+pub fn send_signal(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// The kernel's clock ticks per second (`USER_HZ`, the unit of `/proc/*/stat` times).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if tck > 0 {
+        tck as u64
+    } else {
+        100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_child_runs_in_its_own_session_and_is_reaped() {
+        let mut child = spawn_detached(Command::new("sleep").arg("5")).unwrap();
+        let pid = child.id() as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Field 6 (after the command in parentheses) is the session id: the child's own pid.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            fields[3],
+            pid.to_string(),
+            "session id = the child's pid: {stat}"
+        );
+        assert!(send_signal(pid, 0), "signal 0 reaches a live process");
+        assert!(send_signal(pid, libc::SIGKILL));
+        let _ = child.wait();
+        reap_if_child(pid);
+        assert!(!send_signal(pid, 0), "gone after SIGKILL and wait");
+        assert!(clock_ticks_per_second() >= 100);
+    }
+}

@@ -1,0 +1,6 @@
+//! The commands that are not daemons: `slr ctl` (inspect and steer a running daemon), the
+//! operator CA (`slr ca`), a network configuration site (`slr gateway-site`) and one report to a
+//! parent (`slr report`).
+
+pub mod ctl;
+pub mod pki;

@@ -1,0 +1,266 @@
+//! What the control thread knows, as `slr ctl` and the metrics page show it.
+
+use serde::Serialize;
+use slr_control::{FetcherCounters, ParentCounters, ReporterCounters};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What the control thread knows, for `slr ctl` and the metrics page.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ControlView {
+    /// This router's level.
+    pub level: String,
+    /// Children (next-level gateways) with their last reports.
+    pub children: Vec<ChildRow>,
+    /// The route table as built, entry by entry.
+    pub table: Vec<TableRow>,
+    /// Table generation (builds so far).
+    pub generation: u64,
+    /// Tables built.
+    pub rebuilds: u64,
+    /// Duration of the last build, microseconds.
+    pub last_rebuild_us: u64,
+    /// Total time spent building, microseconds.
+    pub rebuild_us_total: u64,
+    /// Evaluation errors of F, G or overload, in all builds.
+    pub eval_errors: u64,
+    /// The last evaluation error.
+    pub last_eval_error: Option<String>,
+    /// Tables the core refused (should stay 0).
+    pub install_errors: u64,
+    /// What this router reports upward, per subnet.
+    pub upward: Vec<SubnetRow>,
+    /// The reporters to parents.
+    pub parents: Vec<ParentRow>,
+    /// The gateway table's version and source.
+    pub gateway_version: u64,
+    /// Where the gateway table came from: "static" or the URL.
+    pub gateway_source: String,
+    #[serde(skip)]
+    pub(super) parent_counters: Option<Arc<ParentCounters>>,
+    #[serde(skip)]
+    pub(super) fetcher_counters: Option<Arc<FetcherCounters>>,
+    #[serde(skip)]
+    pub(super) reporter_counters: Vec<(String, Arc<ReporterCounters>)>,
+}
+
+/// A child as `slr ctl NAME children` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildRow {
+    /// Name.
+    pub name: String,
+    /// Tunnel endpoint.
+    pub address: String,
+    /// Static cost.
+    pub cost: f64,
+    /// RTT measured by the health checks, ms.
+    pub rtt_ms: Option<f64>,
+    /// Level it announced.
+    pub level: Option<String>,
+    /// Whether it is a candidate (reported within `silent_after` intervals).
+    pub live: bool,
+    /// Its health check: "up" or "down" (filled in when inspected).
+    pub health: Option<String>,
+    /// Age of its last report, ms.
+    pub report_age_ms: Option<u64>,
+    /// Reports accepted from it.
+    pub reports: u64,
+    /// Its last report.
+    pub last_report: Vec<SubnetRow>,
+}
+
+/// Metrics of one subnet.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubnetRow {
+    /// The subnet.
+    pub subnet: String,
+    /// Named metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One route table entry for inspection.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRow {
+    /// Virtual subnet.
+    pub subnet: String,
+    /// Client group ("" for none).
+    pub client_group: String,
+    /// Priority class.
+    pub priority: String,
+    /// Candidates, lowest cost first.
+    pub candidates: Vec<CandidateRow>,
+    /// Live children left out, with the reason.
+    pub excluded: Vec<(String, String)>,
+}
+
+/// A candidate of an entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct CandidateRow {
+    /// Child name.
+    pub child: String,
+    /// Its cost F.
+    pub cost: f64,
+    /// In the chosen band (takes new flows).
+    pub chosen: bool,
+    /// Overload predicate held.
+    pub overloaded: bool,
+}
+
+/// A reporter towards a parent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParentRow {
+    /// Parent name.
+    pub name: String,
+    /// Session open.
+    pub connected: bool,
+    /// Reports accepted by the parent.
+    pub reports_sent: u64,
+    /// Failures (each followed by a reconnection).
+    pub failures: u64,
+    /// Subnets the parent refused.
+    pub subnets_refused: u64,
+    /// Bytes sent (TLS and HTTP/2 included).
+    pub bytes_sent: u64,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Shared view of the control thread.
+pub type SharedView = Arc<Mutex<ControlView>>;
+
+impl ControlView {
+    /// Reads the reporters' counters into [`ControlView::parents`].
+    pub(super) fn refresh_counters(&mut self) {
+        self.parents = self
+            .reporter_counters
+            .iter()
+            .map(|(name, c)| ParentRow {
+                name: name.clone(),
+                connected: c.connected(),
+                reports_sent: c.reports_sent(),
+                failures: c.failures(),
+                subnets_refused: c.subnets_refused(),
+                bytes_sent: c.bytes_sent(),
+                last_error: c.last_error(),
+            })
+            .collect();
+    }
+
+    /// Prometheus lines for the control plane.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut line = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        if let Some(c) = &self.parent_counters {
+            line(
+                "slr_control_reports_received_total",
+                "Reports accepted from children.",
+                "counter",
+                vec![(String::new(), c.reports_accepted() as f64)],
+            );
+            line(
+                "slr_control_hellos_total",
+                "Hellos accepted from children.",
+                "counter",
+                vec![(String::new(), c.hellos_accepted() as f64)],
+            );
+            line(
+                "slr_control_refused_total",
+                "Connections, hellos, reports or subnets refused, by reason.",
+                "counter",
+                c.refusals()
+                    .map(|(r, n)| (format!("{{reason=\"{}\"}}", r.as_str()), n as f64))
+                    .collect(),
+            );
+            line(
+                "slr_control_bytes_received_total",
+                "Bytes received from children on the wire (TLS included).",
+                "counter",
+                vec![(String::new(), c.bytes_received() as f64)],
+            );
+        }
+        line(
+            "slr_control_table_rebuilds_total",
+            "Route tables built.",
+            "counter",
+            vec![(String::new(), self.rebuilds as f64)],
+        );
+        line(
+            "slr_control_table_rebuild_seconds_total",
+            "Time spent building route tables.",
+            "counter",
+            vec![(String::new(), self.rebuild_us_total as f64 / 1e6)],
+        );
+        line(
+            "slr_control_table_rebuild_last_seconds",
+            "Duration of the last route table build.",
+            "gauge",
+            vec![(String::new(), self.last_rebuild_us as f64 / 1e6)],
+        );
+        line(
+            "slr_control_eval_errors_total",
+            "Cost function evaluations that failed (the child was left out).",
+            "counter",
+            vec![(String::new(), self.eval_errors as f64)],
+        );
+        line(
+            "slr_control_child_live",
+            "Whether a child is a candidate (reported recently).",
+            "gauge",
+            self.children
+                .iter()
+                .map(|c| {
+                    (
+                        format!("{{child=\"{}\"}}", c.name),
+                        f64::from(u8::from(c.live)),
+                    )
+                })
+                .collect(),
+        );
+        line(
+            "slr_control_reports_sent_total",
+            "Reports accepted by each parent.",
+            "counter",
+            self.parents
+                .iter()
+                .map(|p| (format!("{{parent=\"{}\"}}", p.name), p.reports_sent as f64))
+                .collect(),
+        );
+        line(
+            "slr_control_report_bytes_sent_total",
+            "Bytes sent to each parent on the wire (TLS included).",
+            "counter",
+            self.parents
+                .iter()
+                .map(|p| (format!("{{parent=\"{}\"}}", p.name), p.bytes_sent as f64))
+                .collect(),
+        );
+        if let Some(f) = &self.fetcher_counters {
+            line(
+                "slr_control_gateway_fetches_total",
+                "Gateway table fetches, by result.",
+                "counter",
+                vec![
+                    ("{result=\"ok\"}".into(), f.fetches_ok() as f64),
+                    (
+                        "{result=\"unreachable\"}".into(),
+                        f.fetch_errors_unreachable() as f64,
+                    ),
+                    (
+                        "{result=\"invalid\"}".into(),
+                        f.fetch_errors_invalid() as f64,
+                    ),
+                ],
+            );
+        }
+    }
+}
+
+/// Locks the view (a panicked holder left it usable: it only holds plain data).
+pub(super) fn lock(v: &SharedView) -> std::sync::MutexGuard<'_, ControlView> {
+    v.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,107 @@
+//! The mailbox of the router's packet thread: how every other thread (health checkers, the
+//! control thread, the control socket, the metrics endpoint) asks it for something.
+//!
+//! The packet thread owns the routing core and never blocks on anyone: requests wait in a
+//! channel, an eventfd wakes its poll, and it answers each request between two batches of
+//! packets. [`Handle`] is the sending side (cheap to clone, one per thread that needs it);
+//! [`Mailbox`] the receiving side, which only the packet thread holds. Nothing here depends on
+//! the packet loop, so the threads that use a handle do not either.
+
+use crate::snapshot::{FlowRow, Snapshot};
+use anyhow::{anyhow, Result};
+use slr_core::router::{Control, NextHopConfig};
+use slr_io::EventFd;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A request to the packet thread, with the channel its answer goes back on.
+pub enum Request {
+    /// Apply a control input; the answer says whether the core took it.
+    Control(Control, Sender<Result<(), String>>),
+    /// A snapshot of state and counters.
+    Snapshot(Sender<Snapshot>),
+    /// Up to `limit` flows.
+    Flows(usize, Sender<Vec<FlowRow>>),
+    /// Read the configuration file again.
+    Reload(Sender<Result<(), String>>),
+    /// The children of a fetched gateway table: they replace the file's
+    /// `[[gateways.children]]` as next hops, now and after every reload.
+    Gateways(Vec<NextHopConfig>, Sender<Result<(), String>>),
+}
+
+/// The handle other threads use to reach the packet thread.
+#[derive(Clone)]
+pub struct Handle {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+}
+
+/// The packet thread's side: the requests, and the eventfd its poll waits on.
+pub struct Mailbox {
+    /// Pending requests.
+    pub requests: Receiver<Request>,
+    /// Readable when a request was sent.
+    pub wake: Arc<EventFd>,
+}
+
+/// A new mailbox and the first handle to it.
+pub fn channel() -> Result<(Handle, Mailbox)> {
+    let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::new()?);
+    Ok((
+        Handle {
+            tx,
+            wake: wake.clone(),
+        },
+        Mailbox { requests: rx, wake },
+    ))
+}
+
+impl Handle {
+    fn send(&self, r: Request) -> Result<()> {
+        self.tx
+            .send(r)
+            .map_err(|_| anyhow!("router is shutting down"))?;
+        self.wake.notify()?;
+        Ok(())
+    }
+
+    /// Applies a control input and waits for the core's answer.
+    pub fn control(&self, c: Control) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Control(c, tx))?;
+        rx.recv_timeout(Duration::from_secs(5))?
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Snapshot(tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(5))?)
+    }
+
+    /// Up to `limit` flows.
+    pub fn flows(&self, limit: usize) -> Result<Vec<FlowRow>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Flows(limit, tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(10))?)
+    }
+
+    /// Reads the configuration file again.
+    pub fn reload(&self) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Reload(tx))?;
+        rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// Replaces the gateway children (next hops) with a fetched table's.
+    pub fn set_gateways(&self, children: Vec<NextHopConfig>) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Gateways(children, tx))?;
+        rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
+    }
+}

@@ -1,0 +1,187 @@
+//! The router's Prometheus families, rendered from a snapshot (the packet path never formats
+//! anything).
+
+use crate::metrics::Page;
+use crate::snapshot::Snapshot;
+
+/// Renders the Prometheus page from a snapshot.
+pub fn render_metrics(s: &Snapshot) -> String {
+    let mut p = Page::default();
+    let r = [("router", s.name.as_str())];
+    p.gauge(
+        "slr_router_flows_active",
+        "Flows pinned in the flow table.",
+        &r,
+        s.flows_active as f64,
+    );
+    p.gauge(
+        "slr_router_flows_max",
+        "Flow table bound.",
+        &r,
+        s.max_flows as f64,
+    );
+    let c = &s.counters;
+    let get = |k: &str| c[k].as_u64().unwrap_or(0);
+    p.counter(
+        "slr_router_packets_total",
+        "Packets handed to the router.",
+        &r,
+        get("packets_in"),
+    );
+    p.counter(
+        "slr_router_bytes_total",
+        "Bytes handed to the router.",
+        &r,
+        get("bytes_in"),
+    );
+    p.counter(
+        "slr_router_tunneled_packets_total",
+        "Packets sent into tunnels.",
+        &r,
+        get("packets_tunneled"),
+    );
+    p.counter(
+        "slr_router_tunneled_bytes_total",
+        "Bytes sent into tunnels.",
+        &r,
+        get("bytes_tunneled"),
+    );
+    p.counter(
+        "slr_router_flows_created_total",
+        "Flows created.",
+        &r,
+        get("flows_created"),
+    );
+    p.counter(
+        "slr_router_flows_expired_total",
+        "Flows expired by idle timeout.",
+        &r,
+        get("flows_expired"),
+    );
+    p.counter(
+        "slr_router_flows_evicted_total",
+        "Flows evicted from a full table.",
+        &r,
+        get("flows_evicted"),
+    );
+    p.counter(
+        "slr_router_flows_rerouted_total",
+        "Reused 5-tuples routed afresh.",
+        &r,
+        get("flows_rerouted"),
+    );
+    p.counter(
+        "slr_router_icmp_frag_needed_total",
+        "ICMP fragmentation-needed sent.",
+        &r,
+        get("icmp_frag_needed_sent"),
+    );
+    p.counter(
+        "slr_router_icmp_errors_routed_total",
+        "ICMP errors routed to the host owning the flow.",
+        &r,
+        get("icmp_errors_routed"),
+    );
+    p.counter(
+        "slr_router_mss_clamped_total",
+        "SYNs whose MSS was clamped.",
+        &r,
+        get("mss_clamped"),
+    );
+    for (reason, v) in &s.drops {
+        p.counter(
+            "slr_router_drops_total",
+            "Packets dropped, by reason.",
+            &[("router", &s.name), ("reason", reason)],
+            *v,
+        );
+    }
+    p.counter(
+        "slr_router_device_drops_total",
+        "Packets the capture device dropped (not IPv4, truncated).",
+        &r,
+        s.device_drops,
+    );
+    p.counter(
+        "slr_router_tunnel_send_drops_total",
+        "Tunnel packets the socket could not send.",
+        &r,
+        s.tunnel_send_drops,
+    );
+    for n in &s.next_hops {
+        let l = [("router", s.name.as_str()), ("next_hop", n.name.as_str())];
+        p.gauge(
+            "slr_next_hop_available",
+            "1 if the next hop takes new flows (health).",
+            &l,
+            n.available as u8 as f64,
+        );
+        p.gauge(
+            "slr_next_hop_weight",
+            "Configured weight (0 drains).",
+            &l,
+            n.weight as f64,
+        );
+        p.gauge(
+            "slr_next_hop_flows_active",
+            "Flows pinned to the next hop.",
+            &l,
+            n.active_flows as f64,
+        );
+        p.counter(
+            "slr_next_hop_selections_total",
+            "New flows given to the next hop.",
+            &l,
+            n.selections,
+        );
+        p.counter(
+            "slr_next_hop_packets_total",
+            "Packets tunnelled to the next hop.",
+            &l,
+            n.packets,
+        );
+        p.counter(
+            "slr_next_hop_bytes_total",
+            "Bytes tunnelled to the next hop.",
+            &l,
+            n.bytes,
+        );
+    }
+    for v in &s.virtual_hosts {
+        let l = [
+            ("router", s.name.as_str()),
+            ("virtual_host", v.name.as_str()),
+        ];
+        p.counter(
+            "slr_virtual_host_packets_total",
+            "Packets routed for the virtual host.",
+            &l,
+            v.packets,
+        );
+        p.counter(
+            "slr_virtual_host_bytes_total",
+            "Bytes routed for the virtual host.",
+            &l,
+            v.bytes,
+        );
+        p.counter(
+            "slr_virtual_host_flows_total",
+            "Flows created for the virtual host.",
+            &l,
+            v.flows_created,
+        );
+    }
+    p.counter(
+        "slr_process_cpu_microseconds_total",
+        "CPU time used by the process.",
+        &r,
+        (s.cpu_seconds * 1e6) as u64,
+    );
+    p.gauge(
+        "slr_process_resident_bytes",
+        "Resident memory of the process.",
+        &r,
+        s.resident_bytes as f64,
+    );
+    p.finish()
+}
