@@ -19,6 +19,7 @@ mod duration;
 mod error;
 pub mod file;
 mod host;
+mod overrides;
 mod router;
 
 pub use control::{ControlConfig, ParentConfig};
@@ -26,6 +27,7 @@ pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use file::{HostFile, RouterFile};
 pub use host::HostDaemonConfig;
+pub use overrides::{NextHopOverride, Overrides};
 pub use router::{GatewayChild, GatewayConfig, HealthConfig, RouterDaemonConfig};
 
 use serde::Deserialize;

@@ -242,6 +242,10 @@ pub enum Control {
     /// Install a route table for virtual hosts under [`Policy::Cost`] (built on the control
     /// path from the children's reports). Replaces the previous table; steers only new flows.
     InstallRouteTable(Box<RouteTable>),
+    /// A stopping router takes no new flows (their packets are dropped as
+    /// [`DropReason::Stopping`]) while it keeps forwarding the flows it has: a graceful stop.
+    /// `false` takes new flows again.
+    SetStopping(bool),
 }
 
 /// A control input the core refused.
@@ -350,6 +354,7 @@ drop_reasons! {
     NoHeadroom => "no_headroom", "Buffer had no room for the outer header.";
     UntrustedTunnel => "untrusted_tunnel", "Tunnel from a source that is not a trusted parent.";
     MalformedTunnel => "malformed_tunnel", "Tunnel packet whose outer or inner header is malformed.";
+    Stopping => "stopping", "A new flow at a stopping router (graceful stop: only established flows go on).";
 }
 
 impl From<slr_wire::Error> for DropReason {
@@ -609,6 +614,7 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     last_full_event: Option<Instant>,
     next_fragment_sweep: Option<Instant>,
     route_table: Option<(RouteTable, CompiledTable)>,
+    stopping: bool,
 }
 
 impl Router<IpIpTunnel> {
@@ -644,6 +650,7 @@ impl<T: Tunnel> Router<T> {
             last_full_event: None,
             next_fragment_sweep: None,
             route_table: None,
+            stopping: false,
             config: config.clone(),
         };
         r.apply(config)?;
@@ -671,6 +678,10 @@ impl<T: Tunnel> Router<T> {
     /// Pinned flows.
     pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
         self.flows.iter()
+    }
+    /// Whether the router is stopping (takes no new flows; see [`Control::SetStopping`]).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
     }
     /// Number of pinned flows.
     pub fn flow_count(&self) -> usize {
@@ -747,6 +758,7 @@ impl<T: Tunnel> Router<T> {
                 let compiled = self.compile_route_table(&table)?;
                 self.route_table = Some((*table, compiled));
             }
+            Control::SetStopping(stopping) => self.stopping = stopping,
         }
         Ok(())
     }
@@ -1156,6 +1168,9 @@ impl<T: Tunnel> Router<T> {
     }
 
     fn select(&mut self, vh: usize, key: &FlowKey) -> Result<usize, DropReason> {
+        if self.stopping {
+            return Err(DropReason::Stopping);
+        }
         let h = flow_hash(self.config.hash_seed, key);
         let v = &mut self.virtual_hosts[vh];
         let rule = v.rules.iter_mut().find(|r| r.rule.matches(key));
@@ -1746,6 +1761,27 @@ mod tests {
             r.held_count,
             c.packets_in
         );
+    }
+
+    // ---- Graceful stop ---------------------------------------------------------------------
+
+    #[test]
+    fn a_stopping_router_takes_no_new_flow_and_forwards_its_flows() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let first = tunnelled(&mut r, T0, &syn(40000));
+        r.handle_control(T0, Control::SetStopping(true)).unwrap();
+        assert!(r.is_stopping());
+        // The established flow goes on to the same next hop; a new one is refused and counted.
+        assert_eq!(tunnelled(&mut r, T0, &ack(40000)), first);
+        assert_eq!(dropped(&mut r, T0, &syn(40001)), DropReason::Stopping);
+        assert_eq!(dropped(&mut r, T0, &ack(40002)), DropReason::Stopping);
+        assert_eq!(r.counters().drops(DropReason::Stopping), 2);
+        assert_eq!(r.flow_count(), 1, "refused packets pin nothing");
+        assert_accounted(&r);
+        // Back in service.
+        r.handle_control(T0, Control::SetStopping(false)).unwrap();
+        tunnelled(&mut r, T0, &syn(40001));
+        assert_eq!(r.flow_count(), 2);
     }
 
     // ---- TCP -----------------------------------------------------------------------------
@@ -3459,6 +3495,12 @@ mod tests {
         assert_eq!(dropped(&mut r, T0, &syn(40004)), D::NoRoute);
         produced.insert(D::NoRoute.as_str());
         expected_counts[D::NoRoute as usize] += 1;
+
+        // A stopping router.
+        r.handle_control(T0, Control::SetStopping(true)).unwrap();
+        assert_eq!(dropped(&mut r, T0, &syn(40005)), D::Stopping);
+        produced.insert(D::Stopping.as_str());
+        expected_counts[D::Stopping as usize] += 1;
 
         for reason in DropReason::ALL {
             assert_eq!(

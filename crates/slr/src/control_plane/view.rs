@@ -1,5 +1,6 @@
 //! What the control thread knows, as `slr ctl` and the metrics page show it.
 
+use crate::metrics::Exposition;
 use serde::Serialize;
 use slr_control::{FetcherCounters, ParentCounters, ReporterCounters};
 use std::collections::BTreeMap;
@@ -146,116 +147,107 @@ impl ControlView {
             .collect();
     }
 
-    /// Prometheus lines for the control plane.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let mut line = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
+    /// Adds the control plane's families to a scrape.
+    pub fn add_metrics(&self, p: &mut Exposition) {
         if let Some(c) = &self.parent_counters {
-            line(
+            p.counter(
                 "slr_control_reports_received_total",
                 "Reports accepted from children.",
-                "counter",
-                vec![(String::new(), c.reports_accepted() as f64)],
+                &[],
+                c.reports_accepted(),
             );
-            line(
+            p.counter(
                 "slr_control_hellos_total",
                 "Hellos accepted from children.",
-                "counter",
-                vec![(String::new(), c.hellos_accepted() as f64)],
+                &[],
+                c.hellos_accepted(),
             );
-            line(
-                "slr_control_refused_total",
-                "Connections, hellos, reports or subnets refused, by reason.",
-                "counter",
-                c.refusals()
-                    .map(|(r, n)| (format!("{{reason=\"{}\"}}", r.as_str()), n as f64))
-                    .collect(),
-            );
-            line(
+            for (r, n) in c.refusals() {
+                p.counter(
+                    "slr_control_refused_total",
+                    "Connections, hellos, reports or subnets refused, by reason.",
+                    &[("reason", r.as_str())],
+                    n,
+                );
+            }
+            p.counter(
                 "slr_control_bytes_received_total",
                 "Bytes received from children on the wire (TLS included).",
-                "counter",
-                vec![(String::new(), c.bytes_received() as f64)],
+                &[],
+                c.bytes_received(),
             );
         }
-        line(
+        p.counter(
             "slr_control_table_rebuilds_total",
             "Route tables built.",
-            "counter",
-            vec![(String::new(), self.rebuilds as f64)],
+            &[],
+            self.rebuilds,
         );
-        line(
+        p.counter_f64(
             "slr_control_table_rebuild_seconds_total",
             "Time spent building route tables.",
-            "counter",
-            vec![(String::new(), self.rebuild_us_total as f64 / 1e6)],
+            &[],
+            self.rebuild_us_total as f64 / 1e6,
         );
-        line(
+        p.gauge(
             "slr_control_table_rebuild_last_seconds",
             "Duration of the last route table build.",
-            "gauge",
-            vec![(String::new(), self.last_rebuild_us as f64 / 1e6)],
+            &[],
+            self.last_rebuild_us as f64 / 1e6,
         );
-        line(
+        p.counter(
             "slr_control_eval_errors_total",
             "Cost function evaluations that failed (the child was left out).",
-            "counter",
-            vec![(String::new(), self.eval_errors as f64)],
+            &[],
+            self.eval_errors,
         );
-        line(
-            "slr_control_child_live",
-            "Whether a child is a candidate (reported recently).",
-            "gauge",
-            self.children
-                .iter()
-                .map(|c| {
-                    (
-                        format!("{{child=\"{}\"}}", c.name),
-                        f64::from(u8::from(c.live)),
-                    )
-                })
-                .collect(),
+        p.counter(
+            "slr_control_route_table_install_errors_total",
+            "Route tables the core refused (should stay 0).",
+            &[],
+            self.install_errors,
         );
-        line(
-            "slr_control_reports_sent_total",
-            "Reports accepted by each parent.",
-            "counter",
-            self.parents
-                .iter()
-                .map(|p| (format!("{{parent=\"{}\"}}", p.name), p.reports_sent as f64))
-                .collect(),
-        );
-        line(
-            "slr_control_report_bytes_sent_total",
-            "Bytes sent to each parent on the wire (TLS included).",
-            "counter",
-            self.parents
-                .iter()
-                .map(|p| (format!("{{parent=\"{}\"}}", p.name), p.bytes_sent as f64))
-                .collect(),
-        );
-        if let Some(f) = &self.fetcher_counters {
-            line(
-                "slr_control_gateway_fetches_total",
-                "Gateway table fetches, by result.",
-                "counter",
-                vec![
-                    ("{result=\"ok\"}".into(), f.fetches_ok() as f64),
-                    (
-                        "{result=\"unreachable\"}".into(),
-                        f.fetch_errors_unreachable() as f64,
-                    ),
-                    (
-                        "{result=\"invalid\"}".into(),
-                        f.fetch_errors_invalid() as f64,
-                    ),
-                ],
+        for c in &self.children {
+            p.gauge(
+                "slr_control_child_live",
+                "Whether a child is a candidate (reported recently).",
+                &[("child", &c.name)],
+                f64::from(u8::from(c.live)),
             );
+        }
+        for r in &self.parents {
+            p.counter(
+                "slr_control_reports_sent_total",
+                "Reports accepted by each parent.",
+                &[("parent", &r.name)],
+                r.reports_sent,
+            );
+            p.counter(
+                "slr_control_report_bytes_sent_total",
+                "Bytes sent to each parent on the wire (TLS included).",
+                &[("parent", &r.name)],
+                r.bytes_sent,
+            );
+            p.gauge(
+                "slr_control_parent_connected",
+                "Whether the session to a parent is open.",
+                &[("parent", &r.name)],
+                f64::from(u8::from(r.connected)),
+            );
+        }
+        if let Some(f) = &self.fetcher_counters {
+            for (result, n) in [
+                ("ok", f.fetches_ok()),
+                ("unreachable", f.fetch_errors_unreachable()),
+                ("invalid", f.fetch_errors_invalid()),
+            ] {
+                p.counter(
+                    "slr_control_gateway_fetches_total",
+                    "Gateway table fetches, by result.",
+                    &[("result", result)],
+                    n,
+                );
+            }
         }
     }
 }

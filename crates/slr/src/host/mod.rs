@@ -9,8 +9,9 @@
 
 mod load;
 
+use crate::control_plane::SharedView;
 use crate::daemon::{Routes, Signals};
-use crate::metrics::{self, Page};
+use crate::metrics::{self, Exposition};
 use anyhow::{Context, Result};
 use serde_json::json;
 use slr_config::HostDaemonConfig;
@@ -35,8 +36,9 @@ struct Shared {
     device_drops: u64,
 }
 
-fn render(name: &str, s: &Shared) -> String {
-    let mut p = Page::default();
+/// The host agent's families, for a scrape (the control thread's are added when it runs).
+fn render(name: &str, s: &Shared, view: Option<&SharedView>) -> String {
+    let mut p = Exposition::new();
     let h = [("host", name)];
     p.counter(
         "slr_host_tunnel_packets_total",
@@ -84,19 +86,12 @@ fn render(name: &str, s: &Shared) -> String {
         &h,
         s.device_drops,
     );
-    p.counter(
-        "slr_process_cpu_microseconds_total",
-        "CPU time used by the process.",
-        &h,
-        (metrics::process_cpu_seconds() * 1e6) as u64,
-    );
-    p.gauge(
-        "slr_process_resident_bytes",
-        "Resident memory of the process.",
-        &h,
-        metrics::process_resident_bytes() as f64,
-    );
-    p.finish()
+    if let Some(v) = view {
+        v.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add_metrics(&mut p);
+    }
+    p.render()
 }
 
 /// Runs the host agent until SIGTERM/SIGINT.
@@ -149,7 +144,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
                     "inject_failures": s.inject_failures, "device_drops": s.device_drops,
                     "cpu_seconds": metrics::process_cpu_seconds(),
                 }),
-                "metrics" => json!({"ok": true, "text": render(&name, &s)}),
+                "metrics" => json!({"ok": true, "text": render(&name, &s, view.as_ref())}),
                 "control" | "parents" => match &view {
                     Some(v) => {
                         json!({"ok": true, "kind": "host", "control": *v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)})
@@ -165,9 +160,10 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         })?;
     }
     if let Some(addr) = cfg.metrics_listen {
-        let (shared, name) = (shared.clone(), cfg.name.clone());
+        let (shared, name, view) = (shared.clone(), cfg.name.clone(), view.clone());
         metrics::serve(addr, move || {
-            render(&name, &shared.lock().map(|s| s.clone()).unwrap_or_default())
+            let s = shared.lock().map(|s| s.clone()).unwrap_or_default();
+            render(&name, &s, view.as_ref())
         })?;
     }
     tracing::info!(host = %cfg.name, tun = %cfg.tun, subnets = ?cfg.virtual_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "host agent up");

@@ -1,8 +1,9 @@
 //! The router's answers on its control socket (`slr ctl R ...`): each command asks the packet
 //! thread through the mailbox, or reads the control thread's view.
 
-use super::metrics::render_metrics;
+use super::metrics::add_router_metrics;
 use crate::mailbox::Handle;
+use crate::metrics::Exposition;
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -59,9 +60,10 @@ pub(super) fn answer(h: &Handle, slot: &ViewSlot, req: &Value) -> Result<Value> 
 }
 
 pub(super) fn metrics_page(h: &Handle, slot: &ViewSlot) -> Result<String> {
-    let mut text = render_metrics(&h.snapshot()?);
+    let mut page = Exposition::new();
+    add_router_metrics(&mut page, &h.snapshot()?);
     if let Some(v) = control_view(slot) {
-        v.render_metrics(&mut text);
+        v.add_metrics(&mut page);
     }
-    Ok(text)
+    Ok(page.render())
 }

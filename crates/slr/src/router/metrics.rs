@@ -1,12 +1,11 @@
 //! The router's Prometheus families, rendered from a snapshot (the packet path never formats
 //! anything).
 
-use crate::metrics::Page;
+use crate::metrics::Exposition;
 use crate::snapshot::Snapshot;
 
-/// Renders the Prometheus page from a snapshot.
-pub fn render_metrics(s: &Snapshot) -> String {
-    let mut p = Page::default();
+/// Adds the router's families, from a snapshot, to a scrape.
+pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
     let r = [("router", s.name.as_str())];
     p.gauge(
         "slr_router_flows_active",
@@ -171,17 +170,4 @@ pub fn render_metrics(s: &Snapshot) -> String {
             v.flows_created,
         );
     }
-    p.counter(
-        "slr_process_cpu_microseconds_total",
-        "CPU time used by the process.",
-        &r,
-        (s.cpu_seconds * 1e6) as u64,
-    );
-    p.gauge(
-        "slr_process_resident_bytes",
-        "Resident memory of the process.",
-        &r,
-        s.resident_bytes as f64,
-    );
-    p.finish()
 }
