@@ -77,6 +77,13 @@ pub struct RouterSection {
     /// Prefixes whose tunnels it terminates.
     #[serde(default)]
     pub trusted_parents: Vec<String>,
+    /// Where runtime overrides (`slr ctl R drain H`) are kept (default
+    /// `/var/lib/slr/<name>.overrides.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides_file: Option<String>,
+    /// How long a stopping router (SIGTERM) keeps forwarding its established flows.
+    #[serde(default = "default_drain_period")]
+    pub drain_period: String,
 }
 
 impl RouterSection {
@@ -94,6 +101,8 @@ impl RouterSection {
             metrics_listen: None,
             icmp_rate_limit: default_icmp_rate(),
             trusted_parents: Vec::new(),
+            overrides_file: None,
+            drain_period: default_drain_period(),
         }
     }
 }
@@ -106,6 +115,9 @@ fn default_mtu() -> u16 {
 }
 fn default_icmp_rate() -> u32 {
     1000
+}
+fn default_drain_period() -> String {
+    "30s".into()
 }
 
 /// `[flow_table]`: the bound and the idle timeouts (absent: the core's defaults).

@@ -74,7 +74,10 @@ impl Overrides {
 
     /// Sets a next hop's weight.
     pub fn set_weight(&mut self, next_hop: &str, weight: u32) {
-        self.next_hops.entry(next_hop.to_owned()).or_default().weight = Some(weight);
+        self.next_hops
+            .entry(next_hop.to_owned())
+            .or_default()
+            .weight = Some(weight);
     }
 
     /// Drains a next hop (or lifts its drain), keeping any weight override.
@@ -158,7 +161,10 @@ mod tests {
         let mut c = core();
         o.apply(&mut c);
         assert_eq!(weights(&c), [5, 2, 2]);
-        assert!(o.get("h3").is_none(), "an undrained next hop without a weight has no override");
+        assert!(
+            o.get("h3").is_none(),
+            "an undrained next hop without a weight has no override"
+        );
         assert!(o.clear(Some("h1")));
         assert!(!o.clear(Some("h1")));
         assert!(o.clear(None));
@@ -177,7 +183,10 @@ mod tests {
         assert_eq!(Overrides::load(&path).unwrap(), o);
         std::fs::write(&path, "{\"next_hops\": {\"h2\": {\"drianed\": true}}}").unwrap();
         let e = Overrides::load(&path).unwrap_err().to_string();
-        assert!(e.contains("r1.overrides.json") && e.contains("drianed"), "{e}");
+        assert!(
+            e.contains("r1.overrides.json") && e.contains("drianed"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

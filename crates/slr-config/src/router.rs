@@ -90,6 +90,10 @@ pub struct RouterDaemonConfig {
     pub tun: String,
     /// Control socket path.
     pub control_socket: PathBuf,
+    /// Where runtime overrides are kept.
+    pub overrides_file: PathBuf,
+    /// How long a stopping router keeps forwarding its established flows.
+    pub drain_period: Duration,
     /// Prometheus listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Health checks.
@@ -127,12 +131,27 @@ impl RouterDaemonConfig {
         cfg
     }
 
+    /// The configuration in force: this one with a fetched gateway table's children (see
+    /// [`RouterDaemonConfig::with_gateway_children`]) and the operator's runtime overrides.
+    pub fn in_force(
+        &self,
+        gateway_children: Option<&[NextHopConfig]>,
+        overrides: &crate::Overrides,
+    ) -> Self {
+        let mut cfg = self.with_gateway_children(gateway_children);
+        overrides.apply(&mut cfg.core);
+        cfg
+    }
+
     /// What a reload may not change, named, if `new` changes it: the TUN device and tunnel
     /// source (the kernel routes and the socket are bound to them) and what the control thread
     /// and the fault wrappers read once at start.
     pub fn restart_needed_for(&self, new: &RouterDaemonConfig) -> Option<&'static str> {
         if new.tun != self.tun || new.core.tunnel_source != self.core.tunnel_source {
             return Some("router.tun and router.tunnel_source cannot change without a restart");
+        }
+        if new.overrides_file != self.overrides_file {
+            return Some("router.overrides_file cannot change without a restart");
         }
         if new.control != self.control
             || new.gateways != self.gateways
@@ -170,6 +189,15 @@ impl RouterFile {
                 .clone()
                 .unwrap_or_else(|| format!("/run/slr/{}.sock", r.name)),
         );
+        let overrides_file = PathBuf::from(
+            r.overrides_file
+                .clone()
+                .unwrap_or_else(|| format!("/var/lib/slr/{}.overrides.json", r.name)),
+        );
+        let drain_period = c.duration("router.drain_period", &r.drain_period)?;
+        if drain_period > Duration::from_secs(24 * 3600) {
+            return Err(c.err("router.drain_period", &r.drain_period, "at most 24h"));
+        }
         let metrics_listen = r
             .metrics_listen
             .as_deref()
@@ -202,6 +230,8 @@ impl RouterFile {
             name: r.name.clone(),
             tun: r.tun.clone(),
             control_socket,
+            overrides_file,
+            drain_period,
             metrics_listen,
             health,
             core,

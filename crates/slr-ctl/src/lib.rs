@@ -2,10 +2,12 @@
 //! the lab).
 //!
 //! A Unix stream socket; one JSON request per line (`{"cmd":"flows"}`), one JSON answer per
-//! line. Answers carry `"ok": true` or `"ok": false, "error": "..."`. The daemon decides what
-//! each command means ([`serve`] takes the handler); this crate owns the transport: where the
-//! socket lives ([`resolve_socket`]), a stale socket left by a crashed daemon, one thread per
-//! connection, and the client side ([`request`]).
+//! line. Answers carry `"ok": true` or `"ok": false, "error": "..."`. A long answer may come in
+//! parts: every part but the last carries `"more": true` (`slr ctl R flows --all` streams a
+//! million flows this way, page by page, without building them all in memory). The daemon
+//! decides what each command means ([`serve`] takes the handler); this crate owns the
+//! transport: where the socket lives ([`resolve_socket`]), a stale socket left by a crashed
+//! daemon, one thread per connection, and the client side ([`request`], [`request_stream`]).
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -73,12 +75,34 @@ pub enum CtlError {
 /// How long a request or answer may take on the wire.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves requests on `path` from a thread; `handler` answers each request.
+/// Where a handler sends the parts of a streamed answer.
+pub struct Parts<'a> {
+    w: &'a mut UnixStream,
+    broken: bool,
+}
+
+impl Parts<'_> {
+    /// Sends one part (`"more": true` is added); false once the client is gone, so that the
+    /// handler stops producing.
+    pub fn send(&mut self, mut part: Value) -> bool {
+        if self.broken {
+            return false;
+        }
+        if let Some(o) = part.as_object_mut() {
+            o.insert("more".into(), Value::Bool(true));
+        }
+        self.broken = writeln!(self.w, "{part}").is_err();
+        !self.broken
+    }
+}
+
+/// Serves requests on `path` from a thread; `handler` answers each request: its return value
+/// is the answer (the last part of a streamed one, sent after the parts it gave [`Parts`]).
 ///
 /// A socket file left by a crashed daemon is replaced; one a live daemon answers on is not.
 pub fn serve(
     path: &Path,
-    handler: impl Fn(&Value) -> Value + Send + Sync + 'static,
+    handler: impl Fn(&Value, &mut Parts) -> Value + Send + Sync + 'static,
 ) -> Result<(), CtlError> {
     let bind_err = |source| CtlError::Bind {
         path: path.to_path_buf(),
@@ -111,7 +135,7 @@ pub fn serve(
     Ok(())
 }
 
-fn serve_connection(conn: UnixStream, handler: &(impl Fn(&Value) -> Value + ?Sized)) {
+fn serve_connection(conn: UnixStream, handler: &(impl Fn(&Value, &mut Parts) -> Value + ?Sized)) {
     let _ = conn.set_read_timeout(Some(TIMEOUT));
     let mut w = match conn.try_clone() {
         Ok(w) => w,
@@ -120,7 +144,17 @@ fn serve_connection(conn: UnixStream, handler: &(impl Fn(&Value) -> Value + ?Siz
     for line in BufReader::new(conn).lines() {
         let Ok(line) = line else { break };
         let answer = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handler(&req),
+            Ok(req) => {
+                let mut parts = Parts {
+                    w: &mut w,
+                    broken: false,
+                };
+                let last = handler(&req, &mut parts);
+                if parts.broken {
+                    break;
+                }
+                last
+            }
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
         if writeln!(w, "{answer}").is_err() {
@@ -130,7 +164,18 @@ fn serve_connection(conn: UnixStream, handler: &(impl Fn(&Value) -> Value + ?Siz
 }
 
 /// Sends one request and returns the answer; an `"ok": false` answer is [`CtlError::Refused`].
+/// A streamed answer's parts are passed over: use [`request_stream`] for them.
 pub fn request(path: &Path, req: &Value) -> Result<Value, CtlError> {
+    request_stream(path, req, |_| Ok(()))
+}
+
+/// Sends one request; `part` sees every part of the answer as it arrives (the last one
+/// included), which is also returned. An `"ok": false` part is [`CtlError::Refused`].
+pub fn request_stream(
+    path: &Path,
+    req: &Value,
+    mut part: impl FnMut(&Value) -> Result<(), CtlError>,
+) -> Result<Value, CtlError> {
     let io = |source| CtlError::Io {
         path: path.to_path_buf(),
         source,
@@ -141,19 +186,30 @@ pub fn request(path: &Path, req: &Value) -> Result<Value, CtlError> {
     })?;
     s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     writeln!(s, "{req}").map_err(io)?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(io)?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| CtlError::BadAnswer {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if v["ok"] == json!(false) {
-        return Err(CtlError::Refused {
+    let mut reader = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            return Err(CtlError::BadAnswer {
+                path: path.to_path_buf(),
+                message: "the daemon closed the connection before the answer ended".into(),
+            });
+        }
+        let v: Value = serde_json::from_str(&line).map_err(|e| CtlError::BadAnswer {
             path: path.to_path_buf(),
-            message: v["error"].as_str().unwrap_or("error").to_owned(),
-        });
+            message: e.to_string(),
+        })?;
+        if v["ok"] == json!(false) {
+            return Err(CtlError::Refused {
+                path: path.to_path_buf(),
+                message: v["error"].as_str().unwrap_or("error").to_owned(),
+            });
+        }
+        part(&v)?;
+        if v["more"] != json!(true) {
+            return Ok(v);
+        }
     }
-    Ok(v)
 }
 
 /// Finds the control socket of `target`: a path, or a daemon name in a running lab
@@ -195,19 +251,37 @@ mod tests {
     fn request_and_answer_over_a_socket() {
         let dir = std::env::temp_dir().join(format!("slr-ctl-test-{}", std::process::id()));
         let path = dir.join("d.sock");
-        serve(&path, |req| match req["cmd"].as_str() {
+        serve(&path, |req, parts| match req["cmd"].as_str() {
             Some("echo") => json!({"ok": true, "echo": req["arg"]}),
+            Some("count") => {
+                for i in 0..3 {
+                    if !parts.send(json!({"ok": true, "n": i})) {
+                        break;
+                    }
+                }
+                json!({"ok": true, "n": 3})
+            }
             _ => json!({"ok": false, "error": "unknown command"}),
         })
         .unwrap();
         let a = request(&path, &json!({"cmd": "echo", "arg": 7})).unwrap();
         assert_eq!(a["echo"], 7);
+        // A streamed answer: every part in order, the last without "more".
+        let mut seen = Vec::new();
+        let last = request_stream(&path, &json!({"cmd": "count"}), |p| {
+            seen.push(p["n"].as_u64().unwrap());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 1, 2, 3]);
+        assert_eq!(last["more"], Value::Null);
+        assert_eq!(request(&path, &json!({"cmd": "count"})).unwrap()["n"], 3);
         let e = request(&path, &json!({"cmd": "nope"})).unwrap_err();
         assert!(matches!(e, CtlError::Refused { .. }), "{e}");
         assert!(e.to_string().contains("unknown command"), "{e}");
         // A second daemon on the same socket is refused while the first answers.
         assert!(matches!(
-            serve(&path, |_| json!({})),
+            serve(&path, |_, _| json!({})),
             Err(CtlError::InUse { .. })
         ));
         assert_eq!(resolve_socket(path.to_str().unwrap()).unwrap(), path);

@@ -15,7 +15,9 @@
 //!   [`MemoryDevice`] is a device with no kernel behind it, for tests;
 //! - [`EventFd`], [`poll_readable`] and [`poll_writable`] for the daemon's wait loop, the
 //!   network-namespace helpers in [`netns`] that the lab and the end-to-end tests use, and the
-//!   process helpers in [`process`] (a detached child, signals, the clock tick).
+//!   process helpers in [`process`] (a detached child, signals, the clock tick);
+//! - [`RouteSocket`], the kernel routes of the daemons' virtual subnets over rtnetlink (what
+//!   `ip route replace` does, without running `ip`).
 //!
 //! AF_XDP sockets and an XDP fast path can be added later as further [`PacketDevice`]s without
 //! touching the callers.
@@ -30,6 +32,7 @@ mod memory;
 pub mod netns;
 mod pcap;
 pub mod process;
+mod route;
 mod sys;
 mod tun;
 
@@ -42,6 +45,7 @@ pub use fault::{FaultConfigError, FaultInjector, FaultStats, Xorshift64};
 pub use ipip::IpipSocket;
 pub use memory::MemoryDevice;
 pub use pcap::{PcapWriter, LINKTYPE_RAW};
+pub use route::{InstalledRoute, Route, RouteError, RouteKind, RouteSocket};
 pub use slr_wire::PacketBuf;
 pub use sys::InterfaceNameError;
 pub use tun::TunDevice;

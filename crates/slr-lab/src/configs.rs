@@ -109,7 +109,17 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
     let source = t.address(router).expect("router has a link").to_string();
     let mut r = RouterSection::new(router, &source);
     r.control_socket = Some(socket_path(t, router));
-    r.metrics_listen = Some(format!("127.0.0.1:{ROUTER_METRICS_PORT}"));
+    // Every address: Prometheus in the core namespace scrapes 10.200.k.2 (`up --prometheus`),
+    // tools inside the namespace 127.0.0.1.
+    r.metrics_listen = Some(format!("0.0.0.0:{ROUTER_METRICS_PORT}"));
+    r.overrides_file = Some(
+        lab_dir(&t.name)
+            .join(format!("{router}.overrides.json"))
+            .display()
+            .to_string(),
+    );
+    // A lab's routers drain briefly when stopped (`lab down` waits for them).
+    r.drain_period = "2s".into();
     r.hash_seed = 1;
     let mut file = RouterFile {
         router: r,
@@ -258,7 +268,7 @@ pub fn host_file(t: &Topology, host: &str) -> HostFile {
         .collect();
     let mut h = HostSection::new(host, subnets, routers);
     h.control_socket = Some(socket_path(t, host));
-    h.metrics_listen = Some(format!("127.0.0.1:{HOST_METRICS_PORT}"));
+    h.metrics_listen = Some(format!("0.0.0.0:{HOST_METRICS_PORT}"));
     HostFile {
         host: h,
         control: t.is_hierarchy().then(|| control_section(t, host)),
@@ -327,7 +337,12 @@ mod tests {
             router["control_socket"].as_str(),
             Some("/run/slr-lab/site/r1.sock")
         );
-        assert_eq!(router["metrics_listen"].as_str(), Some("127.0.0.1:9464"));
+        assert_eq!(router["metrics_listen"].as_str(), Some("0.0.0.0:9464"));
+        assert_eq!(
+            router["overrides_file"].as_str(),
+            Some("/run/slr-lab/site/r1.overrides.json")
+        );
+        assert_eq!(router["drain_period"].as_str(), Some("2s"));
         assert_eq!(router["hash_seed"].as_integer(), Some(1));
         let hc = v["health_check"].as_table().unwrap();
         assert_eq!(hc["port"].as_integer(), Some(80));
@@ -372,7 +387,7 @@ mod tests {
             host["control_socket"].as_str(),
             Some("/run/slr-lab/site/h2.sock")
         );
-        assert_eq!(host["metrics_listen"].as_str(), Some("127.0.0.1:9465"));
+        assert_eq!(host["metrics_listen"].as_str(), Some("0.0.0.0:9465"));
     }
 
     #[test]

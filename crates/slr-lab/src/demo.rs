@@ -904,17 +904,20 @@ impl FlowTables {
     fn read(&mut self, t: &Topology) {
         for r in t.nodes_with(Role::Router) {
             let sock = state::lab_dir(&t.name).join(format!("{}.sock", r.name));
-            match slr_ctl::request(&sock, &json!({"cmd": "flows", "limit": 1_000_000})) {
-                Ok(v) => {
-                    let table = self.next_hops.entry(r.name.clone()).or_default();
-                    for f in v["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                        let field = |k: &str| f[k].as_str().unwrap_or("").to_string();
-                        table.insert(
-                            (field("protocol"), field("client"), field("virtual_host")),
-                            field("next_hop"),
-                        );
-                    }
+            let table = self.next_hops.entry(r.name.clone()).or_default();
+            // Every flow, page by page.
+            let read = slr_ctl::request_stream(&sock, &json!({"cmd": "flows", "all": true}), |v| {
+                for f in v["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    let field = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                    table.insert(
+                        (field("protocol"), field("client"), field("virtual_host")),
+                        field("next_hop"),
+                    );
                 }
+                Ok(())
+            });
+            match read {
+                Ok(_) => {}
                 Err(e) => {
                     if self.errors.len() < 10 {
                         self.errors.push(format!("{}: {e:#}", r.name));

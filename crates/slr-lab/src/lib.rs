@@ -39,6 +39,7 @@ mod lifecycle;
 mod netns;
 mod pcap;
 mod probe;
+mod prometheus;
 pub mod serve;
 mod state;
 pub mod topology;
@@ -58,6 +59,10 @@ pub enum LabCommand {
         /// until they run; hosts answer on their own addresses.
         #[arg(long)]
         no_daemons: bool,
+        /// Also start a Prometheus server (Debian's) in the core namespace, scraping every
+        /// router and host agent each second (http://127.0.0.1:9090 in the core namespace).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Show a lab: nodes, namespaces, addresses, processes, virtual hosts.
     Status {
@@ -71,6 +76,20 @@ pub enum LabCommand {
     Down {
         /// Lab name (optional when exactly one lab is up).
         name: Option<String>,
+    },
+    /// Stop a node's router or host daemon and start it again (the same command line).
+    Restart {
+        /// The node.
+        node: String,
+        /// The signal that stops it: TERM (graceful) or KILL (a crash).
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+        /// Seconds to wait for it to exit (a router drains its flows first).
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+        /// Lab name (optional when exactly one lab is up).
+        #[arg(long)]
+        lab: Option<String>,
     },
     /// Bring a lab up, send demo traffic, print a summary, and tear it down.
     Run {
@@ -95,11 +114,13 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             file,
             timeout,
             no_daemons,
+            prometheus,
         } => {
             install_signal_handlers();
             let opts = lifecycle::UpOptions {
                 ready_timeout: Duration::from_secs(timeout),
                 daemons: !no_daemons,
+                prometheus,
             };
             let state = lifecycle::up(&file, &opts)?;
             lifecycle::print_up_summary(&state);
@@ -107,6 +128,20 @@ pub fn run(cmd: LabCommand) -> Result<()> {
         }
         LabCommand::Status { json, name } => lifecycle::status(name.as_deref(), json),
         LabCommand::Down { name } => lifecycle::down(name.as_deref()),
+        LabCommand::Restart {
+            node,
+            signal,
+            wait,
+            lab,
+        } => {
+            let sig = match signal.trim_start_matches("SIG") {
+                "TERM" => libc::SIGTERM,
+                "KILL" => libc::SIGKILL,
+                "INT" => libc::SIGINT,
+                other => bail!("--signal {other}: TERM, KILL or INT"),
+            };
+            lifecycle::restart(lab.as_deref(), &node, sig, Duration::from_secs(wait))
+        }
         LabCommand::Run {
             file,
             requests,
@@ -117,6 +152,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             let opts = lifecycle::UpOptions {
                 ready_timeout: Duration::from_secs(timeout),
                 daemons: true,
+                prometheus: false,
             };
             demo::run(
                 &file,

@@ -23,6 +23,8 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// Start `slr router` and `slr host` (false: network and servers only).
     pub daemons: bool,
+    /// Start a Prometheus server scraping every daemon.
+    pub prometheus: bool,
 }
 
 /// Grace period between SIGTERM and SIGKILL in `down`.
@@ -101,6 +103,10 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     write_configs(&t)?;
     start_processes(state, &t, &exe, opts)?;
     wait_ready(state, opts)?;
+    if opts.prometheus {
+        let addr = crate::prometheus::start(state, &t, opts.ready_timeout)?;
+        state.prometheus = Some(format!("http://{addr} in {}", t.netns(&t.core().name)));
+    }
     state.ready = true;
     state.save()
 }
@@ -284,6 +290,8 @@ pub fn start(
     let child = netns::spawn_in(&ns, program, args, &log)?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
     let start_time = state::start_time(pid).unwrap_or(0);
+    let mut command = vec![program.to_string_lossy().into_owned()];
+    command.extend(args.iter().cloned());
     state.processes.push(Process {
         node: node.to_string(),
         kind: kind.to_string(),
@@ -291,8 +299,57 @@ pub fn start(
         pid,
         start_time,
         log,
+        command,
     });
     state.save()
+}
+
+/// `slr lab restart NODE`: stops a node's daemon with `signal` (SIGTERM: its graceful stop;
+/// SIGKILL: a crash, nothing cleaned up), waits until it is gone, and starts it again with
+/// the same command line, in the same namespace, writing on to the same log.
+pub fn restart(name: Option<&str>, node: &str, signal: i32, wait: Duration) -> Result<()> {
+    let lab = select_lab(name)?.ok_or_else(|| anyhow!("no lab is up"))?;
+    let dir = lab_dir(&lab);
+    let mut state = State::load(&dir)?.ok_or_else(|| anyhow!("lab {lab:?} has no state"))?;
+    let at = state
+        .processes
+        .iter()
+        .position(|p| p.node == node && matches!(p.kind.as_str(), "router" | "host"))
+        .ok_or_else(|| anyhow!("lab {lab:?} has no router or host daemon on node {node:?}"))?;
+    let old = state.processes[at].clone();
+    let Some((program, args)) = old.command.split_first() else {
+        bail!("{node}: its command line was not recorded (a lab from an older slr): bring the lab down and up again");
+    };
+    let started = Instant::now();
+    old.signal(signal);
+    while old.is_running() {
+        if started.elapsed() > wait {
+            bail!(
+                "{node} {} (pid {}) did not exit within {wait:?} of signal {signal}",
+                old.kind,
+                old.pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = started.elapsed();
+    state.processes.remove(at);
+    start(
+        &mut state,
+        node,
+        &old.kind,
+        std::ffi::OsStr::new(program),
+        args,
+    )?;
+    let new = state.processes.last().expect("just started");
+    println!(
+        "slr lab: {node} {} restarted (pid {} exited {:.3} s after signal {signal}; pid {} now)",
+        old.kind,
+        old.pid,
+        stopped.as_secs_f64(),
+        new.pid
+    );
+    Ok(())
 }
 
 /// Log tails of every process, for error messages.
@@ -604,6 +661,9 @@ pub struct StatusJson {
     pub virtual_hosts: Vec<VirtualHostJson>,
     /// Every process the lab started.
     pub processes: Vec<ProcessJson>,
+    /// The lab's Prometheus (`up --prometheus`): its URL and namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
 }
 
 /// A node in [`StatusJson`].
@@ -697,6 +757,7 @@ pub fn status_json(state: &State) -> StatusJson {
                 log: p.log.display().to_string(),
             })
             .collect(),
+        prometheus: state.prometheus.clone(),
     }
 }
 
@@ -839,6 +900,13 @@ pub fn print_up_summary(state: &State) {
     );
     for line in t.tree() {
         println!("  {line}");
+    }
+    if let Some(p) = &state.prometheus {
+        println!(
+            "  prometheus: {p}: ip netns exec {} curl -s 'http://127.0.0.1:{}/api/v1/query?query=up'",
+            t.netns(&t.core().name),
+            crate::prometheus::PORT
+        );
     }
     let client = t.nodes_with(Role::Client).next().map(|c| t.netns(&c.name));
     let host = t.nodes_with(Role::Host).next();

@@ -8,7 +8,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -109,9 +108,13 @@ pub fn sysctl(ns: &str, settings: &[(String, &str)]) -> Result<()> {
 /// Starts `program args...` in a namespace (`ip netns exec`, which execs in place so the
 /// pid we get is the program's), detached: a session (and process group) of its own, so
 /// neither a Ctrl-C meant for the lab command nor a closed terminal reaches it; stdin
-/// from /dev/null, stdout and stderr to `log`.
+/// from /dev/null, stdout and stderr appended to `log` (a restarted process writes on).
 pub fn spawn_in(ns: &str, program: &OsStr, args: &[String], log: &Path) -> Result<Child> {
-    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])
         .arg(program)

@@ -44,6 +44,9 @@ pub struct State {
     pub processes: Vec<Process>,
     /// Set once `up` saw every host and every VIP answer.
     pub ready: bool,
+    /// The lab's Prometheus, if `up --prometheus` started one: its URL and namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
 }
 
 /// A process started by the lab.
@@ -62,6 +65,9 @@ pub struct Process {
     pub start_time: u64,
     /// Its log file.
     pub log: PathBuf,
+    /// The program and its arguments (`slr lab restart` starts it again with them).
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 impl State {
@@ -78,6 +84,7 @@ impl State {
             namespaces: Vec::new(),
             processes: Vec::new(),
             ready: false,
+            prometheus: None,
         }
     }
 
@@ -234,6 +241,7 @@ mod tests {
             pid,
             start_time: t,
             log: PathBuf::new(),
+            command: Vec::new(),
         };
         assert!(me.is_running());
         let reused = Process {

@@ -1,19 +1,33 @@
 //! What the router daemon and the host agent share: logging, signals, the clock fed to the core,
-//! and the `ip route` changes they make and undo.
+//! and the kernel routes they install and remove.
 
-use anyhow::{bail, Context, Result};
-use std::process::Command;
+use anyhow::{Context, Result};
+use slr_io::{Route, RouteSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// How the daemons write their logs (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and fields), for log
+    /// shippers.
+    Json,
+}
+
 /// Starts `tracing` output on stderr (`RUST_LOG` overrides the `info` default).
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Flags set by signals: `stop` on SIGTERM/SIGINT, `reload` on SIGHUP.
@@ -70,51 +84,53 @@ impl Clock {
     }
 }
 
-/// Runs `ip ARGS`, failing with the command and its stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Routes a daemon installed; they are removed when this is dropped (also on error paths).
+/// Kernel routes a daemon installed, over netlink ([`RouteSocket`]); they are removed when this
+/// is dropped (also on error paths).
 pub struct Routes {
-    installed: Vec<Vec<String>>,
+    /// Opened at the first change, in the network namespace of the thread that makes it.
+    socket: Option<RouteSocket>,
+    installed: Vec<Route>,
 }
 
 impl Routes {
     /// No routes yet.
     pub fn new() -> Self {
         Routes {
+            socket: None,
             installed: Vec::new(),
         }
     }
 
-    /// `ip route replace ROUTE...`, remembered for removal.
-    pub fn replace(&mut self, route: &[&str]) -> Result<()> {
-        let mut args = vec!["route", "replace"];
-        args.extend_from_slice(route);
-        ip(&args)?;
-        self.installed
-            .push(route.iter().map(|s| s.to_string()).collect());
+    fn socket(&mut self, route: &Route) -> Result<&mut RouteSocket> {
+        if self.socket.is_none() {
+            let socket = RouteSocket::open().with_context(|| format!("route {route}"))?;
+            self.socket = Some(socket);
+        }
+        Ok(self.socket.as_mut().expect("opened above"))
+    }
+
+    /// Installs `route` (what `ip route replace` does) and owns it: it is removed with the others.
+    /// Installing a route again is harmless.
+    pub fn replace(&mut self, route: Route) -> Result<()> {
+        self.socket(&route)?.replace(&route)?;
+        if !self.installed.contains(&route) {
+            self.installed.push(route);
+        }
         Ok(())
     }
 
-    /// Removes every route installed (idempotent).
+    /// Removes `route` now, whether installed here or not, and forgets it. A route that is not
+    /// there (or whose device is gone) counts as removed.
+    pub fn remove(&mut self, route: &Route) -> Result<()> {
+        self.socket(route)?.delete(route)?;
+        self.installed.retain(|r| r != route);
+        Ok(())
+    }
+
+    /// Removes every route installed (idempotent); failures are logged.
     pub fn remove_all(&mut self) {
-        for r in self.installed.drain(..).rev() {
-            let mut args = vec!["route", "del"];
-            args.extend(r.iter().map(String::as_str));
-            if let Err(e) = ip(&args) {
+        for route in std::mem::take(&mut self.installed).iter().rev() {
+            if let Err(e) = self.remove(route) {
                 tracing::warn!("removing route: {e:#}");
             }
         }

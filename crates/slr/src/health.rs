@@ -17,6 +17,7 @@ use crate::rtt::RttTable;
 use slr_config::{HealthConfig, RouterDaemonConfig};
 use slr_core::flow_table::FlowKey;
 use slr_core::router::Control;
+use slr_io::{Clock, MonotonicClock};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -123,6 +124,95 @@ pub fn first_address(subnet: slr_wire::Ipv4Cidr) -> Ipv4Addr {
     }
 }
 
+/// What one check result asks of the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+enum Verdict {
+    /// The result agrees with the state; a streak of differing results, if any, is over.
+    Agrees,
+    /// The result differs from the state, `streak` times in a row, not yet `count` times.
+    Differs {
+        /// Consecutive differing results so far.
+        streak: u32,
+    },
+    /// `count` failures in a row: tell the core the next hop is down.
+    MarkDown,
+    /// `count` passes in a row: tell the core the next hop is up.
+    MarkUp,
+}
+
+/// The count/interval logic of one next hop's checks, with no thread, socket or clock: fed the
+/// time a check started and whether it passed, it answers what to tell the core and when the
+/// next check is due. `check_loop` is the shell around it; the tests drive it by hand.
+#[derive(Debug, Clone)]
+struct HealthState {
+    /// What the core has been told (or, at start, believes).
+    up: bool,
+    /// Consecutive results that differ from `up`.
+    streak: u32,
+    /// When the next check should start.
+    next_due: Instant,
+    interval: Duration,
+    count: u32,
+}
+
+impl HealthState {
+    /// A next hop the core holds `up` (or not), with a first check due at once.
+    fn new(now: Instant, up: bool, interval: Duration, count: u32) -> Self {
+        HealthState {
+            up,
+            streak: 0,
+            next_due: now,
+            interval,
+            count,
+        }
+    }
+
+    /// When the next check should start.
+    fn next_due(&self) -> Instant {
+        self.next_due
+    }
+
+    /// Takes the result of a check started at `started` (when it was due, or later).
+    ///
+    /// The next check is due one interval after this one was: a late check keeps the phase
+    /// instead of drifting, but after a stall of more than an interval the schedule restarts
+    /// from `started` rather than firing the missed checks in a burst. `count` differing
+    /// results in a row flip the state (a `count` of 0 acts like 1).
+    fn handle_check(&mut self, started: Instant, passed: bool) -> Verdict {
+        self.next_due += self.interval;
+        if self.next_due < started {
+            self.next_due = started + self.interval;
+        }
+        if passed == self.up {
+            self.streak = 0;
+            return Verdict::Agrees;
+        }
+        self.streak += 1;
+        if self.streak < self.count {
+            return Verdict::Differs {
+                streak: self.streak,
+            };
+        }
+        self.up = passed;
+        self.streak = 0;
+        if passed {
+            Verdict::MarkUp
+        } else {
+            Verdict::MarkDown
+        }
+    }
+}
+
+/// Records the handshake time of a passing check; a failing one measured nothing.
+fn record_rtt<E>(rtt: &RttTable, name: &str, result: &Result<Duration, E>) {
+    if let Ok(sample) = result {
+        rtt.record(name, *sample);
+    }
+}
+
+/// One next hop's checker thread: sleeps until the next check is due, runs it and tells the
+/// core what [`HealthState`] decides.
 fn check_loop(
     handle: Handle,
     name: String,
@@ -132,9 +222,10 @@ fn check_loop(
     stop: Arc<AtomicBool>,
     rtt: RttTable,
 ) {
+    let clock = MonotonicClock;
     // Start from what the core believes (a checker restarted by a reload must not assume a
     // next hop is up that the core holds down, or it would never tell the core otherwise).
-    let mut up = handle
+    let up = handle
         .snapshot()
         .ok()
         .and_then(|s| {
@@ -144,44 +235,38 @@ fn check_loop(
                 .map(|n| n.available)
         })
         .unwrap_or(true);
-    let mut streak = 0u32;
-    let mut next = Instant::now();
+    let mut state = HealthState::new(clock.now(), up, cfg.interval, cfg.count);
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+        let now = clock.now();
+        let wait = state.next_due().saturating_duration_since(now);
+        if !wait.is_zero() {
+            // In short steps, so that a stop is noticed soon.
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
             continue;
-        }
-        next += cfg.interval;
-        if next < now {
-            next = now + cfg.interval;
         }
         let result = check_once(&handle, &name, source, vip, &cfg);
-        if let Ok(sample) = result {
-            rtt.record(&name, sample);
-        }
-        let passed = result.is_ok();
-        if passed == up {
-            streak = 0;
-            continue;
-        }
-        streak += 1;
-        tracing::debug!(next_hop = %name, passed, streak, "health check result differs from state: {result:?}");
-        if streak >= cfg.count {
-            up = passed;
-            streak = 0;
-            match &result {
-                Ok(_) => tracing::info!(next_hop = %name, "health check passing: next hop up"),
-                Err(e) => {
-                    tracing::warn!(next_hop = %name, "health check failing ({e}): next hop down")
-                }
+        record_rtt(&rtt, &name, &result);
+        let available = match state.handle_check(now, result.is_ok()) {
+            Verdict::Agrees => continue,
+            Verdict::Differs { streak } => {
+                tracing::debug!(next_hop = %name, passed = result.is_ok(), streak, "health check result differs from state: {result:?}");
+                continue;
             }
-            if let Err(e) = handle.control(Control::SetAvailable {
-                next_hop: name.clone(),
-                available: up,
-            }) {
-                tracing::error!(next_hop = %name, "cannot update health: {e:#}");
+            Verdict::MarkUp => {
+                tracing::info!(next_hop = %name, "health check passing: next hop up");
+                true
             }
+            Verdict::MarkDown => {
+                let e = result.err().unwrap_or_default();
+                tracing::warn!(next_hop = %name, "health check failing ({e}): next hop down");
+                false
+            }
+        };
+        if let Err(e) = handle.control(Control::SetAvailable {
+            next_hop: name.clone(),
+            available,
+        }) {
+            tracing::error!(next_hop = %name, "cannot update health: {e:#}");
         }
     }
 }
@@ -253,5 +338,259 @@ fn check_once(
         Ok(handshake)
     } else {
         Err(format!("unexpected answer {line:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slr_io::ManualClock;
+
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// A machine for a next hop the core holds `up`, started at the clock's time.
+    fn machine(clock: &ManualClock, up: bool, count: u32) -> HealthState {
+        HealthState::new(clock.now(), up, INTERVAL, count)
+    }
+
+    /// What the shell does for one check: sleeps until it is due (here: jumps the clock there),
+    /// then feeds in the result of a check started at that time.
+    fn check_when_due(clock: &ManualClock, state: &mut HealthState, passed: bool) -> Verdict {
+        clock.advance(state.next_due().saturating_duration_since(clock.now()));
+        state.handle_check(clock.now(), passed)
+    }
+
+    #[test]
+    fn fails_count_times_goes_down_at_the_count_th_failure_and_not_before() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let mut state = machine(&clock, true, 3);
+        assert_eq!(state.next_due(), t0, "the first check is due at once");
+        for streak in 1..3 {
+            assert_eq!(
+                check_when_due(&clock, &mut state, false),
+                Verdict::Differs { streak }
+            );
+            assert!(state.up);
+            assert_eq!(clock.now() - t0, INTERVAL * (streak - 1));
+            assert_eq!(state.next_due() - t0, INTERVAL * streak);
+        }
+        assert_eq!(check_when_due(&clock, &mut state, false), Verdict::MarkDown);
+        assert!(!state.up);
+        assert_eq!(
+            clock.now() - t0,
+            INTERVAL * 2,
+            "third failure, two intervals in"
+        );
+        // Further failures agree with the new state: the core is told once.
+        for _ in 0..5 {
+            assert_eq!(check_when_due(&clock, &mut state, false), Verdict::Agrees);
+        }
+    }
+
+    #[test]
+    fn passes_count_times_after_going_down_comes_back_up() {
+        let clock = ManualClock::new();
+        let mut state = machine(&clock, true, 3);
+        for _ in 0..2 {
+            let _ = check_when_due(&clock, &mut state, false);
+        }
+        assert_eq!(check_when_due(&clock, &mut state, false), Verdict::MarkDown);
+        let down_at = clock.now();
+        for streak in 1..3 {
+            assert_eq!(
+                check_when_due(&clock, &mut state, true),
+                Verdict::Differs { streak }
+            );
+            assert!(!state.up);
+        }
+        assert_eq!(check_when_due(&clock, &mut state, true), Verdict::MarkUp);
+        assert!(state.up);
+        assert_eq!(clock.now() - down_at, INTERVAL * 3);
+        assert_eq!(check_when_due(&clock, &mut state, true), Verdict::Agrees);
+    }
+
+    #[test]
+    fn a_restarted_checker_starts_from_what_the_core_believes() {
+        let clock = ManualClock::new();
+        let mut state = machine(&clock, false, 2);
+        // A next hop the core holds down: failures agree, passes bring it up.
+        assert_eq!(check_when_due(&clock, &mut state, false), Verdict::Agrees);
+        assert_eq!(
+            check_when_due(&clock, &mut state, true),
+            Verdict::Differs { streak: 1 }
+        );
+        assert_eq!(check_when_due(&clock, &mut state, true), Verdict::MarkUp);
+    }
+
+    #[test]
+    fn a_flapping_next_hop_never_changes_state() {
+        for count in 2..5 {
+            for up in [true, false] {
+                let clock = ManualClock::new();
+                let mut state = machine(&clock, up, count);
+                for i in 0..100 {
+                    let passed = (i % 2 == 0) != up; // starts with a differing result
+                    let verdict = check_when_due(&clock, &mut state, passed);
+                    assert!(
+                        matches!(verdict, Verdict::Agrees | Verdict::Differs { streak: 1 }),
+                        "count {count}, up {up}, check {i}: {verdict:?}"
+                    );
+                    assert_eq!(state.up, up);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_interrupts_a_failure_streak_and_counting_restarts() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let mut state = machine(&clock, true, 3);
+        let _ = check_when_due(&clock, &mut state, false);
+        assert_eq!(
+            check_when_due(&clock, &mut state, false),
+            Verdict::Differs { streak: 2 }
+        );
+        assert_eq!(check_when_due(&clock, &mut state, true), Verdict::Agrees);
+        assert_eq!(
+            check_when_due(&clock, &mut state, false),
+            Verdict::Differs { streak: 1 }
+        );
+        assert_eq!(
+            check_when_due(&clock, &mut state, false),
+            Verdict::Differs { streak: 2 }
+        );
+        assert_eq!(check_when_due(&clock, &mut state, false), Verdict::MarkDown);
+        assert_eq!(clock.now() - t0, INTERVAL * 5, "the sixth check");
+    }
+
+    #[test]
+    fn with_count_one_every_differing_result_flips_and_zero_acts_like_one() {
+        for count in [0, 1] {
+            let clock = ManualClock::new();
+            let mut state = machine(&clock, true, count);
+            let script = [
+                (false, Verdict::MarkDown),
+                (false, Verdict::Agrees),
+                (true, Verdict::MarkUp),
+                (true, Verdict::Agrees),
+                (false, Verdict::MarkDown),
+                (true, Verdict::MarkUp),
+            ];
+            for (i, (passed, want)) in script.into_iter().enumerate() {
+                assert_eq!(
+                    check_when_due(&clock, &mut state, passed),
+                    want,
+                    "count {count}, check {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_check_keeps_the_phase() {
+        let clock = ManualClock::new();
+        let t0 = clock.now();
+        let mut state = machine(&clock, true, 3);
+        let _ = check_when_due(&clock, &mut state, true);
+        // Due at t0 + 1 s, but the thread only got to it 400 ms later.
+        clock.advance(INTERVAL + Duration::from_millis(400));
+        let _ = state.handle_check(clock.now(), true);
+        assert_eq!(state.next_due() - t0, INTERVAL * 2);
+    }
+
+    #[test]
+    fn after_a_long_stall_the_schedule_restarts_from_now_without_a_burst() {
+        let clock = ManualClock::new();
+        let mut state = machine(&clock, true, 3);
+        let _ = check_when_due(&clock, &mut state, true);
+        // Ten and a bit intervals pass without a check (a stalled thread, a suspended host).
+        clock.advance(INTERVAL * 10 + Duration::from_millis(300));
+        let stalled = clock.now();
+        assert!(state.next_due() < stalled);
+        let _ = state.handle_check(stalled, true);
+        assert_eq!(
+            state.next_due(),
+            stalled + INTERVAL,
+            "no missed check to catch up"
+        );
+        // From there, one check per interval again.
+        for k in 1..5 {
+            let _ = check_when_due(&clock, &mut state, true);
+            assert_eq!(clock.now() - stalled, INTERVAL * k);
+        }
+    }
+
+    /// Runs the checks of one next hop whose host stops answering at `stop`: a check started
+    /// before then passes after a 2 ms handshake, one started later fails after the whole
+    /// `timeout` (the slowest failure, an unanswered SYN). Returns how long after `stop` the
+    /// core is told the next hop is down.
+    fn time_to_leave_selection(
+        interval: Duration,
+        timeout: Duration,
+        count: u32,
+        stop: Duration,
+    ) -> Duration {
+        let clock = ManualClock::new();
+        let stop = clock.now() + stop;
+        let mut state = HealthState::new(clock.now(), true, interval, count);
+        for _ in 0..1000 {
+            clock.advance(state.next_due().saturating_duration_since(clock.now()));
+            let started = clock.now();
+            let passed = started < stop;
+            clock.advance(if passed {
+                Duration::from_millis(2)
+            } else {
+                timeout
+            });
+            if state.handle_check(started, passed) == Verdict::MarkDown {
+                return clock.now() - stop;
+            }
+        }
+        panic!("never marked down");
+    }
+
+    #[test]
+    fn a_host_that_stops_answering_leaves_selection_within_interval_times_count_plus_timeout() {
+        let ms = Duration::from_millis;
+        for (interval, timeout, count) in [
+            (ms(1000), ms(500), 3),
+            (ms(1000), ms(999), 1),
+            (ms(2000), ms(1000), 5),
+            (ms(100), ms(50), 2),
+        ] {
+            let bound = interval * count + timeout;
+            let mut worst = Duration::ZERO;
+            // The host stops a few intervals in, at every phase of the check schedule.
+            for step in 0..=20 {
+                let stop = interval * 3 + interval * step / 20 + ms(1);
+                let took = time_to_leave_selection(interval, timeout, count, stop);
+                assert!(
+                    took <= bound,
+                    "{interval:?} x {count} + {timeout:?}: stop at {stop:?} took {took:?}"
+                );
+                worst = worst.max(took);
+            }
+            // The worst case (stopping just after a check started) comes within 1 ms of it.
+            assert_eq!(worst, bound - ms(1), "{interval:?} x {count} + {timeout:?}");
+            // The module doc's looser form, for timeouts up to 1 s.
+            assert!(worst <= interval * count + Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn rtt_is_recorded_for_passes_only_and_smoothed() {
+        let rtt = RttTable::default();
+        let failed: Result<Duration, String> = Err("connect: timed out".into());
+        record_rtt(&rtt, "a", &failed);
+        assert_eq!(rtt.get("a"), None);
+        record_rtt::<String>(&rtt, "a", &Ok(Duration::from_millis(10)));
+        assert_eq!(rtt.get("a"), Some(10.0), "the first sample is taken as is");
+        record_rtt::<String>(&rtt, "a", &Ok(Duration::from_millis(20)));
+        assert_eq!(rtt.get("a"), Some(15.0), "then half old, half new");
+        record_rtt(&rtt, "a", &failed);
+        assert_eq!(rtt.get("a"), Some(15.0));
+        assert_eq!(rtt.get("b"), None);
     }
 }

@@ -7,8 +7,9 @@
 //! [`Mailbox`] the receiving side, which only the packet thread holds. Nothing here depends on
 //! the packet loop, so the threads that use a handle do not either.
 
-use crate::snapshot::{FlowRow, Snapshot};
+use crate::snapshot::{FlowPage, Snapshot};
 use anyhow::{anyhow, Result};
+use slr_config::Overrides;
 use slr_core::router::{Control, NextHopConfig};
 use slr_io::EventFd;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -21,13 +22,33 @@ pub enum Request {
     Control(Control, Sender<Result<(), String>>),
     /// A snapshot of state and counters.
     Snapshot(Sender<Snapshot>),
-    /// Up to `limit` flows.
-    Flows(usize, Sender<Vec<FlowRow>>),
+    /// A page of the flow table: up to `limit` flows from `offset` on.
+    Flows {
+        /// Where the page starts.
+        offset: usize,
+        /// Most flows.
+        limit: usize,
+        /// The answer.
+        reply: Sender<FlowPage>,
+    },
+    /// Change the runtime overrides; the answer is the overrides now in force.
+    Override(OverrideChange, Sender<Result<Overrides, String>>),
     /// Read the configuration file again.
     Reload(Sender<Result<(), String>>),
     /// The children of a fetched gateway table: they replace the file's
     /// `[[gateways.children]]` as next hops, now and after every reload.
     Gateways(Vec<NextHopConfig>, Sender<Result<(), String>>),
+}
+
+/// A change of the runtime overrides (`slr ctl R weight/drain/undrain/clear`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideChange {
+    /// Set a next hop's weight.
+    Weight(String, u32),
+    /// Drain a next hop (true) or lift its drain (false).
+    Drain(String, bool),
+    /// Clear a next hop's overrides, or all of them.
+    Clear(Option<String>),
 }
 
 /// The handle other threads use to reach the packet thread.
@@ -82,11 +103,23 @@ impl Handle {
         Ok(rx.recv_timeout(Duration::from_secs(5))?)
     }
 
-    /// Up to `limit` flows.
-    pub fn flows(&self, limit: usize) -> Result<Vec<FlowRow>> {
+    /// A page of the flow table: up to `limit` flows from `offset` on.
+    pub fn flows(&self, offset: usize, limit: usize) -> Result<FlowPage> {
+        let (tx, reply) = mpsc::channel();
+        self.send(Request::Flows {
+            offset,
+            limit,
+            reply: tx,
+        })?;
+        Ok(reply.recv_timeout(Duration::from_secs(10))?)
+    }
+
+    /// Changes the runtime overrides; returns those in force.
+    pub fn set_override(&self, change: OverrideChange) -> Result<Overrides> {
         let (tx, rx) = mpsc::channel();
-        self.send(Request::Flows(limit, tx))?;
-        Ok(rx.recv_timeout(Duration::from_secs(10))?)
+        self.send(Request::Override(change, tx))?;
+        rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
     }
 
     /// Reads the configuration file again.

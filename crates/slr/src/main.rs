@@ -39,6 +39,9 @@ enum Command {
         /// Only check the configuration file, then exit.
         #[arg(long)]
         check: bool,
+        /// Log lines as text or as JSON objects.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: daemon::LogFormat,
     },
     /// Run the host agent on a host server.
     Host {
@@ -48,6 +51,16 @@ enum Command {
         /// Only check the configuration file, then exit.
         #[arg(long)]
         check: bool,
+        /// Log lines as text or as JSON objects.
+        #[arg(long, value_enum, default_value_t)]
+        log_format: daemon::LogFormat,
+    },
+    /// Check a router or host configuration file without starting anything (which daemon it
+    /// configures is told by its `[router]` or `[host]` table).
+    Check {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
     },
     /// Inspect or steer a running router or host agent.
     Ctl(cli::ctl::CtlArgs),
@@ -73,8 +86,17 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Router { config, check } => router::run(&config, check),
-        Command::Host { config, check } => host::run(&config, check),
+        Command::Router {
+            config,
+            check,
+            log_format,
+        } => router::run(&config, check, log_format),
+        Command::Host {
+            config,
+            check,
+            log_format,
+        } => host::run(&config, check, log_format),
+        Command::Check { config } => cli::check::run(&config),
         Command::Ctl(args) => cli::ctl::run(args),
         Command::Lab { command } => slr_lab::run(command),
         Command::Ca { command } => cli::pki::run_ca(command),

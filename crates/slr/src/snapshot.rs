@@ -5,8 +5,11 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use slr_core::flow_table::FlowState;
+use slr_config::Overrides;
+use slr_core::flow_table::{FlowKey, FlowState};
 use slr_core::router::{DropReason, Router};
+use slr_core::time::Instant;
+use std::time::Duration;
 
 /// One next hop in a snapshot.
 #[derive(Debug, Clone, Serialize)]
@@ -15,8 +18,12 @@ pub struct NextHopRow {
     pub name: String,
     /// Tunnel endpoint.
     pub address: String,
-    /// Weight.
+    /// Weight in force (0 drains): the file's, or a runtime override's.
     pub weight: u32,
+    /// A runtime override (`slr ctl R weight/drain`) applies to it.
+    pub overridden: bool,
+    /// Drained at run time (`slr ctl R drain`).
+    pub drained: bool,
     /// Health.
     pub available: bool,
     /// Still in the configuration.
@@ -100,10 +107,31 @@ pub struct Snapshot {
     pub cpu_seconds: f64,
     /// Resident memory of the process.
     pub resident_bytes: u64,
+    /// Runtime overrides in force (`slr ctl R overrides`).
+    pub overrides: Overrides,
+    /// Stopping gracefully: no new flows, established ones forwarded until the deadline.
+    pub stopping: bool,
+    /// Seconds left of the drain period, while stopping.
+    pub stop_deadline_secs: Option<f64>,
 }
 
-/// A snapshot of the core, with the device counters the packet thread keeps.
-pub fn snapshot(name: &str, r: &Router, device_drops: u64, tunnel_send_drops: u64) -> Snapshot {
+/// What the packet thread knows besides the core, for a snapshot.
+pub struct DaemonState<'a> {
+    /// Router name.
+    pub name: &'a str,
+    /// Packets the capture device dropped.
+    pub device_drops: u64,
+    /// Tunnel packets the socket could not send.
+    pub tunnel_send_drops: u64,
+    /// Runtime overrides.
+    pub overrides: &'a Overrides,
+    /// Time left of a graceful stop's drain period.
+    pub stop_deadline: Option<std::time::Duration>,
+}
+
+/// A snapshot of the core, with what the packet thread keeps besides.
+pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
+    let (name, device_drops, tunnel_send_drops) = (d.name, d.device_drops, d.tunnel_send_drops);
     let c = r.counters();
     Snapshot {
         name: name.to_string(),
@@ -130,6 +158,8 @@ pub fn snapshot(name: &str, r: &Router, device_drops: u64, tunnel_send_drops: u6
                 name: n.name.clone(),
                 address: n.address.to_string(),
                 weight: n.weight,
+                overridden: d.overrides.get(&n.name).is_some() && n.configured,
+                drained: d.overrides.get(&n.name).is_some_and(|o| o.drained) && n.configured,
                 available: n.available,
                 configured: n.configured,
                 active_flows: n.active_flows,
@@ -160,31 +190,115 @@ pub fn snapshot(name: &str, r: &Router, device_drops: u64, tunnel_send_drops: u6
         tunnel_send_drops,
         cpu_seconds: crate::metrics::process_cpu_seconds(),
         resident_bytes: crate::metrics::process_resident_bytes(),
+        overrides: d.overrides.clone(),
+        stopping: r.is_stopping(),
+        stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
 }
 
-/// Up to `limit` flows of the table, as `slr ctl flows` shows them.
-pub fn flow_rows(r: &Router, now: slr_core::time::Instant, limit: usize) -> Vec<FlowRow> {
-    r.flows()
-        .take(limit)
-        .map(|(k, e)| FlowRow {
-            protocol: match k.protocol {
-                6 => "tcp".into(),
-                17 => "udp".into(),
-                1 => "icmp".into(),
-                p => p.to_string(),
-            },
-            client: format!("{}:{}", k.src_addr, k.src_port),
-            virtual_host: format!("{}:{}", k.dst_addr, k.dst_port),
-            next_hop: r.next_hops()[e.next_hop() as usize].name.clone(),
-            state: state_name(e.state()).into(),
-            age_secs: (now - e.created()).as_secs_f64(),
-            idle_secs: (now - e.last_seen()).as_secs_f64(),
+/// Most flows copied per request: a page is a plain copy (about 64 bytes a flow), so that
+/// even `slr ctl R flows --all` of a million flows holds the packet thread a millisecond at a
+/// time.
+pub const MAX_FLOW_PAGE: usize = 65_536;
+
+/// One flow as the packet thread copies it: plain numbers, formatted on another thread.
+#[derive(Debug, Clone, Copy)]
+pub struct RawFlow {
+    key: FlowKey,
+    next_hop: u32,
+    state: FlowState,
+    age: Duration,
+    idle: Duration,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Flows of the table from `offset` on, copied by the packet thread.
+///
+/// A live walk: pages are taken between batches of packets, and a flow table that grows in
+/// between may rehash, so a walk of a table that changes may miss or repeat flows that come
+/// and go; a flow present for the whole walk is listed.
+#[derive(Debug, Clone)]
+pub struct FlowPage {
+    /// Flows in the table when the page was taken.
+    pub total: usize,
+    flows: Vec<RawFlow>,
+    next_hops: Vec<String>,
+}
+
+/// Copies up to `limit` flows (at most [`MAX_FLOW_PAGE`]) from `offset` on: no formatting, no
+/// allocation per flow, on the packet thread.
+pub fn flow_page(r: &Router, now: Instant, offset: usize, limit: usize) -> FlowPage {
+    let flows = r
+        .flows()
+        .skip(offset)
+        .take(limit.min(MAX_FLOW_PAGE))
+        .map(|(k, e)| RawFlow {
+            key: *k,
+            next_hop: e.next_hop(),
+            state: e.state(),
+            age: (now - e.created()).into(),
+            idle: (now - e.last_seen()).into(),
             packets: e.packets(),
             bytes: e.bytes(),
         })
-        .collect()
+        .collect();
+    FlowPage {
+        total: r.flow_count(),
+        flows,
+        next_hops: r.next_hops().iter().map(|n| n.name.clone()).collect(),
+    }
 }
+
+impl FlowPage {
+    /// How many flows the page holds.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The page as `slr ctl flows` shows it (formatted on the caller's thread).
+    pub fn rows(&self) -> Vec<FlowRow> {
+        self.flows
+            .iter()
+            .map(|f| {
+                let k = &f.key;
+                FlowRow {
+                    protocol: match k.protocol {
+                        6 => "tcp".into(),
+                        17 => "udp".into(),
+                        1 => "icmp".into(),
+                        p => p.to_string(),
+                    },
+                    client: format!("{}:{}", k.src_addr, k.src_port),
+                    virtual_host: format!("{}:{}", k.dst_addr, k.dst_port),
+                    next_hop: self
+                        .next_hops
+                        .get(f.next_hop as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    state: state_name(f.state).into(),
+                    age_secs: f.age.as_secs_f64(),
+                    idle_secs: f.idle.as_secs_f64(),
+                    packets: f.packets,
+                    bytes: f.bytes,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether the router still has traffic to forward: a TCP connection not yet closing, or a
+/// UDP or other flow with a packet in the last second. A stopping router exits early when
+/// none is left.
+pub fn has_live_flows(r: &Router, now: Instant) -> bool {
+    r.flows().any(|(_, e)| match e.state() {
+        FlowState::TcpHalfOpen | FlowState::TcpEstablished => true,
+        FlowState::TcpClosing => false,
+        FlowState::Udp | FlowState::Other => (now - e.last_seen()) < SECOND,
+    })
+}
+
+const SECOND: slr_core::time::Duration = slr_core::time::Duration::from_secs(1);
 
 fn state_name(s: FlowState) -> &'static str {
     match s {

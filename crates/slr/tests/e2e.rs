@@ -313,54 +313,7 @@ fn weighted_shares_and_least_flows() {
     assert!(max - min <= 1, "least_flows spread: {held:?}");
 }
 
-/// Starts a download of `mib` MiB at `rate` from a client, saving body and headers.
-fn start_download(
-    lab: &Lab,
-    client: &str,
-    tag: &str,
-    mib: u64,
-    rate: &str,
-) -> (std::process::Child, String, String) {
-    let body = format!("/tmp/slr-e2e-{}-{tag}.bin", lab.name);
-    let head = format!("/tmp/slr-e2e-{}-{tag}.hdr", lab.name);
-    let _ = std::fs::remove_file(&body);
-    let _ = std::fs::remove_file(&head);
-    let url = format!("http://{}/bytes/{}", lab.vip(0), mib << 20);
-    let child = lab.spawn(
-        client,
-        &format!("curl -sS -m 60 --limit-rate {rate} -D {head} -o {body} {url}"),
-    );
-    (child, body, head)
-}
-
-/// Which host serves a download in progress (from its response headers).
-fn download_host(head: &str) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(5), || {
-        found = std::fs::read_to_string(head).ok().and_then(|h| {
-            h.lines().find_map(|l| {
-                l.strip_prefix("X-Served-By: ")
-                    .map(|v| v.trim().to_string())
-            })
-        });
-        found.is_some()
-    });
-    found.expect("download started")
-}
-
-fn finish_download(child: std::process::Child, body: &str, mib: u64) {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "download failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let data = std::fs::read(body).unwrap();
-    assert_eq!(data.len() as u64, mib << 20, "download complete");
-    assert!(is_pattern(&data), "download intact");
-    let _ = std::fs::remove_file(body);
-}
-
+/// Sets a host's weight in r1's configuration file (a reload applies it).
 fn set_weight(lab: &Lab, host: &str, weight: u32) {
     let path = lab.router_config("r1");
     let text = std::fs::read_to_string(&path).unwrap();

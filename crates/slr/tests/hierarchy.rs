@@ -205,7 +205,7 @@ fn flow_tables(lab: &Lab, shape: &Shape, vip: Ipv4Addr) -> HashMap<(String, Stri
         let o = Command::new(slr())
             .arg("ctl")
             .arg(&sock)
-            .args(["flows", "--json"])
+            .args(["flows", "--json", "--all"])
             .output()
             .unwrap();
         assert!(

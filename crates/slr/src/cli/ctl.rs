@@ -1,7 +1,7 @@
 //! `slr ctl`: asks a daemon on its control socket (the protocol is `slr-ctl`'s) and prints the
 //! answer, as JSON with `--json` and as tables without.
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
 /// `slr ctl` arguments.
@@ -10,27 +10,32 @@ pub struct CtlArgs {
     /// The daemon: its name in a running lab (e.g. `r1`, `h2`) or a control socket path.
     pub target: String,
     /// What to show or do: status, flows, hosts, stats, children, table, parents, reload,
-    /// metrics.
+    /// metrics; at run time: weight NEXT_HOP N, drain NEXT_HOP, undrain NEXT_HOP, overrides,
+    /// clear [NEXT_HOP].
     #[arg(default_value = "status")]
     pub command: String,
+    /// The command's arguments (a next hop, a weight).
+    pub args: Vec<String>,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Most flows to list.
-    #[arg(long, default_value_t = 50)]
+    /// Most flows to list (one page).
+    #[arg(long, default_value_t = 1_000)]
     pub limit: usize,
+    /// List every flow, streamed page by page.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Runs `slr ctl`.
 pub fn run(args: CtlArgs) -> Result<()> {
     let path = slr_ctl::resolve_socket(&args.target)?;
-    let limit = if args.json && args.command == "flows" && args.limit == 50 {
-        1_000_000
-    } else {
-        args.limit
-    };
-    let v = slr_ctl::request(&path, &json!({"cmd": args.command, "limit": limit}))?;
-    if args.command == "metrics" {
+    let req = request(&args)?;
+    if args.command == "flows" && args.all {
+        return stream_flows(&path, &req, args.json);
+    }
+    let v = slr_ctl::request(&path, &req)?;
+    if args.command == "metrics" && !args.json {
         print!("{}", v["text"].as_str().unwrap_or(""));
         return Ok(());
     }
@@ -40,6 +45,106 @@ pub fn run(args: CtlArgs) -> Result<()> {
     }
     print!("{}", human(&args.command, &v));
     Ok(())
+}
+
+/// The request a command line makes.
+fn request(args: &CtlArgs) -> Result<Value> {
+    let cmd = args.command.as_str();
+    let arg = |i: usize, what: &str| -> Result<String> {
+        args.args
+            .get(i)
+            .cloned()
+            .ok_or_else(|| anyhow!("slr ctl {} {cmd}: {what} missing", args.target))
+    };
+    Ok(match cmd {
+        "weight" => {
+            let n = arg(0, "the next hop")?;
+            let w: u64 = arg(1, "the weight")?.parse().map_err(|_| {
+                anyhow!(
+                    "slr ctl {} weight {n}: the weight is a whole number",
+                    args.target
+                )
+            })?;
+            json!({"cmd": cmd, "next_hop": n, "weight": w})
+        }
+        "drain" | "undrain" => json!({"cmd": cmd, "next_hop": arg(0, "the next hop")?}),
+        "clear" => match args.args.first() {
+            Some(n) => json!({"cmd": cmd, "next_hop": n}),
+            None => json!({"cmd": cmd}),
+        },
+        "flows" => json!({"cmd": cmd, "limit": args.limit, "all": args.all}),
+        _ => {
+            if let Some(extra) = args.args.first() {
+                bail!(
+                    "slr ctl {} {cmd}: unexpected argument {extra:?}",
+                    args.target
+                );
+            }
+            json!({"cmd": cmd})
+        }
+    })
+}
+
+/// `slr ctl R flows --all`: the flow table as it streams in, page by page: table rows, or
+/// one JSON document (`{"ok": true, "flows": [...], "total": N}`) written as it comes.
+fn stream_flows(path: &std::path::Path, req: &Value, as_json: bool) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let mut listed = 0usize;
+    if as_json {
+        write!(out, "{{\"ok\": true, \"flows\": [")?;
+    } else {
+        write!(out, "{}", flow_header())?;
+    }
+    let last = slr_ctl::request_stream(path, req, |part| {
+        let rows = part["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        listed += rows.len();
+        let written: std::io::Result<()> = rows.iter().try_for_each(|f| {
+            if as_json {
+                let sep = if first { "\n" } else { ",\n" };
+                first = false;
+                write!(out, "{sep}{f}")
+            } else {
+                write!(out, "{}", flow_line(f))
+            }
+        });
+        written.map_err(|e| slr_ctl::CtlError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })?;
+    if as_json {
+        writeln!(out, "\n], \"total\": {}}}", last["total"])?;
+    } else {
+        writeln!(
+            out,
+            "({listed} flows listed; {} in the table at the end)",
+            t(&last["total"])
+        )?;
+    }
+    Ok(())
+}
+
+fn flow_header() -> String {
+    format!(
+        "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8} {:>8} {:>9}\n",
+        "proto", "client", "virtual host", "next hop", "state", "age s", "idle s", "packets"
+    )
+}
+
+fn flow_line(f: &Value) -> String {
+    format!(
+        "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8.1} {:>8.1} {:>9}\n",
+        f["protocol"].as_str().unwrap_or(""),
+        f["client"].as_str().unwrap_or(""),
+        f["virtual_host"].as_str().unwrap_or(""),
+        f["next_hop"].as_str().unwrap_or(""),
+        f["state"].as_str().unwrap_or(""),
+        f["age_secs"].as_f64().unwrap_or(0.0),
+        f["idle_secs"].as_f64().unwrap_or(0.0),
+        t(&f["packets"])
+    )
 }
 
 /// The control plane's views: children with their reports, the route table, the parents.
@@ -196,26 +301,26 @@ fn human(command: &str, v: &Value) -> String {
         return o;
     }
     if command == "flows" {
-        let _ = writeln!(
-            o,
-            "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8} {:>8} {:>9}",
-            "proto", "client", "virtual host", "next hop", "state", "age s", "idle s", "packets"
-        );
-        for f in v["flows"].as_array().into_iter().flatten() {
+        let _ = write!(o, "{}", flow_header());
+        let rows = v["flows"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        for f in rows {
+            let _ = write!(o, "{}", flow_line(f));
+        }
+        if v["total"].as_u64().is_some_and(|t| t > rows.len() as u64) {
             let _ = writeln!(
                 o,
-                "{:<5} {:<22} {:<20} {:<10} {:<12} {:>8.1} {:>8.1} {:>9}",
-                f["protocol"].as_str().unwrap_or(""),
-                f["client"].as_str().unwrap_or(""),
-                f["virtual_host"].as_str().unwrap_or(""),
-                f["next_hop"].as_str().unwrap_or(""),
-                f["state"].as_str().unwrap_or(""),
-                f["age_secs"].as_f64().unwrap_or(0.0),
-                f["idle_secs"].as_f64().unwrap_or(0.0),
-                t(&f["packets"])
+                "({} of {} flows; --limit N for more, --all for every flow)",
+                rows.len(),
+                t(&v["total"])
             );
         }
         return o;
+    }
+    if matches!(
+        command,
+        "weight" | "drain" | "undrain" | "clear" | "overrides"
+    ) {
+        return human_overrides(&v["overrides"]);
     }
     let s = &v["snapshot"];
     let c = &s["counters"];
@@ -230,9 +335,16 @@ fn human(command: &str, v: &Value) -> String {
         t(&c["drops_total"]),
         s["cpu_seconds"].as_f64().unwrap_or(0.0)
     );
+    if s["stopping"] == true {
+        let _ = writeln!(
+            o,
+            "STOPPING: no new flows; established flows forwarded for {:.1} s more at most",
+            s["stop_deadline_secs"].as_f64().unwrap_or(0.0)
+        );
+    }
     let _ = writeln!(
         o,
-        "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}",
+        "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}  override",
         "next hop", "address", "weight", "health", "flows", "selected", "packets"
     );
     for n in s["next_hops"].as_array().into_iter().flatten() {
@@ -246,16 +358,23 @@ fn human(command: &str, v: &Value) -> String {
             (_, _, Some(0)) => "draining",
             _ => "up",
         };
+        let name = n["name"].as_str().unwrap_or("");
+        let over = if n["overridden"] == true {
+            override_text(&s["overrides"]["next_hops"][name])
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}",
-            n["name"].as_str().unwrap_or(""),
+            "{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}  {}",
+            name,
             n["address"].as_str().unwrap_or(""),
             t(&n["weight"]),
             health,
             t(&n["active_flows"]),
             t(&n["selections"]),
-            t(&n["packets"])
+            t(&n["packets"]),
+            over
         );
     }
     let _ = writeln!(
@@ -284,6 +403,38 @@ fn human(command: &str, v: &Value) -> String {
         let _ = writeln!(o, "drops {}", nonzero_drops(&s["drops"]));
     }
     o
+}
+
+/// The runtime overrides (`slr ctl R overrides`, and the answer to a change).
+fn human_overrides(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let hops = v["next_hops"].as_object();
+    if hops.is_none_or(|h| h.is_empty()) {
+        let _ = writeln!(o, "no runtime overrides: every next hop as the file says");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "{:<12} override (slr ctl R clear NAME lifts it)",
+        "next hop"
+    );
+    for (name, ov) in hops.into_iter().flatten() {
+        let _ = writeln!(o, "{name:<12} {}", override_text(ov));
+    }
+    o
+}
+
+/// One next hop's override, as text: `drained`, `weight 5`, `drained, weight 5`.
+fn override_text(ov: &Value) -> String {
+    let mut parts = Vec::new();
+    if ov["drained"] == true {
+        parts.push("drained".to_owned());
+    }
+    if let Some(w) = ov["weight"].as_u64() {
+        parts.push(format!("weight {w}"));
+    }
+    parts.join(", ")
 }
 
 /// A JSON value as table text (strings without quotes).

@@ -97,7 +97,7 @@ pub fn run_ca(cmd: CaCommand) -> Result<()> {
 
 /// Runs `slr gateway-site` until SIGTERM or SIGINT.
 pub fn run_gateway_site(a: GatewaySiteArgs) -> Result<()> {
-    crate::daemon::init_logging();
+    crate::daemon::init_logging(crate::daemon::LogFormat::Text);
     let identity = slr_control::Identity::load(&a.ca, &a.cert, &a.key)?;
     slr_control::GatewayTable::from_json(
         &std::fs::read(&a.file).with_context(|| format!("{}: cannot read", a.file.display()))?,

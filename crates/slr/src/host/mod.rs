@@ -10,7 +10,7 @@
 mod load;
 
 use crate::control_plane::SharedView;
-use crate::daemon::{Routes, Signals};
+use crate::daemon::{LogFormat, Routes, Signals};
 use crate::metrics::{self, Exposition};
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -95,13 +95,13 @@ fn render(name: &str, s: &Shared, view: Option<&SharedView>) -> String {
 }
 
 /// Runs the host agent until SIGTERM/SIGINT.
-pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
+pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Result<()> {
     let cfg = slr_config::load_host(config_path)?;
     if check_only {
         println!("{}: ok", config_path.display());
         return Ok(());
     }
-    crate::daemon::init_logging();
+    crate::daemon::init_logging(log_format);
     let signals = Signals::install()?;
     let mut tun = TunDevice::create(&cfg.tun, 65535)
         .with_context(|| format!("cannot create TUN device {}", cfg.tun))?;
@@ -111,7 +111,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     let mut routes = Routes::new();
     if cfg.manage_routes {
         for s in &cfg.virtual_subnets {
-            routes.replace(&["local", &s.to_string(), "dev", "lo"])?;
+            routes.replace(slr_io::Route::local(*s))?;
         }
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
@@ -133,7 +133,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
             .map(|c| c.to_string())
             .collect();
         let subnets: Vec<String> = cfg.virtual_subnets.iter().map(|c| c.to_string()).collect();
-        slr_ctl::serve(&cfg.control_socket, move |req| {
+        slr_ctl::serve(&cfg.control_socket, move |req, _| {
             let s = shared.lock().map(|s| s.clone()).unwrap_or_default();
             match req["cmd"].as_str().unwrap_or("") {
                 "status" | "stats" => json!({

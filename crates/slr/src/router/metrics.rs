@@ -14,6 +14,12 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         s.flows_active as f64,
     );
     p.gauge(
+        "slr_router_stopping",
+        "1 while the router stops gracefully (no new flows, established ones forwarded).",
+        &r,
+        f64::from(u8::from(s.stopping)),
+    );
+    p.gauge(
         "slr_router_flows_max",
         "Flow table bound.",
         &r,
@@ -117,9 +123,21 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         );
         p.gauge(
             "slr_next_hop_weight",
-            "Configured weight (0 drains).",
+            "Weight in force (0 drains): the file's, or a runtime override's.",
             &l,
             n.weight as f64,
+        );
+        p.gauge(
+            "slr_next_hop_drained",
+            "1 if drained at run time (slr ctl R drain).",
+            &l,
+            f64::from(u8::from(n.drained)),
+        );
+        p.gauge(
+            "slr_next_hop_overridden",
+            "1 if a runtime override (weight or drain) applies.",
+            &l,
+            f64::from(u8::from(n.overridden)),
         );
         p.gauge(
             "slr_next_hop_flows_active",

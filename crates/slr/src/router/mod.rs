@@ -16,7 +16,7 @@ mod ctl_answers;
 mod metrics;
 mod packet_loop;
 
-use crate::daemon::{Routes, Signals};
+use crate::daemon::{LogFormat, Routes, Signals};
 use crate::health::HealthSupervisor;
 use anyhow::{Context, Result};
 use ctl_answers::ViewSlot;
@@ -27,15 +27,23 @@ use slr_io::{FaultInjector, IpipSocket, TunDevice};
 use std::path::Path;
 
 /// Runs the router until SIGTERM/SIGINT.
-pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
+pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Result<()> {
     let cfg = slr_config::load_router(config_path)?;
     if check_only {
         println!("{}: ok", config_path.display());
         return Ok(());
     }
-    crate::daemon::init_logging();
+    crate::daemon::init_logging(log_format);
     let signals = Signals::install()?;
-    let mut core_cfg = cfg.core.clone();
+    let overrides = slr_config::Overrides::load(&cfg.overrides_file)?;
+    if !overrides.next_hops.is_empty() {
+        tracing::warn!(
+            file = %cfg.overrides_file.display(),
+            overrides = ?overrides.next_hops,
+            "runtime overrides in force (slr ctl R overrides; slr ctl R clear)"
+        );
+    }
+    let mut core_cfg = cfg.in_force(None, &overrides).core;
     core_cfg.flow_table_seed = crate::daemon::random_seed();
     let mut router = Router::new(core_cfg).with_context(|| format!("{}", config_path.display()))?;
 
@@ -45,7 +53,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     let _ = tun.set_txqueuelen(4096);
     let mut routes = Routes::new();
     for v in &cfg.core.virtual_hosts {
-        routes.replace(&[&v.subnet.to_string(), "dev", &cfg.tun])?;
+        routes.replace(slr_io::Route::unicast(v.subnet, &cfg.tun))?;
     }
     let mut ipip =
         IpipSocket::open().context("cannot open the raw IP-in-IP socket (root needed)")?;
@@ -55,8 +63,8 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     let slot = ViewSlot::default();
     {
         let (h, slot) = (handle.clone(), slot.clone());
-        slr_ctl::serve(&cfg.control_socket, move |req| {
-            ctl_answers::answer(&h, &slot, req)
+        slr_ctl::serve(&cfg.control_socket, move |req, parts| {
+            ctl_answers::answer(&h, &slot, req, parts)
                 .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}))
         })?;
     }
@@ -91,7 +99,8 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
         tracing::warn!(next_hop = %name, delay = ?d, "fault injection: tunnelled packets delayed");
         delayed.push((n.address, inj));
     }
-    let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed);
+    let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
+    state.routes = routes;
     let result = state.run(
         &mut router,
         &mut tun,
@@ -102,7 +111,7 @@ pub fn run(config_path: &Path, check_only: bool) -> Result<()> {
     );
     drop(control);
     health.stop_all();
-    routes.remove_all();
+    state.routes.remove_all();
     let _ = std::fs::remove_file(&state.cfg.control_socket);
     tracing::info!("router down");
     result

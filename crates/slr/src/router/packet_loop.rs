@@ -4,10 +4,10 @@
 
 use crate::daemon::{Clock, Signals};
 use crate::health::HealthSupervisor;
-use crate::mailbox::{Mailbox, Request};
-use crate::snapshot::{flow_rows, snapshot};
-use anyhow::Result;
-use slr_config::RouterDaemonConfig;
+use crate::mailbox::{Mailbox, OverrideChange, Request};
+use crate::snapshot::{flow_page, has_live_flows, snapshot, DaemonState};
+use anyhow::{bail, Result};
+use slr_config::{Overrides, RouterDaemonConfig};
 use slr_core::router::{Action, Control, Destination, DropReason, Event, NextHopConfig, Router};
 use slr_io::{poll_readable, FaultInjector, IpipSocket, PacketDevice, TunDevice};
 use slr_wire::PacketBuf;
@@ -31,6 +31,15 @@ pub(super) struct LoopState {
     delayed: Vec<(Ipv4Addr, FaultInjector<IpipSocket>)>,
     /// The children of a fetched gateway table, once the control thread has one.
     gateways: Option<Vec<NextHopConfig>>,
+    /// The operator's runtime overrides (kept in `cfg.overrides_file`).
+    overrides: Overrides,
+    /// When a graceful stop must end, once a stop signal came.
+    stop_deadline: Option<std::time::Instant>,
+    /// When the stopping router last looked for flows still alive.
+    last_live_check: std::time::Instant,
+    /// The routes of the virtual subnets into the TUN device: installed at start (handed over
+    /// by `router::run`), changed by reloads, removed when the router stops.
+    pub(super) routes: crate::daemon::Routes,
 }
 
 impl LoopState {
@@ -39,6 +48,7 @@ impl LoopState {
         cfg: RouterDaemonConfig,
         config_path: PathBuf,
         delayed: Vec<(Ipv4Addr, FaultInjector<IpipSocket>)>,
+        overrides: Overrides,
     ) -> Self {
         LoopState {
             cfg,
@@ -47,7 +57,117 @@ impl LoopState {
             send_drops: 0,
             delayed,
             gateways: None,
+            overrides,
+            stop_deadline: None,
+            last_live_check: std::time::Instant::now(),
+            routes: crate::daemon::Routes::new(),
         }
+    }
+
+    /// The configuration in force: the file's, with a fetched gateway table's children and
+    /// the runtime overrides.
+    fn in_force(&self) -> RouterDaemonConfig {
+        self.cfg.in_force(self.gateways.as_deref(), &self.overrides)
+    }
+
+    /// Applies a configuration in force to the core (new flows follow it; established flows
+    /// keep their next hops).
+    fn reconfigure(&self, router: &mut Router, cfg: &RouterDaemonConfig) -> Result<()> {
+        let mut core = cfg.core.clone();
+        core.flow_table_seed = router.config().flow_table_seed;
+        router.handle_control(self.clock.now(), Control::Reconfigure(Box::new(core)))?;
+        Ok(())
+    }
+
+    /// A stop signal came: take no new flows, stop the health checks, and forward the
+    /// established flows until they end or `drain_period` has passed.
+    fn begin_stop(&mut self, router: &mut Router, health: &mut HealthSupervisor) {
+        let _ = router.handle_control(self.clock.now(), Control::SetStopping(true));
+        health.stop_all();
+        self.stop_deadline = Some(std::time::Instant::now() + self.cfg.drain_period);
+        tracing::info!(
+            drain_period = ?self.cfg.drain_period,
+            flows = router.flow_count(),
+            "stopping: no new flows; established flows are forwarded until they end or the drain period is over"
+        );
+    }
+
+    /// Whether a graceful stop is over: the drain period passed, or no flow is left alive.
+    fn stop_is_over(&mut self, router: &Router) -> bool {
+        let Some(deadline) = self.stop_deadline else {
+            return false;
+        };
+        if std::time::Instant::now() >= deadline {
+            tracing::info!(
+                flows = router.flow_count(),
+                "drain period over: exiting with the flows left"
+            );
+            return true;
+        }
+        // A walk of the table, five times a second at most.
+        if self.last_live_check.elapsed() < Duration::from_millis(200) {
+            return false;
+        }
+        self.last_live_check = std::time::Instant::now();
+        if has_live_flows(router, self.clock.now()) {
+            return false;
+        }
+        tracing::info!("no established flow left: exiting");
+        true
+    }
+
+    /// Applies a change of the runtime overrides: checked against the next hops in force,
+    /// saved, then applied to the core at once (new flows follow; established flows stay).
+    fn change_overrides(
+        &mut self,
+        router: &mut Router,
+        change: OverrideChange,
+    ) -> Result<Overrides> {
+        let known = |n: &str| {
+            self.cfg
+                .with_gateway_children(self.gateways.as_deref())
+                .core
+                .next_hops
+                .iter()
+                .any(|h| h.name == n)
+        };
+        let mut next = self.overrides.clone();
+        match &change {
+            OverrideChange::Weight(n, w) => {
+                if !known(n) {
+                    bail!("no next hop named {n:?}");
+                }
+                if *w > 65_535 {
+                    bail!("weight {w} is above 65535");
+                }
+                next.set_weight(n, *w);
+            }
+            OverrideChange::Drain(n, drained) => {
+                if !known(n) && *drained {
+                    bail!("no next hop named {n:?}");
+                }
+                next.set_drained(n, *drained);
+            }
+            OverrideChange::Clear(n) => {
+                next.clear(n.as_deref());
+            }
+        }
+        next.save(&self.cfg.overrides_file).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot save the overrides to {}: {e}",
+                self.cfg.overrides_file.display()
+            )
+        })?;
+        let old = std::mem::replace(&mut self.overrides, next);
+        let cfg = self.in_force();
+        if let Err(e) = self.reconfigure(router, &cfg) {
+            // Refused by the core (it should not be): keep the old ones, on disk too.
+            let _ = old.save(&self.cfg.overrides_file);
+            self.overrides = old;
+            return Err(e);
+        }
+        tracing::info!(change = ?change, "runtime override applied");
+        Ok(self.overrides.clone())
     }
 }
 
@@ -76,7 +196,10 @@ impl LoopState {
         let mut actions = [Action::Drop(DropReason::Truncated); BATCH];
         let mut ready = [false; 3];
         loop {
-            if signals.stopping() {
+            if signals.stopping() && self.stop_deadline.is_none() {
+                self.begin_stop(router, health);
+            }
+            if self.stop_is_over(router) {
                 return Ok(());
             }
             if signals.take_reload() {
@@ -262,10 +385,8 @@ impl LoopState {
         if let Some(why) = self.cfg.restart_needed_for(&file) {
             anyhow::bail!("{why}");
         }
-        let cfg = file.with_gateway_children(self.gateways.as_deref());
-        let mut core_cfg = cfg.core.clone();
-        core_cfg.flow_table_seed = router.config().flow_table_seed;
-        router.handle_control(self.clock.now(), Control::Reconfigure(Box::new(core_cfg)))?;
+        let cfg = file.in_force(self.gateways.as_deref(), &self.overrides);
+        self.reconfigure(router, &cfg)?;
         // Routes for virtual subnets added or removed.
         for v in &cfg.core.virtual_hosts {
             if !self
@@ -275,13 +396,18 @@ impl LoopState {
                 .iter()
                 .any(|o| o.subnet == v.subnet)
             {
-                crate::daemon::ip(&["route", "replace", &v.subnet.to_string(), "dev", &cfg.tun])?;
+                self.routes
+                    .replace(slr_io::Route::unicast(v.subnet, &cfg.tun))?;
             }
         }
         for o in &self.cfg.core.virtual_hosts {
             if !cfg.core.virtual_hosts.iter().any(|v| v.subnet == o.subnet) {
-                let _ =
-                    crate::daemon::ip(&["route", "del", &o.subnet.to_string(), "dev", &cfg.tun]);
+                if let Err(e) = self
+                    .routes
+                    .remove(&slr_io::Route::unicast(o.subnet, &cfg.tun))
+                {
+                    tracing::warn!("{e:#}");
+                }
             }
         }
         health.update(&cfg);
@@ -303,15 +429,27 @@ impl LoopState {
                 let _ = reply.send(router.handle_control(now, c).map_err(|e| e.to_string()));
             }
             Request::Snapshot(reply) => {
-                let _ = reply.send(snapshot(
-                    &self.cfg.name,
-                    router,
-                    tun.stats().total_drops(),
-                    self.send_drops + ipip.stats().total_drops(),
-                ));
+                let daemon = DaemonState {
+                    name: &self.cfg.name,
+                    device_drops: tun.stats().total_drops(),
+                    tunnel_send_drops: self.send_drops + ipip.stats().total_drops(),
+                    overrides: &self.overrides,
+                    stop_deadline: self
+                        .stop_deadline
+                        .map(|d| d.saturating_duration_since(std::time::Instant::now())),
+                };
+                let _ = reply.send(snapshot(router, &daemon));
             }
-            Request::Flows(limit, reply) => {
-                let _ = reply.send(flow_rows(router, now, limit));
+            Request::Flows {
+                offset,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(flow_page(router, now, offset, limit));
+            }
+            Request::Override(change, reply) => {
+                let r = self.change_overrides(router, change);
+                let _ = reply.send(r.map_err(|e| format!("{e:#}")));
             }
             Request::Reload(reply) => {
                 let r = self.reload(router, health).map_err(|e| format!("{e:#}"));
@@ -321,16 +459,14 @@ impl LoopState {
                 let _ = reply.send(r);
             }
             Request::Gateways(children, reply) => {
-                let eff = self.cfg.with_gateway_children(Some(&children));
-                let mut core = eff.core.clone();
-                core.flow_table_seed = router.config().flow_table_seed;
-                let r = router.handle_control(now, Control::Reconfigure(Box::new(core)));
+                let eff = self.cfg.in_force(Some(&children), &self.overrides);
+                let r = self.reconfigure(router, &eff);
                 if r.is_ok() {
                     // Health checks (and so RTTs) follow the new children.
                     health.update(&eff);
                     self.gateways = Some(children);
                 }
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(|e| format!("{e:#}")));
             }
         }
     }

@@ -30,6 +30,11 @@ pub struct Lab {
 impl Lab {
     /// Builds a lab from topology text (its `[lab] name` must be `name`).
     pub fn up(name: &str, topology: &str) -> Lab {
+        Self::up_with(name, topology, &[])
+    }
+
+    /// Builds a lab with more `slr lab up` flags (`--prometheus`).
+    pub fn up_with(name: &str, topology: &str, flags: &[&str]) -> Lab {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         assert!(is_root(), "end-to-end tests need root (network namespaces)");
         let file = std::env::temp_dir().join(format!("slr-e2e-{name}.toml"));
@@ -39,6 +44,7 @@ impl Lab {
         let out = Command::new(slr())
             .args(["lab", "up"])
             .arg(&file)
+            .args(flags)
             .output()
             .expect("run slr lab up");
         if !out.status.success() {
@@ -145,13 +151,34 @@ impl Lab {
         }
     }
 
-    /// `slr ctl NODE CMD --json`.
-    pub fn ctl(&self, node: &str, cmd: &str) -> Value {
+    /// `slr ctl NODE ARGS... --json` (a command with arguments: `["drain", "h2"]`); the answer,
+    /// or the error slr ctl printed.
+    pub fn ctl_args(&self, node: &str, args: &[&str]) -> Result<Value, String> {
         let sock = self.dir().join(format!("{node}.sock"));
         let o = Command::new(slr())
             .args(["ctl"])
             .arg(&sock)
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        if o.status.success() {
+            Ok(serde_json::from_slice(&o.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// `slr ctl NODE CMD --json`.
+    pub fn ctl(&self, node: &str, cmd: &str) -> Value {
+        let sock = self.dir().join(format!("{node}.sock"));
+        // Every flow, not the first page.
+        let all: &[&str] = if cmd == "flows" { &["--all"] } else { &[] };
+        let o = Command::new(slr())
+            .args(["ctl"])
+            .arg(&sock)
             .args([cmd, "--json"])
+            .args(all)
             .output()
             .unwrap();
         assert!(
@@ -401,4 +428,54 @@ pub fn ipv4_packet(
     .emit(&mut pkt);
     pkt[20..].copy_from_slice(payload);
     pkt
+}
+
+/// Starts a download of `mib` MiB of the pattern from the first VIP at `rate` with curl in a
+/// client's namespace: (the curl process, body file, header file).
+pub fn start_download(
+    lab: &Lab,
+    client: &str,
+    tag: &str,
+    mib: u64,
+    rate: &str,
+) -> (std::process::Child, String, String) {
+    let body = format!("/tmp/slr-e2e-{}-{tag}.bin", lab.name);
+    let head = format!("/tmp/slr-e2e-{}-{tag}.hdr", lab.name);
+    let _ = std::fs::remove_file(&body);
+    let _ = std::fs::remove_file(&head);
+    let url = format!("http://{}/bytes/{}", lab.vip(0), mib << 20);
+    let child = lab.spawn(
+        client,
+        &format!("curl -sS -m 60 --limit-rate {rate} -D {head} -o {body} {url}"),
+    );
+    (child, body, head)
+}
+
+/// Which host serves a download in progress (from its response headers).
+pub fn download_host(head: &str) -> String {
+    let mut found = None;
+    wait_until(Duration::from_secs(5), || {
+        found = std::fs::read_to_string(head).ok().and_then(|h| {
+            h.lines().find_map(|l| {
+                l.strip_prefix("X-Served-By: ")
+                    .map(|v| v.trim().to_string())
+            })
+        });
+        found.is_some()
+    });
+    found.expect("download started")
+}
+
+/// Waits for a download and checks it is complete and intact (the pattern, every byte).
+pub fn finish_download(child: std::process::Child, body: &str, mib: u64) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "download failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = std::fs::read(body).unwrap();
+    assert_eq!(data.len() as u64, mib << 20, "download complete");
+    assert!(is_pattern(&data), "download intact");
+    let _ = std::fs::remove_file(body);
 }
