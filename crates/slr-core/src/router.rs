@@ -679,6 +679,11 @@ impl<T: Tunnel> Router<T> {
     pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
         self.flows.iter()
     }
+    /// Heap memory the flow table holds, in bytes (an estimate: see
+    /// [`FlowTable::memory_bytes`](crate::flow_table::FlowTable::memory_bytes)).
+    pub fn flow_table_bytes(&self) -> usize {
+        self.flows.memory_bytes()
+    }
     /// Whether the router is stopping (takes no new flows; see [`Control::SetStopping`]).
     pub fn is_stopping(&self) -> bool {
         self.stopping
@@ -2541,6 +2546,9 @@ mod tests {
     #[test]
     fn maglev_host_changes_remap_few_new_flows_and_no_established_one() {
         const FLOWS: u16 = 2000;
+        // New flows are sampled more finely (sampling noise ~0.2 % at 20,000) so that the
+        // bound below can be Maglev's own, 1/N + 1 %.
+        const NEW_FLOWS: u16 = 20_000;
         let ten = config(Policy::Maglev, 10);
         let eleven = config(Policy::Maglev, 11);
         let mut nine = ten.clone();
@@ -2566,22 +2574,25 @@ mod tests {
 
         // New flows: what the old and the new host sets choose for the same 5-tuples.
         let client = Ipv4Addr::new(10, 7, 7, 7);
-        let old = choices(&mut router(ten.clone()), 20000..20000 + FLOWS, client);
-        let added = choices(&mut router(eleven), 20000..20000 + FLOWS, client);
-        let removed = choices(&mut router(nine), 20000..20000 + FLOWS, client);
-        let n = FLOWS as usize;
+        let ports = 20000..20000 + NEW_FLOWS;
+        let old = choices(&mut router(ten.clone()), ports.clone(), client);
+        let added = choices(&mut router(eleven), ports.clone(), client);
+        let removed = choices(&mut router(nine), ports, client);
+        let n = NEW_FLOWS as usize;
         let moved: Vec<usize> = (0..n).filter(|&k| old[k] != added[k]).collect();
         let to_new = moved.iter().filter(|&&k| added[k] == host(10)).count();
-        // About 1/11 of the flows belong to the new host; Maglev moves only a few more.
+        // About 1/11 of the flows belong to the new host; Maglev moves only a few more: at most
+        // 1/N + 1 % of all new flows change host when 1 of N = 11 hosts is added.
         assert!(to_new > n / 11 / 2, "the new host gets its share: {to_new}");
         assert!(
-            moved.len() - to_new <= n * 3 / 100,
+            moved.len() - to_new <= n / 100,
             "{} flows moved between old hosts",
             moved.len() - to_new
         );
+        let bound = n as f64 * (1.0 / 11.0 + 0.01);
         assert!(
-            moved.len() <= n * 15 / 100,
-            "{} of {n} flows moved",
+            moved.len() as f64 <= bound,
+            "{} of {n} flows moved, bound 1/11 + 1 % = {bound:.0}",
             moved.len()
         );
         // Removing h3 moves its flows and only a few others.
@@ -2592,8 +2603,15 @@ mod tests {
         assert!(from_h3 > 0);
         assert!((0..n).all(|k| removed[k] != host(3)));
         assert!(
-            others_moved <= n * 3 / 100,
+            others_moved <= n / 100,
             "{others_moved} flows not on h3 moved"
+        );
+        println!(
+            "maglev: 1 of 11 hosts added: {:.2} % of new flows moved ({:.2} % to the new host); \
+             1 of 10 removed: {:.2} % of the others moved",
+            moved.len() as f64 * 100.0 / n as f64,
+            to_new as f64 * 100.0 / n as f64,
+            others_moved as f64 * 100.0 / n as f64
         );
     }
 

@@ -91,6 +91,8 @@ pub struct Snapshot {
     pub flows_active: usize,
     /// Flow table bound.
     pub max_flows: usize,
+    /// Heap memory the flow table holds (an estimate from its capacity).
+    pub flow_table_bytes: usize,
     /// Router-wide counters.
     pub counters: Value,
     /// Drops by reason.
@@ -137,6 +139,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         name: name.to_string(),
         flows_active: r.flow_count(),
         max_flows: r.config().flow_table.max_flows,
+        flow_table_bytes: r.flow_table_bytes(),
         counters: json!({
             "packets_in": c.packets_in, "bytes_in": c.bytes_in,
             "packets_tunneled": c.packets_tunneled, "bytes_tunneled": c.bytes_tunneled,

@@ -554,3 +554,83 @@ fn bad_hierarchy_is_refused_before_anything_is_built() {
     );
     assert!(!std::path::Path::new("/run/slr-lab/e2e-hbad").exists());
 }
+
+/// A middle router terminates only its parent's tunnels. A client that sends it IP-in-IP
+/// (inner: a UDP datagram to the VIP's echo port) gets nothing back: the packets are dropped
+/// and counted as `untrusted_tunnel`, and nothing reaches a host. The same packets with the
+/// parent's address as outer source (spoofed from the client: the data plane trusts the
+/// outer source, as every IP-in-IP, GRE or GUE endpoint does; BCP 38 filtering at the edge
+/// is what stops such spoofing) are tunnelled on and answered: the check could see a
+/// delivery.
+#[test]
+fn forged_tunnels_to_a_middle_router_are_dropped_counted_and_go_nowhere() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "e2e-forged";
+    let lab = Lab::up(name, &example("three-level.toml", name, None));
+    let vip = lab.vip(0);
+    let (as1, net) = (lab.addr("as1"), lab.addr("net"));
+    let before = lab.drops("as1", "untrusted_tunnel");
+    let forge = |outer_src: Option<Ipv4Addr>, port: u16| {
+        lab.in_ns("c1", move || {
+            let reply = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            reply
+                .set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let me: Ipv4Addr = "10.200.1.2".parse().unwrap();
+            let mut udp = [0u8; 14];
+            udp[0..2].copy_from_slice(&port.to_be_bytes());
+            udp[2..4].copy_from_slice(&7u16.to_be_bytes());
+            udp[4..6].copy_from_slice(&14u16.to_be_bytes());
+            udp[8..14].copy_from_slice(b"forged");
+            let inner = ipv4_packet(me, vip, 17, 9, false, &udp);
+            let to = std::net::SocketAddr::from((as1, 0)).into();
+            for i in 0..20u16 {
+                match outer_src {
+                    // The kernel writes the outer header, from the client's own address.
+                    None => {
+                        let raw = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::RAW,
+                            Some(socket2::Protocol::from(4)),
+                        )
+                        .unwrap();
+                        raw.send_to(&inner, &to).unwrap();
+                    }
+                    // The whole outer header is ours (IPPROTO_RAW implies IP_HDRINCL).
+                    Some(src) => {
+                        let raw = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::RAW,
+                            Some(socket2::Protocol::from(255)),
+                        )
+                        .unwrap();
+                        let outer = ipv4_packet(src, as1, 4, 100 + i, false, &inner);
+                        raw.send_to(&outer, &to).unwrap();
+                    }
+                }
+            }
+            let mut buf = [0u8; 512];
+            reply
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    };
+    let answer = forge(None, 40021);
+    let dropped = lab.drops("as1", "untrusted_tunnel") - before;
+    println!(
+        "forged: 20 tunnels from the client to as1: {dropped} dropped as untrusted_tunnel, answer {answer:?}"
+    );
+    assert_eq!(answer, None, "a forged tunnel reached a server");
+    assert!(dropped >= 20, "every forged tunnel counted: {dropped}");
+
+    let answer = forge(Some(net), 40022);
+    println!("forged: the same with net's address as outer source: answer {answer:?}");
+    let answer = answer.expect("tunnels from the parent's address are terminated and routed on");
+    assert!(answer.starts_with("served-by=h"), "{answer}");
+    assert_eq!(
+        lab.drops("as1", "untrusted_tunnel") - before,
+        dropped,
+        "the parent's tunnels are not counted as untrusted"
+    );
+}

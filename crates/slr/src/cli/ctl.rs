@@ -10,8 +10,8 @@ pub struct CtlArgs {
     /// The daemon: its name in a running lab (e.g. `r1`, `h2`) or a control socket path.
     pub target: String,
     /// What to show or do: status, flows, hosts, stats, children, table, parents, reload,
-    /// metrics; at run time: weight NEXT_HOP N, drain NEXT_HOP, undrain NEXT_HOP, overrides,
-    /// clear [NEXT_HOP].
+    /// metrics; at run time: `weight NEXT_HOP N`, `drain NEXT_HOP`, `undrain NEXT_HOP`,
+    /// `overrides`, `clear [NEXT_HOP]`.
     #[arg(default_value = "status")]
     pub command: String,
     /// The command's arguments (a next hop, a weight).

@@ -20,6 +20,12 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         f64::from(u8::from(s.stopping)),
     );
     p.gauge(
+        "slr_router_flow_table_bytes",
+        "Heap memory the flow table holds (estimate from its capacity).",
+        &r,
+        s.flow_table_bytes as f64,
+    );
+    p.gauge(
         "slr_router_flows_max",
         "Flow table bound.",
         &r,
