@@ -557,3 +557,98 @@ fn host_agent_restarts_mid_download_break_no_download() {
         println!("host restart: SIG{sig}: every download complete and intact");
     }
 }
+
+/// `slr check -c FILE` says what a file configures, or names the file, key and value at fault
+/// and exits non-zero; `--log-format json` makes every log line a JSON object.
+#[test]
+fn check_validates_files_and_logs_come_as_json_lines() {
+    let dir = std::env::temp_dir().join(format!("slr-ops-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let router = dir.join("r1.toml");
+    std::fs::write(
+        &router,
+        "[router]\nname = \"r1\"\ntunnel_source = \"10.0.0.1\"\n\n[[virtual_hosts]]\nname = \"web\"\nsubnet = \"10.99.0.0/24\"\n\n[[next_hops]]\nname = \"h1\"\naddress = \"10.0.1.1\"\n",
+    )
+    .unwrap();
+    let host = dir.join("h1.toml");
+    let sock = dir.join("h1.sock");
+    std::fs::write(
+        &host,
+        format!(
+            "[host]\nname = \"h1\"\nvirtual_subnets = [\"10.99.0.0/24\"]\ntrusted_tunnel_sources = [\"10.0.0.1/32\"]\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&router)
+            .unwrap()
+            .replace("10.99.0.0/24", "10.99.0.1/24"),
+    )
+    .unwrap();
+    let check = |f: &std::path::Path| {
+        Command::new(slr())
+            .args(["check", "-c"])
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let out = check(&router);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok: router \"r1\"") && text.contains("1 next hops"),
+        "{text}"
+    );
+    let out = check(&host);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: host agent \"h1\""));
+    let out = check(&bad);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("bad.toml")
+            && e.contains("virtual_hosts[0].subnet")
+            && e.contains("10.99.0.1/24"),
+        "{e}"
+    );
+    println!("check: {}", e.trim());
+
+    // A host agent in a namespace of this test's own, logging JSON.
+    let ns = "slr-ops-jsonlog";
+    let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+    assert!(Command::new("ip")
+        .args(["netns", "add", ns])
+        .status()
+        .unwrap()
+        .success());
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(slr())
+        .args(["host", "-c"])
+        .arg(&host)
+        .args(["--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = wait_until(Duration::from_secs(10), || sock.exists());
+    signal(child.id() as i32, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(up.is_some(), "the host agent started");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    println!("json logs: {} lines, first {}", lines.len(), lines[0]);
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "host agent up" && l["host"] == "h1"));
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+}
