@@ -104,7 +104,16 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     start_processes(state, &t, &exe, opts)?;
     wait_ready(state, opts)?;
     if opts.prometheus {
-        let addr = crate::prometheus::start(state, &t, opts.ready_timeout)?;
+        let command = crate::prometheus::prepare(&t)?;
+        let (program, args) = command.split_first().expect("a program");
+        start(
+            state,
+            &t.core().name,
+            "prometheus",
+            std::ffi::OsStr::new(program),
+            args,
+        )?;
+        let addr = crate::prometheus::wait_ready(&t, opts.ready_timeout)?;
         state.prometheus = Some(format!("http://{addr} in {}", t.netns(&t.core().name)));
     }
     state.ready = true;

@@ -4,10 +4,9 @@
 //! (YAML reads JSON), its data lives in the lab's state directory and goes at `down`.
 
 use crate::configs::{HOST_METRICS_PORT, ROUTER_METRICS_PORT};
-use crate::lifecycle;
 use crate::netns;
 use crate::probe;
-use crate::state::{lab_dir, State};
+use crate::state::lab_dir;
 use crate::topology::{Role, Topology};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -41,9 +40,9 @@ pub fn config(t: &Topology) -> serde_json::Value {
     })
 }
 
-/// Writes the configuration, starts `prometheus` in the core namespace and waits until it is
-/// ready; returns the address it answers on (in the core namespace).
-pub fn start(state: &mut State, t: &Topology, timeout: Duration) -> Result<SocketAddrV4> {
+/// Writes the configuration and returns the command line of the server (`prometheus` and its
+/// arguments), for the lab to start in the core namespace.
+pub fn prepare(t: &Topology) -> Result<Vec<String>> {
     let dir = lab_dir(&t.name).join("prometheus");
     std::fs::create_dir_all(dir.join("data"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -57,21 +56,20 @@ pub fn start(state: &mut State, t: &Topology, timeout: Duration) -> Result<Socke
     if !which.status.success() {
         bail!("--prometheus: the prometheus server is not installed (apt-get install prometheus; scripts/install-deps does it)");
     }
-    let args: Vec<String> = vec![
+    Ok(vec![
+        "prometheus".into(),
         format!("--config.file={}", file.display()),
         format!("--storage.tsdb.path={}", dir.join("data").display()),
         format!("--web.listen-address=0.0.0.0:{PORT}"),
         "--storage.tsdb.retention.time=2h".into(),
         "--log.level=warn".into(),
-    ];
+    ])
+}
+
+/// Waits until the started server is ready; returns the address it answers on (in the core
+/// namespace).
+pub fn wait_ready(t: &Topology, timeout: Duration) -> Result<SocketAddrV4> {
     let core = t.core().name.clone();
-    lifecycle::start(
-        state,
-        &core,
-        "prometheus",
-        std::ffi::OsStr::new("prometheus"),
-        &args,
-    )?;
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
     let ns = t.netns(&core);
     let started = Instant::now();
