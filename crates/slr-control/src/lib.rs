@@ -25,6 +25,7 @@ pub mod counting;
 pub mod gateway;
 pub mod parent;
 pub mod pki;
+mod refusal;
 pub mod reporter;
 pub mod subnet;
 mod tls;

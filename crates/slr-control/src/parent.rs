@@ -40,7 +40,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
 
-use crate::counting::{ByteCounter, CountingStream};
+use crate::counting::CountingStream;
 use crate::gateway::GatewayTable;
 use crate::pki::Identity;
 use crate::proto::state_update_server::{StateUpdate, StateUpdateServer};
@@ -48,140 +48,7 @@ use crate::proto::{HelloReply, HelloRequest, RefusedSubnet, ReportReply, ReportR
 use crate::subnet::{Subnet, SubnetLoad};
 use crate::ControlError;
 
-/// Why the parent refused a connection, a request or a subnet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Refusal {
-    /// The client certificate is not from the operator CA.
-    UnknownCa,
-    /// The client certificate has expired.
-    Expired,
-    /// The client certificate is not valid yet.
-    NotYetValid,
-    /// The client certificate is wrong otherwise, or missing.
-    BadCertificate,
-    /// The TLS handshake failed for another reason (not TLS, protocol error, timeout).
-    HandshakeFailed,
-    /// The certificate's name is not an expected child, or differs from the Hello's name.
-    UnexpectedName,
-    /// A reported subnet is not inside the child's allowed subnets.
-    ForeignSubnet,
-    /// A Report without a valid session (no Hello, or a replaced session).
-    NoSession,
-    /// Invalid content: subnet syntax, metric names or values, limits, sequence.
-    Malformed,
-    /// A message over the size limit.
-    Oversized,
-}
-
-impl Refusal {
-    /// Every reason, in a stable order (for metrics).
-    pub const ALL: [Refusal; 10] = [
-        Refusal::UnknownCa,
-        Refusal::Expired,
-        Refusal::NotYetValid,
-        Refusal::BadCertificate,
-        Refusal::HandshakeFailed,
-        Refusal::UnexpectedName,
-        Refusal::ForeignSubnet,
-        Refusal::NoSession,
-        Refusal::Malformed,
-        Refusal::Oversized,
-    ];
-
-    /// The reason's name in logs, metrics and replies (`unknown_ca`, `foreign_subnet`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::UnknownCa => "unknown_ca",
-            Refusal::Expired => "expired",
-            Refusal::NotYetValid => "not_yet_valid",
-            Refusal::BadCertificate => "bad_certificate",
-            Refusal::HandshakeFailed => "handshake_failed",
-            Refusal::UnexpectedName => "unexpected_name",
-            Refusal::ForeignSubnet => "foreign_subnet",
-            Refusal::NoSession => "no_session",
-            Refusal::Malformed => "malformed",
-            Refusal::Oversized => "oversized",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The parent's counters: atomics, cheap to read for Prometheus at any time.
-#[derive(Debug, Default)]
-pub struct ParentCounters {
-    connections_accepted: AtomicU64,
-    connections_over_limit: AtomicU64,
-    hellos_accepted: AtomicU64,
-    reports_accepted: AtomicU64,
-    subnets_accepted: AtomicU64,
-    refused: [AtomicU64; Refusal::ALL.len()],
-    bytes: Arc<ByteCounter>,
-}
-
-impl ParentCounters {
-    /// TLS connections that completed the handshake.
-    pub fn connections_accepted(&self) -> u64 {
-        self.connections_accepted.load(Ordering::Relaxed)
-    }
-
-    /// TCP connections closed at once because `max_connections` were open.
-    pub fn connections_over_limit(&self) -> u64 {
-        self.connections_over_limit.load(Ordering::Relaxed)
-    }
-
-    /// Hellos accepted (sessions opened).
-    pub fn hellos_accepted(&self) -> u64 {
-        self.hellos_accepted.load(Ordering::Relaxed)
-    }
-
-    /// Reports accepted (possibly with some subnets refused).
-    pub fn reports_accepted(&self) -> u64 {
-        self.reports_accepted.load(Ordering::Relaxed)
-    }
-
-    /// Subnet loads accepted and delivered to the child table.
-    pub fn subnets_accepted(&self) -> u64 {
-        self.subnets_accepted.load(Ordering::Relaxed)
-    }
-
-    /// Refusals for `reason`: connections for the certificate reasons and `handshake_failed`,
-    /// subnets for `foreign_subnet` and per-subnet `malformed`, requests otherwise.
-    pub fn refused(&self, reason: Refusal) -> u64 {
-        self.refused[reason.index()].load(Ordering::Relaxed)
-    }
-
-    /// Every refusal reason with its count, in [`Refusal::ALL`] order.
-    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
-        Refusal::ALL.iter().map(|&r| (r, self.refused(r)))
-    }
-
-    /// Bytes received from children on the wire (TLS records, handshakes included).
-    pub fn bytes_received(&self) -> u64 {
-        self.bytes.read()
-    }
-
-    /// Bytes sent to children on the wire.
-    pub fn bytes_sent(&self) -> u64 {
-        self.bytes.written()
-    }
-
-    pub(crate) fn count_refusal(&self, reason: Refusal) {
-        self.add_refusals(reason, 1);
-    }
-
-    fn add_refusals(&self, reason: Refusal, n: u64) {
-        self.refused[reason.index()].fetch_add(n, Ordering::Relaxed);
-    }
-}
+pub use crate::refusal::{ParentCounters, Refusal};
 
 /// The parent's settings.
 #[derive(Clone, Debug)]
@@ -621,9 +488,7 @@ impl ParentState {
                 },
             );
         }
-        self.counters
-            .hellos_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.count_hello_accepted();
         info!(peer = %peer.addr, name, level = %request.level, version = %request.software_version, session_id, "child session opened");
         Ok(HelloReply {
             session_id,
@@ -745,12 +610,8 @@ impl ParentState {
             });
         }
         self.table.changed();
-        self.counters
-            .reports_accepted
-            .fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .subnets_accepted
-            .fetch_add(n_accepted as u64, Ordering::Relaxed);
+        self.counters.count_report_accepted();
+        self.counters.count_subnets_accepted(n_accepted as u64);
         for (reason, n) in [
             (Refusal::ForeignSubnet, foreign),
             (Refusal::Malformed, malformed),
@@ -1109,9 +970,7 @@ impl AcceptLoop {
                 }
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                self.counters
-                    .connections_over_limit
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.count_connection_over_limit();
                 warn!(peer = %addr, "connection refused: too many connections");
                 continue;
             };
@@ -1121,7 +980,7 @@ impl AcceptLoop {
             let tx = tx.clone();
             let timeout = self.handshake_timeout;
             tokio::spawn(async move {
-                let stream = CountingStream::new(tcp, counters.bytes.clone());
+                let stream = CountingStream::new(tcp, counters.byte_counter().clone());
                 match tokio::time::timeout(timeout, tls.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let names = tls
@@ -1129,11 +988,9 @@ impl AcceptLoop {
                             .1
                             .peer_certificates()
                             .and_then(|certs| certs.first())
-                            .and_then(|cert| crate::tls::dns_names(cert).ok())
+                            .and_then(|cert| crate::pki::dns_names(cert).ok())
                             .unwrap_or_default();
-                        counters
-                            .connections_accepted
-                            .fetch_add(1, Ordering::Relaxed);
+                        counters.count_connection_accepted();
                         debug!(peer = %addr, ?names, "TLS connection accepted");
                         let peer = PeerInfo {
                             addr,

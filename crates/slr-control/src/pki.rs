@@ -319,7 +319,7 @@ impl Identity {
             key: key.to_owned(),
             detail: e.to_string(),
         })?;
-        let names = crate::tls::dns_names(&cert_chain[0]).map_err(|detail| PkiError::Invalid {
+        let names = dns_names(&cert_chain[0]).map_err(|detail| PkiError::Invalid {
             path: cert.to_owned(),
             detail,
         })?;
@@ -401,6 +401,28 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
         });
     }
     Ok(certs)
+}
+
+/// The subject alternative dNSNames of a certificate, in order.
+pub(crate) fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unparsable certificate: {e}"))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| format!("invalid subject alternative name: {e}"))?;
+    Ok(san
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 #[cfg(test)]

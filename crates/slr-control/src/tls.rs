@@ -1,6 +1,6 @@
 //! rustls configurations of the protocol (always the `ring` provider, set per configuration so
-//! the process needs no default provider), the client certificate verifier that records why a
-//! certificate was refused, and reading node names from certificates.
+//! the process needs no default provider), and the client certificate verifier that records why
+//! a certificate was refused.
 
 use std::sync::Arc;
 
@@ -11,8 +11,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::parent::{ParentCounters, Refusal};
-use crate::pki::Identity;
+use crate::pki::{dns_names, Identity};
+use crate::refusal::{ParentCounters, Refusal};
 
 /// The crypto provider of every configuration of this crate.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -142,26 +142,4 @@ pub(crate) fn client_config(
         .with_client_auth_cert(identity.cert_chain().to_vec(), identity.key().clone_key())?;
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The subject alternative dNSNames of a certificate, in order.
-pub(crate) fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| format!("unparsable certificate: {e}"))?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| format!("invalid subject alternative name: {e}"))?;
-    Ok(san
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::DNSName(dns) => Some(dns.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
 }

@@ -7,8 +7,9 @@ use cel::common::types::{CelMap, CelString};
 use slr_core::route_table::{ClientGroup, RouteCandidate, RouteEntry, RouteTable};
 use slr_wire::Ipv4Cidr;
 
-use crate::expr::{self, ChildVals, EvalError, FVars, GResult, GVars, TimeVals, Var};
+use crate::expr::{self, EvalError, GResult, GVars};
 use crate::metrics::{Interner, Metrics};
+use crate::vars::{self, ChildVals, FVars, TimeVals, Var};
 use crate::{Policy, PolicyConfig};
 
 /// The priority class of a virtual subnet.
@@ -579,7 +580,7 @@ fn live_children<'a>(
             let rtt = c.rtt_ms.unwrap_or(0.0);
             let r = c.static_cost + cfg.rtt_weight * rtt;
             let labels = if convert_labels {
-                expr::labels_val(&c.labels)
+                vars::labels_val(&c.labels)
             } else {
                 no_labels.clone()
             };

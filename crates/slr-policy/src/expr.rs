@@ -5,7 +5,7 @@
 //! pre-converted values instead, so an evaluation of F allocates only what the expression
 //! itself computes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
@@ -14,8 +14,7 @@ use cel::common::traits::{
     Subtractor, Zeroer,
 };
 use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelString, CelUInt, Type, DYN_TYPE,
-    LIST_TYPE,
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelString, CelUInt, Type, DYN_TYPE, LIST_TYPE,
 };
 use cel::common::value::{Builtin, BuiltinRef, CowVal, Val};
 use cel::context::VariableResolver;
@@ -23,6 +22,7 @@ use cel::{Context, Env, ExecutionError, Program};
 
 use crate::direct::Direct;
 use crate::metrics::{Interner, Metrics};
+use crate::vars::{labels_val, ChildVals, FVars, TimeVals, Var, F_VARS, G_VARS};
 use crate::PolicyError;
 
 /// The configuration key of F.
@@ -31,104 +31,6 @@ pub(crate) const KEY_F: &str = "cost.f";
 pub(crate) const KEY_G: &str = "cost.g";
 /// The configuration key of the overload predicate.
 pub(crate) const KEY_OVERLOAD: &str = "cost.overload";
-
-/// A variable an expression may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Var {
-    S,
-    R,
-    Cost,
-    Rtt,
-    Labels,
-    Child,
-    Subnet,
-    Group,
-    Priority,
-    Hour,
-    Minute,
-    Weekday,
-    Now,
-    M,
-    Children,
-}
-
-impl Var {
-    const ALL: [Var; 15] = [
-        Var::S,
-        Var::R,
-        Var::Cost,
-        Var::Rtt,
-        Var::Labels,
-        Var::Child,
-        Var::Subnet,
-        Var::Group,
-        Var::Priority,
-        Var::Hour,
-        Var::Minute,
-        Var::Weekday,
-        Var::Now,
-        Var::M,
-        Var::Children,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Var::S => "s",
-            Var::R => "r",
-            Var::Cost => "cost",
-            Var::Rtt => "rtt",
-            Var::Labels => "labels",
-            Var::Child => "child",
-            Var::Subnet => "subnet",
-            Var::Group => "group",
-            Var::Priority => "priority",
-            Var::Hour => "hour",
-            Var::Minute => "minute",
-            Var::Weekday => "weekday",
-            Var::Now => "now",
-            Var::M => "m",
-            Var::Children => "children",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Var> {
-        Var::ALL.into_iter().find(|v| v.name() == name)
-    }
-
-    fn bit(self) -> u32 {
-        1 << (self as u32)
-    }
-}
-
-/// The variables of F and of the overload predicate.
-const F_VARS: &[Var] = &[
-    Var::S,
-    Var::R,
-    Var::Cost,
-    Var::Rtt,
-    Var::Labels,
-    Var::Child,
-    Var::Subnet,
-    Var::Group,
-    Var::Priority,
-    Var::Hour,
-    Var::Minute,
-    Var::Weekday,
-    Var::Now,
-];
-
-/// The variables of G.
-const G_VARS: &[Var] = &[
-    Var::S,
-    Var::R,
-    Var::M,
-    Var::Children,
-    Var::Subnet,
-    Var::Hour,
-    Var::Minute,
-    Var::Weekday,
-    Var::Now,
-];
 
 /// Identifiers that are not variables but may appear as such in the syntax tree: function
 /// namespaces (`math.ceil(x)` is a call on the identifier `math`) and type names
@@ -562,178 +464,6 @@ impl std::fmt::Display for EvalError {
     }
 }
 
-/// Metrics as `cel`'s own `map(string, double)`.
-#[cfg(test)]
-pub(crate) fn metrics_val(metrics: &BTreeMap<String, f64>) -> CelMap<'static> {
-    let m: HashMap<CelMapKey<'static>, Box<dyn Val>> = metrics
-        .iter()
-        .map(|(k, v)| {
-            (
-                CelMapKey::from(k.clone()),
-                Box::new(CelDouble::from(*v)) as Box<dyn Val>,
-            )
-        })
-        .collect();
-    CelMap::from(m)
-}
-
-/// A child's labels as a CEL `map(string, string)`.
-pub(crate) fn labels_val(labels: &BTreeMap<String, String>) -> CelMap<'static> {
-    let m: HashMap<CelMapKey<'static>, Box<dyn Val>> = labels
-        .iter()
-        .map(|(k, v)| {
-            (
-                CelMapKey::from(k.clone()),
-                Box::new(CelString::from(v.clone())) as Box<dyn Val>,
-            )
-        })
-        .collect();
-    CelMap::from(m)
-}
-
-/// The per-child variables of F, converted once per build.
-#[derive(Debug)]
-pub(crate) struct ChildVals {
-    name: CelString<'static>,
-    cost: CelDouble,
-    rtt: CelDouble,
-    r: CelDouble,
-    labels: CelMap<'static>,
-}
-
-impl ChildVals {
-    /// The values for a child.
-    pub fn new(name: &str, cost: f64, rtt: f64, r: f64, labels: CelMap<'static>) -> Self {
-        ChildVals {
-            name: CelString::from(name.to_owned()),
-            cost: CelDouble::from(cost),
-            rtt: CelDouble::from(rtt),
-            r: CelDouble::from(r),
-            labels,
-        }
-    }
-
-    /// The routing cost `r`.
-    pub fn r(&self) -> f64 {
-        *self.r.inner()
-    }
-
-    /// The static cost `cost`.
-    pub fn cost(&self) -> f64 {
-        *self.cost.inner()
-    }
-
-    /// The round-trip time `rtt`.
-    pub fn rtt(&self) -> f64 {
-        *self.rtt.inner()
-    }
-
-    /// A label.
-    pub fn label(&self, name: &str) -> Option<&str> {
-        let key = CelString::from(name);
-        match self.labels.as_indexer()?.get(&key).ok()? {
-            CowVal::Borrowed(v) => v.downcast_ref::<CelString>().map(|s| s.inner()),
-            CowVal::Owned(_) => None,
-        }
-    }
-
-    /// The name as a CEL value.
-    pub fn name(&self) -> &CelString<'static> {
-        &self.name
-    }
-}
-
-/// The time variables of one build.
-#[derive(Debug)]
-pub(crate) struct TimeVals {
-    now: CelInt,
-    hour: CelInt,
-    minute: CelInt,
-    weekday: CelInt,
-}
-
-impl TimeVals {
-    /// The values for a wall time.
-    pub fn new(now: i64, hour: i64, minute: i64, weekday: i64) -> Self {
-        TimeVals {
-            now: CelInt::from(now),
-            hour: CelInt::from(hour),
-            minute: CelInt::from(minute),
-            weekday: CelInt::from(weekday),
-        }
-    }
-
-    /// `hour`.
-    pub fn hour(&self) -> i64 {
-        *self.hour.inner()
-    }
-
-    /// `minute`.
-    pub fn minute(&self) -> i64 {
-        *self.minute.inner()
-    }
-
-    /// `weekday`.
-    pub fn weekday(&self) -> i64 {
-        *self.weekday.inner()
-    }
-
-    /// `now`.
-    pub fn now(&self) -> i64 {
-        *self.now.inner()
-    }
-
-    fn resolve(&self, name: &str) -> Option<&dyn Val> {
-        Some(match name {
-            "hour" => &self.hour,
-            "minute" => &self.minute,
-            "weekday" => &self.weekday,
-            "now" => &self.now,
-            _ => return None,
-        })
-    }
-}
-
-/// The variables of one evaluation of F or of the overload predicate, all borrowed.
-pub(crate) struct FVars<'a> {
-    /// The child's smoothed metrics for the subnet (a [`Metrics`]; any CEL map in tests).
-    pub s: &'a dyn Val,
-    /// The child's other variables.
-    pub child: &'a ChildVals,
-    /// The entry's subnet.
-    pub subnet: &'a CelString<'static>,
-    /// The entry's client group.
-    pub group: &'a CelString<'static>,
-    /// The subnet's priority class.
-    pub priority: &'a CelString<'static>,
-    /// Time of the build.
-    pub time: &'a TimeVals,
-}
-
-impl VariableResolver for FVars<'_> {
-    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
-        if let Some(field) = name.strip_prefix("s.") {
-            // `s.load` is first looked up as the qualified name "s.load": answering it here is
-            // what selecting `load` on `s` would give, without the interpreter's detour.
-            let m = self.s.downcast_ref::<Metrics>()?;
-            return m.find(field).map(|v| CowVal::Borrowed(v as &dyn Val));
-        }
-        let v: &dyn Val = match name {
-            "s" => self.s,
-            "r" => &self.child.r,
-            "cost" => &self.child.cost,
-            "rtt" => &self.child.rtt,
-            "labels" => &self.child.labels,
-            "child" => &self.child.name,
-            "subnet" => self.subnet,
-            "group" => self.group,
-            "priority" => self.priority,
-            _ => return self.time.resolve(name).map(CowVal::Borrowed),
-        };
-        Some(CowVal::Borrowed(v))
-    }
-}
-
 /// The variables of one evaluation of G: lists built only for the variables G uses.
 pub(crate) struct GVars<'a> {
     s: CelList<'a>,
@@ -1052,6 +782,7 @@ impl<'a> Val for ValRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::as_cel_map;
 
     fn f(src: &str) -> Result<CompiledExpr, PolicyError> {
         compile(&environment(), KEY_F, src, Returns::Number)
@@ -1100,5 +831,362 @@ mod tests {
         let subnet = CelString::from("x".to_owned());
         let vars = GVars::new(&[], &[], &[1.5, 2.5], &[], &subnet, &time, &g);
         assert_eq!(interpret_g(&env, &g, &vars), Ok(GResult::Number(6.0)));
+    }
+
+    /// Every map operation gives the same answer on `Metrics` as on `cel`'s own map, through
+    /// the interpreter (this test compiles expressions, hence it lives here and not in
+    /// `metrics.rs`, which this module depends on).
+    #[test]
+    fn metrics_behave_as_a_cel_map() {
+        let env = environment();
+        let report = BTreeMap::from([("load".to_owned(), 0.5), ("cpu".to_owned(), 0.25)]);
+        let mut names = Interner::default();
+        let ours = Metrics::new(&report, &mut names);
+        let theirs = as_cel_map(&ours);
+        let child = ChildVals::new("a", 1.0, 0.0, 1.0, CelMap::default());
+        let text = CelString::from(String::new());
+        let time = TimeVals::new(0, 0, 0, 0);
+        for src in [
+            "s.load == 0.5",
+            "s['cpu'] == 0.25",
+            "has(s.load)",
+            "!has(s.missing)",
+            "'load' in s",
+            "!('x' in s)",
+            "!(1 in s)",
+            "size(s) == 2",
+            "s.size() == 2",
+            "s.all(k, k == 'load' || k == 'cpu')",
+            "s.exists(k, s[k] > 0.4)",
+            "s.map(k, s[k]).size() == 2",
+            "s == {'load': 0.5, 'cpu': 0.25}",
+            "s != {'load': 0.5}",
+            "type(s) == map",
+            "s.load + s.cpu == 0.75",
+        ] {
+            let e = compile(&env, "cost.overload", src, Returns::Bool).unwrap();
+            for s in [&ours as &dyn Val, &theirs as &dyn Val] {
+                let vars = FVars {
+                    s,
+                    child: &child,
+                    subnet: &text,
+                    group: &text,
+                    priority: &text,
+                    time: &time,
+                };
+                assert_eq!(eval_bool(&env, &e, &vars), Ok(true), "{src} on {s:?}");
+            }
+        }
+        for src in ["s.missing > 0.0", "s[1] > 0.0"] {
+            let e = compile(&env, "cost.overload", src, Returns::Bool).unwrap_or_else(|e| {
+                panic!("{src}: {e}");
+            });
+            let results: Vec<_> = [&ours as &dyn Val, &theirs as &dyn Val]
+                .into_iter()
+                .map(|s| {
+                    let vars = FVars {
+                        s,
+                        child: &child,
+                        subnet: &text,
+                        group: &text,
+                        priority: &text,
+                        time: &time,
+                    };
+                    eval_bool(&env, &e, &vars).map_err(|e| e.to_string())
+                })
+                .collect();
+            assert!(results[0].is_err(), "{src}");
+            assert_eq!(results[0], results[1], "{src}");
+        }
+    }
+}
+
+/// The direct evaluation (`direct.rs`) against the interpreter, on generated expressions. These
+/// tests compile expressions, hence they live here and not in `direct.rs`, which this module
+/// depends on.
+#[cfg(test)]
+mod direct_tests {
+    use std::collections::BTreeMap;
+
+    use cel::common::types::CelString;
+    use cel::common::value::Val;
+    use proptest::prelude::*;
+
+    use super::{compile, environment, interpret_bool, interpret_number, Direct, Returns};
+    use crate::metrics::{as_cel_map, Interner, Metrics};
+    use crate::vars::{labels_val, ChildVals, FVars, TimeVals};
+
+    fn num_expr() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("0.0".to_owned()),
+            Just("1.5".to_owned()),
+            Just("100.0".to_owned()),
+            Just("1e308".to_owned()),
+            Just("r".to_owned()),
+            Just("cost".to_owned()),
+            Just("rtt".to_owned()),
+            Just("s.load".to_owned()),
+            Just("s.cpu".to_owned()),
+            Just("s['flows']".to_owned()),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|a| format!("-({a})")),
+                (
+                    inner.clone(),
+                    prop_oneof![Just("+"), Just("-"), Just("*"), Just("/")],
+                    inner.clone()
+                )
+                    .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+                (bool_leaf(), inner.clone(), inner.clone())
+                    .prop_map(|(c, a, b)| format!("({c} ? {a} : {b})")),
+                (inner.clone(), cmp(), inner.clone(), inner.clone(), inner)
+                    .prop_map(|(x, op, y, a, b)| format!("({x} {op} {y} ? {a} : {b})")),
+            ]
+        })
+    }
+
+    fn cmp() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("<"),
+            Just("<="),
+            Just(">"),
+            Just(">="),
+            Just("=="),
+            Just("!=")
+        ]
+    }
+
+    fn bool_leaf() -> impl Strategy<Value = String> {
+        let int = prop_oneof![
+            Just("hour"),
+            Just("minute"),
+            Just("weekday"),
+            Just("now"),
+            Just("9"),
+            Just("17")
+        ];
+        let string = prop_oneof![
+            Just("group"),
+            Just("priority"),
+            Just("child"),
+            Just("subnet"),
+            Just("labels.region"),
+            Just("'eu'"),
+            Just("''")
+        ];
+        prop_oneof![
+            Just("true".to_owned()),
+            Just("has(s.cpu)".to_owned()),
+            (int.clone(), cmp(), int).prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            (string.clone(), prop_oneof![Just("=="), Just("!=")], string)
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+        ]
+    }
+
+    fn bool_expr() -> impl Strategy<Value = String> {
+        bool_leaf().prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|a| format!("!({a})")),
+                (
+                    inner.clone(),
+                    prop_oneof![Just("&&"), Just("||")],
+                    inner.clone()
+                )
+                    .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+                (inner.clone(), inner.clone(), inner)
+                    .prop_map(|(c, a, b)| format!("({c} ? {a} : {b})")),
+                (num_expr(), cmp(), num_expr()).prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            ]
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    struct Sample {
+        load: f64,
+        cpu: Option<f64>,
+        flows: Option<f64>,
+        region: Option<&'static str>,
+        r: f64,
+        rtt: f64,
+        hour: i64,
+        group: &'static str,
+    }
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        let x = prop_oneof![Just(0.0), Just(-0.0), Just(1.5), Just(1e308), -1e3..1e3f64];
+        (
+            x.clone(),
+            proptest::option::of(x.clone()),
+            proptest::option::of(x.clone()),
+            proptest::option::of(prop_oneof![Just("eu"), Just("us")]),
+            x.clone(),
+            x,
+            0..24i64,
+            prop_oneof![Just(""), Just("eu")],
+        )
+            .prop_map(|(load, cpu, flows, region, r, rtt, hour, group)| Sample {
+                load,
+                cpu,
+                flows,
+                region,
+                r,
+                rtt,
+                hour,
+                group,
+            })
+    }
+
+    /// Evaluates `src` directly (if it can) and with the interpreter, on `Metrics` and on
+    /// `cel`'s own map, and checks that they agree.
+    fn check(src: &str, returns: Returns, x: &Sample) -> Result<(), TestCaseError> {
+        let env = environment();
+        let Ok(e) = compile(&env, "cost.f", src, returns) else {
+            return Ok(()); // refused at compile time: never evaluated
+        };
+        let direct = match returns {
+            Returns::Number => Direct::number(e.expression()),
+            _ => Direct::boolean(e.expression()),
+        };
+        prop_assert!(direct.is_some(), "{src} is in the subset");
+        let mut report = BTreeMap::from([("load".to_owned(), x.load)]);
+        if let Some(c) = x.cpu {
+            report.insert("cpu".to_owned(), c);
+        }
+        if let Some(f) = x.flows {
+            report.insert("flows".to_owned(), f);
+        }
+        let metrics = Metrics::new(&report, &mut Interner::default());
+        let map = as_cel_map(&metrics);
+        let labels: BTreeMap<String, String> = x
+            .region
+            .map(|r| ("region".to_owned(), r.to_owned()))
+            .into_iter()
+            .collect();
+        let child = ChildVals::new("a", 2.0, x.rtt, x.r, labels_val(&labels));
+        let subnet = CelString::from("10.99.1.0/24".to_owned());
+        let group = CelString::from(x.group.to_owned());
+        let priority = CelString::from("high".to_owned());
+        let time = TimeVals::new(1_700_000_000, x.hour, 30, 2);
+        let vars = |s: &dyn Val| -> String {
+            let v = FVars {
+                s,
+                child: &child,
+                subnet: &subnet,
+                group: &group,
+                priority: &priority,
+                time: &time,
+            };
+            match returns {
+                Returns::Number => {
+                    format!("{:?}", interpret_number(&env, &e, &v).map(f64::to_bits))
+                }
+                _ => format!("{:?}", interpret_bool(&env, &e, &v)),
+            }
+        };
+        let on_metrics = vars(&metrics);
+        prop_assert_eq!(
+            &on_metrics,
+            &vars(&map),
+            "{} on Metrics and on cel's map",
+            src
+        );
+        let v = FVars {
+            s: &metrics,
+            child: &child,
+            subnet: &subnet,
+            group: &group,
+            priority: &priority,
+            time: &time,
+        };
+        let d = direct.unwrap();
+        let got = match returns {
+            Returns::Number => d
+                .eval_number(&v)
+                .map(|x| format!("{:?}", Ok::<u64, ()>(x.to_bits()))),
+            _ => d.eval_bool(&v).map(|b| format!("{:?}", Ok::<bool, ()>(b))),
+        };
+        if let Some(got) = got {
+            prop_assert_eq!(got, on_metrics, "{}", src);
+        }
+        Ok(())
+    }
+
+    /// Runs `test` on 2,000 generated cases, on a thread with a large stack: in debug builds
+    /// the `cel` parser takes about 100 KiB of stack per level of nesting (release builds,
+    /// which stop at 100 levels, fit in the usual 2 MiB).
+    fn run<S: Strategy + 'static>(
+        strategy: fn() -> S,
+        test: fn(S::Value) -> Result<(), TestCaseError>,
+    ) where
+        S::Value: 'static,
+    {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || {
+                let strategy = strategy();
+                let mut runner =
+                    proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+                if let Err(e) = runner.run(&strategy, test) {
+                    panic!("{e}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn direct_numbers_agree_with_the_interpreter() {
+        run(
+            || (num_expr(), sample()),
+            |(src, x)| check(&src, Returns::Number, &x),
+        );
+    }
+
+    #[test]
+    fn direct_booleans_agree_with_the_interpreter() {
+        run(
+            || (bool_expr(), sample()),
+            |(src, x)| check(&src, Returns::Bool, &x),
+        );
+    }
+
+    #[test]
+    fn the_usual_expressions_are_in_the_subset() {
+        let env = environment();
+        for (src, returns) in [
+            ("s.load + r", Returns::Number),
+            ("s.load * 100.0 + r", Returns::Number),
+            ("s.cpu * 100.0 + rtt", Returns::Number),
+            (
+                "hour >= 9 && hour < 17 ? s.load * 2.0 + r : s.load + r",
+                Returns::Number,
+            ),
+            (
+                "(group != '' && labels.region != group ? 100.0 : 0.0) + s.load + r",
+                Returns::Number,
+            ),
+            (
+                "s.load > 0.8 || priority == 'best_effort' && has(s.cpu) && s.cpu > 0.9",
+                Returns::Bool,
+            ),
+            ("math.least(m)", Returns::NumberOrMap),
+            ("mean(r)", Returns::NumberOrMap),
+        ] {
+            let e = compile(&env, "cost.f", src, returns).unwrap();
+            assert!(e.is_direct(), "{src}");
+        }
+        for (src, returns) in [
+            ("double(hour) + s.load", Returns::Number),
+            (
+                "s.load * 2.0 + (child.startsWith('h') ? 1.0 : 0.0)",
+                Returns::Number,
+            ),
+            ("mean(s.map(x, x.load))", Returns::NumberOrMap),
+        ] {
+            let e = compile(&env, "cost.f", src, returns).unwrap();
+            assert!(!e.is_direct(), "{src}");
+        }
     }
 }

@@ -147,6 +147,7 @@ mod direct;
 mod error;
 mod expr;
 mod metrics;
+mod vars;
 
 pub use builder::{
     BuildCounters, BuildOutput, Builder, CandidateDetail, ChildInput, EntryDetail,

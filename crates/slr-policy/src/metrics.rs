@@ -298,79 +298,23 @@ impl Zeroer for Metrics {
 /// `m` as `cel`'s own map, for comparisons in tests.
 #[cfg(test)]
 pub(crate) fn as_cel_map(m: &Metrics) -> cel::common::types::CelMap<'static> {
-    crate::expr::metrics_val(&m.to_map())
+    use cel::common::types::{CelMap, CelMapKey};
+    let m: HashMap<CelMapKey<'static>, Box<dyn Val>> = m
+        .to_map()
+        .iter()
+        .map(|(k, v)| {
+            (
+                CelMapKey::from(k.clone()),
+                Box::new(CelDouble::from(*v)) as Box<dyn Val>,
+            )
+        })
+        .collect();
+    CelMap::from(m)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::{compile, environment, eval_bool, ChildVals, FVars, Returns, TimeVals};
-    use cel::common::types::CelMap;
-
-    /// Every map operation gives the same answer on `Metrics` as on `cel`'s own map.
-    #[test]
-    fn behaves_as_a_cel_map() {
-        let env = environment();
-        let report = BTreeMap::from([("load".to_owned(), 0.5), ("cpu".to_owned(), 0.25)]);
-        let mut names = Interner::default();
-        let ours = Metrics::new(&report, &mut names);
-        let theirs = as_cel_map(&ours);
-        let child = ChildVals::new("a", 1.0, 0.0, 1.0, CelMap::default());
-        let text = CelString::from(String::new());
-        let time = TimeVals::new(0, 0, 0, 0);
-        for src in [
-            "s.load == 0.5",
-            "s['cpu'] == 0.25",
-            "has(s.load)",
-            "!has(s.missing)",
-            "'load' in s",
-            "!('x' in s)",
-            "!(1 in s)",
-            "size(s) == 2",
-            "s.size() == 2",
-            "s.all(k, k == 'load' || k == 'cpu')",
-            "s.exists(k, s[k] > 0.4)",
-            "s.map(k, s[k]).size() == 2",
-            "s == {'load': 0.5, 'cpu': 0.25}",
-            "s != {'load': 0.5}",
-            "type(s) == map",
-            "s.load + s.cpu == 0.75",
-        ] {
-            let e = compile(&env, "cost.overload", src, Returns::Bool).unwrap();
-            for s in [&ours as &dyn Val, &theirs as &dyn Val] {
-                let vars = FVars {
-                    s,
-                    child: &child,
-                    subnet: &text,
-                    group: &text,
-                    priority: &text,
-                    time: &time,
-                };
-                assert_eq!(eval_bool(&env, &e, &vars), Ok(true), "{src} on {s:?}");
-            }
-        }
-        for src in ["s.missing > 0.0", "s[1] > 0.0"] {
-            let e = compile(&env, "cost.overload", src, Returns::Bool).unwrap_or_else(|e| {
-                panic!("{src}: {e}");
-            });
-            let results: Vec<_> = [&ours as &dyn Val, &theirs as &dyn Val]
-                .into_iter()
-                .map(|s| {
-                    let vars = FVars {
-                        s,
-                        child: &child,
-                        subnet: &text,
-                        group: &text,
-                        priority: &text,
-                        time: &time,
-                    };
-                    eval_bool(&env, &e, &vars).map_err(|e| e.to_string())
-                })
-                .collect();
-            assert!(results[0].is_err(), "{src}");
-            assert_eq!(results[0], results[1], "{src}");
-        }
-    }
 
     #[test]
     fn smoothing_is_an_ewma_per_metric() {
