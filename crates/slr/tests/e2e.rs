@@ -779,6 +779,26 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
         "router memory grew {} KiB for a bound of {max_flows} flows",
         (rss.saturating_sub(rss_before)) / 1024
     );
+    // A full table through `slr ctl`: a page of 1,000 rows by default, every flow with --all
+    // (streamed page by page; the packet thread only copies entries).
+    let page = lab.ctl_args("r1", &["flows"]).unwrap();
+    let rows = page["flows"].as_array().unwrap().len();
+    assert_eq!(rows, 1_000, "the default page");
+    assert!(page["total"].as_u64().unwrap() > 1_000);
+    let t = Instant::now();
+    let all = lab.ctl("r1", "flows");
+    let listed = all["flows"].as_array().unwrap().len() as u64;
+    println!(
+        "flows: a page of {rows} of {}; --all listed {listed} (table {}) in {:?}",
+        page["total"],
+        all["total"],
+        t.elapsed()
+    );
+    assert!(
+        listed + 100 >= all["total"].as_u64().unwrap() && listed <= max_flows + 100,
+        "--all lists the whole table: {listed} of {}",
+        all["total"]
+    );
     finish_download(dl, &body, 24);
     lab.curl("c1", &format!("http://{vip}/"))
         .expect("still serving");

@@ -13,7 +13,7 @@
 //! - **oscillation**: two equal sites under a steady stream of new connections split every
 //!   interval's new flows 50 +- 10 %, 20 intervals in a row, with the lab's default F and with
 //!   an F where load dominates;
-//! - **priority classes**: with `overload = "s.load > 0.3"`, new best-effort flows avoid a site
+//! - **priority classes**: with `overload = "s.load > 0.15"`, new best-effort flows avoid a site
 //!   whose hosts burn CPU (>= 90 % elsewhere) while high-priority flows still use it.
 //!
 //! Every figure is printed (run with `--nocapture` to see them). Run as root:
@@ -899,15 +899,17 @@ fn equal_sites_do_not_oscillate_with_a_load_dominated_f() {
 }
 
 /// Priority classes under load: web (10.99.0.0/24) is high priority, bulk (10.99.1.0/24)
-/// best effort, `overload = "s.load > 0.3"`. The lab's topology has no priority key for a
+/// best effort, `overload = "s.load > 0.15"`. The lab's topology has no priority key for a
 /// virtual host, so `[[router_config.virtual_hosts]]` replaces the routers' list (arrays
 /// replace in the merge) with the same two virtual hosts and their priorities.
 ///
 /// F = `s.load + r / 1000` (a site reports G = its least loaded host's share of the machine,
-/// which `overload` compares with 0.3), and `band_abs = 100` keeps every live child in the
+/// which `overload` compares with 0.15), and `band_abs = 100` keeps every live child in the
 /// band whatever its load: the band lets both sites take flows, the overload predicate alone
 /// takes the burnt site out for best effort. Two busy loops per host (nice 0) of one site make
-/// each of its hosts use about one core of the two (load ~0.5).
+/// each of its hosts use about one core of the two (load ~0.5 on an idle machine, 0.4 measured
+/// with the lab's own work, 0.24 when other builds share the two cores: hence 0.15, far from
+/// both that and an idle site's ~0.003).
 #[test]
 fn best_effort_avoids_an_overloaded_site_high_priority_still_uses_it() {
     let name = "ls-prio";
@@ -936,7 +938,7 @@ udp = "pin"
 priority = "best_effort"
 
 [router_config.cost]
-overload = "s.load > 0.3"
+overload = "s.load > 0.15"
 band_abs = 100.0
 "#;
     let lab = Lab::up(
