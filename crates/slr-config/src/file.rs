@@ -480,6 +480,11 @@ pub struct HostSection {
     /// Whether the agent adds and removes the AnyIP routes.
     #[serde(default = "yes")]
     pub manage_routes: bool,
+    /// What the reported `load` measures: `machine` (the machine's busy CPU fraction) or
+    /// `netns` (the CPU of the processes of the agent's network namespace, for hosts that share
+    /// a machine: the lab, containers).
+    #[serde(default = "default_load_scope")]
+    pub load_scope: String,
 }
 
 impl HostSection {
@@ -493,10 +498,14 @@ impl HostSection {
             control_socket: None,
             metrics_listen: None,
             manage_routes: true,
+            load_scope: default_load_scope(),
         }
     }
 }
 
 fn default_host_tun() -> String {
     "slrh0".into()
+}
+fn default_load_scope() -> String {
+    "machine".into()
 }

@@ -27,6 +27,19 @@ pub struct HostDaemonConfig {
     pub manage_routes: bool,
     /// State update protocol: the parents this host reports its load to.
     pub control: Option<ControlConfig>,
+    /// What the reported `load` measures.
+    pub load_scope: LoadScope,
+}
+
+/// What a host agent's reported `load` measures (`host.load_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadScope {
+    /// The machine's busy CPU fraction (`/proc/stat`): a host server with a machine of its own.
+    Machine,
+    /// The CPU the processes of the agent's network namespace use, as a share of the machine:
+    /// hosts that share a machine (the lab, containers). Seeing other processes' namespaces
+    /// takes root (or CAP_SYS_PTRACE).
+    Netns,
 }
 
 impl HostFile {
@@ -62,6 +75,11 @@ impl HostFile {
             .as_deref()
             .map(|m| c.socket("host.metrics_listen", m))
             .transpose()?;
+        let load_scope = match h.load_scope.as_str() {
+            "machine" => LoadScope::Machine,
+            "netns" => LoadScope::Netns,
+            other => return Err(c.err("host.load_scope", other, "expected machine or netns")),
+        };
         Ok(HostDaemonConfig {
             control_socket: PathBuf::from(
                 h.control_socket
@@ -74,6 +92,7 @@ impl HostFile {
             metrics_listen,
             manage_routes: h.manage_routes,
             control,
+            load_scope,
         })
     }
 }

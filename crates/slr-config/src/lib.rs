@@ -26,7 +26,7 @@ pub use control::{ControlConfig, ParentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use file::{HostFile, RouterFile};
-pub use host::HostDaemonConfig;
+pub use host::{HostDaemonConfig, LoadScope};
 pub use overrides::{NextHopOverride, Overrides};
 pub use router::{GatewayChild, GatewayConfig, HealthConfig, RouterDaemonConfig};
 

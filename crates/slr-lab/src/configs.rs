@@ -269,6 +269,8 @@ pub fn host_file(t: &Topology, host: &str) -> HostFile {
     let mut h = HostSection::new(host, subnets, routers);
     h.control_socket = Some(socket_path(t, host));
     h.metrics_listen = Some(format!("0.0.0.0:{HOST_METRICS_PORT}"));
+    // The lab's hosts share one machine: a host's load is what its own namespace uses.
+    h.load_scope = "netns".into();
     HostFile {
         host: h,
         control: t.is_hierarchy().then(|| control_section(t, host)),

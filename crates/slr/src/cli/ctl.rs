@@ -316,6 +316,10 @@ fn human(command: &str, v: &Value) -> String {
         }
         return o;
     }
+    if command == "reload" {
+        return "configuration reloaded: new flows follow it (runtime overrides still apply)\n"
+            .into();
+    }
     if matches!(
         command,
         "weight" | "drain" | "undrain" | "clear" | "overrides"

@@ -7,12 +7,15 @@
 //! | `cpu_netns` | CPU used by the processes of the host's network namespace, in cores (1.0 = one core busy) | `/proc/PID/stat` of every process whose `/proc/PID/ns/net` is the agent's |
 //! | `cores` | CPUs of the machine | `/proc/stat` |
 //! | `flows` | established TCP connections whose local address is in the virtual subnet | `/proc/net/tcp` of the namespace |
-//! | `load` | `cpu_netns / cores`: the share of the machine the host's processes use, 0..1 | derived |
+//! | `load` | with `host.load_scope = "machine"` (the default): `cpu`; with `"netns"`: `cpu_netns / cores`, the share of the machine the host's processes use; 0..1 | derived |
 //!
-//! `cpu_netns` is what tells hosts apart when several share a machine (the lab; containers);
-//! on a machine of its own with the agent in the root namespace it counts every process of the
-//! machine, and `load` is close to `cpu`. The default cost function uses `load`.
+//! `cpu_netns` is what tells hosts apart when several share a machine (the lab, containers),
+//! and is measured only with `load_scope = "netns"`: seeing which namespace another user's
+//! process is in takes root (or CAP_SYS_PTRACE), which an agent with only CAP_NET_ADMIN and
+//! CAP_NET_RAW does not have; on a machine of its own the machine's CPU is the host's load.
+//! The default cost function uses `load`.
 
+use slr_config::LoadScope;
 use slr_wire::Ipv4Cidr;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -24,6 +27,9 @@ pub type Report = Vec<(Ipv4Cidr, BTreeMap<String, f64>)>;
 /// Takes samples of the host's load; each sample covers the time since the previous one.
 pub struct LoadSampler {
     subnets: Vec<Ipv4Cidr>,
+    scope: LoadScope,
+    /// Other processes' namespaces could not be read (told once in the log).
+    blind_told: bool,
     netns: Option<u64>,
     clk_tck: f64,
     last_stat: Option<(u64, u64)>,
@@ -34,9 +40,11 @@ pub struct LoadSampler {
 
 impl LoadSampler {
     /// A sampler for the agent's virtual subnets; the first sample only sets the baseline.
-    pub fn new(subnets: Vec<Ipv4Cidr>) -> Self {
+    pub fn new(subnets: Vec<Ipv4Cidr>, scope: LoadScope) -> Self {
         LoadSampler {
             subnets,
+            scope,
+            blind_told: false,
             netns: std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino()),
             clk_tck: slr_io::process::clock_ticks_per_second() as f64,
             last_stat: None,
@@ -50,7 +58,10 @@ impl LoadSampler {
     pub fn sample(&mut self) -> Report {
         let now = std::time::Instant::now();
         let (cpu, cores) = self.machine_cpu();
-        let ticks = self.netns_ticks();
+        let ticks = match self.scope {
+            LoadScope::Netns => self.netns_ticks(),
+            LoadScope::Machine => 0,
+        };
         let secs = self
             .last_at
             .map(|t| now.duration_since(t).as_secs_f64())
@@ -69,10 +80,16 @@ impl LoadSampler {
             .map(|(net, flows)| {
                 let mut m = BTreeMap::new();
                 m.insert("cpu".to_owned(), cpu);
-                m.insert("cpu_netns".to_owned(), cpu_netns);
                 m.insert("cores".to_owned(), cores);
                 m.insert("flows".to_owned(), flows as f64);
-                m.insert("load".to_owned(), cpu_netns / cores.max(1.0));
+                let load = match self.scope {
+                    LoadScope::Machine => cpu,
+                    LoadScope::Netns => {
+                        m.insert("cpu_netns".to_owned(), cpu_netns);
+                        cpu_netns / cores.max(1.0)
+                    }
+                };
+                m.insert("load".to_owned(), load);
                 (*net, m)
             })
             .collect()
@@ -101,6 +118,7 @@ impl LoadSampler {
         let Some(ns) = self.netns else { return 0 };
         let mut seen = HashMap::new();
         let mut delta = 0u64;
+        let mut denied = 0usize;
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return 0;
         };
@@ -108,8 +126,13 @@ impl LoadSampler {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let same =
-                std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ns);
+            let same = match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                Ok(m) => m.ino() == ns,
+                Err(e) => {
+                    denied += usize::from(e.kind() == std::io::ErrorKind::PermissionDenied);
+                    false
+                }
+            };
             if !same {
                 continue;
             }
@@ -125,6 +148,15 @@ impl LoadSampler {
             seen.insert(pid, t);
         }
         self.last_ticks = seen;
+        if denied > 0 && !self.blind_told {
+            self.blind_told = true;
+            tracing::warn!(
+                processes = denied,
+                "host.load_scope = \"netns\": other processes' namespaces cannot be read \
+                 (root or CAP_SYS_PTRACE needed): load counts only what can be seen; \
+                 load_scope = \"machine\" measures the whole machine"
+            );
+        }
         delta
     }
 }
@@ -215,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_busy_process_in_the_namespace_shows_as_cpu_netns() {
-        let mut s = LoadSampler::new(vec!["10.99.0.0/24".parse().unwrap()]);
+        let mut s = LoadSampler::new(vec!["10.99.0.0/24".parse().unwrap()], LoadScope::Netns);
         let _ = s.sample();
         // Burn about 300 ms of CPU in this process (same namespace as the sampler).
         let t = std::time::Instant::now();
@@ -228,5 +260,21 @@ mod tests {
         assert!(m["cpu_netns"] > 0.5, "{m:?}");
         assert!(m["load"] > 0.0 && m["load"] <= m["cpu_netns"], "{m:?}");
         assert!(m["cores"] >= 1.0);
+    }
+
+    #[test]
+    fn machine_scope_reports_the_machine_cpu_as_load() {
+        let mut s = LoadSampler::new(vec!["10.99.0.0/24".parse().unwrap()], LoadScope::Machine);
+        let _ = s.sample();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let r = s.sample();
+        let m = &r[0].1;
+        assert_eq!(m["load"], m["cpu"], "{m:?}");
+        assert!(m["cpu"] > 0.0, "this process kept a core busy: {m:?}");
+        assert!(!m.contains_key("cpu_netns"), "{m:?}");
     }
 }

@@ -115,7 +115,7 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
         }
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut sampler = load::LoadSampler::new(cfg.virtual_subnets.clone());
+    let mut sampler = load::LoadSampler::new(cfg.virtual_subnets.clone(), cfg.load_scope);
     let control = crate::control_plane::start_host(
         &cfg.name,
         cfg.control.as_ref(),
