@@ -123,13 +123,12 @@ impl LoopState {
         router: &mut Router,
         change: OverrideChange,
     ) -> Result<Overrides> {
+        // The next hops in force are the core's configured ones (file and gateway table).
         let known = |n: &str| {
-            self.cfg
-                .with_gateway_children(self.gateways.as_deref())
-                .core
-                .next_hops
+            router
+                .next_hops()
                 .iter()
-                .any(|h| h.name == n)
+                .any(|h| h.name == n && h.configured)
         };
         let mut next = self.overrides.clone();
         match &change {
