@@ -622,9 +622,19 @@ impl FlowTable {
     /// Removes every flow idle for longer than its state's timeout at `now`, passing each to
     /// `on_expired`; returns how many. Work is proportional to the records due, never to the
     /// table's size.
-    pub fn expire(
+    pub fn expire(&mut self, now: Instant, on_expired: impl FnMut(FlowKey, FlowEntry)) -> usize {
+        self.expire_with(now, |_| None, on_expired)
+    }
+
+    /// [`expire`](Self::expire), for a table that has a cache elsewhere (a kernel fast path)
+    /// which forwards some of the flows' packets without touching the table: before a flow is
+    /// removed, `seen_elsewhere` is asked when the cache last saw it, and a later time counts as
+    /// a packet (the entry's `last_seen` moves, counters do not). It is asked only about flows
+    /// that are due, so the work stays proportional to them.
+    pub fn expire_with(
         &mut self,
         now: Instant,
+        mut seen_elsewhere: impl FnMut(&FlowKey) -> Option<Instant>,
         mut on_expired: impl FnMut(FlowKey, FlowEntry),
     ) -> usize {
         let now = now.as_micros();
@@ -648,6 +658,16 @@ impl FlowTable {
                             entry.tag = self.next_tag;
                             queue.requeue_front(last_seen, entry.tag);
                             continue;
+                        }
+                        if let Some(seen) = seen_elsewhere(&key) {
+                            let seen = seen.as_micros();
+                            if seen > last_seen && seen.saturating_add(timeout) >= now {
+                                entry.last_seen = Instant::from_micros(seen);
+                                self.next_tag = self.next_tag.wrapping_add(1);
+                                entry.tag = self.next_tag;
+                                queue.requeue_front(seen, entry.tag);
+                                continue;
+                            }
                         }
                     }
                     _ => {
@@ -1018,6 +1038,56 @@ mod tests {
         table.expire(now, |k, _| keys.push(k));
         keys.sort();
         keys
+    }
+
+    #[test]
+    fn expire_with_asks_about_due_flows_only_and_a_later_use_keeps_them() {
+        let mut tb = table(100);
+        let udp = FlowTableConfig::default().udp_timeout.as_micros();
+        for i in 0..3 {
+            let _ = tb.insert(key(i, 17), 0, FlowState::Udp, t(0), 100);
+        }
+        // Flow 1 seen by the fast path half a timeout later; flow 2 at a time no later than
+        // the table's own; flow 0 never.
+        let mut asked = Vec::new();
+        let gone = {
+            let mut ids = Vec::new();
+            tb.expire_with(
+                t(udp + 1),
+                |k| {
+                    asked.push(*k);
+                    match k {
+                        k if *k == key(1, 17) => Some(t(udp / 2)),
+                        k if *k == key(2, 17) => Some(t(0)),
+                        _ => None,
+                    }
+                },
+                |k, _| ids.push(k),
+            );
+            ids.sort();
+            ids
+        };
+        assert_eq!(gone, vec![key(0, 17), key(2, 17)]);
+        assert_eq!(asked.len(), 3, "each due flow asked once: {asked:?}");
+        assert_eq!(tb.get(&key(1, 17)).unwrap().last_seen(), t(udp / 2));
+        // Nothing is asked before a flow is due.
+        let mut asked = 0;
+        tb.expire_with(
+            t(udp / 2 + udp),
+            |_| {
+                asked += 1;
+                None
+            },
+            |_, _| {},
+        );
+        assert_eq!(asked, 0);
+        assert_eq!(tb.len(), 1);
+        // Due again, and the fast path saw nothing since: it goes.
+        assert_eq!(
+            tb.expire_with(t(udp / 2 + udp + 1), |_| Some(t(udp / 2)), |_, _| {}),
+            1
+        );
+        assert!(tb.is_empty());
     }
 
     #[test]

@@ -295,6 +295,28 @@ pub struct Transmit {
     pub buf: PacketBuf,
 }
 
+/// A change a fast path that caches the flow table must follow (see [`Router::set_flow_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowChange {
+    /// A flow whose later packets may bypass the core: TCP established or UDP pinned, seen at
+    /// the core (its first packet after the handshake, or a packet the fast path missed).
+    /// Installing it again is harmless.
+    Offload {
+        /// The flow.
+        key: FlowKey,
+        /// Its next hop (index of [`Router::next_hops`]).
+        next_hop: u32,
+        /// Its virtual host (index of [`Router::virtual_hosts`]).
+        virtual_host: u32,
+    },
+    /// A flow the core let go of (expired, evicted, closing, re-routed, unpinned): the fast path
+    /// must stop forwarding it, so that its next packet reaches the core.
+    Withdraw {
+        /// The flow.
+        key: FlowKey,
+    },
+}
+
 /// Something worth logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -615,6 +637,8 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     next_fragment_sweep: Option<Instant>,
     route_table: Option<(RouteTable, CompiledTable)>,
     stopping: bool,
+    /// Changes for a fast path, when one follows the table.
+    flow_log: Option<VecDeque<FlowChange>>,
 }
 
 impl Router<IpIpTunnel> {
@@ -651,6 +675,7 @@ impl<T: Tunnel> Router<T> {
             next_fragment_sweep: None,
             route_table: None,
             stopping: false,
+            flow_log: None,
             config: config.clone(),
         };
         r.apply(config)?;
@@ -689,6 +714,60 @@ impl<T: Tunnel> Router<T> {
         self.stopping
     }
     /// Number of pinned flows.
+    /// Whether [`FlowChange`]s are recorded.
+    pub fn flow_log_enabled(&self) -> bool {
+        self.flow_log.is_some()
+    }
+
+    /// Starts (or stops) recording [`FlowChange`]s for a fast path that caches the flow table;
+    /// the driver drains them with [`poll_flow_change`](Self::poll_flow_change) after every
+    /// input. Starting offers every flow already in the table that may be offloaded.
+    pub fn set_flow_log(&mut self, on: bool) {
+        if !on {
+            self.flow_log = None;
+            return;
+        }
+        let mut log = VecDeque::new();
+        for (key, e) in self.flows.iter() {
+            if offloadable(e.state()) {
+                log.push_back(FlowChange::Offload {
+                    key: *key,
+                    next_hop: e.next_hop(),
+                    virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        self.flow_log = Some(log);
+    }
+
+    /// The next change for the fast path, oldest first.
+    pub fn poll_flow_change(&mut self) -> Option<FlowChange> {
+        self.flow_log.as_mut()?.pop_front()
+    }
+
+    /// The index of the virtual host whose subnet holds the flow's destination.
+    fn virtual_host_of(&self, key: &FlowKey) -> Option<u32> {
+        self.virtual_hosts
+            .iter()
+            .position(|v| v.config.subnet.contains(key.dst_addr))
+            .map(|i| i as u32)
+    }
+
+    fn log_flow(&mut self, change: FlowChange) {
+        if let Some(log) = self.flow_log.as_mut() {
+            log.push_back(change);
+        }
+    }
+
+    /// Removes a flow, releasing its next hop and telling the fast path.
+    fn remove_flow(&mut self, key: &FlowKey) -> Option<FlowEntry> {
+        let old = self.flows.remove(key)?;
+        self.release(old.next_hop());
+        self.log_flow(FlowChange::Withdraw { key: *key });
+        Some(old)
+    }
+
+    /// Flows in the table.
     pub fn flow_count(&self) -> usize {
         self.flows.len()
     }
@@ -744,9 +823,7 @@ impl<T: Tunnel> Router<T> {
                     .by_name
                     .get(&next_hop)
                     .ok_or(ControlError::UnknownNextHop(next_hop))?;
-                if let Some(old) = self.flows.remove(&key) {
-                    self.release(old.next_hop());
-                }
+                self.remove_flow(&key);
                 let state = match key.protocol {
                     6 => FlowState::TcpHalfOpen,
                     17 => FlowState::Udp,
@@ -755,9 +832,7 @@ impl<T: Tunnel> Router<T> {
                 self.insert_flow(now, key, i, state, 0);
             }
             Control::UnpinFlow { key } => {
-                if let Some(old) = self.flows.remove(&key) {
-                    self.release(old.next_hop());
-                }
+                self.remove_flow(&key);
             }
             Control::InstallRouteTable(table) => {
                 let compiled = self.compile_route_table(&table)?;
@@ -800,11 +875,13 @@ impl<T: Tunnel> Router<T> {
         self.by_name = by_name;
         self.virtual_hosts = virtual_hosts;
         let mut evicted = Vec::new();
-        self.flows
-            .set_config(config.flow_table.clone(), |_, e| evicted.push(e.next_hop()));
-        for nh in evicted {
+        self.flows.set_config(config.flow_table.clone(), |k, e| {
+            evicted.push((k, e.next_hop()))
+        });
+        for (key, nh) in evicted {
             self.release(nh);
             self.counters.flows_evicted += 1;
+            self.log_flow(FlowChange::Withdraw { key });
         }
         self.config = config;
         // Next-hop indices and the hash seed may have changed: the installed table is resolved
@@ -1153,11 +1230,21 @@ impl<T: Tunnel> Router<T> {
                     _ => !self.next_hops[nh].eligible(),
                 };
             if !reuse {
+                if self.flow_log.is_some() {
+                    let change = match state {
+                        FlowState::TcpEstablished | FlowState::Udp => FlowChange::Offload {
+                            key,
+                            next_hop: nh as u32,
+                            virtual_host: vh as u32,
+                        },
+                        FlowState::TcpClosing => FlowChange::Withdraw { key },
+                        _ => return Ok(nh),
+                    };
+                    self.log_flow(change);
+                }
                 return Ok(nh);
             }
-            if let Some(old) = self.flows.remove(&key) {
-                self.release(old.next_hop());
-            }
+            self.remove_flow(&key);
             self.counters.flows_rerouted += 1;
         }
         let nh = self.select(vh, &key)?;
@@ -1169,6 +1256,13 @@ impl<T: Tunnel> Router<T> {
         };
         self.insert_flow(now, key, nh, state, len);
         self.virtual_hosts[vh].flows_created += 1;
+        if offloadable(state) {
+            self.log_flow(FlowChange::Offload {
+                key,
+                next_hop: nh as u32,
+                virtual_host: vh as u32,
+            });
+        }
         Ok(nh)
     }
 
@@ -1224,9 +1318,11 @@ impl<T: Tunnel> Router<T> {
         self.counters.flows_created += 1;
         if let InsertOutcome::Replaced(old) = outcome {
             self.release(old.next_hop());
+            self.log_flow(FlowChange::Withdraw { key });
         }
-        if let InsertOutcome::Evicted { entry, .. } = outcome {
+        if let InsertOutcome::Evicted { entry, key } = outcome {
             self.release(entry.next_hop());
+            self.log_flow(FlowChange::Withdraw { key });
             self.counters.flows_evicted += 1;
             if self
                 .last_full_event
@@ -1485,11 +1581,26 @@ impl<T: Tunnel> Router<T> {
 
     /// Expires idle flows and stale fragment state.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_with(now, |_| None);
+    }
+
+    /// [`handle_timeout`](Self::handle_timeout) for a router whose fast path forwards some
+    /// packets without the core: before a flow expires, `seen_by_fast_path` is asked when the
+    /// fast path last forwarded one of its packets (`None`: never, or not known), and a later
+    /// time keeps the flow alive as a packet would.
+    pub fn handle_timeout_with(
+        &mut self,
+        now: Instant,
+        seen_by_fast_path: impl FnMut(&FlowKey) -> Option<Instant>,
+    ) {
         let mut released = Vec::new();
-        self.flows.expire(now, |_, e| released.push(e.next_hop()));
+        self.flows.expire_with(now, seen_by_fast_path, |k, e| {
+            released.push((k, e.next_hop()))
+        });
         self.counters.flows_expired += released.len() as u64;
-        for nh in released {
+        for (key, nh) in released {
             self.release(nh);
+            self.log_flow(FlowChange::Withdraw { key });
         }
         if self.next_fragment_sweep.is_some_and(|t| t <= now) {
             self.sweep_fragments(now);
@@ -1562,6 +1673,13 @@ fn quick_flow_key(p: &[u8]) -> Option<FlowKey> {
 }
 
 /// The hash that selects a next hop for a flow: the same on every router with the same seed.
+/// Whether a flow in `state` may be forwarded by a fast path (its later packets change nothing
+/// the core must see but their time, which the fast path records).
+fn offloadable(state: FlowState) -> bool {
+    matches!(state, FlowState::TcpEstablished | FlowState::Udp)
+}
+
+/// The flow hash the selectors use.
 pub fn flow_hash(seed: u64, key: &FlowKey) -> u64 {
     let a = (u32::from(key.src_addr) as u64) << 32 | u32::from(key.dst_addr) as u64;
     let b = (key.src_port as u64) << 32 | (key.dst_port as u64) << 16 | key.protocol as u64;

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//
+// slr's kernel fast path (XDP). Built by crates/slr-xdp/build.rs with clang -target bpf and
+// loaded by the slr daemons through aya; the layouts below are mirrored in src/maps.rs.
+//
+// slr_router: on a router's ingress interfaces. An IPv4 TCP or UDP packet of a flow the routing
+// core has pinned (an entry of `flows`, installed and removed by the core's driver) is wrapped
+// in an IP-in-IP header toward the flow's next hop and transmitted at once (XDP_TX, or
+// XDP_REDIRECT when the route to the next hop leaves by another interface). Everything else
+// goes up the stack unchanged (XDP_PASS) to the slow path, which decides; every pass is
+// counted by its reason. The program never drops a packet.
+//
+// slr_pass: XDP_PASS, for the far end of a veth whose near end transmits with XDP_TX (a veth
+// delivers XDP frames only to a peer that runs an XDP program or has NAPI on).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+// A flow: the 5-tuple, addresses and ports in network byte order.
+struct flow_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+// Where the core pinned it.
+struct flow_value {
+	__u32 tunnel_dst;   // the next hop's tunnel address, network byte order
+	__u32 next_hop;     // the core's next-hop index (counters)
+	__u32 vhost;        // the core's virtual-host index (counters)
+	__u32 flags;        // reserved, 0
+	__u64 last_used_ns; // bpf_ktime_get_ns() of a recent packet (written at most every 64 ms)
+};
+
+struct config {
+	__u32 tunnel_src; // network byte order
+	__u32 tunnel_mtu; // largest outer packet, bytes
+	__u32 outer_ttl;
+	__u32 enabled;    // 0: every packet passes (counted as disabled)
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+// Why a packet took the slow path, or that it did not (index into `stats`). Mirrored by
+// `Reason` in src/maps.rs.
+enum reason {
+	R_FORWARDED = 0,
+	R_DISABLED,
+	R_NOT_IPV4,
+	R_MALFORMED,
+	R_OPTIONS,
+	R_FRAGMENT,
+	R_BAD_CHECKSUM,
+	R_TTL,
+	R_PROTOCOL,
+	R_TCP_CONTROL,
+	R_NO_FLOW,
+	R_TOO_BIG,
+	R_NO_ROUTE,
+	R_NO_NEIGH,
+	R_NO_HEADROOM,
+	R_REASONS,
+};
+
+#define MAX_NEXT_HOPS 4096
+#define MAX_VHOSTS 1024
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // set to the core's max_flows at load
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, R_REASONS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_NEXT_HOPS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} next_hop_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_VHOSTS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} vhost_stats SEC(".maps");
+
+// Outer IP identification: a per-CPU counter, the CPU in the low bits.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ident SEC(".maps");
+
+static __always_inline void count(struct counter *c, __u64 bytes)
+{
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int pass(__u32 why, __u64 bytes)
+{
+	count(bpf_map_lookup_elem(&stats, &why), bytes);
+	return XDP_PASS;
+}
+
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+// The one's complement sum of a 20-byte IPv4 header.
+static __always_inline __u32 sum_header(const __u16 *h)
+{
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += h[i];
+	return sum;
+}
+
+#define IP_DF 0x4000
+#define IP_MF_OFFSET 0x3fff
+#define TCP_CONTROL (0x01 | 0x02 | 0x04) // FIN, SYN, RST
+
+SEC("xdp")
+int slr_router(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 frame = bpf_xdp_get_buff_len(ctx);
+	__u32 zero = 0;
+
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->enabled)
+		return pass(R_DISABLED, frame);
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return pass(R_MALFORMED, frame);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass(R_NOT_IPV4, frame);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return pass(R_MALFORMED, frame);
+	if (ip->version != 4)
+		return pass(R_NOT_IPV4, frame);
+	if (ip->ihl != 5)
+		// Options (or a header length below 20): the slow path checks and routes them.
+		return pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (tot < sizeof(*ip) || (void *)ip + tot > end)
+		return pass(R_MALFORMED, frame);
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return pass(R_FRAGMENT, frame);
+	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+		return pass(R_BAD_CHECKSUM, frame);
+	if (ip->ttl <= 1)
+		return pass(R_TTL, frame);
+
+	struct flow_key key = {
+		.src = ip->saddr,
+		.dst = ip->daddr,
+		.proto = ip->protocol,
+	};
+	void *l4 = ip + 1;
+	__u32 l4_len = tot - sizeof(*ip);
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > end || l4_len < sizeof(*tcp) || tcp->doff < 5 ||
+		    tcp->doff * 4 > l4_len)
+			return pass(R_MALFORMED, frame);
+		// Opening and closing packets change the flow's state: the core sees them.
+		if (((__u8 *)tcp)[13] & TCP_CONTROL)
+			return pass(R_TCP_CONTROL, frame);
+		key.sport = tcp->source;
+		key.dport = tcp->dest;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > end || l4_len < sizeof(*udp))
+			return pass(R_MALFORMED, frame);
+		__u32 ulen = bpf_ntohs(udp->len);
+		if (ulen < sizeof(*udp) || ulen > l4_len)
+			return pass(R_MALFORMED, frame);
+		key.sport = udp->source;
+		key.dport = udp->dest;
+	} else {
+		return pass(R_PROTOCOL, frame);
+	}
+
+	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
+	if (!flow)
+		return pass(R_NO_FLOW, frame);
+	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
+		// The slow path fragments it or answers fragmentation-needed.
+		return pass(R_TOO_BIG, frame);
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_IPIP;
+	fib.tot_len = tot + sizeof(struct iphdr);
+	fib.ipv4_src = cfg->tunnel_src;
+	fib.ipv4_dst = flow->tunnel_dst;
+	fib.ifindex = ctx->ingress_ifindex;
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		// The kernel resolves the neighbour when the slow path sends.
+		return pass(R_NO_NEIGH, frame);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return pass(R_NO_ROUTE, frame);
+
+	// Ethernet padding after the IP packet goes (the slow path never sees it either).
+	__u64 excess = frame - sizeof(*eth) - tot;
+	__u8 tos = ip->tos;
+	__u16 df = ip->frag_off & bpf_htons(IP_DF);
+	// The inner TTL drops by one, as when the kernel forwards into the slow path, with the
+	// kernel's incremental checksum update (ip_decrease_ttl).
+	__u32 check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+
+	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
+		return pass(R_MALFORMED, frame);
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+		return pass(R_NO_HEADROOM, frame);
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	eth = data;
+	struct iphdr *outer = (void *)(eth + 1);
+	if ((void *)(outer + 1) > end)
+		return pass(R_NO_HEADROOM, frame);
+
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+
+	__u32 *id = bpf_map_lookup_elem(&ident, &zero);
+	__u16 ident_value = 0;
+	if (id) {
+		*id += 1;
+		ident_value = (__u16)((*id << 4) | (bpf_get_smp_processor_id() & 0xf));
+	}
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(tot + sizeof(struct iphdr));
+	outer->id = bpf_htons(ident_value);
+	outer->frag_off = df; // RFC 2003 3.1: DF copied from the inner header
+	outer->ttl = cfg->outer_ttl;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = cfg->tunnel_src;
+	outer->daddr = flow->tunnel_dst;
+	outer->check = ~fold(sum_header((const __u16 *)outer));
+
+	__u64 now = bpf_ktime_get_ns();
+	if (now - flow->last_used_ns > (64ULL << 20))
+		flow->last_used_ns = now;
+	__u32 nh = flow->next_hop, vh = flow->vhost;
+	count(bpf_map_lookup_elem(&next_hop_stats, &nh), tot);
+	count(bpf_map_lookup_elem(&vhost_stats, &vh), tot);
+	count(bpf_map_lookup_elem(&stats, &(__u32){R_FORWARDED}), tot);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("xdp")
+int slr_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";

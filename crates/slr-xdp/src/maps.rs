@@ -1,0 +1,167 @@
+//! The records the programs and the daemons share, laid out as in `bpf/slr.bpf.c`.
+
+use std::net::Ipv4Addr;
+
+/// A flow's 5-tuple as the programs key it: addresses and ports in network byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKeyRecord {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+    pad: [u8; 3],
+}
+
+impl FlowKeyRecord {
+    /// The record of a 5-tuple.
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> Self {
+        FlowKeyRecord {
+            src: src.octets(),
+            dst: dst.octets(),
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            proto,
+            pad: [0; 3],
+        }
+    }
+    /// Source address.
+    pub fn src(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.src)
+    }
+    /// Destination address.
+    pub fn dst(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.dst)
+    }
+    /// Source port.
+    pub fn src_port(&self) -> u16 {
+        u16::from_be_bytes(self.sport)
+    }
+    /// Destination port.
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dport)
+    }
+    /// IP protocol.
+    pub fn protocol(&self) -> u8 {
+        self.proto
+    }
+}
+
+/// Where the routing core pinned a flow, and when the program last forwarded a packet of it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowValueRecord {
+    tunnel_dst: [u8; 4],
+    /// The core's next-hop index (the per-next-hop counters' index).
+    pub next_hop: u32,
+    /// The core's virtual-host index (the per-virtual-host counters' index).
+    pub vhost: u32,
+    flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of a recent packet, 0 if none yet; refreshed at
+    /// most every 64 ms per flow, so that every packet does not write the entry.
+    pub last_used_ns: u64,
+}
+
+impl FlowValueRecord {
+    /// A flow toward `tunnel_dst`.
+    pub fn new(tunnel_dst: Ipv4Addr, next_hop: u32, vhost: u32) -> Self {
+        FlowValueRecord {
+            tunnel_dst: tunnel_dst.octets(),
+            next_hop,
+            vhost,
+            flags: 0,
+            last_used_ns: 0,
+        }
+    }
+    /// The next hop's tunnel address.
+    pub fn tunnel_dst(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.tunnel_dst)
+    }
+}
+
+/// The program's settings (one entry of the `config` array).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ConfigRecord {
+    pub(crate) tunnel_src: [u8; 4],
+    pub(crate) tunnel_mtu: u32,
+    pub(crate) outer_ttl: u32,
+    pub(crate) enabled: u32,
+}
+
+/// Packets and bytes (one CPU's, or their sum).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes of the inner IP packets.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Counter {
+    fn add_assign(&mut self, o: Counter) {
+        self.packets = self.packets.wrapping_add(o.packets);
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+    }
+}
+
+// SAFETY: plain `repr(C)` structs of integers and byte arrays with no padding (sizes checked
+// below): every bit pattern is a valid value, which is what aya's `Pod` asks.
+unsafe impl aya::Pod for FlowKeyRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowValueRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ConfigRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Counter {}
+
+const _: () = assert!(std::mem::size_of::<FlowKeyRecord>() == 16);
+const _: () = assert!(std::mem::size_of::<FlowValueRecord>() == 24);
+const _: () = assert!(std::mem::size_of::<ConfigRecord>() == 16);
+const _: () = assert!(std::mem::size_of::<Counter>() == 16);
+
+macro_rules! reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// What the router program did with a packet: forwarded it, or passed it to the slow path
+        /// for a reason (the `stats` map's index; the order of `enum reason` in the C source).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant,)*
+        }
+        impl Reason {
+            /// All of them, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            /// Metric label.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    Forwarded => "forwarded", "Encapsulated and transmitted in the kernel.";
+    Disabled => "disabled", "The program is loaded but switched off.";
+    NotIpv4 => "not_ipv4", "Not an IPv4 frame.";
+    Malformed => "malformed", "A header is truncated or inconsistent (the slow path counts why).";
+    Options => "options", "IPv4 options.";
+    Fragment => "fragment", "A fragment.";
+    BadChecksum => "bad_checksum", "The IPv4 header checksum does not verify.";
+    Ttl => "ttl", "TTL 1 or 0: the kernel answers time-exceeded.";
+    Protocol => "protocol", "Neither TCP nor UDP (ICMP and others).";
+    TcpControl => "tcp_control", "SYN, FIN or RST: the core sees every change of a flow's state.";
+    NoFlow => "no_flow", "No entry: a new flow, or one the core has not installed.";
+    TooBig => "too_big", "Larger than the tunnel allows: the slow path fragments or answers.";
+    NoRoute => "no_route", "No route to the next hop's tunnel address (or forwarding is off).";
+    NoNeigh => "no_neigh", "The next hop's link-layer address is not resolved yet.";
+    NoHeadroom => "no_headroom", "No room in front of the frame for the outer header.";
+}
+
+impl Reason {
+    /// The reason at `index` of the `stats` map.
+    pub fn from_index(index: usize) -> Option<Reason> {
+        Reason::ALL.get(index).copied()
+    }
+}

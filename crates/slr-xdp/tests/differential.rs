@@ -1,0 +1,624 @@
+//! The XDP router program against the routing core, packet by packet (issue 11's differential
+//! test): for generated frames over flows established in the core, plus the malformed kinds,
+//! `slr_router` run through `BPF_PROG_TEST_RUN` and `slr_core::router::Router` must agree.
+//!
+//! - A frame the program transmits (XDP_TX) is one the core tunnels to the same next hop, and
+//!   the two outputs are byte for byte the same but for the outer IP identification (the core
+//!   counts per tunnel, the program per CPU: neither is the other's to know; both are only
+//!   needed to be unique for reassembly) and hence the outer checksum, which is checked valid
+//!   in both. The Ethernet header is the next hop's neighbour entry and the interface's MAC.
+//! - A frame the program passes is untouched, with the reason the generator expects.
+//! - The core sees what the kernel would forward to the slow path (TTL already decremented),
+//!   and its flow changes are applied to the map as the daemon applies them; the map always
+//!   holds exactly the core's offloadable flows.
+//!
+//! Needs root (a private network namespace, BPF); fails, not skips, without it.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use slr_core::flow_table::{FlowKey, FlowState, FlowTableConfig};
+use slr_core::router::{Action, NextHopConfig, Router, RouterConfig, UdpMode, VirtualHostConfig};
+use slr_core::select::Policy;
+use slr_core::time::Instant;
+use slr_io::netns::run_in_private_netns;
+use slr_wire::checksum;
+use slr_wire::ipv4::Ipv4Cidr;
+use slr_wire::PacketBuf;
+use slr_xdp::{key_record, verdict, Reason, RouterFastPath, RouterSettings};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+const SRC: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const MTU: u16 = 1500;
+const PACKETS: usize = 100_000;
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "{cmd}");
+}
+
+fn mac_of(dev: &str) -> [u8; 6] {
+    // sysfs shows the namespace it was mounted in; ask the kernel through netlink instead.
+    let out = Command::new("ip")
+        .args(["-br", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    let mac = s.split_whitespace().nth(2).expect("ip -br link: a MAC");
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+fn hop_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, i]
+}
+
+/// What the generator made, and what the program must do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Forward if the flow is in the map (else pass as `no_flow`), as `no_neigh` for the next
+    /// hop without a neighbour entry.
+    Flow,
+    /// Pass for this reason.
+    Pass(Reason),
+    /// Pass for this reason if the flow is in the map, else as `no_flow`.
+    FlowThen(Reason),
+}
+
+struct Gen {
+    rng: SmallRng,
+    flows: Vec<FlowKey>,
+}
+
+#[derive(Default, Clone)]
+struct Ip {
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    ttl: u8,
+    tos: u8,
+    ident: u16,
+    df: bool,
+    mf: bool,
+    offset: u16,
+    options: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Ip {
+    fn bytes(&self) -> Vec<u8> {
+        let hl = 20 + self.options.len();
+        let mut v = vec![0u8; hl + self.payload.len()];
+        v[0] = 0x40 | (hl / 4) as u8;
+        v[1] = self.tos;
+        let total = v.len() as u16;
+        v[2..4].copy_from_slice(&total.to_be_bytes());
+        v[4..6].copy_from_slice(&self.ident.to_be_bytes());
+        let flags = (u16::from(self.df) << 14) | (u16::from(self.mf) << 13) | (self.offset / 8);
+        v[6..8].copy_from_slice(&flags.to_be_bytes());
+        v[8] = self.ttl;
+        v[9] = self.proto;
+        v[12..16].copy_from_slice(&self.src);
+        v[16..20].copy_from_slice(&self.dst);
+        v[20..hl].copy_from_slice(&self.options);
+        let c = checksum::checksum(&v[..hl]);
+        v[10..12].copy_from_slice(&c.to_be_bytes());
+        v[hl..].copy_from_slice(&self.payload);
+        v
+    }
+}
+
+fn l4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut v = if proto == 6 {
+        vec![0u8; 20]
+    } else {
+        vec![0u8; 8]
+    };
+    v[0..2].copy_from_slice(&sport.to_be_bytes());
+    v[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        v[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+        v[12] = 5 << 4;
+        v[13] = flags;
+        v[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    } else {
+        v[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    let at = if proto == 6 { 16 } else { 6 };
+    let acc = checksum::pseudo_header(src, dst, proto, v.len() as u16);
+    let c = checksum::finish(checksum::sum(acc, &v));
+    v[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    v
+}
+
+const ACK: u8 = 0x10;
+const PSH_ACK: u8 = 0x18;
+const SYN: u8 = 0x02;
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+
+impl Gen {
+    fn ip_for(&mut self, key: &FlowKey, flags: u8, len: usize) -> Ip {
+        let data: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
+        let (s, d) = (key.src_addr.octets(), key.dst_addr.octets());
+        Ip {
+            src: s,
+            dst: d,
+            proto: key.protocol,
+            ttl: self.rng.gen_range(2..=255),
+            tos: self.rng.gen(),
+            ident: self.rng.gen(),
+            df: self.rng.gen_bool(0.7),
+            payload: l4(s, d, key.protocol, key.src_port, key.dst_port, flags, &data),
+            ..Ip::default()
+        }
+    }
+
+    fn any_flow(&mut self) -> FlowKey {
+        let i = self.rng.gen_range(0..self.flows.len());
+        self.flows[i]
+    }
+
+    /// One frame (Ethernet header included) and what the program must do with it.
+    fn frame(&mut self, dmac: [u8; 6]) -> (Vec<u8>, Expect) {
+        let key = self.any_flow();
+        let plain = if key.protocol == 6 {
+            if self.rng.gen_bool(0.5) {
+                ACK
+            } else {
+                PSH_ACK
+            }
+        } else {
+            0
+        };
+        let small = self.rng.gen_range(0..1400);
+        let mut ethertype = 0x0800u16;
+        let mut pad = 0;
+        let (ip, expect): (Vec<u8>, Expect) = match self.rng.gen_range(0..100) {
+            0..=54 => (self.ip_for(&key, plain, small).bytes(), Expect::Flow),
+            55..=57 => {
+                // Ethernet padding behind a short packet: trimmed, then forwarded.
+                pad = self.rng.gen_range(1..30);
+                let len = self.rng.gen_range(0..8);
+                (self.ip_for(&key, plain, len).bytes(), Expect::Flow)
+            }
+            58..=61 => {
+                // A new flow seen mid-stream: the core pins it and it gets an entry.
+                let mut k = key;
+                k.src_addr = Ipv4Addr::from(0x0a00_0000 | self.rng.gen_range(0..0xffff));
+                k.src_port = self.rng.gen_range(1024..65535);
+                self.flows.push(k);
+                (
+                    self.ip_for(&k, plain, small).bytes(),
+                    Expect::Pass(Reason::NoFlow),
+                )
+            }
+            62..=64 if key.protocol == 6 => {
+                let f = [SYN, FIN_ACK, RST, SYN | ACK][self.rng.gen_range(0..4)];
+                (
+                    self.ip_for(&key, f, small).bytes(),
+                    Expect::Pass(Reason::TcpControl),
+                )
+            }
+            65..=66 => {
+                let mut p = self.ip_for(&key, plain, small);
+                p.ttl = self.rng.gen_range(0..=1);
+                (p.bytes(), Expect::Pass(Reason::Ttl))
+            }
+            67..=68 => {
+                let mut p = self.ip_for(&key, plain, small);
+                p.options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+                if self.rng.gen_bool(0.5) {
+                    p.options = vec![7, 7, 4, 0, 0, 0, 0, 0]; // record route
+                }
+                (p.bytes(), Expect::Pass(Reason::Options))
+            }
+            69..=70 => {
+                let mut p = self.ip_for(&key, plain, small & !7);
+                if self.rng.gen_bool(0.5) {
+                    p.mf = true;
+                    p.df = false;
+                } else {
+                    p.offset = 8 * self.rng.gen_range(1..100);
+                }
+                (p.bytes(), Expect::Pass(Reason::Fragment))
+            }
+            71..=72 => {
+                let mut b = self.ip_for(&key, plain, small).bytes();
+                b[10] ^= 0x5a;
+                (b, Expect::Pass(Reason::BadChecksum))
+            }
+            73..=74 => {
+                // Too big for the tunnel: the slow path answers or fragments.
+                let h = if key.protocol == 6 { 20 } else { 8 };
+                let most = MTU as usize - 20 - h;
+                let len = self.rng.gen_range(most - 20 + 1..=most);
+                (
+                    self.ip_for(&key, plain, len).bytes(),
+                    Expect::FlowThen(Reason::TooBig),
+                )
+            }
+            75..=76 => {
+                ethertype = [0x0806, 0x86dd, 0x8100][self.rng.gen_range(0..3)];
+                (
+                    self.ip_for(&key, plain, small).bytes(),
+                    Expect::Pass(Reason::NotIpv4),
+                )
+            }
+            77 => {
+                let mut b = self.ip_for(&key, plain, small).bytes();
+                b[0] = 0x65; // version 6
+                (b, Expect::Pass(Reason::NotIpv4))
+            }
+            78 => {
+                let mut b = self.ip_for(&key, plain, small).bytes();
+                b[0] = 0x40 | self.rng.gen_range(0..5); // header length below 20
+                (b, Expect::Pass(Reason::Malformed))
+            }
+            79..=80 => {
+                // Truncated: the frame ends before the IP total length.
+                let b = self.ip_for(&key, plain, small.max(20)).bytes();
+                let cut = self.rng.gen_range(0..b.len());
+                (b[..cut].to_vec(), Expect::Pass(Reason::Malformed))
+            }
+            81 => {
+                let mut b = self.ip_for(&key, plain, small).bytes();
+                b[2..4].copy_from_slice(&(self.rng.gen_range(0..20u16)).to_be_bytes());
+                let c = checksum::checksum(&{
+                    let mut h = b[..20].to_vec();
+                    h[10] = 0;
+                    h[11] = 0;
+                    h
+                });
+                b[10..12].copy_from_slice(&c.to_be_bytes());
+                (b, Expect::Pass(Reason::Malformed))
+            }
+            82..=83 => {
+                // Transport header broken: TCP data offset or UDP length out of bounds, or cut.
+                let mut p = self.ip_for(&key, plain, small);
+                if key.protocol == 6 {
+                    p.payload[12] = [0x00, 0x40, 0xf0][self.rng.gen_range(0..3)];
+                    if p.payload.len() >= 60 && p.payload[12] == 0xf0 {
+                        p.payload.truncate(50);
+                    }
+                } else {
+                    let bad = [0u16, 7, p.payload.len() as u16 + 1][self.rng.gen_range(0..3)];
+                    p.payload[4..6].copy_from_slice(&bad.to_be_bytes());
+                }
+                if self.rng.gen_bool(0.2) {
+                    p.payload.truncate(self.rng.gen_range(0..8));
+                }
+                (p.bytes(), Expect::Pass(Reason::Malformed))
+            }
+            84..=86 => {
+                // ICMP, nested IP-in-IP, GRE, SCTP to the virtual host.
+                let mut p = self.ip_for(&key, plain, small);
+                p.proto = [1, 4, 47, 132][self.rng.gen_range(0..4)];
+                (p.bytes(), Expect::Pass(Reason::Protocol))
+            }
+            87 => {
+                // Runt frames: an Ethernet header and less than an IPv4 header (the kernel
+                // refuses to test-run frames below 14 bytes; drivers do not deliver them).
+                let n = self.rng.gen_range(0..20);
+                let ip = (0..n).map(|_| self.rng.gen()).collect();
+                (ip, Expect::Pass(Reason::Malformed))
+            }
+            _ => (self.ip_for(&key, plain, small).bytes(), Expect::Flow),
+        };
+        let mut frame = Vec::with_capacity(14 + ip.len() + pad);
+        frame.extend_from_slice(&dmac);
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0xee]);
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend(std::iter::repeat_n(0u8, pad));
+        (frame, expect)
+    }
+}
+
+/// What the kernel does to an IPv4 packet it forwards into the slow path: TTL - 1 with the
+/// incremental checksum update of ip_decrease_ttl().
+fn kernel_forwarded(ip: &[u8]) -> Vec<u8> {
+    let mut v = ip.to_vec();
+    let mut check = u32::from(u16::from_ne_bytes([v[10], v[11]]));
+    check += u32::from(0x0100u16.to_be());
+    let check = (check + u32::from(check >= 0xffff)) as u16;
+    v[10..12].copy_from_slice(&check.to_ne_bytes());
+    v[8] -= 1;
+    v
+}
+
+/// Whether the kernel would hand this frame's packet to the slow path at all.
+fn kernel_forwards(frame: &[u8]) -> Option<Vec<u8>> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] >> 4 != 4
+        || hl < 20
+        || tot < hl
+        || tot > ip.len()
+        || checksum::checksum(&ip[..hl]) != 0
+        || ip[8] <= 1
+    {
+        return None;
+    }
+    Some(kernel_forwarded(&ip[..tot]))
+}
+
+fn core_config(hops: &[(String, Ipv4Addr)]) -> RouterConfig {
+    let mut cfg = RouterConfig::new(SRC);
+    cfg.tunnel_mtu = MTU;
+    cfg.flow_table = FlowTableConfig {
+        max_flows: 1 << 16,
+        ..FlowTableConfig::default()
+    };
+    cfg.next_hops = hops
+        .iter()
+        .map(|(n, a)| NextHopConfig {
+            name: n.clone(),
+            address: *a,
+            weight: 1,
+        })
+        .collect();
+    cfg.virtual_hosts = vec![VirtualHostConfig {
+        name: "web".into(),
+        subnet: "10.99.0.0/24".parse::<Ipv4Cidr>().unwrap(),
+        policy: Policy::RoundRobin,
+        udp: UdpMode::Pin,
+        next_hops: hops.iter().map(|(n, _)| n.clone()).collect(),
+        rules: Vec::new(),
+    }];
+    cfg
+}
+
+#[test]
+fn xdp_router_and_core_agree_on_100k_packets() {
+    run_in_private_netns(differential).expect("a private network namespace (run as root)");
+}
+
+fn differential() {
+    sh("ip link add xa type veth peer name xb && ip link set xa up && ip link set xb up");
+    sh("ip addr add 10.251.0.1/24 dev xa");
+    // A router forwards (the fib lookup refuses on an interface that does not).
+    sh("sysctl -qw net.ipv4.ip_forward=1");
+    // Next hops h1..h4 have neighbour entries; h5 has none (the program leaves it to the kernel).
+    let mut hops = Vec::new();
+    for i in 2..=6u8 {
+        let a = Ipv4Addr::new(10, 251, 0, i);
+        if i <= 5 {
+            let m = hop_mac(i);
+            sh(&format!(
+                "ip neigh add {a} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev xa nud permanent",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ));
+        }
+        hops.push((format!("h{}", i - 1), a));
+    }
+    let xa_mac = mac_of("xa");
+    let ingress = slr_xdp::if_index("xa").unwrap();
+    let mut fp = RouterFastPath::load(RouterSettings {
+        max_flows: 1 << 16,
+        tunnel_source: SRC,
+        tunnel_mtu: u32::from(MTU),
+        outer_ttl: 64,
+    })
+    .expect("the verifier accepts slr_router");
+    let mut core = Router::new(core_config(&hops)).unwrap();
+    core.set_flow_log(true);
+    let mut now_us = 1_000_000u64;
+
+    // Flows established in the core: TCP by handshake (SYN, then ACK), UDP by a first datagram.
+    let mut gen = Gen {
+        rng: SmallRng::seed_from_u64(0x5172_0011),
+        flows: Vec::new(),
+    };
+    for i in 0..2000u32 {
+        let proto = if i % 4 == 3 { 17 } else { 6 };
+        let key = FlowKey {
+            src_addr: Ipv4Addr::from(0xc0a8_0000 | (i >> 6)),
+            dst_addr: Ipv4Addr::new(10, 99, 0, 1 + (i % 3) as u8),
+            src_port: 20_000 + i as u16,
+            dst_port: if proto == 6 { 80 } else { 7 },
+            protocol: proto,
+        };
+        let steps: &[u8] = if proto == 6 { &[SYN, ACK] } else { &[0] };
+        for &f in steps {
+            let ip = gen.ip_for(&key, f, 0);
+            let mut b = PacketBuf::from_slice(&kernel_forwarded(&ip.bytes()));
+            let a = core.handle_packet(Instant::from_micros(now_us), &mut b);
+            assert!(matches!(a, Action::Tunnel { .. }), "{a:?}");
+        }
+        gen.flows.push(key);
+    }
+    sync(&mut core, &mut fp);
+    assert_eq!(
+        map_keys(&fp),
+        offloadable(&core),
+        "every established flow installed"
+    );
+
+    let mut forwarded = 0usize;
+    let mut passes = std::collections::BTreeMap::<&str, usize>::new();
+    let mut core_tunnelled_after_pass = 0usize;
+    let mut stats = reason_counts(&fp);
+    for n in 0..PACKETS {
+        now_us += 10;
+        let now = Instant::from_micros(now_us);
+        let (frame, expect) = gen.frame(xa_mac);
+        let out = fp.test_run(&frame, ingress).expect("test run");
+        let after = reason_counts(&fp);
+        let changed: Vec<Reason> = Reason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| after[*i] != stats[*i])
+            .map(|(_, r)| *r)
+            .collect();
+        stats = after;
+        assert_eq!(
+            changed.len(),
+            1,
+            "packet {n}: exactly one reason counted: {changed:?}"
+        );
+        let reason = changed[0];
+        // The next hop in the map of the flow this frame belongs to (for the kinds of frame
+        // that expect a flow: no options, ports at offset 20).
+        let tunnel_dst_of_frame = |fp: &RouterFastPath| -> Option<Ipv4Addr> {
+            let ip = frame.get(14..38)?;
+            let k = slr_xdp::FlowKeyRecord::new(
+                Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+                u16::from_be_bytes([ip[20], ip[21]]),
+                u16::from_be_bytes([ip[22], ip[23]]),
+                ip[9],
+            );
+            fp.lookup(&k).unwrap().map(|v| v.tunnel_dst())
+        };
+        match expect {
+            Expect::Flow => {
+                let want = match tunnel_dst_of_frame(&fp) {
+                    None => Reason::NoFlow,
+                    Some(a) if a == Ipv4Addr::new(10, 251, 0, 6) => Reason::NoNeigh,
+                    Some(_) => Reason::Forwarded,
+                };
+                assert_eq!(reason, want, "packet {n}");
+            }
+            Expect::Pass(r) => assert_eq!(reason, r, "packet {n}"),
+            Expect::FlowThen(r) => {
+                let want = match tunnel_dst_of_frame(&fp) {
+                    Some(_) => r,
+                    None => Reason::NoFlow,
+                };
+                assert_eq!(reason, want, "packet {n}")
+            }
+        }
+        // What the slow path makes of it (when the kernel would forward it at all).
+        let core_in = kernel_forwards(&frame);
+        if reason == Reason::Forwarded {
+            assert_eq!(out.verdict, verdict::TX, "packet {n}");
+            let core_in = core_in.expect("a frame the program forwards is a valid IPv4 packet");
+            let mut b = PacketBuf::from_slice(&core_in);
+            let a = core.handle_packet(now, &mut b);
+            let Action::Tunnel { next_hop } = a else {
+                panic!("packet {n}: the program forwarded what the core does not tunnel: {a:?}")
+            };
+            let hop = next_hop;
+            assert_eq!(
+                Some(hop),
+                tunnel_dst_of_frame(&fp),
+                "packet {n}: same next hop"
+            );
+            let o = &out.frame;
+            assert_eq!(
+                &o[..6],
+                &hop_mac(hop.octets()[3]),
+                "packet {n}: next hop MAC"
+            );
+            assert_eq!(&o[6..12], &xa_mac, "packet {n}: source MAC");
+            assert_eq!(&o[12..14], &[0x08, 0x00]);
+            let (x, c) = (&o[14..], b.as_ref());
+            assert_eq!(x.len(), c.len(), "packet {n}: lengths");
+            assert_eq!(
+                checksum::checksum(&x[..20]),
+                0,
+                "packet {n}: program's outer checksum"
+            );
+            assert_eq!(
+                checksum::checksum(&c[..20]),
+                0,
+                "packet {n}: core's outer checksum"
+            );
+            for i in (0..x.len()).filter(|i| ![4, 5, 10, 11].contains(i)) {
+                assert_eq!(
+                    x[i],
+                    c[i],
+                    "packet {n}: byte {i} differs\n xdp  {:02x?}\n core {:02x?}",
+                    &x[..48.min(x.len())],
+                    &c[..48.min(c.len())]
+                );
+            }
+            forwarded += 1;
+        } else {
+            assert_eq!(out.verdict, verdict::PASS, "packet {n}");
+            assert_eq!(out.frame, frame, "packet {n}: a passed frame is untouched");
+            *passes.entry(reason.as_str()).or_default() += 1;
+            if let Some(core_in) = core_in {
+                let mut b = PacketBuf::from_slice(&core_in);
+                if let Action::Tunnel { .. } = core.handle_packet(now, &mut b) {
+                    core_tunnelled_after_pass += 1;
+                }
+            }
+        }
+        sync(&mut core, &mut fp);
+        if n % 10_000 == 0 {
+            assert_eq!(
+                map_keys(&fp),
+                offloadable(&core),
+                "packet {n}: the map is the core's cache"
+            );
+        }
+    }
+    assert_eq!(
+        map_keys(&fp),
+        offloadable(&core),
+        "the map is the core's cache"
+    );
+    println!(
+        "{PACKETS} frames: {forwarded} forwarded in XDP, identical to the core's but for the outer IP id; passed by reason: {passes:?}; the core tunnelled {core_tunnelled_after_pass} of the passed ones; {} flows in the map",
+        map_keys(&fp).len()
+    );
+    assert!(
+        forwarded > PACKETS * 2 / 5,
+        "the fast path forwards the plain frames: {forwarded}"
+    );
+    for r in Reason::ALL.iter().filter(|r| {
+        **r != Reason::Forwarded
+            && **r != Reason::Disabled
+            && **r != Reason::NoRoute
+            && **r != Reason::NoHeadroom
+    }) {
+        assert!(
+            passes.get(r.as_str()).copied().unwrap_or(0) > 0,
+            "no frame passed as {}",
+            r.as_str()
+        );
+    }
+}
+
+fn reason_counts(fp: &RouterFastPath) -> Vec<u64> {
+    fp.stats().unwrap().iter().map(|(_, c)| c.packets).collect()
+}
+
+fn sync(core: &mut Router, fp: &mut RouterFastPath) {
+    while let Some(c) = core.poll_flow_change() {
+        fp.apply(c, core.next_hops()).expect("map update");
+    }
+}
+
+fn map_keys(fp: &RouterFastPath) -> HashSet<slr_xdp::FlowKeyRecord> {
+    fp.entries().into_iter().map(|(k, _)| k).collect()
+}
+
+fn offloadable(core: &Router) -> HashSet<slr_xdp::FlowKeyRecord> {
+    core.flows()
+        .filter(|(k, e)| {
+            matches!(e.state(), FlowState::TcpEstablished | FlowState::Udp)
+                && (k.protocol == 6 || k.protocol == 17)
+        })
+        .map(|(k, _)| key_record(k))
+        .collect()
+}
