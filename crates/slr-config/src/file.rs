@@ -84,6 +84,14 @@ pub struct RouterSection {
     /// How long a stopping router (SIGTERM) keeps forwarding its established flows.
     #[serde(default = "default_drain_period")]
     pub drain_period: String,
+    /// The kernel fast path: "xdp" (established flows forwarded by an XDP program on the
+    /// ingress interfaces) or "off" (every packet through the TUN device and the core).
+    #[serde(default = "default_fast_path")]
+    pub fast_path: String,
+    /// Interfaces the XDP program attaches to (default: every interface but loopback and the
+    /// TUN device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fast_path_interfaces: Vec<String>,
 }
 
 impl RouterSection {
@@ -103,6 +111,8 @@ impl RouterSection {
             trusted_parents: Vec::new(),
             overrides_file: None,
             drain_period: default_drain_period(),
+            fast_path: default_fast_path(),
+            fast_path_interfaces: Vec::new(),
         }
     }
 }
@@ -115,6 +125,9 @@ fn default_mtu() -> u16 {
 }
 fn default_icmp_rate() -> u32 {
     1000
+}
+fn default_fast_path() -> String {
+    "off".into()
 }
 fn default_drain_period() -> String {
     "30s".into()

@@ -28,7 +28,7 @@ pub use error::ConfigError;
 pub use file::{HostFile, RouterFile};
 pub use host::{HostDaemonConfig, LoadScope};
 pub use overrides::{NextHopOverride, Overrides};
-pub use router::{GatewayChild, GatewayConfig, HealthConfig, RouterDaemonConfig};
+pub use router::{FastPathMode, GatewayChild, GatewayConfig, HealthConfig, RouterDaemonConfig};
 
 use serde::Deserialize;
 use std::path::Path;

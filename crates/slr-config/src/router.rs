@@ -67,6 +67,15 @@ pub struct HealthConfig {
     pub address: Option<Ipv4Addr>,
 }
 
+/// `router.fast_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPathMode {
+    /// Every packet through the TUN device and the core.
+    Off,
+    /// Established flows forwarded in the kernel by XDP.
+    Xdp,
+}
+
 /// Everything `slr router` needs.
 #[derive(Debug, Clone)]
 pub struct RouterDaemonConfig {
@@ -94,6 +103,10 @@ pub struct RouterDaemonConfig {
     pub overrides_file: PathBuf,
     /// How long a stopping router keeps forwarding its established flows.
     pub drain_period: Duration,
+    /// Whether established flows are forwarded by the XDP program.
+    pub fast_path: FastPathMode,
+    /// Interfaces the XDP program attaches to (empty: all but loopback and the TUN device).
+    pub fast_path_interfaces: Vec<String>,
     /// Prometheus listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Health checks.
@@ -198,6 +211,16 @@ impl RouterFile {
         if drain_period > Duration::from_secs(24 * 3600) {
             return Err(c.err("router.drain_period", &r.drain_period, "at most 24h"));
         }
+        let fast_path = match r.fast_path.as_str() {
+            "off" => FastPathMode::Off,
+            "xdp" => FastPathMode::Xdp,
+            other => {
+                return Err(c.err("router.fast_path", other, "must be \"xdp\" or \"off\""));
+            }
+        };
+        for i in &r.fast_path_interfaces {
+            ifname(&c, "router.fast_path_interfaces", i)?;
+        }
         let metrics_listen = r
             .metrics_listen
             .as_deref()
@@ -232,6 +255,8 @@ impl RouterFile {
             control_socket,
             overrides_file,
             drain_period,
+            fast_path,
+            fast_path_interfaces: r.fast_path_interfaces.clone(),
             metrics_listen,
             health,
             core,

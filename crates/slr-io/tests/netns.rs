@@ -11,6 +11,9 @@ use slr_wire::checksum;
 use slr_wire::{Ipv4Packet, Ipv4Repr, Protocol};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
@@ -112,6 +115,173 @@ fn run(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The near end of a [`VethPeer`]'s pair, in the test's namespace.
+const VETH_NEAR: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 1);
+/// The far end, in the peer's namespace.
+const VETH_FAR: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 2);
+
+/// A second network namespace joined to the calling thread's by a veth pair: "slrv0" here
+/// (`VETH_NEAR`/24), "slrv1" there (`VETH_FAR`/24, and a default route through it so that any
+/// source passes reverse-path filtering). A thread in it reads every IP-in-IP packet that arrives
+/// with an [`IpipSocket`] of its own and passes it back. The namespace goes away with that thread
+/// and the pair with the calling thread's namespace: nothing to clean up.
+struct VethPeer {
+    packets: mpsc::Receiver<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<PeerTables>,
+}
+
+/// The peer's kernel tables at the end, read while its socket was still open.
+struct PeerTables {
+    /// `/proc/net/raw` of the peer's namespace.
+    raw: String,
+    /// `/proc/net/snmp` of the peer's namespace.
+    snmp: String,
+}
+
+impl VethPeer {
+    /// Makes the peer; `mtu` is the MTU of "slrv0", so the path MTU of sends from here.
+    fn start(mtu: u32) -> VethPeer {
+        let (ns_tx, ns_rx) = mpsc::channel::<String>();
+        let (made_tx, made_rx) = mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let (pkt_tx, packets) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            netns::unshare_net_namespace().expect("peer namespace");
+            netns::set_loopback_up().unwrap();
+            // "PID/task/TID": this thread's namespace is /proc/PID/task/TID/ns/net.
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            ns_tx
+                .send(format!("/proc/{}/ns/net", me.display()))
+                .unwrap();
+            made_rx.recv().expect("the veth pair was made");
+            netns::set_ipv4_address("slrv1", VETH_FAR, 24).unwrap();
+            netns::set_interface_up("slrv1").unwrap();
+            run("ip", &["route", "add", "default", "dev", "slrv1"]);
+            let mut sock = IpipSocket::open().unwrap();
+            ready_tx.send(()).unwrap();
+            let mut bufs: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new(65_535)).collect();
+            while !stopped.load(Ordering::Relaxed) {
+                let wait = Some(Duration::from_millis(20));
+                poll_readable(&[sock.fd()], wait, &mut [false]).unwrap();
+                bufs.iter_mut().for_each(|b| b.reset(0));
+                let n = sock.recv_batch(&mut bufs).unwrap();
+                for b in &bufs[..n] {
+                    let _ = pkt_tx.send(b.as_ref().to_vec());
+                }
+            }
+            let read = |table: &str| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).unwrap()
+            };
+            let tables = PeerTables {
+                raw: read("raw"),
+                snmp: read("snmp"),
+            };
+            drop(sock);
+            tables
+        });
+        let ns = ns_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("peer namespace made");
+        run(
+            "ip",
+            &[
+                "link", "add", "name", "slrv0", "type", "veth", "peer", "name", "slrv1", "netns",
+                &ns,
+            ],
+        );
+        made_tx.send(()).unwrap();
+        netns::set_interface_mtu("slrv0", mtu).unwrap();
+        netns::set_ipv4_address("slrv0", VETH_NEAR, 24).unwrap();
+        netns::set_interface_up("slrv0").unwrap();
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("peer ready");
+        VethPeer {
+            packets,
+            stop,
+            thread,
+        }
+    }
+
+    /// The next `n` IP-in-IP packets the peer read, fewer if `timeout` passes first.
+    fn receive(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.packets.recv_timeout(left) {
+                Ok(p) => got.push(p),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    /// Stops the peer and returns its tables.
+    fn finish(self) -> PeerTables {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(t) => t,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// The receive queue (bytes) of each raw protocol-4 socket in a `/proc/net/raw` table.
+fn ipip_rx_queues(raw: &str) -> Vec<u64> {
+    raw.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if !f.get(1)?.ends_with(":0004") {
+                return None;
+            }
+            u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+        })
+        .collect()
+}
+
+/// Counter `name` of the "Ip:" lines of a `/proc/net/snmp` table.
+fn ip_counter(snmp: &str, name: &str) -> u64 {
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+    let i = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// `/proc/net/snmp` of the calling thread's namespace.
+fn own_snmp() -> String {
+    std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap()
+}
+
+/// A UDP packet of `len` bytes to port `tag` (which tells the packets of a test apart) with the
+/// DF bit `dont_frag`.
+fn tagged_inner(tag: u16, dont_frag: bool, len: usize) -> Vec<u8> {
+    let payload = vec![tag as u8; len - 28];
+    let mut v = udp_packet(
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 99, 0, 1),
+        40000,
+        tag,
+        &payload,
+    );
+    let mut ip = Ipv4Packet::new_unchecked(&mut v[..]);
+    ip.set_flags_and_offset(dont_frag, false, 0);
+    ip.fill_checksum();
+    v
+}
+
+/// The tag ([`tagged_inner`]) of the packet inside tunnel packet `outer`.
+fn tag_of(outer: &Ipv4Packet<&[u8]>) -> usize {
+    let inner = Ipv4Packet::new_checked(outer.payload()).unwrap();
+    u16::from_be_bytes([inner.payload()[2], inner.payload()[3]]) as usize
 }
 
 #[test]
@@ -405,6 +575,161 @@ fn big_tunnel_packets_fragment_in_default_mode_and_are_refused_with_header_inclu
         assert_eq!(
             (s.tx_packets, s.drops(IoDrop::TxRejected), s.last_tx_errno),
             (0, 1, Some(libc::EMSGSIZE))
+        );
+    });
+}
+
+/// RFC 2003 3.1: "if the inner header has DF set, the outer header MUST have it"; and DF clear
+/// stays clear. In both modes, for a batch that alternates runs of both, with real packets across
+/// a veth. The default mode's DF socket keeps the caller's source, TTL and TOS, honours
+/// `set_any_source`, and keeps nothing it receives.
+#[test]
+fn ipip_outer_df_is_the_inner_df_in_both_modes_across_a_veth() {
+    in_netns(|| {
+        let peer = VethPeer::start(1500);
+        let dfs = [true, true, false, true, false, false];
+        let inners: Vec<Vec<u8>> = dfs
+            .iter()
+            .enumerate()
+            .map(|(tag, &df)| tagged_inner(tag as u16, df, 200))
+            .collect();
+        let pkts: Vec<PacketBuf> = inners
+            .iter()
+            .map(|i| encapsulated(VETH_NEAR, VETH_FAR, 33, 0x28, i))
+            .collect();
+        for (p, &df) in pkts.iter().zip(&dfs) {
+            let o = Ipv4Packet::new_checked(p.as_ref()).unwrap();
+            assert_eq!(o.dont_frag(), df, "encapsulate copies DF");
+        }
+        for header_included in [false, true] {
+            let mut sock = IpipSocket::open().unwrap();
+            if header_included {
+                sock = sock.with_header_included().unwrap();
+            }
+            assert_eq!(sock.send_batch(&pkts).unwrap(), pkts.len());
+            let s = sock.stats();
+            assert_eq!((s.tx_packets, s.total_drops()), (6, 0), "{}", sock.name());
+            let got = peer.receive(6, Duration::from_secs(5));
+            assert_eq!(got.len(), 6, "{}", sock.name());
+            let mut seen = [false; 6];
+            for g in &got {
+                let o = Ipv4Packet::new_checked(&g[..]).unwrap();
+                let tag = tag_of(&o);
+                let inner = Ipv4Packet::new_checked(o.payload()).unwrap();
+                assert_eq!(
+                    (o.dont_frag(), inner.dont_frag()),
+                    (dfs[tag], dfs[tag]),
+                    "{}: packet {tag}",
+                    sock.name()
+                );
+                assert_eq!(
+                    (o.src_addr(), o.ttl(), o.tos(), o.is_fragment()),
+                    (VETH_NEAR, 33, 0x28, false)
+                );
+                assert!(o.verify_checksum());
+                assert_eq!(o.payload(), &inners[tag][..]);
+                seen[tag] = true;
+            }
+            assert_eq!(seen, [true; 6], "{}", sock.name());
+        }
+
+        // IP_TRANSPARENT is set on both sockets of the default mode.
+        let mut sock = IpipSocket::open().unwrap();
+        let foreign = Ipv4Addr::new(192, 0, 2, 9);
+        let pkts = [(6, true), (7, false)]
+            .map(|(tag, df)| encapsulated(foreign, VETH_FAR, 64, 0, &tagged_inner(tag, df, 100)));
+        assert_eq!(sock.send_batch(&pkts).unwrap(), 2);
+        let s = sock.stats();
+        assert_eq!(
+            (s.drops(IoDrop::TxRejected), s.last_tx_errno),
+            (2, Some(libc::ENETUNREACH))
+        );
+        sock.set_any_source(true).unwrap();
+        assert_eq!(sock.send_batch(&pkts).unwrap(), 2);
+        assert_eq!(sock.stats().tx_packets, 2);
+        let got = peer.receive(2, Duration::from_secs(5));
+        let mut arrived: Vec<(usize, bool, Ipv4Addr)> = got
+            .iter()
+            .map(|g| {
+                let o = Ipv4Packet::new_checked(&g[..]).unwrap();
+                (tag_of(&o), o.dont_frag(), o.src_addr())
+            })
+            .collect();
+        arrived.sort();
+        assert_eq!(arrived, [(6, true, foreign), (7, false, foreign)]);
+
+        // The peer's IpipSocket is two raw protocol-4 sockets: the DF one was handed a copy of
+        // each of the 14 packets and kept none; the receiving one was read empty.
+        let tables = peer.finish();
+        assert_eq!(ipip_rx_queues(&tables.raw), [0, 0], "{}", tables.raw);
+    });
+}
+
+/// The other half of RFC 2003 3.1 on the default mode: a DF tunnel packet larger than the path
+/// MTU is refused and counted, never sent in fragments, and the rest of the batch goes on; a
+/// DF-clear one is fragmented and arrives (reassembled). With `IP_HDRINCL` both are refused.
+#[test]
+fn a_df_tunnel_packet_over_the_path_mtu_is_refused_while_a_df_clear_one_is_fragmented() {
+    in_netns(|| {
+        let peer = VethPeer::start(1400);
+        // Outer 1520 bytes with DF, 1520 without, and 1400 with DF: exactly the MTU.
+        let inners = [
+            tagged_inner(0, true, 1500),
+            tagged_inner(1, false, 1500),
+            tagged_inner(2, true, 1380),
+        ];
+        let pkts = inners
+            .each_ref()
+            .map(|i| encapsulated(VETH_NEAR, VETH_FAR, 64, 0, i));
+
+        let before = own_snmp();
+        let mut sock = IpipSocket::open().unwrap();
+        assert_eq!(sock.send_batch(&pkts).unwrap(), 3);
+        let s = sock.stats();
+        assert_eq!(
+            (s.tx_packets, s.drops(IoDrop::TxRejected), s.last_tx_errno),
+            (2, 1, Some(libc::EMSGSIZE))
+        );
+        let after = own_snmp();
+        let delta = |name| ip_counter(&after, name) - ip_counter(&before, name);
+        assert_eq!(
+            (delta("FragOKs"), delta("FragCreates"), delta("FragFails")),
+            (1, 2, 0),
+            "one packet, the DF-clear one, went out in two fragments"
+        );
+        // Wait a second for a third packet that must not come.
+        let got = peer.receive(3, Duration::from_secs(1));
+        let mut arrived: Vec<(usize, bool, u16)> = got
+            .iter()
+            .map(|g| {
+                let o = Ipv4Packet::new_checked(&g[..]).unwrap();
+                assert_eq!(o.payload(), &inners[tag_of(&o)][..]);
+                (tag_of(&o), o.dont_frag(), o.total_len())
+            })
+            .collect();
+        arrived.sort();
+        assert_eq!(arrived, [(1, false, 1520), (2, true, 1400)]);
+
+        let mut hdrincl = IpipSocket::open().unwrap().with_header_included().unwrap();
+        assert_eq!(hdrincl.send_batch(&pkts).unwrap(), 3);
+        let s = hdrincl.stats();
+        assert_eq!(
+            (s.tx_packets, s.drops(IoDrop::TxRejected), s.last_tx_errno),
+            (1, 2, Some(libc::EMSGSIZE))
+        );
+        let got = peer.receive(2, Duration::from_secs(1));
+        assert_eq!(got.len(), 1);
+        let o = Ipv4Packet::new_checked(&got[0][..]).unwrap();
+        assert_eq!((tag_of(&o), o.dont_frag()), (2, true));
+
+        let tables = peer.finish();
+        assert_eq!(
+            (
+                ip_counter(&tables.snmp, "ReasmReqds"),
+                ip_counter(&tables.snmp, "ReasmOKs")
+            ),
+            (2, 1),
+            "the peer reassembled the DF-clear packet from two fragments"
         );
     });
 }

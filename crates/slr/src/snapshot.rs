@@ -113,11 +113,27 @@ pub struct Snapshot {
     pub overrides: Overrides,
     /// Stopping gracefully: no new flows, established ones forwarded until the deadline.
     pub stopping: bool,
+    /// The kernel fast path.
+    pub fast_path: FastPathView,
     /// Seconds left of the drain period, while stopping.
     pub stop_deadline_secs: Option<f64>,
 }
 
 /// What the packet thread knows besides the core, for a snapshot.
+/// What the metrics show of the kernel fast path.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FastPathView {
+    /// Whether the XDP program forwards.
+    pub enabled: bool,
+    /// Packets and bytes by what the program did with them (`forwarded`, or why it passed).
+    pub reasons: Vec<(&'static str, u64, u64)>,
+    /// Flows the core offered that the map had no room for (they stay on the slow path).
+    pub map_full: u64,
+    /// Map updates that failed otherwise.
+    pub errors: u64,
+}
+
+/// What the packet thread knows besides the core.
 pub struct DaemonState<'a> {
     /// Router name.
     pub name: &'a str,
@@ -129,6 +145,8 @@ pub struct DaemonState<'a> {
     pub overrides: &'a Overrides,
     /// Time left of a graceful stop's drain period.
     pub stop_deadline: Option<std::time::Duration>,
+    /// The kernel fast path.
+    pub fast_path: FastPathView,
 }
 
 /// A snapshot of the core, with what the packet thread keeps besides.
@@ -195,6 +213,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         resident_bytes: crate::metrics::process_resident_bytes(),
         overrides: d.overrides.clone(),
         stopping: r.is_stopping(),
+        fast_path: d.fast_path.clone(),
         stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
 }

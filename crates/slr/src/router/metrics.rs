@@ -31,6 +31,40 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         &r,
         s.max_flows as f64,
     );
+    let f = &s.fast_path;
+    p.gauge(
+        "slr_fast_path_enabled",
+        "1 while the XDP program forwards established flows (router.fast_path = \"xdp\" and attached).",
+        &r,
+        f64::from(u8::from(f.enabled)),
+    );
+    for (reason, packets, bytes) in &f.reasons {
+        let l = [("router", s.name.as_str()), ("reason", reason)];
+        p.counter(
+            "slr_fast_path_packets_total",
+            "Packets the XDP program saw, by what it did: forwarded, or why it passed them to the slow path.",
+            &l,
+            *packets,
+        );
+        p.counter(
+            "slr_fast_path_bytes_total",
+            "Bytes (IP packets) the XDP program saw, by what it did.",
+            &l,
+            *bytes,
+        );
+    }
+    p.counter(
+        "slr_fast_path_map_full_total",
+        "Flows the core offered to the fast path that its map had no room for (served by the slow path).",
+        &r,
+        f.map_full,
+    );
+    p.counter(
+        "slr_fast_path_map_errors_total",
+        "Fast path map updates that failed for another reason.",
+        &r,
+        f.errors,
+    );
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
     p.counter(

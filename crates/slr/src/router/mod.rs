@@ -13,6 +13,7 @@
 //!   ([`metrics`]), which both ask the packet thread for snapshots.
 
 mod ctl_answers;
+mod fast_path;
 mod metrics;
 mod packet_loop;
 
@@ -101,6 +102,7 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     }
     let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
     state.routes = routes;
+    state.fast = fast_path::FastPath::start(&state.cfg, &mut router);
     let result = state.run(
         &mut router,
         &mut tun,

@@ -40,6 +40,8 @@ pub(super) struct LoopState {
     /// The routes of the virtual subnets into the TUN device: installed at start (handed over
     /// by `router::run`), changed by reloads, removed when the router stops.
     pub(super) routes: crate::daemon::Routes,
+    /// The kernel fast path (off until `router::run` starts it).
+    pub(super) fast: super::fast_path::FastPath,
 }
 
 impl LoopState {
@@ -61,6 +63,7 @@ impl LoopState {
             stop_deadline: None,
             last_live_check: std::time::Instant::now(),
             routes: crate::daemon::Routes::new(),
+            fast: super::fast_path::FastPath::off(),
         }
     }
 
@@ -261,7 +264,7 @@ impl LoopState {
                     timeout
                 };
                 if timeout.is_zero() {
-                    router.handle_timeout(now);
+                    self.fast.handle_timeout(router, now);
                 } else {
                     let fds = [tun.fd(), wake.fd(), ipip.fd()];
                     // The IP-in-IP socket only when parents may send: unread, it would stay
@@ -293,7 +296,7 @@ impl LoopState {
             }
             self.send_all(ipip, &bufs[..k]);
             if router.poll_timeout().is_some_and(|t| t <= now) {
-                router.handle_timeout(now);
+                self.fast.handle_timeout(router, now);
             }
             self.flush_core(router, tun, ipip);
         }
@@ -346,6 +349,7 @@ impl LoopState {
     }
 
     fn flush_core(&mut self, router: &mut Router, tun: &mut TunDevice, ipip: &mut IpipSocket) {
+        self.fast.follow(router);
         while let Some(t) = router.poll_transmit() {
             let pkt = std::slice::from_ref(&t.buf);
             match t.destination {
@@ -436,6 +440,7 @@ impl LoopState {
                     stop_deadline: self
                         .stop_deadline
                         .map(|d| d.saturating_duration_since(std::time::Instant::now())),
+                    fast_path: self.fast.view(),
                 };
                 let _ = reply.send(snapshot(router, &daemon));
             }
