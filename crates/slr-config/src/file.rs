@@ -127,7 +127,7 @@ fn default_icmp_rate() -> u32 {
     1000
 }
 fn default_fast_path() -> String {
-    "off".into()
+    "xdp".into()
 }
 fn default_drain_period() -> String {
     "30s".into()

@@ -112,6 +112,33 @@ pub fn set_interface_mtu(name: &str, mtu: u32) -> io::Result<()> {
     unsafe { sys::ioctl_ifreq(sock.as_raw_fd(), libc::SIOCSIFMTU, &mut ifr) }
 }
 
+/// Switches transmit checksum offload of interface `name` on or off (`ethtool -K NAME tx
+/// on|off`; off also turns off the segmentation offloads that depend on it).
+///
+/// A veth sender with offload on hands its peer TCP and UDP packets whose checksum is only
+/// the pseudo-header's (`CHECKSUM_PARTIAL`), to be completed by whoever transmits them on a
+/// wire. Packets forwarded in XDP never pass that point: they arrive with a broken checksum.
+/// Real NICs deliver complete checksums; test senders on veth must send them complete too.
+pub fn set_tx_checksum(name: &str, on: bool) -> io::Result<()> {
+    /// `struct ethtool_value { __u32 cmd; __u32 data; }`, ETHTOOL_STXCSUM.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let sock = sys::control_socket()?;
+    let mut ifr = sys::ifreq(name)?;
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL takes a `struct ifreq *` whose data member points at an ethtool
+    // command, here `value`, which outlives the call.
+    unsafe { sys::ioctl_ifreq(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) }
+}
+
 /// The index of interface `name`.
 pub fn interface_index(name: &str) -> io::Result<u32> {
     let sock = sys::control_socket()?;

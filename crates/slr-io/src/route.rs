@@ -22,7 +22,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_MULTIPART, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -418,6 +418,30 @@ impl RouteSocket {
     }
 
     /// The index of interface `dev` (`RTM_GETLINK` by name), from this socket's namespace.
+    /// Attaches the XDP program `prog_fd` to interface `dev` (`None`: detaches), the way
+    /// `ip link set dev DEV xdp...` does: through the link itself, not a BPF link, so the
+    /// attachment outlives this process and goes with the interface. `flags` are the kernel's
+    /// `XDP_FLAGS_*` (2 = SKB mode, 4 = driver mode).
+    pub fn set_link_xdp(
+        &mut self,
+        dev: &str,
+        prog_fd: Option<std::os::fd::RawFd>,
+        flags: u32,
+    ) -> Result<(), RouteError> {
+        let index = self
+            .interface_index(dev)
+            .map_err(|f| f.for_interface(dev))?;
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(prog_fd.unwrap_or(-1)),
+            LinkXdp::Flags(flags),
+        ]));
+        self.exchange(RouteNetlinkMessage::SetLink(message), NLM_F_ACK)
+            .map(drop)
+            .map_err(|f| f.for_interface(dev))
+    }
+
     fn interface_index(&mut self, dev: &str) -> Result<u32, Failure> {
         let mut request = LinkMessage::default();
         request

@@ -97,6 +97,17 @@ pub fn router_config(t: &Topology, router: &str) -> String {
     )
 }
 
+/// The `fast_path` a router of the lab runs with (its written configuration, overrides merged).
+pub fn router_fast_path(t: &Topology, router: &str) -> String {
+    let text = router_config(t, router);
+    let doc: toml::Table = text.parse().expect("the lab writes valid TOML");
+    doc.get("router")
+        .and_then(|r| r.get("fast_path"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("off")
+        .to_string()
+}
+
 fn parse_over(text: &str) -> toml::Table {
     text.parse().expect("checked when the topology was parsed")
 }
@@ -121,6 +132,9 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
     // A lab's routers drain briefly when stopped (`lab down` waits for them).
     r.drain_period = "2s".into();
     r.hash_seed = 1;
+    if let Some(f) = &t.fast_path {
+        r.fast_path = f.clone();
+    }
     let mut file = RouterFile {
         router: r,
         flow_table: FlowTableSection::default(),

@@ -63,6 +63,10 @@ pub enum LabCommand {
         /// router and host agent each second (http://127.0.0.1:9090 in the core namespace).
         #[arg(long)]
         prometheus: bool,
+        /// The routers' kernel fast path: "xdp" (the daemon's default: established flows
+        /// forwarded by XDP) or "off" (every packet through the TUN device).
+        #[arg(long, value_parser = ["xdp", "off"])]
+        fast_path: Option<String>,
     },
     /// Show a lab: nodes, namespaces, addresses, processes, virtual hosts.
     Status {
@@ -104,6 +108,10 @@ pub enum LabCommand {
         /// Leave the lab up afterwards (tear it down later with `slr lab down`).
         #[arg(long)]
         keep: bool,
+        /// The routers' kernel fast path: "xdp" (the daemon's default: established flows
+        /// forwarded by XDP) or "off" (every packet through the TUN device).
+        #[arg(long, value_parser = ["xdp", "off"])]
+        fast_path: Option<String>,
     },
 }
 
@@ -115,12 +123,14 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             timeout,
             no_daemons,
             prometheus,
+            fast_path,
         } => {
             install_signal_handlers();
             let opts = lifecycle::UpOptions {
                 ready_timeout: Duration::from_secs(timeout),
                 daemons: !no_daemons,
                 prometheus,
+                fast_path,
             };
             let state = lifecycle::up(&file, &opts)?;
             lifecycle::print_up_summary(&state);
@@ -147,12 +157,14 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             requests,
             timeout,
             keep,
+            fast_path,
         } => {
             install_signal_handlers();
             let opts = lifecycle::UpOptions {
                 ready_timeout: Duration::from_secs(timeout),
                 daemons: true,
                 prometheus: false,
+                fast_path,
             };
             demo::run(
                 &file,

@@ -25,6 +25,8 @@ pub struct UpOptions {
     pub daemons: bool,
     /// Start a Prometheus server scraping every daemon.
     pub prometheus: bool,
+    /// The routers' `router.fast_path` ("xdp" or "off"; `None`: the daemon's default).
+    pub fast_path: Option<String>,
 }
 
 /// Grace period between SIGTERM and SIGKILL in `down`.
@@ -40,7 +42,8 @@ pub fn load_topology(file: &Path) -> Result<Topology> {
 /// Builds a lab; on any failure (or Ctrl-C) tears down what it built and returns the
 /// error.
 pub fn up(file: &Path, opts: &UpOptions) -> Result<State> {
-    let topology = load_topology(file)?;
+    let mut topology = load_topology(file)?;
+    topology.fast_path = opts.fast_path.clone();
     let dir = lab_dir(&topology.name);
     if dir.exists() {
         bail!(
@@ -101,6 +104,7 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     check_interrupted()?;
 
     write_configs(&t)?;
+    prepare_fast_paths(&t, &core_ns)?;
     start_processes(state, &t, &exe, opts)?;
     wait_ready(state, opts)?;
     if opts.prometheus {
@@ -118,6 +122,47 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     }
     state.ready = true;
     state.save()
+}
+
+/// A router whose configuration asks for the XDP fast path transmits established flows back
+/// out of its link to the core with XDP_TX: a veth hands such frames only to a peer that runs
+/// an XDP program, so the core side of its link gets `slr_pass` (attached through the link,
+/// it goes with the namespace at `down`).
+fn prepare_fast_paths(t: &Topology, core_ns: &str) -> Result<()> {
+    let links: Vec<String> = t
+        .nodes_with(Role::Router)
+        .filter(|r| crate::configs::router_fast_path(t, &r.name) == "xdp")
+        .filter_map(|r| t.link(&r.name).map(|l| l.core_ifname))
+        .collect();
+    if links.is_empty() {
+        return Ok(());
+    }
+    in_netns(core_ns, move || {
+        for l in &links {
+            slr_xdp::attach_pass_to_link(l).with_context(|| format!("XDP pass program on {l}"))?;
+        }
+        Ok(())
+    })?;
+    // Clients send complete checksums, as packets from a wire have them (see
+    // `slr_io::netns::set_tx_checksum`).
+    for c in t.nodes_with(Role::Client) {
+        in_netns(&t.netns(&c.name), || {
+            slr_io::netns::set_tx_checksum(NODE_IFNAME, false)
+                .with_context(|| format!("transmit checksum offload off on {NODE_IFNAME}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread of its own in network namespace `ns`.
+fn in_netns(ns: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    let name = ns.to_string();
+    std::thread::spawn(move || -> Result<()> {
+        slr_io::netns::enter_netns(&name).with_context(|| format!("entering {name}"))?;
+        f().with_context(|| format!("in {name}"))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread working in {ns} panicked"))?
 }
 
 /// Makes every namespace, each node's link to the core and their sysctls; returns the

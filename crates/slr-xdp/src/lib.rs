@@ -59,6 +59,9 @@ pub enum FastPathError {
     /// An interface name that does not exist.
     #[error("no interface named {0:?}")]
     NoInterface(String),
+    /// Attaching through the link (netlink) failed.
+    #[error("attaching XDP to the link: {0}")]
+    Link(#[from] slr_io::RouteError),
 }
 
 /// Why an entry could not be installed.
@@ -395,6 +398,32 @@ impl RouterFastPath {
             .map_err(program_err("slr_pass"))?;
         Ok(())
     }
+}
+
+/// Attaches `slr_pass` (XDP_PASS) to `interface` in driver mode through the link itself, so
+/// that it stays after this process exits and goes with the interface: the far end of a veth
+/// whose near end runs `slr_router` needs it (a veth hands XDP_TX and redirected frames only to
+/// a peer with an XDP program or NAPI on).
+pub fn attach_pass_to_link(interface: &str) -> Result<(), FastPathError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut ebpf = EbpfLoader::new().map_max_entries("flows", 1).load(OBJECT)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("slr_pass")
+        .ok_or(FastPathError::Program {
+            program: "slr_pass",
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(program_err("slr_pass"))?;
+    prog.load().map_err(program_err("slr_pass"))?;
+    let fd = prog
+        .fd()
+        .map_err(program_err("slr_pass"))?
+        .as_fd()
+        .as_raw_fd();
+    // XDP_FLAGS_DRV_MODE
+    slr_io::RouteSocket::open()?.set_link_xdp(interface, Some(fd), 4)?;
+    Ok(())
 }
 
 /// A `struct xdp_md` for a test run: data from 0 to `len`, the ingress interface.

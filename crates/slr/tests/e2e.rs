@@ -670,6 +670,7 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
     assert_eq!(before["next_hop"], host.as_str());
     let rerouted_before = lab.counter("r1", "flows_rerouted");
     let created_before = lab.counter("r1", "flows_created");
+    let forwarded_before = lab.fast_path_forwarded("r1");
     let t = Instant::now();
     let sent = lab.in_ns("c2", move || {
         let raw = socket2::Socket::new(
@@ -760,7 +761,15 @@ fn syn_flood_leaves_established_downloads_and_memory_bound() {
     // flood, and no flow was routed afresh.
     assert_eq!(after["client"], before["client"]);
     assert_eq!(after["next_hop"], host.as_str());
-    assert!(after["packets"].as_u64() > before["packets"].as_u64());
+    // Its packets still flow: through the core, or (fast path on) forwarded by XDP, where
+    // they are the only established traffic during the flood.
+    let forwarded = lab.fast_path_forwarded("r1") - forwarded_before;
+    assert!(
+        after["packets"].as_u64() > before["packets"].as_u64() || forwarded > 0,
+        "the download's packets kept coming: core {} -> {}, XDP +{forwarded}",
+        before["packets"],
+        after["packets"]
+    );
     assert!(
         after["age_secs"].as_f64().unwrap()
             >= before["age_secs"].as_f64().unwrap() + flood.as_secs_f64()
@@ -856,4 +865,114 @@ fn bad_configuration_names_file_key_and_value() {
         err.contains("nodes[0].role") && err.contains("hots"),
         "{err}"
     );
+}
+
+/// Whether this run's labs use the fast path (SLR_E2E_FAST_PATH=off: the TUN path only).
+fn fast_path_expected() -> bool {
+    std::env::var("SLR_E2E_FAST_PATH").map_or(true, |v| v != "off")
+}
+
+#[test]
+fn fast_path_forwards_established_flows_in_the_kernel_and_copies_df() {
+    let lab = Lab::up(
+        "e2e-xdp",
+        &site("e2e-xdp", "round_robin", [1, 1, 1], FAST_HEALTH),
+    );
+    let vip = lab.vip(0);
+    let on = fast_path_expected();
+    assert_eq!(
+        lab.fast_path_enabled("r1"),
+        on,
+        "slr_fast_path_enabled follows router.fast_path"
+    );
+    let captures: Vec<_> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| lab.capture(h, "eth0", "ip proto 4"))
+        .collect();
+    let forwarded_before = lab.fast_path_forwarded("r1");
+    let core_before = lab.counter("r1", "packets_tunneled");
+
+    // Three 4 MiB uploads: client-to-server data is what the router carries.
+    let upload: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let up_file = std::env::temp_dir().join("slr-e2e-xdp-up.bin");
+    std::fs::write(&up_file, &upload).unwrap();
+    for _ in 0..3 {
+        let up = lab
+            .curl(
+                "c1",
+                &format!("--data-binary @{} http://{vip}/upload", up_file.display()),
+            )
+            .expect("upload");
+        assert_eq!(
+            field(&up, "fnv64"),
+            Some(format!("{:016x}", fnv64(&upload)).as_str()),
+            "4 MiB upload intact: {up}"
+        );
+    }
+    // UDP with DF clear and DF set (IP_MTU_DISCOVER DONT and DO), pinned: the first datagram of
+    // each flow through the core, the later ones through XDP when it is on.
+    let udp = lab.sh(
+        "c1",
+        &format!(
+            "python3 -c '
+import socket
+ok = 0
+for df in (0, 2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 10, df)
+    s.settimeout(2)
+    for i in range(20):
+        s.sendto(b\"x\" * 600, (\"{vip}\", 7))
+        try:
+            ok += len(s.recv(2048)) > 0
+        except socket.timeout:
+            pass
+print(ok)'"
+        ),
+    );
+    let echoed: usize = String::from_utf8_lossy(&udp.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("python3: {}", String::from_utf8_lossy(&udp.stderr)));
+    assert!(echoed >= 38, "UDP echoes through the VIP: {echoed} of 40");
+
+    let forwarded = lab.fast_path_forwarded("r1") - forwarded_before;
+    let through_core = lab.counter("r1", "packets_tunneled") - core_before;
+    let pcaps: Vec<_> = captures.into_iter().map(|c| c.stop()).collect();
+    let count = |filter: &str| {
+        pcaps
+            .iter()
+            .map(|p| count_packets(p, filter))
+            .sum::<usize>()
+    };
+    let tunnelled = count("ip proto 4");
+    let df_set = count("ip proto 4 and ip[6] & 0x40 != 0");
+    let df_clear = count("ip proto 4 and ip[6] & 0x40 = 0");
+    let mismatched = count(
+        "ip proto 4 and ((ip[6] & 0x40 = 0 and ip[26] & 0x40 != 0) or \
+         (ip[6] & 0x40 != 0 and ip[26] & 0x40 = 0))",
+    );
+    let share = forwarded as f64 / (forwarded + through_core).max(1) as f64;
+    println!(
+        "fast path {}: {forwarded} packets forwarded by XDP, {through_core} through the core \
+         ({:.1} % in the kernel); at the hosts {tunnelled} tunnel packets, outer DF set {df_set}, \
+         clear {df_clear}, outer DF different from inner DF {mismatched}",
+        if on { "on" } else { "off" },
+        100.0 * share
+    );
+    assert_eq!(mismatched, 0, "RFC 2003 3.1: the outer DF is the inner DF");
+    assert!(
+        df_set > 1000 && df_clear >= 19,
+        "both kinds crossed: {df_set} / {df_clear}"
+    );
+    if on {
+        assert!(
+            share >= 0.9,
+            "established flows go through XDP: {forwarded} in the kernel, {through_core} in the core"
+        );
+    } else {
+        assert_eq!(forwarded, 0);
+    }
 }

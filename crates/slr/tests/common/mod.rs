@@ -41,10 +41,16 @@ impl Lab {
         std::fs::write(&file, topology).unwrap();
         // A lab left by an earlier, killed run of the same test.
         let _ = Command::new(slr()).args(["lab", "down", name]).output();
+        // SLR_E2E_FAST_PATH=off|xdp runs a suite with the routers' fast path so (scripts/test
+        // runs the site suite both ways); unset, the daemon's default.
+        let fast_path: Vec<String> = std::env::var("SLR_E2E_FAST_PATH")
+            .map(|v| vec!["--fast-path".to_string(), v])
+            .unwrap_or_default();
         let out = Command::new(slr())
             .args(["lab", "up"])
             .arg(&file)
             .args(flags)
+            .args(&fast_path)
             .output()
             .expect("run slr lab up");
         if !out.status.success() {
@@ -199,6 +205,23 @@ impl Lab {
             .find(|n| n["name"] == name && n["configured"] == true)
             .cloned()
             .unwrap_or_else(|| panic!("no next hop {name}"))
+    }
+
+    /// Packets the router's XDP program forwarded (0 with the fast path off).
+    pub fn fast_path_forwarded(&self, router: &str) -> u64 {
+        let s = self.ctl(router, "stats");
+        s["snapshot"]["fast_path"]["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r[0] == "forwarded")
+            .and_then(|r| r[1].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Whether the router's XDP program forwards established flows.
+    pub fn fast_path_enabled(&self, router: &str) -> bool {
+        self.ctl(router, "stats")["snapshot"]["fast_path"]["enabled"] == true
     }
 
     /// A router counter.
