@@ -185,7 +185,9 @@ int slr_router(struct xdp_md *ctx)
 		// Options (or a header length below 20): the slow path checks and routes them.
 		return pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
 	__u32 tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(*ip) || (void *)ip + tot > end)
+	// Lengths, not pointers: a router runs with CAP_BPF but without CAP_PERFMON, and the
+	// verifier refuses variable pointer arithmetic then.
+	if (tot < sizeof(*ip) || sizeof(*eth) + tot > frame)
 		return pass(R_MALFORMED, frame);
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return pass(R_FRAGMENT, frame);
