@@ -168,7 +168,7 @@ impl RouterFastPath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("flows", settings.max_flows.max(1))
             .load(OBJECT)?;
-        for name in ["slr_router", "slr_pass"] {
+        for name in ["slr_router", "slr_pass", "slr_bounce", "slr_sink"] {
             let name: &'static str = name;
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -363,7 +363,7 @@ impl RouterFastPath {
         })
     }
 
-    /// Runs `program` (`slr_router` or `slr_pass`) on `frame` `repeat` times in the kernel's
+    /// Runs `program` (`slr_router`, `slr_bounce` or `slr_pass`) on `frame` `repeat` times in the kernel's
     /// live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): frames the program transmits really
     /// leave by the interface `ingress`. Returns the time per frame the kernel measured.
     pub fn live_frames(
@@ -389,13 +389,47 @@ impl RouterFastPath {
         Ok(r.duration)
     }
 
+    /// Runs `slr_router` on `frame` `repeat` times without transmitting anything
+    /// (`BPF_PROG_TEST_RUN`); returns the kernel's time per run: the program alone.
+    pub fn time_program(
+        &mut self,
+        frame: &[u8],
+        ingress: u32,
+        repeat: u32,
+    ) -> Result<Duration, FastPathError> {
+        let ctx = xdp_md(frame.len(), ingress);
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = self
+            .program("slr_router")?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ctx_out: None,
+                repeat,
+                attrs: TestRunAttrs::new(),
+            })
+            .map_err(program_err("slr_router"))?;
+        Ok(r.duration)
+    }
+
     /// Attaches the pass-through program to an interface (native mode): the far end of a veth
     /// pair whose near end transmits with XDP_TX needs one.
     pub fn attach_pass(&mut self, interface: &str) -> Result<(), FastPathError> {
+        self.attach_other("slr_pass", interface)
+    }
+
+    /// Attaches `slr_pass`, `slr_sink` (XDP_DROP) or `slr_bounce` to an interface (native
+    /// mode), for as long as this value lives.
+    pub fn attach_other(
+        &mut self,
+        program: &'static str,
+        interface: &str,
+    ) -> Result<(), FastPathError> {
         let index = if_index(interface)?;
-        self.program("slr_pass")?
+        self.program(program)?
             .attach_to_if_index(index, XdpMode::Driver)
-            .map_err(program_err("slr_pass"))?;
+            .map_err(program_err(program))?;
         Ok(())
     }
 }
