@@ -20,7 +20,7 @@ pub use sync::key_record;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use maps::ConfigRecord;
+use maps::{ConfigRecord, LoopRecord};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -168,7 +168,13 @@ impl RouterFastPath {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("flows", settings.max_flows.max(1))
             .load(OBJECT)?;
-        for name in ["slr_router", "slr_pass", "slr_bounce", "slr_sink"] {
+        for name in [
+            "slr_router",
+            "slr_pass",
+            "slr_bounce",
+            "slr_sink",
+            "slr_unwrap",
+        ] {
             let name: &'static str = name;
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -419,8 +425,43 @@ impl RouterFastPath {
         self.attach_other("slr_pass", interface)
     }
 
-    /// Attaches `slr_pass`, `slr_sink` (XDP_DROP) or `slr_bounce` to an interface (native
-    /// mode), for as long as this value lives.
+    /// Starts the benchmark loop's count: `slr_unwrap` sends `budget` more frames back, then
+    /// drops.
+    pub fn set_loop_budget(&mut self, budget: u64) -> Result<(), FastPathError> {
+        let map = self.ebpf.map_mut("bench_loop").ok_or(FastPathError::Map {
+            map: "bench_loop",
+            source: MapError::InvalidName {
+                name: "bench_loop".into(),
+            },
+        })?;
+        let mut a: Array<&mut MapData, LoopRecord> =
+            Array::try_from(map).map_err(map_err("bench_loop"))?;
+        a.set(
+            0,
+            LoopRecord {
+                budget,
+                returned: 0,
+            },
+            0,
+        )
+        .map_err(map_err("bench_loop"))
+    }
+
+    /// Frames `slr_unwrap` has seen since [`set_loop_budget`](Self::set_loop_budget) (sent
+    /// back, and beyond the budget dropped).
+    pub fn loop_returned(&self) -> Result<u64, FastPathError> {
+        let map = self.ebpf.map("bench_loop").ok_or(FastPathError::Map {
+            map: "bench_loop",
+            source: MapError::InvalidName {
+                name: "bench_loop".into(),
+            },
+        })?;
+        let a: Array<&MapData, LoopRecord> = Array::try_from(map).map_err(map_err("bench_loop"))?;
+        Ok(a.get(&0, 0).map_err(map_err("bench_loop"))?.returned)
+    }
+
+    /// Attaches `slr_pass`, `slr_sink` (XDP_DROP), `slr_bounce` or `slr_unwrap` to an interface
+    /// (native mode), for as long as this value lives.
     pub fn attach_other(
         &mut self,
         program: &'static str,

@@ -90,6 +90,14 @@ pub(crate) struct ConfigRecord {
     pub(crate) enabled: u32,
 }
 
+/// The benchmark loop's budget and count (`bench_loop`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct LoopRecord {
+    pub(crate) budget: u64,
+    pub(crate) returned: u64,
+}
+
 /// Packets and bytes (one CPU's, or their sum).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +124,8 @@ unsafe impl aya::Pod for FlowValueRecord {}
 unsafe impl aya::Pod for ConfigRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Counter {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LoopRecord {}
 
 const _: () = assert!(std::mem::size_of::<FlowKeyRecord>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowValueRecord>() == 24);
