@@ -98,13 +98,7 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> FastPathError {
 
 /// The index of an interface by name, in the calling thread's network namespace.
 pub fn if_index(name: &str) -> Result<u32, FastPathError> {
-    let c = std::ffi::CString::new(name).map_err(|_| FastPathError::NoInterface(name.into()))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(FastPathError::NoInterface(name.into()));
-    }
-    Ok(i)
+    slr_io::netns::interface_index(name).map_err(|_| FastPathError::NoInterface(name.into()))
 }
 
 /// Now on the clock the programs stamp (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), in ns.
@@ -345,33 +339,59 @@ impl RouterFastPath {
         sum(&self.vhost_stats, index)
     }
 
+    /// One `BPF_PROG_TEST_RUN` of `program` on `frame` as if it had arrived on `ingress`:
+    /// `repeat` times, in live-frame mode with `live_batch` (frames really leave), or else
+    /// with the output frame returned.
+    fn run_program(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        ingress: u32,
+        repeat: u32,
+        live_batch: Option<u32>,
+    ) -> Result<(aya::programs::TestRunResult, Vec<u8>), FastPathError> {
+        let ctx = xdp_md(frame.len(), ingress);
+        let mut out = vec![
+            0u8;
+            if live_batch.is_some() {
+                0
+            } else {
+                frame.len() + 256
+            }
+        ];
+        let r = self
+            .program(program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: live_batch.is_none().then_some(&mut out[..]),
+                ctx_in: Some(&ctx),
+                ctx_out: None,
+                repeat,
+                attrs: match live_batch {
+                    Some(b) => TestRunAttrs::new().xdp_live_frames(b),
+                    None => TestRunAttrs::new(),
+                },
+            })
+            .map_err(program_err(program))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r, out))
+    }
+
     /// Runs `slr_router` on one frame through `BPF_PROG_TEST_RUN`, as if it had arrived on
     /// interface `ingress` (an index in the calling thread's namespace; fib lookups use its
     /// routes and neighbours).
     pub fn test_run(&mut self, frame: &[u8], ingress: u32) -> Result<TestRunOutput, FastPathError> {
-        let ctx = xdp_md(frame.len(), ingress);
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
-            .program("slr_router")?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: None,
-                repeat: 1,
-                attrs: TestRunAttrs::new(),
-            })
-            .map_err(program_err("slr_router"))?;
-        out.truncate(r.data_size_out as usize);
+        let (r, out) = self.run_program("slr_router", frame, ingress, 1, None)?;
         Ok(TestRunOutput {
             verdict: r.return_value,
             frame: out,
         })
     }
 
-    /// Runs `program` (`slr_router`, `slr_bounce` or `slr_pass`) on `frame` `repeat` times in the kernel's
-    /// live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): frames the program transmits really
-    /// leave by the interface `ingress`. Returns the time per frame the kernel measured.
+    /// Runs `program` (`slr_router`, `slr_bounce` or `slr_pass`) on `frame` `repeat` times in
+    /// the kernel's live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): frames the program
+    /// transmits really leave by the interface `ingress`. Returns the time per frame the
+    /// kernel measured.
     pub fn live_frames(
         &mut self,
         program: &'static str,
@@ -380,19 +400,10 @@ impl RouterFastPath {
         repeat: u32,
         batch: u32,
     ) -> Result<Duration, FastPathError> {
-        let ctx = xdp_md(frame.len(), ingress);
-        let r = self
-            .program(program)?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: None,
-                ctx_in: Some(&ctx),
-                ctx_out: None,
-                repeat,
-                attrs: TestRunAttrs::new().xdp_live_frames(batch),
-            })
-            .map_err(program_err(program))?;
-        Ok(r.duration)
+        Ok(self
+            .run_program(program, frame, ingress, repeat, Some(batch))?
+            .0
+            .duration)
     }
 
     /// Runs `slr_router` on `frame` `repeat` times without transmitting anything
@@ -403,26 +414,10 @@ impl RouterFastPath {
         ingress: u32,
         repeat: u32,
     ) -> Result<Duration, FastPathError> {
-        let ctx = xdp_md(frame.len(), ingress);
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
-            .program("slr_router")?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: None,
-                repeat,
-                attrs: TestRunAttrs::new(),
-            })
-            .map_err(program_err("slr_router"))?;
-        Ok(r.duration)
-    }
-
-    /// Attaches the pass-through program to an interface (native mode): the far end of a veth
-    /// pair whose near end transmits with XDP_TX needs one.
-    pub fn attach_pass(&mut self, interface: &str) -> Result<(), FastPathError> {
-        self.attach_other("slr_pass", interface)
+        Ok(self
+            .run_program("slr_router", frame, ingress, repeat, None)?
+            .0
+            .duration)
     }
 
     /// Starts the benchmark loop's count: `slr_unwrap` sends `budget` more frames back, then
