@@ -304,6 +304,158 @@ int slr_router(struct xdp_md *ctx)
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+// slr_host: on a host server's interfaces (loaded by `slr host`). An IP-in-IP packet from a
+// trusted tunnel source (`host_trusted`) for a virtual subnet of this host (`host_subnets`) is
+// decapsulated in place and its inner packet goes up the stack, which delivers it to the
+// server as if it had arrived on this interface (AnyIP routes make the virtual subnets local);
+// the server answers the client directly (direct server return). Tunnels from anyone else, and
+// tunnels the host agent would refuse too, are dropped and counted by the same reasons as the
+// agent's (slr_core::terminate). What the program does not decide (outer options or fragments,
+// inner options) passes to the agent's raw socket unchanged; anything not IP-in-IP passes
+// untouched. The attachment outlives the agent (it is made through netlink), so a killed agent
+// does not stop delivery.
+
+struct lpm_v4 {
+	__u32 prefixlen;
+	__u32 addr; // network byte order
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__type(key, struct lpm_v4);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} host_trusted SEC(".maps");
+
+// Virtual subnet -> its index in the agent's configuration (the per-subnet counters' index).
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__type(key, struct lpm_v4);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} host_subnets SEC(".maps");
+
+// Mirrored by `HostReason` in src/maps.rs.
+enum host_reason {
+	H_DELIVERED = 0,
+	H_NOT_TUNNEL,
+	H_SLOW_PATH,
+	H_DISABLED,
+	H_MALFORMED_OUTER,
+	H_UNTRUSTED,
+	H_MALFORMED_INNER,
+	H_NESTED,
+	H_NOT_VIRTUAL,
+	H_TTL,
+	H_REASONS,
+};
+
+#define MAX_HOST_SUBNETS 256
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} host_enabled SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, H_REASONS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} host_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_HOST_SUBNETS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} host_subnet_stats SEC(".maps");
+
+static __always_inline int host_verdict(__u32 why, __u64 bytes, int verdict)
+{
+	count(bpf_map_lookup_elem(&host_stats, &why), bytes);
+	return verdict;
+}
+
+SEC("xdp")
+int slr_host(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 frame = bpf_xdp_get_buff_len(ctx);
+	__u32 zero = 0;
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return host_verdict(H_NOT_TUNNEL, frame, XDP_PASS);
+	struct iphdr *outer = (void *)(eth + 1);
+	if ((void *)(outer + 1) > end || outer->version != 4 || outer->protocol != IPPROTO_IPIP)
+		return host_verdict(H_NOT_TUNNEL, frame, XDP_PASS);
+	__u32 *on = bpf_map_lookup_elem(&host_enabled, &zero);
+	if (!on || !*on)
+		return host_verdict(H_DISABLED, frame, XDP_PASS);
+	__u32 tot = bpf_ntohs(outer->tot_len);
+	if (outer->ihl < 5 || tot < outer->ihl * 4 || sizeof(*eth) + tot > frame)
+		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
+	if (outer->ihl != 5)
+		// Options: the agent decides.
+		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
+	// Trust is decided on the outer source before anything of the inner packet is read.
+	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
+	if (!bpf_map_lookup_elem(&host_trusted, &src))
+		return host_verdict(H_UNTRUSTED, frame, XDP_DROP);
+	if (fold(sum_header((const __u16 *)outer)) != 0xffff)
+		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
+	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
+		// The stack reassembles it for the agent.
+		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
+
+	struct iphdr *ip = outer + 1;
+	__u32 room = tot - sizeof(*outer);
+	if ((void *)(ip + 1) > end || room < sizeof(*ip) || ip->version != 4 || ip->ihl < 5)
+		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
+	__u32 inner_tot = bpf_ntohs(ip->tot_len);
+	if (inner_tot < ip->ihl * 4 || inner_tot > room)
+		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
+	if (ip->ihl != 5)
+		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
+	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
+	if (ip->protocol == IPPROTO_IPIP)
+		return host_verdict(H_NESTED, frame, XDP_DROP);
+	if (ip->ttl == 0)
+		return host_verdict(H_TTL, frame, XDP_DROP);
+	struct lpm_v4 dst = { .prefixlen = 32, .addr = ip->daddr };
+	__u32 *subnet = bpf_map_lookup_elem(&host_subnets, &dst);
+	if (!subnet)
+		return host_verdict(H_NOT_VIRTUAL, frame, XDP_DROP);
+	__u32 index = *subnet;
+
+	unsigned char dmac[ETH_ALEN], smac[ETH_ALEN];
+	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
+	// Link padding and anything after the inner packet go, as the agent truncates them.
+	__u64 excess = frame - sizeof(*eth) - sizeof(*outer) - inner_tot;
+	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
+		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
+	if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct iphdr)))
+		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	count(bpf_map_lookup_elem(&host_subnet_stats, &index), inner_tot);
+	return host_verdict(H_DELIVERED, inner_tot, XDP_PASS);
+}
+
 // The benchmarks' baseline: the least an XDP_TX forwarder does (swap the MACs, send back).
 SEC("xdp")
 int slr_bounce(struct xdp_md *ctx)

@@ -127,31 +127,39 @@ unsafe impl aya::Pod for Counter {}
 // SAFETY: as above.
 unsafe impl aya::Pod for LoopRecord {}
 
+
 const _: () = assert!(std::mem::size_of::<FlowKeyRecord>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowValueRecord>() == 24);
 const _: () = assert!(std::mem::size_of::<ConfigRecord>() == 16);
 const _: () = assert!(std::mem::size_of::<Counter>() == 16);
 
+
 macro_rules! reasons {
-    ($($variant:ident => $name:literal, $doc:literal;)*) => {
-        /// What the router program did with a packet: forwarded it, or passed it to the slow path
-        /// for a reason (the `stats` map's index; the order of `enum reason` in the C source).
+    ($(#[$meta:meta])* $ty:ident { $($variant:ident => $name:literal, $doc:literal;)* }) => {
+        $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Reason {
+        pub enum $ty {
             $(#[doc = $doc] $variant,)*
         }
-        impl Reason {
+        impl $ty {
             /// All of them, in index order.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            pub const ALL: &'static [$ty] = &[$($ty::$variant,)*];
             /// Metric label.
             pub fn as_str(self) -> &'static str {
-                match self { $(Reason::$variant => $name,)* }
+                match self { $($ty::$variant => $name,)* }
+            }
+            /// The reason at `index` of the program's counters.
+            pub fn from_index(index: usize) -> Option<$ty> {
+                $ty::ALL.get(index).copied()
             }
         }
     };
 }
 
 reasons! {
+    /// What the router program did with a packet: forwarded it, or passed it to the slow path
+    /// for a reason (the `stats` map's index; the order of `enum reason` in the C source).
+    Reason {
     Forwarded => "forwarded", "Encapsulated and transmitted in the kernel.";
     Disabled => "disabled", "The program is loaded but switched off.";
     NotIpv4 => "not_ipv4", "Not an IPv4 frame.";
@@ -167,11 +175,33 @@ reasons! {
     NoRoute => "no_route", "No route to the next hop's tunnel address (or forwarding is off).";
     NoNeigh => "no_neigh", "The next hop's link-layer address is not resolved yet.";
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer header.";
+    }
 }
 
-impl Reason {
-    /// The reason at `index` of the `stats` map.
-    pub fn from_index(index: usize) -> Option<Reason> {
-        Reason::ALL.get(index).copied()
+reasons! {
+    /// What the host program did with a packet (the `host_stats` map's index; the order of
+    /// `enum host_reason` in the C source). The drop reasons carry the host agent's names
+    /// (`slr_core::terminate::TerminateDrop`).
+    HostReason {
+    Delivered => "delivered", "Decapsulated; the inner packet went up the stack.";
+    NotTunnel => "not_tunnel", "Not IP-in-IP: passed untouched.";
+    SlowPath => "slow_path", "Outer options or fragment, or inner options: passed to the agent.";
+    Disabled => "disabled", "The program is loaded but switched off: passed to the agent.";
+    MalformedOuter => "malformed_outer", "Dropped: outer header malformed (length, checksum).";
+    UntrustedSource => "untrusted_source", "Dropped: outer source outside the trust domain.";
+    MalformedInner => "malformed_inner", "Dropped: inner packet malformed.";
+    NestedTunnel => "nested_tunnel", "Dropped: the inner packet is itself IP-in-IP.";
+    NotVirtualSubnet => "not_virtual_subnet", "Dropped: inner destination not a virtual subnet here.";
+    TtlExpired => "ttl_expired", "Dropped: inner TTL 0.";
+    }
+}
+
+impl HostReason {
+    /// Whether the program dropped the packet for this reason.
+    pub fn is_drop(self) -> bool {
+        !matches!(
+            self,
+            HostReason::Delivered | HostReason::NotTunnel | HostReason::SlowPath | HostReason::Disabled
+        )
     }
 }

@@ -1,0 +1,280 @@
+//! The router's program, `slr_router`, and its maps.
+
+use crate::maps::{ConfigRecord, LoopRecord};
+use crate::{
+    RouterSettings, if_index, load_object, load_programs, map_err, program_err, run_program, sum, take_map, xdp_program, Counter,
+    FastPathError, FlowKeyRecord, FlowValueRecord, InstallError, Reason, TestRunOutput,
+    MAX_NEXT_HOPS, MAX_VIRTUAL_HOSTS,
+};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+use std::time::Duration;
+
+/// The router's fast path: the loaded `slr_router` program, its maps, and where it is attached.
+pub struct RouterFastPath {
+    ebpf: Ebpf,
+    flows: HashMap<MapData, FlowKeyRecord, FlowValueRecord>,
+    config: Array<MapData, ConfigRecord>,
+    stats: PerCpuArray<MapData, Counter>,
+    next_hop_stats: PerCpuArray<MapData, Counter>,
+    vhost_stats: PerCpuArray<MapData, Counter>,
+    settings: RouterSettings,
+    attached: Vec<(String, u32)>,
+}
+
+impl std::fmt::Debug for RouterFastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterFastPath")
+            .field("settings", &self.settings)
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterFastPath {
+    /// Loads the programs (through the verifier) and creates the maps, enabled with
+    /// `settings`. Attaches nothing.
+    pub fn load(settings: RouterSettings) -> Result<Self, FastPathError> {
+        let mut ebpf = load_object(settings.max_flows)?;
+        load_programs(
+            &mut ebpf,
+            &["slr_router", "slr_pass", "slr_bounce", "slr_sink", "slr_unwrap"],
+        )?;
+        let flows = HashMap::try_from(take_map(&mut ebpf, "flows")?).map_err(map_err("flows"))?;
+        let config = Array::try_from(take_map(&mut ebpf, "config")?).map_err(map_err("config"))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "stats")?).map_err(map_err("stats"))?;
+        let next_hop_stats = PerCpuArray::try_from(take_map(&mut ebpf, "next_hop_stats")?)
+            .map_err(map_err("next_hop_stats"))?;
+        let vhost_stats = PerCpuArray::try_from(take_map(&mut ebpf, "vhost_stats")?)
+            .map_err(map_err("vhost_stats"))?;
+        let mut fp = RouterFastPath {
+            ebpf,
+            flows,
+            config,
+            stats,
+            next_hop_stats,
+            vhost_stats,
+            settings,
+            attached: Vec::new(),
+        };
+        fp.set_enabled(true)?;
+        Ok(fp)
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> RouterSettings {
+        self.settings
+    }
+
+    /// Switches forwarding on or off (off: every packet passes to the slow path).
+    pub fn set_enabled(&mut self, enabled: bool) -> Result<(), FastPathError> {
+        let s = self.settings;
+        let rec = ConfigRecord {
+            tunnel_src: s.tunnel_source.octets(),
+            tunnel_mtu: s.tunnel_mtu,
+            outer_ttl: u32::from(s.outer_ttl),
+            enabled: u32::from(enabled),
+        };
+        self.config.set(0, rec, 0).map_err(map_err("config"))
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut Xdp, FastPathError> {
+        xdp_program(&mut self.ebpf, name)
+    }
+
+    /// Attaches `slr_router` to an interface in native (driver) mode; the attachment lasts as
+    /// long as this value.
+    pub fn attach(&mut self, interface: &str) -> Result<(), FastPathError> {
+        let index = if_index(interface)?;
+        self.program("slr_router")?
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map_err(program_err("slr_router"))?;
+        self.attached.push((interface.to_string(), index));
+        Ok(())
+    }
+
+    /// The interfaces it is attached to, with their indices.
+    pub fn attached(&self) -> &[(String, u32)] {
+        &self.attached
+    }
+
+    /// Installs (or replaces) a flow's entry.
+    pub fn install(
+        &mut self,
+        key: FlowKeyRecord,
+        value: FlowValueRecord,
+    ) -> Result<(), InstallError> {
+        match self.flows.insert(key, value, 0) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                Err(InstallError::Full)
+            }
+            Err(e) => Err(InstallError::Other(map_err("flows")(e))),
+        }
+    }
+
+    /// Removes a flow's entry; whether there was one.
+    pub fn withdraw(&mut self, key: &FlowKeyRecord) -> Result<bool, FastPathError> {
+        match self.flows.remove(key) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(false)
+            }
+            Err(e) => Err(map_err("flows")(e)),
+        }
+    }
+
+    /// A flow's entry, if installed.
+    pub fn lookup(&self, key: &FlowKeyRecord) -> Result<Option<FlowValueRecord>, FastPathError> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("flows")(e)),
+        }
+    }
+
+    /// Every installed entry (a walk of the map, one system call per entry).
+    pub fn entries(&self) -> Vec<(FlowKeyRecord, FlowValueRecord)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Entries in the map (a walk).
+    pub fn len(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.flows.keys().next().is_none()
+    }
+
+    /// Removes every entry; returns how many.
+    pub fn flush(&mut self) -> Result<usize, FastPathError> {
+        let keys: Vec<FlowKeyRecord> = self.flows.keys().filter_map(Result::ok).collect();
+        let mut n = 0;
+        for k in &keys {
+            if self.withdraw(k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// What the program did, by reason, summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<(Reason, Counter)>, FastPathError> {
+        let mut out = Vec::with_capacity(Reason::ALL.len());
+        for (i, &r) in Reason::ALL.iter().enumerate() {
+            out.push((r, sum(&self.stats, i as u32)?));
+        }
+        Ok(out)
+    }
+
+    /// Packets forwarded to next hop `index` (the core's), summed over CPUs.
+    pub fn next_hop_counter(&self, index: u32) -> Result<Counter, FastPathError> {
+        if index >= MAX_NEXT_HOPS {
+            return Ok(Counter::default());
+        }
+        sum(&self.next_hop_stats, index)
+    }
+
+    /// Packets forwarded for virtual host `index` (the core's), summed over CPUs.
+    pub fn virtual_host_counter(&self, index: u32) -> Result<Counter, FastPathError> {
+        if index >= MAX_VIRTUAL_HOSTS {
+            return Ok(Counter::default());
+        }
+        sum(&self.vhost_stats, index)
+    }
+
+    /// Runs `slr_router` on one frame through `BPF_PROG_TEST_RUN`, as if it had arrived on
+    /// interface `ingress` (an index in the calling thread's namespace; fib lookups use its
+    /// routes and neighbours).
+    pub fn test_run(&mut self, frame: &[u8], ingress: u32) -> Result<TestRunOutput, FastPathError> {
+        let (r, out) = run_program(&mut self.ebpf, "slr_router", frame, ingress, 1, None)?;
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            frame: out,
+        })
+    }
+
+    /// Runs `program` (`slr_router`, `slr_bounce` or `slr_pass`) on `frame` `repeat` times in
+    /// the kernel's live-frame mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): frames the program
+    /// transmits really leave by the interface `ingress`. Returns the time per frame the
+    /// kernel measured.
+    pub fn live_frames(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        ingress: u32,
+        repeat: u32,
+        batch: u32,
+    ) -> Result<Duration, FastPathError> {
+        Ok(run_program(&mut self.ebpf, program, frame, ingress, repeat, Some(batch))?
+            .0
+            .duration)
+    }
+
+    /// Runs `slr_router` on `frame` `repeat` times without transmitting anything
+    /// (`BPF_PROG_TEST_RUN`); returns the kernel's time per run: the program alone.
+    pub fn time_program(
+        &mut self,
+        frame: &[u8],
+        ingress: u32,
+        repeat: u32,
+    ) -> Result<Duration, FastPathError> {
+        Ok(run_program(&mut self.ebpf, "slr_router", frame, ingress, repeat, None)?
+            .0
+            .duration)
+    }
+
+    /// Starts the benchmark loop's count: `slr_unwrap` sends `budget` more frames back, then
+    /// drops.
+    pub fn set_loop_budget(&mut self, budget: u64) -> Result<(), FastPathError> {
+        let map = self.ebpf.map_mut("bench_loop").ok_or(FastPathError::Map {
+            map: "bench_loop",
+            source: MapError::InvalidName {
+                name: "bench_loop".into(),
+            },
+        })?;
+        let mut a: Array<&mut MapData, LoopRecord> =
+            Array::try_from(map).map_err(map_err("bench_loop"))?;
+        a.set(
+            0,
+            LoopRecord {
+                budget,
+                returned: 0,
+            },
+            0,
+        )
+        .map_err(map_err("bench_loop"))
+    }
+
+    /// Frames `slr_unwrap` has seen since [`set_loop_budget`](Self::set_loop_budget) (sent
+    /// back, and beyond the budget dropped).
+    pub fn loop_returned(&self) -> Result<u64, FastPathError> {
+        let map = self.ebpf.map("bench_loop").ok_or(FastPathError::Map {
+            map: "bench_loop",
+            source: MapError::InvalidName {
+                name: "bench_loop".into(),
+            },
+        })?;
+        let a: Array<&MapData, LoopRecord> = Array::try_from(map).map_err(map_err("bench_loop"))?;
+        Ok(a.get(&0, 0).map_err(map_err("bench_loop"))?.returned)
+    }
+
+    /// Attaches `slr_pass`, `slr_sink` (XDP_DROP), `slr_bounce` or `slr_unwrap` to an interface
+    /// (native mode), for as long as this value lives.
+    pub fn attach_other(
+        &mut self,
+        program: &'static str,
+        interface: &str,
+    ) -> Result<(), FastPathError> {
+        let index = if_index(interface)?;
+        self.program(program)?
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map_err(program_err(program))?;
+        Ok(())
+    }
+}
+
