@@ -498,6 +498,15 @@ pub struct HostSection {
     /// a machine: the lab, containers).
     #[serde(default = "default_load_scope")]
     pub load_scope: String,
+    /// Decapsulation in the kernel: "xdp" (an XDP program on the host's interfaces strips
+    /// trusted tunnels and passes the inner packets up the stack) or "off" (the agent's raw
+    /// socket and TUN device).
+    #[serde(default = "default_fast_path")]
+    pub fast_path: String,
+    /// Interfaces the XDP program attaches to (default: every interface but loopback and the
+    /// TUN device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fast_path_interfaces: Vec<String>,
 }
 
 impl HostSection {
@@ -512,6 +521,8 @@ impl HostSection {
             metrics_listen: None,
             manage_routes: true,
             load_scope: default_load_scope(),
+            fast_path: default_fast_path(),
+            fast_path_interfaces: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 use crate::check::{ifname, Ctx};
 use crate::control::{control, ControlConfig};
 use crate::file::HostFile;
+use crate::router::FastPathMode;
 use crate::ConfigError;
 use slr_wire::Ipv4Cidr;
 use std::net::SocketAddr;
@@ -29,6 +30,10 @@ pub struct HostDaemonConfig {
     pub control: Option<ControlConfig>,
     /// What the reported `load` measures.
     pub load_scope: LoadScope,
+    /// Decapsulation in the kernel, or by the agent.
+    pub fast_path: FastPathMode,
+    /// Interfaces the XDP program attaches to (empty: all but loopback and the TUN device).
+    pub fast_path_interfaces: Vec<String>,
 }
 
 /// What a host agent's reported `load` measures (`host.load_scope`).
@@ -80,6 +85,10 @@ impl HostFile {
             "netns" => LoadScope::Netns,
             other => return Err(c.err("host.load_scope", other, "expected machine or netns")),
         };
+        let fast_path = FastPathMode::parse(&c, "host.fast_path", &h.fast_path)?;
+        for i in &h.fast_path_interfaces {
+            ifname(&c, "host.fast_path_interfaces", i)?;
+        }
         Ok(HostDaemonConfig {
             control_socket: PathBuf::from(
                 h.control_socket
@@ -93,6 +102,8 @@ impl HostFile {
             manage_routes: h.manage_routes,
             control,
             load_scope,
+            fast_path,
+            fast_path_interfaces: h.fast_path_interfaces,
         })
     }
 }

@@ -67,13 +67,24 @@ pub struct HealthConfig {
     pub address: Option<Ipv4Addr>,
 }
 
-/// `router.fast_path`.
+/// `router.fast_path` and `host.fast_path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FastPathMode {
-    /// Every packet through the TUN device and the core.
+    /// Every packet through the daemon (the router's TUN device and core, the host agent's
+    /// raw socket and TUN device).
     Off,
-    /// Established flows forwarded in the kernel by XDP.
+    /// In the kernel by XDP: a router's established flows, a host's tunnels.
     Xdp,
+}
+
+impl FastPathMode {
+    pub(crate) fn parse(c: &Ctx<'_>, key: &str, v: &str) -> Result<Self, ConfigError> {
+        match v {
+            "off" => Ok(FastPathMode::Off),
+            "xdp" => Ok(FastPathMode::Xdp),
+            other => Err(c.err(key, other, "must be \"xdp\" or \"off\"")),
+        }
+    }
 }
 
 /// Everything `slr router` needs.
@@ -211,13 +222,7 @@ impl RouterFile {
         if drain_period > Duration::from_secs(24 * 3600) {
             return Err(c.err("router.drain_period", &r.drain_period, "at most 24h"));
         }
-        let fast_path = match r.fast_path.as_str() {
-            "off" => FastPathMode::Off,
-            "xdp" => FastPathMode::Xdp,
-            other => {
-                return Err(c.err("router.fast_path", other, "must be \"xdp\" or \"off\""));
-            }
-        };
+        let fast_path = FastPathMode::parse(&c, "router.fast_path", &r.fast_path)?;
         for i in &r.fast_path_interfaces {
             ifname(&c, "router.fast_path_interfaces", i)?;
         }

@@ -285,6 +285,9 @@ pub fn host_file(t: &Topology, host: &str) -> HostFile {
     h.metrics_listen = Some(format!("0.0.0.0:{HOST_METRICS_PORT}"));
     // The lab's hosts share one machine: a host's load is what its own namespace uses.
     h.load_scope = "netns".into();
+    if let Some(f) = &t.fast_path {
+        h.fast_path = f.clone();
+    }
     HostFile {
         host: h,
         control: t.is_hierarchy().then(|| control_section(t, host)),

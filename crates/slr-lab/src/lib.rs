@@ -63,8 +63,9 @@ pub enum LabCommand {
         /// router and host agent each second (http://127.0.0.1:9090 in the core namespace).
         #[arg(long)]
         prometheus: bool,
-        /// The routers' kernel fast path: "xdp" (the daemon's default: established flows
-        /// forwarded by XDP) or "off" (every packet through the TUN device).
+        /// The kernel fast path of routers and hosts: "xdp" (the daemons' default: routers
+        /// forward established flows by XDP, hosts decapsulate by XDP) or "off" (every packet
+        /// through the daemons).
         #[arg(long, value_parser = ["xdp", "off"])]
         fast_path: Option<String>,
     },
@@ -108,8 +109,9 @@ pub enum LabCommand {
         /// Leave the lab up afterwards (tear it down later with `slr lab down`).
         #[arg(long)]
         keep: bool,
-        /// The routers' kernel fast path: "xdp" (the daemon's default: established flows
-        /// forwarded by XDP) or "off" (every packet through the TUN device).
+        /// The kernel fast path of routers and hosts: "xdp" (the daemons' default: routers
+        /// forward established flows by XDP, hosts decapsulate by XDP) or "off" (every packet
+        /// through the daemons).
         #[arg(long, value_parser = ["xdp", "off"])]
         fast_path: Option<String>,
     },

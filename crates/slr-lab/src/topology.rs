@@ -359,7 +359,7 @@ pub struct Topology {
     /// `[control]` table in the file), `None` for a static lab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<ControlSettings>,
-    /// The routers' `fast_path` when `slr lab up --fast-path` set one (a `[router_config]`
+    /// The routers' and hosts' `fast_path` when `slr lab up --fast-path` set one (a `[router_config]`
     /// still goes over it); `None`: the daemon's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<String>,

@@ -150,3 +150,17 @@ pub fn random_seed() -> u64 {
     h.write_u64(std::process::id() as u64);
     h.finish()
 }
+
+/// The interfaces of the calling thread's network namespace but loopback and `tun`: where a
+/// daemon's XDP program attaches unless configured otherwise.
+pub fn interfaces_except(tun: &str) -> Vec<String> {
+    let Ok(dev) = std::fs::read_to_string("/proc/self/net/dev") else {
+        return Vec::new();
+    };
+    dev.lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n != "lo" && n != tun && !n.is_empty())
+        .collect()
+}

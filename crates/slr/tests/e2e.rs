@@ -370,8 +370,14 @@ fn downloads_survive_drain_failure_and_reload() {
         .find(|h| *h != drained && *h != serving)
         .unwrap()
         .to_string();
-    let agent = lab.pid(&failing, "host");
-    signal(agent, "STOP"); // the host stops answering: tunnel packets are no longer taken in
+    // The host stops answering: everything it receives is dropped (its host agent alone
+    // stopping would not do: the host's XDP program keeps delivering without it).
+    let nft = |cmd: &str| {
+        let o = lab.sh(&failing, &format!("nft {cmd}"));
+        assert!(o.status.success(), "nft {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    nft("add table ip slr_test_fail");
+    nft("add chain ip slr_test_fail input '{ type filter hook input priority 0; policy drop; }'");
     let took = wait_until(Duration::from_secs(10), || {
         lab.next_hop("r1", &failing)["available"] == false
     });
@@ -389,7 +395,7 @@ fn downloads_survive_drain_failure_and_reload() {
     finish_download(dl, &body, 24);
 
     // 3. Recovery within the same bound; a reload (undrain) during a download.
-    signal(agent, "CONT");
+    nft("delete table ip slr_test_fail");
     let took = wait_until(Duration::from_secs(10), || {
         lab.next_hop("r1", &failing)["available"] == true
     });
@@ -471,7 +477,9 @@ fn large_transfers_pmtu_and_icmp_errors() {
     // An ICMP error about a reply a host sent reaches the host that owns the flow.
     let captures: Vec<_> = ["h1", "h2", "h3"]
         .iter()
-        .map(|h| (h.to_string(), lab.capture(h, "slrh0", "icmp")))
+        // On every interface: the agent hands it to the stack through its TUN device, the
+        // host's XDP program on eth0.
+        .map(|h| (h.to_string(), lab.capture(h, "any", "icmp")))
         .collect();
     let owner = lab.in_ns("c1", move || {
         use std::io::{Read, Write};
@@ -534,6 +542,7 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
     let vip = lab.vip(0);
     let h1 = lab.addr("h1");
     let untrusted_before = lab.host_drops("h1", "untrusted_source");
+    let in_kernel_before = lab.host_fast_path("h1", "untrusted_source");
 
     // A client forges IP-in-IP straight to a host: inner UDP to the VIP's echo port.
     let answered = lab.in_ns("c1", move || {
@@ -566,10 +575,19 @@ fn spoofed_tunnels_and_malformed_bursts_are_dropped() {
     });
     assert!(!answered, "a forged tunnel packet reached the server");
     let untrusted = lab.host_drops("h1", "untrusted_source");
+    let in_kernel = lab.host_fast_path("h1", "untrusted_source") - in_kernel_before;
     println!(
-        "host h1 dropped {} forged tunnel packets (untrusted_source)",
+        "host h1 dropped {} forged tunnel packets (untrusted_source), {in_kernel} of them in the kernel",
         untrusted - untrusted_before
     );
+    if fast_path_expected() {
+        assert!(
+            in_kernel >= 10,
+            "the host's XDP program drops untrusted tunnels: {in_kernel}"
+        );
+    } else {
+        assert_eq!(in_kernel, 0);
+    }
     assert!(untrusted - untrusted_before >= 10);
 
     // A burst of malformed packets to the VIP: what the kernel forwards to the router's TUN
@@ -885,9 +903,11 @@ fn fast_path_forwards_established_flows_in_the_kernel_and_copies_df() {
         on,
         "slr_fast_path_enabled follows router.fast_path"
     );
+    // On the wire toward each host (a host's own XDP program strips the tunnel before a
+    // capture on its interface would see it).
     let captures: Vec<_> = ["h1", "h2", "h3"]
         .iter()
-        .map(|h| lab.capture(h, "eth0", "ip proto 4"))
+        .map(|h| lab.capture_toward(h, "ip proto 4"))
         .collect();
     let forwarded_before = lab.fast_path_forwarded("r1");
     let core_before = lab.counter("r1", "packets_tunneled");

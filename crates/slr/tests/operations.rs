@@ -558,6 +558,67 @@ fn host_agent_restarts_mid_download_break_no_download() {
     }
 }
 
+/// A host agent killed (SIGKILL) mid-download and not restarted for 3 s. With the kernel fast
+/// path the host's XDP program, attached through the link, outlives the agent and keeps
+/// decapsulating: the downloads of that host go on at full rate while it is dead. The same with
+/// `--fast-path off` is the control: the clients' ACKs reach nobody and the downloads stall
+/// until a new agent starts. In both, every download completes intact after the restart.
+#[test]
+fn host_agent_killed_keeps_its_connections_in_the_kernel() {
+    for mode in ["xdp", "off"] {
+        let name = format!("ops-hk-{mode}");
+        let lab = Lab::up_with(&name, &site(&name, "round_robin", ""), &["--fast-path", mode]);
+        // A small receive buffer at the client (at most 256 KiB in flight), so that what its
+        // files grow by is what the servers sent meanwhile, not what a large buffer held.
+        let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let downloads: Vec<_> = (0..3)
+            .map(|i| start_download(&lab, "c1", &format!("k{i}"), 32, "4M"))
+            .collect();
+        let hosts: Vec<String> = downloads.iter().map(|(_, _, h)| download_host(h)).collect();
+        let host = hosts[0].clone();
+        let mine: Vec<&String> = downloads
+            .iter()
+            .zip(&hosts)
+            .filter(|(_, h)| **h == host)
+            .map(|((_, body, _), _)| body)
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let agent = lab.pid(&host, "host");
+        signal(agent, "KILL");
+        wait_until(Duration::from_secs(5), || !alive(agent)).expect("the agent died");
+        let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
+        let before: u64 = mine.iter().map(|b| size(b)).sum();
+        std::thread::sleep(Duration::from_secs(3));
+        let grown = mine.iter().map(|b| size(b)).sum::<u64>() - before;
+        let per = grown as f64 / mine.len() as f64 / (1 << 20) as f64;
+        println!(
+            "fast path {mode}: {host}'s agent dead for 3 s, its {} download(s) grew {per:.1} MiB each (limit 4 MB/s)",
+            mine.len()
+        );
+        if mode == "xdp" {
+            assert!(
+                per >= 6.0,
+                "the host's XDP program keeps delivering with its agent dead: {per:.1} MiB in 3 s"
+            );
+        } else {
+            assert!(
+                per < 3.0,
+                "the control: without the program nothing reaches the host while its agent is dead ({per:.1} MiB in 3 s)"
+            );
+        }
+        let out = Command::new(slr())
+            .args(["lab", "restart", &host, "--lab", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        for (child, body, _) in downloads {
+            finish_download(child, &body, 32);
+        }
+        println!("fast path {mode}: every download complete and intact after the restart");
+    }
+}
+
 /// `slr check -c FILE` says what a file configures, or names the file, key and value at fault
 /// and exits non-zero; `--log-format json` makes every log line a JSON object.
 #[test]

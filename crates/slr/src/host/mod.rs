@@ -1,12 +1,20 @@
-//! `slr host`: the host agent on a host server (MISSION F1, F6, F7).
+//! `slr host`: the host agent on a host server (MISSION F1, F6, F7, F20).
 //!
-//! It makes the virtual subnets local (AnyIP: `ip route add local SUBNET dev lo`), receives every
-//! IP-in-IP packet on a raw socket, lets the core's [`TunnelTerminator`] decide (trusted source,
-//! virtual subnet, well-formed, not nested), and writes accepted inner packets into its TUN
-//! device: the host's stack takes them as if they had arrived on that interface, and the server
-//! answers from the VIP straight to the client (direct server return). The routes are removed
-//! when the agent exits.
+//! It makes the virtual subnets local (AnyIP: `ip route add local SUBNET dev lo`). With
+//! `host.fast_path = "xdp"` (the default) an XDP program on the host's interfaces strips
+//! IP-in-IP from the trusted sources in the kernel and passes the inner packets up the stack
+//! (`slr_xdp::HostFastPath`); what the program leaves to the agent, and every tunnel when the
+//! program is off or cannot attach, arrives on a raw socket, where the core's
+//! [`TunnelTerminator`] decides by the same rules (trusted source, virtual subnet, well-formed,
+//! not nested) and accepted inner packets are written into the agent's TUN device. Either way
+//! the host's stack takes the inner packet as if it had arrived on that interface, and the
+//! server answers from the VIP straight to the client (direct server return).
+//!
+//! On a graceful stop the routes are removed and the program detached. A killed agent leaves
+//! both in place, so the host keeps serving its connections; the next agent replaces the
+//! program in one step.
 
+mod fast_path;
 mod load;
 
 use crate::control_plane::SharedView;
@@ -34,46 +42,49 @@ struct Shared {
     per_subnet: Vec<(String, u64)>,
     inject_failures: u64,
     device_drops: u64,
+    kernel: fast_path::KernelView,
 }
 
 /// The host agent's families, for a scrape (the control thread's are added when it runs).
 fn render(name: &str, s: &Shared, view: Option<&SharedView>) -> String {
     let mut p = Exposition::new();
     let h = [("host", name)];
+    let k = &s.kernel;
     p.counter(
         "slr_host_tunnel_packets_total",
-        "IP-in-IP packets received.",
+        "IP-in-IP packets received (decided in the kernel or by the agent).",
         &h,
-        s.packets_in,
+        s.packets_in + k.decided(),
     );
     p.counter(
         "slr_host_delivered_packets_total",
-        "Inner packets delivered to the stack.",
+        "Inner packets delivered to the stack (in the kernel or by the agent).",
         &h,
-        s.packets_delivered,
+        s.packets_delivered + k.delivered.packets,
     );
     p.counter(
         "slr_host_delivered_bytes_total",
         "Inner bytes delivered to the stack.",
         &h,
-        s.bytes_delivered,
+        s.bytes_delivered + k.delivered.bytes,
     );
     for (reason, v) in &s.drops {
         p.counter(
             "slr_host_drops_total",
-            "Tunnel packets dropped, by reason.",
+            "Tunnel packets dropped, by reason (in the kernel or by the agent).",
             &[("host", name), ("reason", reason)],
-            *v,
+            *v + k.drops(reason),
         );
     }
-    for (subnet, v) in &s.per_subnet {
+    for (i, (subnet, v)) in s.per_subnet.iter().enumerate() {
         p.counter(
             "slr_host_virtual_subnet_packets_total",
             "Packets delivered per virtual subnet.",
             &[("host", name), ("virtual_subnet", subnet)],
-            *v,
+            *v + k.per_subnet.get(i).copied().unwrap_or(0),
         );
     }
+    k.add_metrics(&mut p, name);
     p.counter(
         "slr_host_inject_failures_total",
         "Inner packets the TUN refused.",
@@ -114,7 +125,21 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
             routes.replace(slr_io::Route::local(*s))?;
         }
     }
-    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut kernel = fast_path::HostKernel::start(&cfg);
+    // Every counter exists (at zero) from the first answer on, before the pump's first publish.
+    let shared = Arc::new(Mutex::new(Shared {
+        drops: TerminateDrop::ALL
+            .iter()
+            .map(|d| (d.as_str().to_string(), 0))
+            .collect(),
+        per_subnet: cfg
+            .virtual_subnets
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect(),
+        kernel: kernel.view(cfg.virtual_subnets.len()),
+        ..Shared::default()
+    }));
     let mut sampler = load::LoadSampler::new(cfg.virtual_subnets.clone(), cfg.load_scope);
     let control = crate::control_plane::start_host(
         &cfg.name,
@@ -139,9 +164,16 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
                 "status" | "stats" => json!({
                     "ok": true, "kind": "host", "name": name,
                     "virtual_subnets": subnets, "trusted_tunnel_sources": trusted,
-                    "packets_in": s.packets_in, "packets_delivered": s.packets_delivered,
-                    "bytes_delivered": s.bytes_delivered, "drops": s.drops, "per_subnet": s.per_subnet,
+                    // Totals: decided in the kernel or by the agent (the agent's own are under
+                    // "agent", the program's under "fast_path").
+                    "packets_in": s.packets_in + s.kernel.decided(),
+                    "packets_delivered": s.packets_delivered + s.kernel.delivered.packets,
+                    "bytes_delivered": s.bytes_delivered + s.kernel.delivered.bytes,
+                    "drops": s.drops.iter().map(|(r, v)| (r.clone(), v + s.kernel.drops(r))).collect::<Vec<_>>(),
+                    "per_subnet": s.per_subnet.iter().enumerate().map(|(i, (n, v))| (n.clone(), v + s.kernel.per_subnet.get(i).copied().unwrap_or(0))).collect::<Vec<_>>(),
+                    "agent": {"packets_in": s.packets_in, "packets_delivered": s.packets_delivered, "drops": s.drops},
                     "inject_failures": s.inject_failures, "device_drops": s.device_drops,
+                    "fast_path": s.kernel,
                     "cpu_seconds": metrics::process_cpu_seconds(),
                 }),
                 "metrics" => json!({"ok": true, "text": render(&name, &s, view.as_ref())}),
@@ -167,8 +199,9 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
         })?;
     }
     tracing::info!(host = %cfg.name, tun = %cfg.tun, subnets = ?cfg.virtual_subnets.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "host agent up");
-    let result = pump(&cfg, &signals, &mut tun, &mut ipip, &shared);
+    let result = pump(&cfg, &signals, &mut tun, &mut ipip, &shared, &kernel);
     drop(control);
+    kernel.stop();
     routes.remove_all();
     let _ = std::fs::remove_file(&cfg.control_socket);
     tracing::info!("host agent down");
@@ -181,6 +214,7 @@ fn pump(
     tun: &mut TunDevice,
     ipip: &mut IpipSocket,
     shared: &Mutex<Shared>,
+    kernel: &fast_path::HostKernel,
 ) -> Result<()> {
     let mut term = TunnelTerminator::new(
         cfg.trusted_tunnel_sources.clone(),
@@ -225,7 +259,9 @@ fn pump(
         if n == 0 || last_publish.elapsed() >= Duration::from_millis(100) {
             last_publish = std::time::Instant::now();
             let c = term.counters();
+            let k = kernel.view(cfg.virtual_subnets.len());
             let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            s.kernel = k;
             s.packets_in = c.packets_in;
             s.packets_delivered = c.packets_delivered;
             s.bytes_delivered = c.bytes_delivered;

@@ -18,19 +18,6 @@ pub(super) struct FastPath {
     pub(super) errors: u64,
 }
 
-/// The interfaces of the calling thread's namespace but loopback and `tun`.
-fn interfaces(tun: &str) -> Vec<String> {
-    let Ok(dev) = std::fs::read_to_string("/proc/self/net/dev") else {
-        return Vec::new();
-    };
-    dev.lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(|n| n.trim().to_string())
-        .filter(|n| n != "lo" && n != tun && !n.is_empty())
-        .collect()
-}
-
 impl FastPath {
     /// Off.
     pub(super) fn off() -> Self {
@@ -57,7 +44,7 @@ impl FastPath {
             outer_ttl: slr_core::tunnel::DEFAULT_OUTER_TTL,
         };
         let names = if cfg.fast_path_interfaces.is_empty() {
-            interfaces(&cfg.tun)
+            crate::daemon::interfaces_except(&cfg.tun)
         } else {
             cfg.fast_path_interfaces.clone()
         };

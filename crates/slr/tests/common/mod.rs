@@ -43,7 +43,10 @@ impl Lab {
         let _ = Command::new(slr()).args(["lab", "down", name]).output();
         // SLR_E2E_FAST_PATH=off|xdp runs a suite with the routers' fast path so (scripts/test
         // runs the site suite both ways); unset, the daemon's default.
+        // A test that names the fast path itself (`flags`) keeps its choice.
         let fast_path: Vec<String> = std::env::var("SLR_E2E_FAST_PATH")
+            .ok()
+            .filter(|_| !flags.contains(&"--fast-path"))
             .map(|v| vec!["--fast-path".to_string(), v])
             .unwrap_or_default();
         let out = Command::new(slr())
@@ -272,12 +275,37 @@ impl Lab {
             .unwrap()
     }
 
+    /// Packets a host's XDP program counted for `reason` (0 when it does not run).
+    pub fn host_fast_path(&self, host: &str, reason: &str) -> u64 {
+        let s = self.ctl(host, "stats");
+        s["fast_path"]["reasons"]
+            .as_array()
+            .and_then(|r| r.iter().find(|d| d[0] == reason))
+            .map_or(0, |d| d[1].as_u64().unwrap())
+    }
+
     /// The router's configuration file.
     pub fn router_config(&self, router: &str) -> PathBuf {
         self.dir().join(format!("{router}.toml"))
     }
 
     /// Starts a packet capture in a node's namespace; stop it with [`Capture::stop`].
+    /// A capture at the core's end of `node`'s link (`v-NODE`): what the core sends the node
+    /// (what crosses the wire, before any XDP program of the node's runs).
+    pub fn capture_toward(&self, node: &str, filter: &str) -> Capture {
+        let core = self.status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["role"] == "core")
+            .expect("a core node")["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ifname: String = format!("v-{node}").chars().take(15).collect();
+        self.capture(&core, &ifname, filter)
+    }
+
     pub fn capture(&self, node: &str, iface: &str, filter: &str) -> Capture {
         let file = std::env::temp_dir().join(format!("slr-e2e-{}-{node}-{iface}.pcap", self.name));
         let _ = std::fs::remove_file(&file);
