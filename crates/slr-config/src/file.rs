@@ -92,6 +92,10 @@ pub struct RouterSection {
     /// TUN device).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fast_path_interfaces: Vec<String>,
+    /// Where the fast path's flow map is pinned (a directory on a bpf filesystem; default
+    /// /sys/fs/bpf/slr/NAME; "" pins nothing): a restarted router takes its flows back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path_pin_dir: Option<String>,
 }
 
 impl RouterSection {
@@ -113,6 +117,7 @@ impl RouterSection {
             drain_period: default_drain_period(),
             fast_path: default_fast_path(),
             fast_path_interfaces: Vec::new(),
+            fast_path_pin_dir: None,
         }
     }
 }

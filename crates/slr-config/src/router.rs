@@ -118,6 +118,9 @@ pub struct RouterDaemonConfig {
     pub fast_path: FastPathMode,
     /// Interfaces the XDP program attaches to (empty: all but loopback and the TUN device).
     pub fast_path_interfaces: Vec<String>,
+    /// Where the fast path's flow map is pinned (None: nowhere; a restart loses the kernel's
+    /// flows).
+    pub fast_path_pin_dir: Option<PathBuf>,
     /// Prometheus listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Health checks.
@@ -262,6 +265,18 @@ impl RouterFile {
             drain_period,
             fast_path,
             fast_path_interfaces: r.fast_path_interfaces.clone(),
+            fast_path_pin_dir: match r.fast_path_pin_dir.as_deref() {
+                None => Some(PathBuf::from(format!("/sys/fs/bpf/slr/{}", r.name))),
+                Some("") => None,
+                Some(d) if Path::new(d).is_absolute() => Some(PathBuf::from(d)),
+                Some(d) => {
+                    return Err(c.err(
+                        "router.fast_path_pin_dir",
+                        d,
+                        "must be an absolute path (on a bpf filesystem), or \"\" for none",
+                    ))
+                }
+            },
             metrics_listen,
             health,
             core,

@@ -317,6 +317,37 @@ pub enum FlowChange {
     },
 }
 
+/// Why [`Router::restore_flow`] did not take a flow back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreRefusal {
+    /// Neither TCP nor UDP.
+    Protocol,
+    /// No virtual host holds its destination (any more).
+    NoVirtualHost,
+    /// UDP of a virtual host that routes every datagram afresh.
+    PerDatagram,
+    /// Its next hop is not configured (any more).
+    NoNextHop,
+    /// Idle longer than its state's timeout.
+    Expired,
+    /// The table already holds it.
+    Present,
+}
+
+impl RestoreRefusal {
+    /// Label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreRefusal::Protocol => "protocol",
+            RestoreRefusal::NoVirtualHost => "no_virtual_host",
+            RestoreRefusal::PerDatagram => "per_datagram",
+            RestoreRefusal::NoNextHop => "no_next_hop",
+            RestoreRefusal::Expired => "expired",
+            RestoreRefusal::Present => "present",
+        }
+    }
+}
+
 /// Something worth logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -416,6 +447,8 @@ pub struct Counters {
     /// Flows re-routed because a new SYN reused the 5-tuple of a closed flow or one whose next
     /// hop is gone.
     pub flows_rerouted: u64,
+    /// Flows taken back from a fast path's map at start ([`Router::restore_flow`]).
+    pub flows_restored: u64,
     /// ICMP fragmentation-needed errors sent.
     pub icmp_frag_needed_sent: u64,
     /// ICMP errors not sent because of the rate limit.
@@ -757,6 +790,58 @@ impl<T: Tunnel> Router<T> {
         if let Some(log) = self.flow_log.as_mut() {
             log.push_back(change);
         }
+    }
+
+    /// Takes back a flow that a fast path forwarded (MISSION F17a: the core and the fast path
+    /// refill each other; after a restart the core reloads its table from the fast path's
+    /// pinned map, so established flows keep their hosts whatever the policy would pick now).
+    ///
+    /// The flow is pinned to `next_hop` (an index of [`next_hops`](Self::next_hops)) as
+    /// established TCP or pinned UDP, seen at `now`; `idle` is how long ago the fast path last
+    /// forwarded a packet of it. Refused (and not inserted) when it is not TCP or UDP, no
+    /// virtual host holds its destination, its virtual host takes UDP per datagram, the next
+    /// hop does not exist, it has been idle longer than its state's timeout, or the table
+    /// already holds it. A fast path is offered it again (its entry rewritten, indices as now).
+    pub fn restore_flow(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        next_hop: usize,
+        idle: Duration,
+    ) -> Result<(), RestoreRefusal> {
+        let state = match key.protocol {
+            6 => FlowState::TcpEstablished,
+            17 => FlowState::Udp,
+            _ => return Err(RestoreRefusal::Protocol),
+        };
+        let vh = self
+            .virtual_host_of(&key)
+            .ok_or(RestoreRefusal::NoVirtualHost)? as usize;
+        if state == FlowState::Udp && self.virtual_hosts[vh].config.udp == UdpMode::PerDatagram {
+            return Err(RestoreRefusal::PerDatagram);
+        }
+        if next_hop >= self.next_hops.len() {
+            return Err(RestoreRefusal::NoNextHop);
+        }
+        if idle > self.flows.config().timeout(state) {
+            return Err(RestoreRefusal::Expired);
+        }
+        if self.flows.get(&key).is_some() {
+            return Err(RestoreRefusal::Present);
+        }
+        self.place_flow(now, key, next_hop, state, 0);
+        self.counters.flows_restored += 1;
+        self.log_flow(FlowChange::Offload {
+            key,
+            next_hop: next_hop as u32,
+            virtual_host: vh as u32,
+        });
+        Ok(())
+    }
+
+    /// The next hop with tunnel address `addr`, if any.
+    pub fn next_hop_by_address(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.next_hops.iter().position(|n| n.address == addr)
     }
 
     /// Removes a flow, releasing its next hop and telling the fast path.
@@ -1313,9 +1398,14 @@ impl<T: Tunnel> Router<T> {
     }
 
     fn insert_flow(&mut self, now: Instant, key: FlowKey, nh: usize, state: FlowState, len: usize) {
+        self.place_flow(now, key, nh, state, len);
+        self.counters.flows_created += 1;
+    }
+
+    /// Puts a flow in the table (evicting one if it is full), uncounted.
+    fn place_flow(&mut self, now: Instant, key: FlowKey, nh: usize, state: FlowState, len: usize) {
         let outcome = self.flows.insert(key, nh as u32, state, now, len);
         self.next_hops[nh].active_flows += 1;
-        self.counters.flows_created += 1;
         if let InsertOutcome::Replaced(old) = outcome {
             self.release(old.next_hop());
             self.log_flow(FlowChange::Withdraw { key });
@@ -1817,6 +1907,53 @@ mod tests {
         };
         assert_eq!(check_outer(b.as_ref(), next_hop), packet);
         next_hop
+    }
+
+    /// F17a: flows a fast path held come back pinned to their next hop, whatever the policy
+    /// would pick now; what cannot come back is refused by reason; the fast path is offered
+    /// each restored flow again.
+    #[test]
+    fn restored_flows_keep_their_next_hop_and_bad_ones_are_refused() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        r.set_flow_log(true);
+        let key = tcp_key(4000);
+        // Round robin would send a new flow to the first host; the fast path had it on the third.
+        assert_eq!(r.restore_flow(T0, key, 2, ms(1_000)), Ok(()));
+        assert_eq!(
+            r.poll_flow_change(),
+            Some(FlowChange::Offload {
+                key,
+                next_hop: 2,
+                virtual_host: 0
+            })
+        );
+        assert_eq!(r.poll_flow_change(), None);
+        assert_eq!(tunnelled(&mut r, T0 + ms(10), &tcp(CLIENT, 4000, VIP, 80, ACK)), host(2));
+        assert_eq!(r.flow_next_hop(&key).unwrap().address, host(2));
+        assert_eq!(r.restore_flow(T0, key, 0, ms(0)), Err(RestoreRefusal::Present));
+        let udp_key = FlowKey {
+            protocol: 17,
+            ..tcp_key(4001)
+        };
+        assert_eq!(r.restore_flow(T0, udp_key, 1, ms(0)), Ok(()));
+        let icmp = FlowKey {
+            protocol: 1,
+            ..tcp_key(4002)
+        };
+        assert_eq!(r.restore_flow(T0, icmp, 1, ms(0)), Err(RestoreRefusal::Protocol));
+        let foreign = FlowKey {
+            dst_addr: NOT_A_VIP,
+            ..tcp_key(4003)
+        };
+        assert_eq!(r.restore_flow(T0, foreign, 1, ms(0)), Err(RestoreRefusal::NoVirtualHost));
+        assert_eq!(r.restore_flow(T0, tcp_key(4004), 3, ms(0)), Err(RestoreRefusal::NoNextHop));
+        let too_idle = r.config().flow_table.timeout(FlowState::TcpEstablished) + ms(1);
+        assert_eq!(r.restore_flow(T0, tcp_key(4005), 1, too_idle), Err(RestoreRefusal::Expired));
+        assert_eq!(r.counters().flows_restored, 2);
+        assert_eq!(r.counters().flows_created, 0);
+        assert_eq!(r.flow_count(), 2);
+        assert_eq!(r.next_hop_by_address(host(1)), Some(1));
+        assert_eq!(r.next_hop_by_address(NOT_A_VIP), None);
     }
 
     #[track_caller]

@@ -135,6 +135,12 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
     if let Some(f) = &t.fast_path {
         r.fast_path = f.clone();
     }
+    r.fast_path_pin_dir = Some(
+        crate::lifecycle::pin_fs(&lab_dir(&t.name))
+            .join(router)
+            .display()
+            .to_string(),
+    );
     let mut file = RouterFile {
         router: r,
         flow_table: FlowTableSection::default(),

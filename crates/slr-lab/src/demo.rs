@@ -4,9 +4,10 @@
 //! The traffic: from every client, `--requests` runs of real `curl` (a new connection
 //! each, `-m 5`) to `http://<vip>/` of every virtual host, and a few UDP datagrams to
 //! `<vip>:7` (one of 3000 bytes, which travels as IP fragments) whose echoes must come
-//! back intact. Meanwhile `tcpdump` records what arrives on the router's and the
-//! clients' `eth0`: a reply (source in a virtual subnet, destination a client, plain or
-//! inside a tunnel) arriving at a router crossed the router, which direct server return forbids; replies seen at the clients
+//! back intact. Meanwhile `tcpdump` records what the core sends to each router and client (on
+//! the core's end of their links, so that no XDP program of theirs hides a packet): a reply
+//! (source in a virtual subnet, destination a client, plain or inside a tunnel) sent to a
+//! router would cross the router, which direct server return forbids; replies seen at the clients
 //! show which source address they really carried. After the capture, a few requests go
 //! straight to each host's own address, as a latency baseline.
 //!
@@ -121,7 +122,8 @@ impl Request {
     }
 }
 
-/// What arrived at a lower router or a host of a hierarchy (captured on its `eth0`).
+/// What arrived at a lower router or a host of a hierarchy (captured where the core sends it
+/// to the node).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct TunnelCounts {
     /// IP-in-IP packets from its parent.
@@ -794,16 +796,19 @@ fn start_captures(state: &mut State) -> Result<Vec<Capture>> {
         Role::Core => false,
     }) {
         let pcap = state.dir().join(format!("capture-{}.pcap", node.name));
+        // On the wire: at the core's end of the node's link, what the core sends the node
+        // (-Q out), before anything of the node's sees it (its XDP program strips a host's
+        // tunnels and forwards a router's flows before a capture on its own eth0 would).
         // --immediate-mode: hand each packet over at once (TPACKET_V3 otherwise holds
         // them in a ring block for up to a second, and SIGTERM discards that block);
         // -U: write each packet at once; -Z root: Debian's tcpdump otherwise drops to
-        // its own user, which may not write here; -Q in: only what arrives, so a packet
-        // the router forwards back out of the same eth0 is counted once.
+        // its own user, which may not write here.
+        let link = t.link(&node.name).expect("a non-core node has a link");
         let args: Vec<String> = [
             "-i",
-            "eth0",
+            link.core_ifname.as_str(),
             "-Q",
-            "in",
+            "out",
             "-n",
             "--immediate-mode",
             "-U",
@@ -819,7 +824,7 @@ fn start_captures(state: &mut State) -> Result<Vec<Capture>> {
         .collect();
         lifecycle::start(
             state,
-            &node.name,
+            &t.core().name,
             "tcpdump",
             std::ffi::OsStr::new("tcpdump"),
             &args,

@@ -103,6 +103,7 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     }
     check_interrupted()?;
 
+    mount_pin_fs(&state.dir());
     write_configs(&t)?;
     prepare_fast_paths(&t, &core_ns)?;
     start_processes(state, &t, &exe, opts)?;
@@ -604,6 +605,37 @@ pub fn settle_time(t: &Topology) -> Duration {
     (report + rebuild) * depth + report
 }
 
+/// Where the lab's routers pin their fast path's flow maps (`router.fast_path_pin_dir`): a bpf
+/// filesystem of the lab's own, mounted in the machine's mount namespace, so that every daemon
+/// (each started by `ip netns exec`, whose fresh /sys hides /sys/fs/bpf) sees the same one and
+/// a restarted router finds what its predecessor pinned.
+pub fn pin_fs(dir: &Path) -> std::path::PathBuf {
+    dir.join("bpf")
+}
+
+/// Mounts the lab's bpf filesystem; where it cannot, the routers run unpinned (they say so).
+fn mount_pin_fs(dir: &Path) {
+    let at = pin_fs(dir);
+    let made = std::fs::create_dir_all(&at)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| netns::run("mount", ["-t", "bpf", "slr-lab", &at.display().to_string()]));
+    if let Err(e) = made {
+        eprintln!(
+            "slr lab: no bpf filesystem at {} ({e:#}): routers will not pin their flows",
+            at.display()
+        );
+    }
+}
+
+/// Unmounts the lab's bpf filesystem (its pinned maps go with it), if mounted.
+fn unmount_pin_fs(dir: &Path) -> Result<()> {
+    let at = pin_fs(dir);
+    if slr_xdp::is_bpffs(&at) {
+        netns::run("umount", ["-l", &at.display().to_string()])?;
+    }
+    Ok(())
+}
+
 /// Stops a lab's recorded processes, deletes its recorded namespaces (newest first) and
 /// removes its state directory. Keeps going past errors so as much as possible goes.
 pub fn teardown(state: &State) -> Result<()> {
@@ -620,6 +652,9 @@ pub fn teardown(state: &State) -> Result<()> {
         if let Err(e) = netns::delete(ns) {
             errors.push(format!("{e:#}"));
         }
+    }
+    if let Err(e) = unmount_pin_fs(&state.dir()) {
+        errors.push(format!("{e:#}"));
     }
     if errors.is_empty() {
         let dir = state.dir();

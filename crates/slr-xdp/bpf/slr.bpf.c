@@ -36,6 +36,12 @@ struct flow_key {
 	__u8 pad[3];
 };
 
+// An IPv4 prefix as the LPM tries key it.
+struct lpm_v4 {
+	__u32 prefixlen;
+	__u32 addr; // network byte order
+};
+
 // Where the core pinned it.
 struct flow_value {
 	__u32 tunnel_dst;   // the next hop's tunnel address, network byte order
@@ -46,10 +52,11 @@ struct flow_value {
 };
 
 struct config {
-	__u32 tunnel_src; // network byte order
-	__u32 tunnel_mtu; // largest outer packet, bytes
+	__u32 tunnel_src;  // network byte order
+	__u32 tunnel_mtu;  // largest outer packet, bytes
 	__u32 outer_ttl;
-	__u32 enabled;    // 0: every packet passes (counted as disabled)
+	__u32 enabled;     // 0: every packet passes (counted as disabled)
+	__u32 has_parents; // a middle level: tunnels from `parents` are re-encapsulated, others dropped
 };
 
 struct counter {
@@ -75,6 +82,8 @@ enum reason {
 	R_NO_ROUTE,
 	R_NO_NEIGH,
 	R_NO_HEADROOM,
+	R_UNTRUSTED_TUNNEL, // dropped: IP-in-IP to this router from outside `parents`
+	R_RETUNNELLED,      // a parent's tunnel re-encapsulated toward the flow's next hop
 	R_REASONS,
 };
 
@@ -115,6 +124,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counter);
 } vhost_stats SEC(".maps");
+
+// A middle level's trusted parents (`trusted_parents`): the sources whose tunnels it takes.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__type(key, struct lpm_v4);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} parents SEC(".maps");
 
 // Outer IP identification: a per-CPU counter, the CPU in the low bits.
 struct {
@@ -159,6 +177,176 @@ static __always_inline __u32 sum_header(const __u16 *h)
 #define IP_MF_OFFSET 0x3fff
 #define TCP_CONTROL (0x01 | 0x02 | 0x04) // FIN, SYN, RST
 
+// The 5-tuple of an IPv4 TCP or UDP packet whose header starts at `ip` (a 20-byte header,
+// `tot` bytes in all) into `key`; 0, or the reason to leave it to the slow path.
+static __always_inline int flow_of(struct iphdr *ip, __u32 tot, void *end, struct flow_key *key)
+{
+	key->src = ip->saddr;
+	key->dst = ip->daddr;
+	key->proto = ip->protocol;
+	void *l4 = ip + 1;
+	__u32 l4_len = tot - sizeof(*ip);
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > end || l4_len < sizeof(*tcp) || tcp->doff < 5 ||
+		    tcp->doff * 4 > l4_len)
+			return R_MALFORMED;
+		// Opening and closing packets change the flow's state: the core sees them.
+		if (((__u8 *)tcp)[13] & TCP_CONTROL)
+			return R_TCP_CONTROL;
+		key->sport = tcp->source;
+		key->dport = tcp->dest;
+		return 0;
+	}
+	if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > end || l4_len < sizeof(*udp))
+			return R_MALFORMED;
+		__u32 ulen = bpf_ntohs(udp->len);
+		if (ulen < sizeof(*udp) || ulen > l4_len)
+			return R_MALFORMED;
+		key->sport = udp->source;
+		key->dport = udp->dest;
+		return 0;
+	}
+	return R_PROTOCOL;
+}
+
+// The inner TTL drops by one, as when the kernel forwards into the slow path, with the
+// kernel's incremental checksum update (ip_decrease_ttl).
+static __always_inline void decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+}
+
+// Fills the outer header toward the flow's next hop: TOS and DF from the inner header (RFC
+// 2003 3.1), the tunnel's TTL, a per-CPU identification.
+static __always_inline void write_outer(struct iphdr *outer, struct config *cfg, __u32 dst,
+					__u32 inner_tot, __u8 tos, __u16 df)
+{
+	__u32 zero = 0;
+	__u32 *id = bpf_map_lookup_elem(&ident, &zero);
+	__u16 ident_value = 0;
+	if (id) {
+		*id += 1;
+		ident_value = (__u16)((*id << 4) | (bpf_get_smp_processor_id() & 0xf));
+	}
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(inner_tot + sizeof(struct iphdr));
+	outer->id = bpf_htons(ident_value);
+	outer->frag_off = df;
+	outer->ttl = cfg->outer_ttl;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = cfg->tunnel_src;
+	outer->daddr = dst;
+	outer->check = ~fold(sum_header((const __u16 *)outer));
+}
+
+// The flow was forwarded: its last use, and the counters.
+static __always_inline int forwarded(struct xdp_md *ctx, struct flow_value *flow,
+				     struct bpf_fib_lookup *fib, __u32 why, __u32 inner_tot)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (now - flow->last_used_ns > (64ULL << 20))
+		flow->last_used_ns = now;
+	__u32 nh = flow->next_hop, vh = flow->vhost;
+	count(bpf_map_lookup_elem(&next_hop_stats, &nh), inner_tot);
+	count(bpf_map_lookup_elem(&vhost_stats, &vh), inner_tot);
+	count(bpf_map_lookup_elem(&stats, &why), inner_tot);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+// The next hop's MACs and interface; 0, or the reason to leave the packet to the slow path.
+static __always_inline int route_to(struct xdp_md *ctx, struct config *cfg, __u32 dst,
+				    __u32 outer_tot, struct bpf_fib_lookup *fib)
+{
+	fib->family = AF_INET;
+	fib->l4_protocol = IPPROTO_IPIP;
+	fib->tot_len = outer_tot;
+	fib->ipv4_src = cfg->tunnel_src;
+	fib->ipv4_dst = dst;
+	fib->ifindex = ctx->ingress_ifindex;
+	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		// The kernel resolves the neighbour when the slow path sends.
+		return R_NO_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return R_NO_ROUTE;
+	return 0;
+}
+
+// A middle level (`has_parents`): a tunnel from a trusted parent addressed to this router,
+// whose inner packet belongs to an established flow, gets a new outer header toward the
+// flow's next hop in place (the inner TTL drops by one, as in the core). Tunnels from anyone
+// else are dropped and counted; everything else the slow path decides.
+static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u64 frame)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *outer = (void *)(eth + 1);
+	if ((void *)(outer + 1) > end)
+		return pass(R_MALFORMED, frame);
+	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
+	if (!bpf_map_lookup_elem(&parents, &src)) {
+		count(bpf_map_lookup_elem(&stats, &(__u32){R_UNTRUSTED_TUNNEL}), frame);
+		return XDP_DROP;
+	}
+	if (outer->daddr != cfg->tunnel_src)
+		return pass(R_PROTOCOL, frame);
+	__u32 outer_tot = bpf_ntohs(outer->tot_len);
+	struct iphdr *ip = outer + 1;
+	if ((void *)(ip + 1) > end || outer_tot < 2 * sizeof(struct iphdr))
+		return pass(R_MALFORMED, frame);
+	if (ip->version != 4)
+		return pass(R_NOT_IPV4, frame);
+	if (ip->ihl != 5)
+		return pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (tot < sizeof(*ip) || tot + sizeof(*outer) > outer_tot)
+		return pass(R_MALFORMED, frame);
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return pass(R_FRAGMENT, frame);
+	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+		return pass(R_BAD_CHECKSUM, frame);
+	if (ip->ttl <= 1)
+		return pass(R_TTL, frame);
+	struct flow_key key = {};
+	int why = flow_of(ip, tot, end, &key);
+	if (why)
+		return pass(why, frame);
+	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
+	if (!flow)
+		return pass(R_NO_FLOW, frame);
+	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
+		return pass(R_TOO_BIG, frame);
+	struct bpf_fib_lookup fib = {};
+	why = route_to(ctx, cfg, flow->tunnel_dst, tot + sizeof(struct iphdr), &fib);
+	if (why)
+		return pass(why, frame);
+
+	__u8 tos = ip->tos;
+	__u16 df = ip->frag_off & bpf_htons(IP_DF);
+	decrease_ttl(ip);
+	__u32 dst = flow->tunnel_dst;
+	write_outer(outer, cfg, dst, tot, tos, df);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	// Padding after the inner packet goes (the core truncates to the inner length).
+	__u64 excess = frame - sizeof(*eth) - sizeof(*outer) - tot;
+	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
+		return pass(R_MALFORMED, frame);
+	return forwarded(ctx, flow, &fib, R_RETUNNELLED, tot);
+}
+
 SEC("xdp")
 int slr_router(struct xdp_md *ctx)
 {
@@ -193,71 +381,31 @@ int slr_router(struct xdp_md *ctx)
 		return pass(R_FRAGMENT, frame);
 	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
 		return pass(R_BAD_CHECKSUM, frame);
+	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
+		return retunnel(ctx, cfg, frame);
 	if (ip->ttl <= 1)
 		return pass(R_TTL, frame);
 
-	struct flow_key key = {
-		.src = ip->saddr,
-		.dst = ip->daddr,
-		.proto = ip->protocol,
-	};
-	void *l4 = ip + 1;
-	__u32 l4_len = tot - sizeof(*ip);
-	if (ip->protocol == IPPROTO_TCP) {
-		struct tcphdr *tcp = l4;
-		if ((void *)(tcp + 1) > end || l4_len < sizeof(*tcp) || tcp->doff < 5 ||
-		    tcp->doff * 4 > l4_len)
-			return pass(R_MALFORMED, frame);
-		// Opening and closing packets change the flow's state: the core sees them.
-		if (((__u8 *)tcp)[13] & TCP_CONTROL)
-			return pass(R_TCP_CONTROL, frame);
-		key.sport = tcp->source;
-		key.dport = tcp->dest;
-	} else if (ip->protocol == IPPROTO_UDP) {
-		struct udphdr *udp = l4;
-		if ((void *)(udp + 1) > end || l4_len < sizeof(*udp))
-			return pass(R_MALFORMED, frame);
-		__u32 ulen = bpf_ntohs(udp->len);
-		if (ulen < sizeof(*udp) || ulen > l4_len)
-			return pass(R_MALFORMED, frame);
-		key.sport = udp->source;
-		key.dport = udp->dest;
-	} else {
-		return pass(R_PROTOCOL, frame);
-	}
-
+	struct flow_key key = {};
+	int why = flow_of(ip, tot, end, &key);
+	if (why)
+		return pass(why, frame);
 	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow)
 		return pass(R_NO_FLOW, frame);
 	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
 		// The slow path fragments it or answers fragmentation-needed.
 		return pass(R_TOO_BIG, frame);
-
 	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_IPIP;
-	fib.tot_len = tot + sizeof(struct iphdr);
-	fib.ipv4_src = cfg->tunnel_src;
-	fib.ipv4_dst = flow->tunnel_dst;
-	fib.ifindex = ctx->ingress_ifindex;
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		// The kernel resolves the neighbour when the slow path sends.
-		return pass(R_NO_NEIGH, frame);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return pass(R_NO_ROUTE, frame);
+	why = route_to(ctx, cfg, flow->tunnel_dst, tot + sizeof(struct iphdr), &fib);
+	if (why)
+		return pass(why, frame);
 
 	// Ethernet padding after the IP packet goes (the slow path never sees it either).
 	__u64 excess = frame - sizeof(*eth) - tot;
 	__u8 tos = ip->tos;
 	__u16 df = ip->frag_off & bpf_htons(IP_DF);
-	// The inner TTL drops by one, as when the kernel forwards into the slow path, with the
-	// kernel's incremental checksum update (ip_decrease_ttl).
-	__u32 check = ip->check;
-	check += bpf_htons(0x0100);
-	ip->check = (__u16)(check + (check >= 0xffff));
-	ip->ttl--;
-
+	decrease_ttl(ip);
 	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
 		return pass(R_MALFORMED, frame);
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
@@ -268,40 +416,11 @@ int slr_router(struct xdp_md *ctx)
 	struct iphdr *outer = (void *)(eth + 1);
 	if ((void *)(outer + 1) > end)
 		return pass(R_NO_HEADROOM, frame);
-
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
-
-	__u32 *id = bpf_map_lookup_elem(&ident, &zero);
-	__u16 ident_value = 0;
-	if (id) {
-		*id += 1;
-		ident_value = (__u16)((*id << 4) | (bpf_get_smp_processor_id() & 0xf));
-	}
-	outer->version = 4;
-	outer->ihl = 5;
-	outer->tos = tos;
-	outer->tot_len = bpf_htons(tot + sizeof(struct iphdr));
-	outer->id = bpf_htons(ident_value);
-	outer->frag_off = df; // RFC 2003 3.1: DF copied from the inner header
-	outer->ttl = cfg->outer_ttl;
-	outer->protocol = IPPROTO_IPIP;
-	outer->check = 0;
-	outer->saddr = cfg->tunnel_src;
-	outer->daddr = flow->tunnel_dst;
-	outer->check = ~fold(sum_header((const __u16 *)outer));
-
-	__u64 now = bpf_ktime_get_ns();
-	if (now - flow->last_used_ns > (64ULL << 20))
-		flow->last_used_ns = now;
-	__u32 nh = flow->next_hop, vh = flow->vhost;
-	count(bpf_map_lookup_elem(&next_hop_stats, &nh), tot);
-	count(bpf_map_lookup_elem(&vhost_stats, &vh), tot);
-	count(bpf_map_lookup_elem(&stats, &(__u32){R_FORWARDED}), tot);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	write_outer(outer, cfg, flow->tunnel_dst, tot, tos, df); // RFC 2003 3.1: DF copied
+	return forwarded(ctx, flow, &fib, R_FORWARDED, tot);
 }
 
 // slr_host: on a host server's interfaces (loaded by `slr host`). An IP-in-IP packet from a
@@ -314,11 +433,6 @@ int slr_router(struct xdp_md *ctx)
 // inner options) passes to the agent's raw socket unchanged; anything not IP-in-IP passes
 // untouched. The attachment outlives the agent (it is made through netlink), so a killed agent
 // does not stop delivery.
-
-struct lpm_v4 {
-	__u32 prefixlen;
-	__u32 addr; // network byte order
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

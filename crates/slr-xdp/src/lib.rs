@@ -27,7 +27,7 @@ use aya::{Ebpf, EbpfLoader};
 use std::net::Ipv4Addr;
 
 /// The BPF object with every program of the fast path.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slr.bpf.o"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slr.bpf.o"));
 
 /// Per-next-hop counters the program keeps (next-hop indices at or above are not counted).
 pub const MAX_NEXT_HOPS: u32 = 4096;
@@ -61,6 +61,14 @@ pub enum FastPathError {
     /// An interface name that does not exist.
     #[error("no interface named {0:?}")]
     NoInterface(String),
+    /// The flow map could not be pinned where asked.
+    #[error("pinning the flow map under {}: {what}", dir.display())]
+    Pin {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        what: String,
+    },
     /// More entries than the program's maps hold.
     #[error("too many {what} (at most {max})")]
     TooMany {
@@ -142,6 +150,21 @@ pub mod verdict {
     pub const TX: u32 = 3;
     /// Out of another interface.
     pub const REDIRECT: u32 = 4;
+}
+
+/// Whether `dir` is on a bpf filesystem (where maps can be pinned).
+pub fn is_bpffs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `struct statfs` is plain integers, for which all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs reads a NUL-terminated path and writes one `struct statfs`, both valid
+    // for the call.
+    let r = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// Loads the object (maps created; `flows` with `max_flows` entries), no program yet.

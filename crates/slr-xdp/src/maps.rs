@@ -88,6 +88,7 @@ pub(crate) struct ConfigRecord {
     pub(crate) tunnel_mtu: u32,
     pub(crate) outer_ttl: u32,
     pub(crate) enabled: u32,
+    pub(crate) has_parents: u32,
 }
 
 /// The benchmark loop's budget and count (`bench_loop`).
@@ -130,7 +131,7 @@ unsafe impl aya::Pod for LoopRecord {}
 
 const _: () = assert!(std::mem::size_of::<FlowKeyRecord>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowValueRecord>() == 24);
-const _: () = assert!(std::mem::size_of::<ConfigRecord>() == 16);
+const _: () = assert!(std::mem::size_of::<ConfigRecord>() == 20);
 const _: () = assert!(std::mem::size_of::<Counter>() == 16);
 
 
@@ -175,6 +176,8 @@ reasons! {
     NoRoute => "no_route", "No route to the next hop's tunnel address (or forwarding is off).";
     NoNeigh => "no_neigh", "The next hop's link-layer address is not resolved yet.";
     NoHeadroom => "no_headroom", "No room in front of the frame for the outer header.";
+    UntrustedTunnel => "untrusted_tunnel", "Dropped: IP-in-IP to a middle level from outside its trusted parents.";
+    Retunnelled => "retunnelled", "A parent's tunnel re-encapsulated toward the flow's next hop in the kernel.";
     }
 }
 

@@ -6,9 +6,11 @@ use crate::{
     FastPathError, FlowKeyRecord, FlowValueRecord, InstallError, Reason, TestRunOutput,
     MAX_NEXT_HOPS, MAX_VIRTUAL_HOSTS,
 };
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
+use slr_wire::Ipv4Cidr;
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
+use std::path::Path;
 use std::time::Duration;
 
 /// The router's fast path: the loaded `slr_router` program, its maps, and where it is attached.
@@ -21,6 +23,8 @@ pub struct RouterFastPath {
     vhost_stats: PerCpuArray<MapData, Counter>,
     settings: RouterSettings,
     attached: Vec<(String, u32)>,
+    enabled: bool,
+    has_parents: bool,
 }
 
 impl std::fmt::Debug for RouterFastPath {
@@ -36,7 +40,55 @@ impl RouterFastPath {
     /// Loads the programs (through the verifier) and creates the maps, enabled with
     /// `settings`. Attaches nothing.
     pub fn load(settings: RouterSettings) -> Result<Self, FastPathError> {
-        let mut ebpf = load_object(settings.max_flows)?;
+        Self::load_with(settings, load_object(settings.max_flows)?)
+    }
+
+    /// Loads as [`load`](Self::load), with the flow map pinned at `dir/flows` on a bpf
+    /// filesystem (`dir` is made if missing), so that it outlives the process: a map pinned
+    /// there by an earlier run (a router killed, or restarted) is taken over, entries and all,
+    /// and what it held is returned, for the core to take those flows back
+    /// (`slr_core::router::Router::restore_flow`). A pinned map of another shape (the records
+    /// changed, or `max_flows`) is replaced by a new one, its entries still returned.
+    pub fn load_pinned(
+        settings: RouterSettings,
+        dir: &Path,
+    ) -> Result<(Self, Vec<(FlowKeyRecord, FlowValueRecord)>), FastPathError> {
+        let pin_err = |what: String| FastPathError::Pin {
+            dir: dir.to_path_buf(),
+            what,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| pin_err(format!("cannot make it: {e}")))?;
+        if !crate::is_bpffs(dir) {
+            return Err(pin_err(
+                "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+            ));
+        }
+        let pin = dir.join("flows");
+        let mut inherited = Vec::new();
+        if pin.exists() {
+            let info = MapInfo::from_pin(&pin).map_err(map_err("flows"))?;
+            let same_records = info.key_size() as usize == size_of::<FlowKeyRecord>()
+                && info.value_size() as usize == size_of::<FlowValueRecord>();
+            if same_records {
+                let old: HashMap<MapData, FlowKeyRecord, FlowValueRecord> = HashMap::try_from(
+                    Map::HashMap(MapData::from_pin(&pin).map_err(map_err("flows"))?),
+                )
+                .map_err(map_err("flows"))?;
+                inherited = old.iter().filter_map(Result::ok).collect();
+            }
+            if !same_records || info.max_entries() != settings.max_flows.max(1) {
+                std::fs::remove_file(&pin)
+                    .map_err(|e| pin_err(format!("cannot replace {}: {e}", pin.display())))?;
+            }
+        }
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("flows", settings.max_flows.max(1))
+            .map_pin_path("flows", pin.as_path())
+            .load(crate::OBJECT)?;
+        Ok((Self::load_with(settings, ebpf)?, inherited))
+    }
+
+    fn load_with(settings: RouterSettings, mut ebpf: Ebpf) -> Result<Self, FastPathError> {
         load_programs(
             &mut ebpf,
             &["slr_router", "slr_pass", "slr_bounce", "slr_sink", "slr_unwrap"],
@@ -57,6 +109,8 @@ impl RouterFastPath {
             vhost_stats,
             settings,
             attached: Vec::new(),
+            enabled: true,
+            has_parents: false,
         };
         fp.set_enabled(true)?;
         Ok(fp)
@@ -75,8 +129,43 @@ impl RouterFastPath {
             tunnel_mtu: s.tunnel_mtu,
             outer_ttl: u32::from(s.outer_ttl),
             enabled: u32::from(enabled),
+            has_parents: u32::from(self.has_parents),
         };
+        self.enabled = enabled;
         self.config.set(0, rec, 0).map_err(map_err("config"))
+    }
+
+    /// Makes the router a middle level: tunnels from `parents` (its `trusted_parents`) to its
+    /// tunnel address are re-encapsulated toward the flow's next hop in the kernel when the
+    /// flow is in the map; IP-in-IP from anyone else is dropped (`untrusted_tunnel`). Empty:
+    /// IP-in-IP is left to the slow path.
+    pub fn set_trusted_parents(&mut self, parents: &[Ipv4Cidr]) -> Result<(), FastPathError> {
+        if parents.len() > 256 {
+            return Err(FastPathError::TooMany {
+                what: "trusted parents",
+                max: 256,
+            });
+        }
+        {
+            let map = self.ebpf.map_mut("parents").ok_or(FastPathError::Map {
+                map: "parents",
+                source: MapError::InvalidName {
+                    name: "parents".into(),
+                },
+            })?;
+            let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
+                LpmTrie::try_from(map).map_err(map_err("parents"))?;
+            let old: Vec<_> = trie.keys().filter_map(Result::ok).collect();
+            for k in old {
+                let _ = trie.remove(&k);
+            }
+            for p in parents {
+                let key = aya::maps::lpm_trie::Key::new(u32::from(p.prefix_len()), p.addr().octets());
+                trie.insert(&key, 1, 0).map_err(map_err("parents"))?;
+            }
+        }
+        self.has_parents = !parents.is_empty();
+        self.set_enabled(self.enabled)
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut Xdp, FastPathError> {
@@ -91,6 +180,32 @@ impl RouterFastPath {
             .attach_to_if_index(index, XdpMode::Driver)
             .map_err(program_err("slr_router"))?;
         self.attached.push((interface.to_string(), index));
+        Ok(())
+    }
+
+    /// Attaches `slr_router` to an interface in driver mode through the link itself
+    /// (netlink), replacing what ran there: the attachment outlives this value and the process,
+    /// so a killed router's established flows go on in the kernel, and the next router takes
+    /// over in one step. [`detach_all`](Self::detach_all) ends it (a graceful stop).
+    pub fn attach_to_link(&mut self, interface: &str) -> Result<(), FastPathError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let index = if_index(interface)?;
+        let prog = self.program("slr_router")?;
+        let fd = prog
+            .fd()
+            .map_err(program_err("slr_router"))?
+            .as_fd()
+            .as_raw_fd();
+        crate::attach_fd_to_link(interface, fd)?;
+        self.attached.push((interface.to_string(), index));
+        Ok(())
+    }
+
+    /// Detaches the program from every interface it was attached to through the link.
+    pub fn detach_all(&mut self) -> Result<(), FastPathError> {
+        for (name, _) in std::mem::take(&mut self.attached) {
+            crate::detach_from_link(&name)?;
+        }
         Ok(())
     }
 

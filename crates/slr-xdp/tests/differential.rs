@@ -523,12 +523,215 @@ fn differential() {
             && **r != Reason::Disabled
             && **r != Reason::NoRoute
             && **r != Reason::NoHeadroom
+            // A middle level's (the next test's).
+            && **r != Reason::UntrustedTunnel
+            && **r != Reason::Retunnelled
     }) {
         assert!(
             passes.get(r.as_str()).copied().unwrap_or(0) > 0,
             "no frame passed as {}",
             r.as_str()
         );
+    }
+}
+
+const PARENT: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 9);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(10, 253, 0, 9);
+const MIDDLE_FRAMES: usize = 20_000;
+
+/// A parent's (or anyone's) tunnel from `src` to `dst` around `inner`, in a frame to `dmac`.
+fn tunnel_frame(src: Ipv4Addr, dst: Ipv4Addr, inner: Vec<u8>, dmac: [u8; 6], id: u16) -> Vec<u8> {
+    let outer = Ip {
+        src: src.octets(),
+        dst: dst.octets(),
+        proto: 4,
+        ttl: 63,
+        ident: id,
+        payload: inner,
+        ..Default::default()
+    };
+    common::ether(dmac, [0x02, 0, 0, 0, 0, 0xee], 0x0800, &outer.bytes())
+}
+
+/// A middle level (`trusted_parents`): its parent's tunnels of flows established in the core
+/// are re-encapsulated toward the flow's next hop in XDP, byte for byte as the core does it
+/// (`handle_tunnelled_packet`: inner TTL - 1, outer TOS and DF from the inner header) but for
+/// the outer IP identification; tunnels from anyone else are dropped in the kernel, as the
+/// core drops them (`untrusted_tunnel`); the rest passes untouched to the slow path.
+#[test]
+fn xdp_middle_level_and_core_agree_on_tunnels() {
+    run_in_private_netns(middle).expect("a private network namespace (run as root)");
+}
+
+fn middle() {
+    sh("ip link add xa type veth peer name xb && ip link set xa up && ip link set xb up");
+    sh("ip addr add 10.251.0.1/24 dev xa");
+    sh("sysctl -qw net.ipv4.ip_forward=1");
+    let mut hops = Vec::new();
+    for i in 2..=5u8 {
+        let a = Ipv4Addr::new(10, 251, 0, i);
+        let m = hop_mac(i);
+        sh(&format!(
+            "ip neigh add {a} lladdr {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} dev xa nud permanent",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        ));
+        hops.push((format!("s{}", i - 1), a));
+    }
+    let xa_mac = mac_of("xa");
+    let ingress = slr_xdp::if_index("xa").unwrap();
+    let mut fp = RouterFastPath::load(RouterSettings {
+        max_flows: 1 << 16,
+        tunnel_source: SRC,
+        tunnel_mtu: u32::from(MTU),
+        outer_ttl: 64,
+    })
+    .expect("the verifier accepts slr_router");
+    let parents: Vec<Ipv4Cidr> = vec!["10.252.0.0/24".parse().unwrap()];
+    fp.set_trusted_parents(&parents).unwrap();
+    let mut cfg = core_config(&hops);
+    cfg.trusted_parents = parents;
+    let mut core = Router::new(cfg).unwrap();
+    core.set_flow_log(true);
+    let mut now_us = 1_000_000u64;
+    let mut gen = Gen {
+        rng: SmallRng::seed_from_u64(0x6d1d),
+        flows: Vec::new(),
+    };
+    // Flows established through the parent's tunnels.
+    for i in 0..500u32 {
+        let proto = if i % 4 == 3 { 17 } else { 6 };
+        let key = FlowKey {
+            src_addr: Ipv4Addr::from(0xc0a8_0000 | (i >> 6)),
+            dst_addr: Ipv4Addr::new(10, 99, 0, 1 + (i % 3) as u8),
+            src_port: 30_000 + i as u16,
+            dst_port: if proto == 6 { 80 } else { 7 },
+            protocol: proto,
+        };
+        let steps: &[u8] = if proto == 6 { &[SYN, ACK] } else { &[0] };
+        for &f in steps {
+            let frame = tunnel_frame(PARENT, SRC, gen.ip_for(&key, f, 0).bytes(), xa_mac, 1);
+            let mut b = PacketBuf::from_slice(&frame[14..]);
+            let a = core.handle_tunnelled_packet(Instant::from_micros(now_us), &mut b);
+            assert!(matches!(a, Action::Tunnel { .. }), "{a:?}");
+        }
+        gen.flows.push(key);
+    }
+    sync(&mut core, &mut fp);
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    let mut stats = reason_counts(&fp);
+    for n in 0..MIDDLE_FRAMES {
+        now_us += 10;
+        let now = Instant::from_micros(now_us);
+        let key = gen.flows[gen.rng.gen_range(0..gen.flows.len())];
+        let len = gen.rng.gen_range(0..1300);
+        let plain = if key.protocol == 6 { PSH_ACK } else { 0 };
+        let (frame, want) = match gen.rng.gen_range(0..100) {
+            0..=59 => {
+                let inner = gen.ip_for(&key, plain, len).bytes();
+                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::Retunnelled)
+            }
+            60..=69 => {
+                let inner = gen.ip_for(&key, plain, len).bytes();
+                (tunnel_frame(STRANGER, SRC, inner, xa_mac, n as u16), Reason::UntrustedTunnel)
+            }
+            70..=74 if key.protocol == 6 => {
+                let f = [SYN, FIN_ACK, RST][gen.rng.gen_range(0..3)];
+                let inner = gen.ip_for(&key, f, len).bytes();
+                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::TcpControl)
+            }
+            75..=79 => {
+                let mut k = key;
+                k.src_port = gen.rng.gen_range(1024..20_000);
+                let inner = gen.ip_for(&k, plain, len).bytes();
+                gen.flows.push(k);
+                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::NoFlow)
+            }
+            80..=84 => {
+                let mut p = gen.ip_for(&key, plain, len);
+                p.ttl = 1;
+                (tunnel_frame(PARENT, SRC, p.bytes(), xa_mac, n as u16), Reason::Ttl)
+            }
+            85..=89 => {
+                let mut inner = gen.ip_for(&key, plain, len).bytes();
+                inner[10] ^= 0x33;
+                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::BadChecksum)
+            }
+            _ => {
+                // To another tunnel endpoint: not this router's to open.
+                let inner = gen.ip_for(&key, plain, len).bytes();
+                let other = Ipv4Addr::new(10, 251, 0, 77);
+                (tunnel_frame(PARENT, other, inner, xa_mac, n as u16), Reason::Protocol)
+            }
+        };
+        // A flow the core let go of (closed by an earlier FIN or RST) has no entry.
+        let want = if want == Reason::Retunnelled && fp.lookup(&key_record(&key)).unwrap().is_none() {
+            Reason::NoFlow
+        } else {
+            want
+        };
+        let out = fp.test_run(&frame, ingress).expect("test run");
+        let after = reason_counts(&fp);
+        let changed: Vec<Reason> = Reason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| after[*i] != stats[*i])
+            .map(|(_, r)| *r)
+            .collect();
+        stats = after;
+        assert_eq!(changed.len(), 1, "frame {n}: {changed:?}");
+        let reason = changed[0];
+        assert_eq!(reason, want, "frame {n}");
+        *seen.entry(reason.as_str()).or_default() += 1;
+        let mut b = PacketBuf::from_slice(&frame[14..]);
+        let core_action = core.handle_tunnelled_packet(now, &mut b);
+        match reason {
+            Reason::Retunnelled => {
+                assert_eq!(out.verdict, verdict::TX, "frame {n}");
+                let Action::Tunnel { next_hop } = core_action else {
+                    panic!("frame {n}: the program re-tunnelled what the core does not: {core_action:?}")
+                };
+                let o = &out.frame;
+                assert_eq!(&o[..6], &hop_mac(next_hop.octets()[3]), "frame {n}: same next hop");
+                assert_eq!(&o[6..12], &xa_mac);
+                let (x, c) = (&o[14..], b.as_ref());
+                assert_eq!(x.len(), c.len(), "frame {n}: lengths");
+                assert_eq!(checksum::checksum(&x[..20]), 0, "frame {n}: outer checksum");
+                for i in (0..x.len()).filter(|i| ![4, 5, 10, 11].contains(i)) {
+                    assert_eq!(
+                        x[i], c[i],
+                        "frame {n}: byte {i} differs\n xdp  {:02x?}\n core {:02x?}",
+                        &x[..48.min(x.len())],
+                        &c[..48.min(c.len())]
+                    );
+                }
+            }
+            Reason::UntrustedTunnel => {
+                assert_eq!(out.verdict, verdict::DROP, "frame {n}");
+                assert_eq!(
+                    core_action,
+                    Action::Drop(slr_core::router::DropReason::UntrustedTunnel),
+                    "frame {n}"
+                );
+            }
+            _ => {
+                assert_eq!(out.verdict, verdict::PASS, "frame {n}");
+                assert_eq!(out.frame, frame, "frame {n}: a passed frame is untouched");
+            }
+        }
+        sync(&mut core, &mut fp);
+    }
+    assert_eq!(map_keys(&fp), offloadable(&core), "the map is the core's cache");
+    println!("{MIDDLE_FRAMES} tunnelled frames at a middle level: {seen:?}");
+    for r in [
+        Reason::Retunnelled,
+        Reason::UntrustedTunnel,
+        Reason::TcpControl,
+        Reason::NoFlow,
+        Reason::Ttl,
+        Reason::BadChecksum,
+        Reason::Protocol,
+    ] {
+        assert!(seen.get(r.as_str()).copied().unwrap_or(0) > 100, "{}: {seen:?}", r.as_str());
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Request {
     /// The children of a fetched gateway table: they replace the file's
     /// `[[gateways.children]]` as next hops, now and after every reload.
     Gateways(Vec<NextHopConfig>, Sender<Result<(), String>>),
+    /// Empty the fast path's flow map; the answer is how many entries went.
+    FastPathFlush(Sender<Result<usize, String>>),
 }
 
 /// A change of the runtime overrides (`slr ctl R weight/drain/undrain/clear`).
@@ -127,6 +129,15 @@ impl Handle {
         let (tx, rx) = mpsc::channel();
         self.send(Request::Reload(tx))?;
         rx.recv_timeout(Duration::from_secs(10))?
+            .map_err(|e| anyhow!(e))
+    }
+
+    /// Empties the fast path's flow map (the core keeps its flows and reinstalls each one at
+    /// its next packet); returns how many entries went.
+    pub fn fast_path_flush(&self) -> Result<usize> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::FastPathFlush(tx))?;
+        rx.recv_timeout(Duration::from_secs(30))?
             .map_err(|e| anyhow!(e))
     }
 

@@ -95,7 +95,8 @@ pub struct Snapshot {
     pub flow_table_bytes: usize,
     /// Router-wide counters.
     pub counters: Value,
-    /// Drops by reason.
+    /// Drops by reason: the core's, and the XDP program's under the same name
+    /// (`untrusted_tunnel`).
     pub drops: Vec<(String, u64)>,
     /// Next hops.
     pub next_hops: Vec<NextHopRow>,
@@ -163,6 +164,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
             "packets_tunneled": c.packets_tunneled, "bytes_tunneled": c.bytes_tunneled,
             "flows_created": c.flows_created, "flows_expired": c.flows_expired,
             "flows_evicted": c.flows_evicted, "flows_rerouted": c.flows_rerouted,
+            "flows_restored": c.flows_restored,
             "icmp_frag_needed_sent": c.icmp_frag_needed_sent, "icmp_rate_limited": c.icmp_rate_limited,
             "icmp_errors_routed": c.icmp_errors_routed, "mss_clamped": c.mss_clamped,
             "fragments_routed": c.fragments_routed, "fragments_held": c.fragments_held,
@@ -170,7 +172,20 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         }),
         drops: DropReason::ALL
             .iter()
-            .map(|&d| (d.as_str().to_string(), c.drops(d)))
+            .map(|&reason| {
+                let name = reason.as_str();
+                // The one reason the XDP program drops for itself; it passes everything else.
+                let kernel = if name == slr_xdp::Reason::UntrustedTunnel.as_str() {
+                    d.fast_path
+                        .reasons
+                        .iter()
+                        .find(|(r, _, _)| *r == name)
+                        .map_or(0, |(_, p, _)| *p)
+                } else {
+                    0
+                };
+                (name.to_string(), c.drops(reason) + kernel)
+            })
             .collect(),
         next_hops: r
             .next_hops()

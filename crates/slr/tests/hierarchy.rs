@@ -247,9 +247,11 @@ fn trace(shape: &Shape, tables: &HashMap<(String, String), String>, peer: &str) 
 /// A capture on the link of every router and host, and of every client (their replies).
 fn captures(lab: &Lab, shape: &Shape) -> BTreeMap<String, Capture> {
     let mut caps = BTreeMap::new();
+    // On the wire, at the core's end of each link: a node's XDP program (a host's strips the
+    // tunnels) acts before a capture on the node's own interface would see the packet.
     for role in ["router", "host"] {
         for n in shape.with_role(role) {
-            caps.insert(n.clone(), lab.capture(&n, "eth0", "ip"));
+            caps.insert(n.clone(), lab.capture_toward(&n, "ip"));
         }
     }
     for c in shape.with_role("client") {

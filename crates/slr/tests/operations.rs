@@ -619,6 +619,120 @@ fn host_agent_killed_keeps_its_connections_in_the_kernel() {
     }
 }
 
+/// Bytes the bodies of downloads grew by in `secs` seconds, per download, in MiB.
+fn growth(bodies: &[&String], secs: u64) -> f64 {
+    let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
+    let before: u64 = bodies.iter().map(|b| size(b)).sum();
+    std::thread::sleep(Duration::from_secs(secs));
+    let grown = bodies.iter().map(|b| size(b)).sum::<u64>() - before;
+    grown as f64 / bodies.len().max(1) as f64 / (1 << 20) as f64
+}
+
+/// A small receive buffer at a client (at most 256 KiB in flight), so that what its files grow
+/// by is what the servers sent meanwhile, not what a large buffer held.
+fn small_receive_buffer(lab: &Lab, client: &str) {
+    let o = lab.sh(client, "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The router killed (SIGKILL) mid-download under round_robin, dead for 3 s, then started
+/// again. With the fast path its XDP program, attached through the link, keeps forwarding the
+/// established flows (the clients' ACKs) while it is dead, and the new router takes the flows
+/// back from the pinned map (F17a), each to the host it had: every download completes. With
+/// `--fast-path off`, the control, nothing moves while it is dead and the new router picks
+/// hosts afresh for the downloads' next packets: those it sends elsewhere are reset.
+#[test]
+fn router_killed_mid_download_keeps_its_flows_through_the_pinned_map() {
+    for mode in ["xdp", "off"] {
+        let name = format!("ops-rk-{mode}");
+        let lab = Lab::up_with(&name, &site(&name, "round_robin", ""), &["--fast-path", mode]);
+        small_receive_buffer(&lab, "c1");
+        let downloads: Vec<_> = (0..6)
+            .map(|i| start_download(&lab, "c1", &format!("r{i}"), 24, "4M"))
+            .collect();
+        let hosts: Vec<String> = downloads.iter().map(|(_, _, h)| download_host(h)).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let router = lab.pid("r1", "router");
+        signal(router, "KILL");
+        wait_until(Duration::from_secs(5), || !alive(router)).expect("the router died");
+        let bodies: Vec<&String> = downloads.iter().map(|(_, b, _)| b).collect();
+        let per = growth(&bodies, 3);
+        println!(
+            "fast path {mode}: router dead for 3 s, downloads on {hosts:?} grew {per:.1} MiB each"
+        );
+        let out = Command::new(slr())
+            .args(["lab", "restart", "r1", "--lab", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut complete = 0;
+        for (child, body, _) in downloads {
+            let out = child.wait_with_output().unwrap();
+            let data = std::fs::read(&body).unwrap_or_default();
+            if out.status.success() && data.len() == 24 << 20 && is_pattern(&data) {
+                complete += 1;
+            }
+            let _ = std::fs::remove_file(&body);
+        }
+        let restored = lab.counter("r1", "flows_restored");
+        println!(
+            "fast path {mode}: after the restart {complete} of 6 downloads complete and intact; the new router took back {restored} flows"
+        );
+        if mode == "xdp" {
+            assert!(per >= 5.0, "the kernel forwards while the router is dead: {per:.1} MiB in 3 s");
+            assert!(restored >= 6, "the new router took the downloads' flows back: {restored}");
+            assert_eq!(complete, 6, "every download survives the router's death");
+        } else {
+            assert!(per < 2.0, "the control: nothing moves while the router is dead ({per:.1} MiB)");
+            assert_eq!(restored, 0);
+            assert!(
+                complete < 6,
+                "the control: a fresh choice under round_robin sends some downloads elsewhere"
+            );
+        }
+    }
+}
+
+/// `slr ctl r1 fast-path flush` while downloads run: every flush empties the map (the entries
+/// were there), the next packets of each flow reach the core, which still holds the flow and
+/// installs it again, and every download completes intact, under round_robin (where a fresh
+/// choice would pick another host).
+#[test]
+fn flushing_the_fast_path_mid_download_breaks_nothing() {
+    let name = "ops-flush";
+    let lab = Lab::up_with(name, &site(name, "round_robin", ""), &["--fast-path", "xdp"]);
+    let downloads: Vec<_> = (0..6)
+        .map(|i| start_download(&lab, "c1", &format!("f{i}"), 16, "4M"))
+        .collect();
+    for (_, _, h) in &downloads {
+        download_host(h);
+    }
+    let mut flushed = Vec::new();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let through_core = lab.counter("r1", "packets_tunneled");
+        let v = lab
+            .ctl_args("r1", &["fast-path", "flush"])
+            .expect("slr ctl r1 fast-path flush");
+        flushed.push(v["flushed"].as_u64().unwrap());
+        // After a flush the flows' next packets take the core, which reinstalls them.
+        wait_until(Duration::from_secs(2), || {
+            lab.counter("r1", "packets_tunneled") >= through_core + 6
+        })
+        .expect("the core saw the flushed flows' next packets");
+    }
+    println!("fast path flushed 4 times mid-download: {flushed:?} entries each time");
+    assert!(
+        flushed.iter().all(|&n| n >= 6),
+        "each flush found the downloads' entries (reinstalled by the core): {flushed:?}"
+    );
+    for (child, body, _) in downloads {
+        finish_download(child, &body, 16);
+    }
+    assert!(lab.fast_path_forwarded("r1") > 0);
+    println!("fast path flush: every download complete and intact");
+}
+
 /// `slr check -c FILE` says what a file configures, or names the file, key and value at fault
 /// and exits non-zero; `--log-format json` makes every log line a JSON object.
 #[test]

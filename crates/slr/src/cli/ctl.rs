@@ -73,6 +73,16 @@ fn request(args: &CtlArgs) -> Result<Value> {
             None => json!({"cmd": cmd}),
         },
         "flows" => json!({"cmd": cmd, "limit": args.limit, "all": args.all}),
+        "fast-path" => {
+            let action = arg(0, "what to do (flush)")?;
+            if action != "flush" {
+                bail!(
+                    "slr ctl {} fast-path {action}: unknown (flush empties the XDP flow map; the core reinstalls what it holds)",
+                    args.target
+                );
+            }
+            json!({"cmd": cmd, "action": action})
+        }
         _ => {
             if let Some(extra) = args.args.first() {
                 bail!(
@@ -319,6 +329,12 @@ fn human(command: &str, v: &Value) -> String {
     if command == "reload" {
         return "configuration reloaded: new flows follow it (runtime overrides still apply)\n"
             .into();
+    }
+    if command == "fast-path" {
+        return format!(
+            "fast path flow map flushed: {} entries removed (the core reinstalls each flow at its next packet)\n",
+            v["flushed"].as_u64().unwrap_or(0)
+        );
     }
     if matches!(
         command,

@@ -76,13 +76,16 @@ pub(super) fn answer(h: &Handle, slot: &ViewSlot, req: &Value, parts: &mut Parts
             json!({"ok": true, "overrides": o})
         }
         "overrides" => json!({"ok": true, "overrides": h.snapshot()?.overrides}),
+        "fast-path" if req["action"] == "flush" => {
+            json!({"ok": true, "flushed": h.fast_path_flush()?})
+        }
         "reload" => {
             h.reload()?;
             json!({"ok": true})
         }
         "metrics" => json!({"ok": true, "text": metrics_page(h, slot)?}),
         other => {
-            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, children, table, parents, reload, metrics, weight, drain, undrain, overrides, clear)")})
+            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, children, table, parents, reload, metrics, weight, drain, undrain, overrides, clear, fast-path flush)")})
         }
     })
 }

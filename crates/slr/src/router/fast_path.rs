@@ -6,8 +6,10 @@ use crate::snapshot::FastPathView;
 use slr_config::{FastPathMode, RouterDaemonConfig};
 use slr_core::flow_table::FlowKey;
 use slr_core::router::Router;
-use slr_core::time::Instant;
-use slr_xdp::{Counter, InstallError, Reason, RouterFastPath, RouterSettings};
+use slr_core::time::{Duration, Instant};
+use slr_xdp::{
+    Counter, FlowKeyRecord, FlowValueRecord, InstallError, Reason, RouterFastPath, RouterSettings,
+};
 
 /// The fast path as the packet thread drives it: loaded and attached, or off (with why).
 pub(super) struct FastPath {
@@ -30,7 +32,13 @@ impl FastPath {
 
     /// Loads and attaches the program as configured; where it cannot, says so in one log line
     /// and stays off (the TUN path serves every packet).
-    pub(super) fn start(cfg: &RouterDaemonConfig, router: &mut Router) -> Self {
+    ///
+    /// With a pin directory the flow map is pinned there, and the flows a map pinned by an
+    /// earlier run still holds (a router killed or restarted) are taken back by the core, each
+    /// to the next hop it had (MISSION F17a), before the program replaces the old one on the
+    /// interfaces: established flows keep their hosts across a restart, and forward in the
+    /// kernel meanwhile.
+    pub(super) fn start(cfg: &RouterDaemonConfig, router: &mut Router, now: Instant) -> Self {
         if cfg.fast_path == FastPathMode::Off {
             tracing::info!(
                 "fast path off (router.fast_path = \"off\"): every packet through the TUN device"
@@ -48,28 +56,125 @@ impl FastPath {
         } else {
             cfg.fast_path_interfaces.clone()
         };
-        let attached = RouterFastPath::load(settings).and_then(|mut fp| {
-            for n in &names {
-                fp.attach(n)?;
-            }
-            Ok(fp)
-        });
-        match attached {
-            Ok(fp) => {
-                tracing::info!(interfaces = ?names, "fast path on: XDP forwards established flows");
+        let loaded = match &cfg.fast_path_pin_dir {
+            Some(dir) => match RouterFastPath::load_pinned(settings, dir) {
+                Ok(pinned) => Ok(pinned),
+                Err(e @ slr_xdp::FastPathError::Pin { .. }) => {
+                    tracing::warn!(
+                        "fast path flows not pinned ({e}): a restart of this router loses them"
+                    );
+                    RouterFastPath::load(settings).map(|fp| (fp, Vec::new()))
+                }
+                Err(e) => Err(e),
+            },
+            None => RouterFastPath::load(settings).map(|fp| (fp, Vec::new())),
+        };
+        let mut fp = match loaded {
+            Ok((mut fp, inherited)) => {
+                if let Err(e) = fp.set_trusted_parents(&cfg.core.trusted_parents) {
+                    tracing::warn!("fast path: trusted parents not set ({e}): their tunnels take the slow path");
+                }
                 router.set_flow_log(true);
-                FastPath {
+                let mut me = FastPath {
                     inner: Some(fp),
                     map_full: 0,
                     errors: 0,
-                }
+                };
+                me.take_back(router, now, inherited);
+                me
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "fast path off: XDP could not load ({e}); the TUN path serves every packet"
+                );
+                return Self::off();
+            }
+        };
+        let attached = {
+            let inner = fp.inner.as_mut().expect("just loaded");
+            names.iter().try_for_each(|n| inner.attach_to_link(n))
+        };
+        match attached {
+            Ok(()) => {
+                tracing::info!(interfaces = ?names, pinned = ?cfg.fast_path_pin_dir, "fast path on: XDP forwards established flows");
+                fp
             }
             Err(e) => {
                 tracing::warn!(
                     "fast path off: XDP could not attach ({e}); the TUN path serves every packet"
                 );
+                if let Some(inner) = fp.inner.as_mut() {
+                    let _ = inner.detach_all();
+                }
+                router.set_flow_log(false);
                 Self::off()
             }
+        }
+    }
+
+    /// The core takes back the flows a pinned map held; those it refuses leave the map.
+    fn take_back(
+        &mut self,
+        router: &mut Router,
+        now: Instant,
+        inherited: Vec<(FlowKeyRecord, FlowValueRecord)>,
+    ) {
+        if inherited.is_empty() {
+            return;
+        }
+        let Some(fp) = self.inner.as_mut() else {
+            return;
+        };
+        let ktime = slr_xdp::ktime_ns();
+        let (mut taken, mut refused) = (0usize, std::collections::BTreeMap::new());
+        for (k, v) in inherited {
+            let key = FlowKey {
+                src_addr: k.src(),
+                dst_addr: k.dst(),
+                src_port: k.src_port(),
+                dst_port: k.dst_port(),
+                protocol: k.protocol(),
+            };
+            let idle = if v.last_used_ns == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(ktime.saturating_sub(v.last_used_ns) / 1000)
+            };
+            let r = match router.next_hop_by_address(v.tunnel_dst()) {
+                Some(nh) => router.restore_flow(now, key, nh, idle).map_err(|r| r.as_str()),
+                None => Err("no_next_hop"),
+            };
+            match r {
+                Ok(()) => taken += 1,
+                Err(why) => {
+                    *refused.entry(why).or_insert(0usize) += 1;
+                    let _ = fp.withdraw(&k);
+                }
+            }
+        }
+        tracing::info!(
+            flows = taken,
+            refused = ?refused,
+            "fast path: flows of the pinned map taken back by the core (F17a)"
+        );
+        self.follow(router);
+    }
+
+    /// A graceful stop: the program leaves the interfaces (the pinned map stays, for the next
+    /// start). A killed router leaves the program forwarding.
+    pub(super) fn stop(&mut self) {
+        if let Some(fp) = self.inner.as_mut() {
+            if let Err(e) = fp.detach_all() {
+                tracing::warn!("detaching the XDP program: {e}");
+            }
+        }
+    }
+
+    /// Empties the flow map (`slr ctl R fast-path flush`); returns how many entries went.
+    pub(super) fn flush(&mut self) -> Result<usize, slr_xdp::FastPathError> {
+        match self.inner.as_mut() {
+            Some(fp) => fp.flush(),
+            None => Ok(0),
         }
     }
 

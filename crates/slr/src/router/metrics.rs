@@ -116,6 +116,12 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         get("flows_rerouted"),
     );
     p.counter(
+        "slr_router_flows_restored_total",
+        "Flows taken back from the fast path's pinned map at start (each to the next hop it had).",
+        &r,
+        get("flows_restored"),
+    );
+    p.counter(
         "slr_router_icmp_frag_needed_total",
         "ICMP fragmentation-needed sent.",
         &r,

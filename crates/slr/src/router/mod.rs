@@ -102,7 +102,7 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     }
     let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
     state.routes = routes;
-    state.fast = fast_path::FastPath::start(&state.cfg, &mut router);
+    state.start_fast_path(&mut router);
     let result = state.run(
         &mut router,
         &mut tun,
@@ -113,6 +113,7 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     );
     drop(control);
     health.stop_all();
+    state.fast.stop();
     state.routes.remove_all();
     let _ = std::fs::remove_file(&state.cfg.control_socket);
     tracing::info!("router down");

@@ -67,6 +67,11 @@ impl LoopState {
         }
     }
 
+    /// Starts the kernel fast path (the core takes back the flows of a pinned map).
+    pub(super) fn start_fast_path(&mut self, router: &mut Router) {
+        self.fast = super::fast_path::FastPath::start(&self.cfg, router, self.clock.now());
+    }
+
     /// The configuration in force: the file's, with a fetched gateway table's children and
     /// the runtime overrides.
     fn in_force(&self) -> RouterDaemonConfig {
@@ -461,6 +466,13 @@ impl LoopState {
                     tracing::info!("configuration reloaded (slr ctl reload)");
                 }
                 let _ = reply.send(r);
+            }
+            Request::FastPathFlush(reply) => {
+                let r = self.fast.flush();
+                if let Ok(n) = &r {
+                    tracing::info!(entries = n, "fast path flow map flushed (slr ctl fast-path flush)");
+                }
+                let _ = reply.send(r.map_err(|e| format!("{e:#}")));
             }
             Request::Gateways(children, reply) => {
                 let eff = self.cfg.in_force(Some(&children), &self.overrides);
