@@ -702,7 +702,7 @@ fn flushing_the_fast_path_mid_download_breaks_nothing() {
     let name = "ops-flush";
     let lab = Lab::up_with(name, &site(name, "round_robin", ""), &["--fast-path", "xdp"]);
     let downloads: Vec<_> = (0..6)
-        .map(|i| start_download(&lab, "c1", &format!("f{i}"), 16, "4M"))
+        .map(|i| start_download(&lab, "c1", &format!("f{i}"), 32, "4M"))
         .collect();
     for (_, _, h) in &downloads {
         download_host(h);
@@ -722,12 +722,16 @@ fn flushing_the_fast_path_mid_download_breaks_nothing() {
         .expect("the core saw the flushed flows' next packets");
     }
     println!("fast path flushed 4 times mid-download: {flushed:?} entries each time");
+    // The first flush found every download's entry; each later one found entries the core
+    // had installed again since (a download whose client paused reading, as curl's rate
+    // limit makes it, sends nothing for a while and is reinstalled later).
+    assert!(flushed[0] >= 6, "every download was in the map: {flushed:?}");
     assert!(
-        flushed.iter().all(|&n| n >= 6),
-        "each flush found the downloads' entries (reinstalled by the core): {flushed:?}"
+        flushed[1..].iter().all(|&n| n > 0) && flushed[1..].iter().sum::<u64>() >= 6,
+        "the core reinstalled the flushed flows: {flushed:?}"
     );
     for (child, body, _) in downloads {
-        finish_download(child, &body, 16);
+        finish_download(child, &body, 32);
     }
     assert!(lab.fast_path_forwarded("r1") > 0);
     println!("fast path flush: every download complete and intact");
