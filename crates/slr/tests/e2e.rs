@@ -886,9 +886,6 @@ fn bad_configuration_names_file_key_and_value() {
 }
 
 /// Whether this run's labs use the fast path (SLR_E2E_FAST_PATH=off: the TUN path only).
-fn fast_path_expected() -> bool {
-    std::env::var("SLR_E2E_FAST_PATH").map_or(true, |v| v != "off")
-}
 
 #[test]
 fn fast_path_forwards_established_flows_in_the_kernel_and_copies_df() {

@@ -437,6 +437,14 @@ fn hierarchy_works(file: &str, name: &str, levels: &[&str], f: &str, group_as: &
             assert_eq!(terminated, 0, "{r} has no parent");
         } else if served.iter().any(|h| shape.ancestors(h).contains(&r)) {
             assert!(terminated > 0, "{r} terminates its parent's tunnels");
+            // The first packets of each flow reach the core; an established flow's later
+            // packets are re-encapsulated by the router's XDP program.
+            let in_kernel = lab.fast_path_count(&r, "retunnelled");
+            eprintln!("{r}: {in_kernel} of its parent's tunnels re-encapsulated in XDP");
+            assert_eq!(lab.fast_path_enabled(&r), fast_path_expected());
+            if fast_path_expected() {
+                assert!(in_kernel > 0, "{r} re-encapsulates established flows in the kernel");
+            }
         }
     }
 
@@ -572,6 +580,7 @@ fn forged_tunnels_to_a_middle_router_are_dropped_counted_and_go_nowhere() {
     let vip = lab.vip(0);
     let (as1, net) = (lab.addr("as1"), lab.addr("net"));
     let before = lab.drops("as1", "untrusted_tunnel");
+    let in_kernel_before = lab.fast_path_count("as1", "untrusted_tunnel");
     let forge = |outer_src: Option<Ipv4Addr>, port: u16| {
         lab.in_ns("c1", move || {
             let reply = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
@@ -625,6 +634,11 @@ fn forged_tunnels_to_a_middle_router_are_dropped_counted_and_go_nowhere() {
     );
     assert_eq!(answer, None, "a forged tunnel reached a server");
     assert!(dropped >= 20, "every forged tunnel counted: {dropped}");
+    let in_kernel = lab.fast_path_count("as1", "untrusted_tunnel") - in_kernel_before;
+    println!("forged: {in_kernel} of them dropped in the kernel by as1's XDP program");
+    if fast_path_expected() {
+        assert!(in_kernel >= 20, "dropped by XDP: {in_kernel}");
+    }
 
     let answer = forge(Some(net), 40022);
     println!("forged: the same with net's address as outer source: answer {answer:?}");

@@ -212,12 +212,17 @@ impl Lab {
 
     /// Packets the router's XDP program forwarded (0 with the fast path off).
     pub fn fast_path_forwarded(&self, router: &str) -> u64 {
+        self.fast_path_count(router, "forwarded")
+    }
+
+    /// Packets the router's XDP program counted for `reason` (0 with the fast path off).
+    pub fn fast_path_count(&self, router: &str, reason: &str) -> u64 {
         let s = self.ctl(router, "stats");
         s["snapshot"]["fast_path"]["reasons"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|r| r[0] == "forwarded")
+            .find(|r| r[0] == reason)
             .and_then(|r| r[1].as_u64())
             .unwrap_or(0)
     }
@@ -388,6 +393,11 @@ pub fn count_packets(file: &Path, filter: &str) -> usize {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).lines().count()
+}
+
+/// Whether the suite runs with the daemons' fast path (`SLR_E2E_FAST_PATH`, default xdp).
+pub fn fast_path_expected() -> bool {
+    std::env::var("SLR_E2E_FAST_PATH").map_or(true, |v| v != "off")
 }
 
 /// Parses `key=value` fields of a lab server answer.
