@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# End-to-end benchmark (issue #5): slr against HAProxy and against no load balancer, in one run,
-# on one lab topology (client c1, router/LB node r1, hosts h1 h2 h3).
+# End-to-end benchmark (issues #5, #11): slr against HAProxy, against the kernel's own NAT load
+# balancing and against no load balancer, in one run, on one lab topology (client c1, router/LB
+# node r1, hosts h1 h2 h3).
 #
 #   bench/e2e.sh [DURATION_S=10] [ROUNDS=3]
 #
 # Setups, measured in every round (the order rotates from round to round, so slow drifts of this
 # noisy machine do not always hit the same setup):
-#   slr      `slr router` on r1; the client dials the VIP 10.99.0.1; the router tunnels each flow
-#            to a host, which answers the client directly (DSR). Policy round_robin.
+#   slr      `slr router` on r1 with its kernel fast path (router.fast_path = "xdp", the default)
+#            and the hosts' agents decapsulating in XDP (host.fast_path = "xdp"); the client dials
+#            the VIP 10.99.0.1; the router tunnels each flow to a host, which answers the client
+#            directly (DSR). Policy round_robin.
+#   slr-off  the same with fast_path = "off" at the router and the hosts: every packet through
+#            the daemons (TUN devices, raw sockets), as before issue #11.
 #   haproxy  Debian's HAProxy in r1's namespace *instead of* slr (the slr router is stopped):
 #            TCP mode, roundrobin over the hosts' own addresses, bound to r1's 10.200.2.2:80;
 #            the client dials that. It terminates the client's TCP connection and opens one to
 #            the host: both directions go through it. nbthread = HAPROXY_THREADS (default 1, like
 #            slr's single packet thread).
+#   nft      nftables in r1's namespace instead of slr, as kube-proxy's nftables mode balances a
+#            service: DNAT of 10.200.2.2:80 to the hosts by `numgen inc mod 3` (round robin) and
+#            masquerade, conntrack keeping each connection on its host; both directions through
+#            r1's kernel, no process at all.
 #   direct   the client dials h1's own address 10.200.3.2: no load balancer, the ceiling.
 # Workloads (wrk, each DURATION_S): small answers (`GET /`, ~60 bytes) with keep-alive
 # (-t2 -c32) and with `Connection: close` (a TCP connection per request, -t2 -c32); 1 MiB
 # downloads (`GET /bytes/1048576`, -t2 -c8, keep-alive); 1 MiB uploads (`POST /upload`,
 # wrk Lua body, -t2 -c8, keep-alive).
-# CPU: user+system seconds of the LB process (slr router or haproxy) over the workload, per
-# request; kernel work done in softirq context is charged to whichever process was running, so
-# it is partly missing from (or added to) these figures, for both LBs alike. Whole-machine busy
-# share is reported too (client, LB and hosts all share the 2 cores).
+# CPU: the whole machine's busy time per request (client, LB, host agents, servers and every
+# softirq: what XDP and nftables spend is nowhere else), and user+system seconds of the LB
+# process (slr router or haproxy; nft has none) per request.
 # The lab "be2e" (namespaces slr-be2e-*) and every process started here are removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +40,7 @@ ROUNDS=${2:-3}
 HAPROXY_THREADS=${HAPROXY_THREADS:-1}
 [[ $DUR =~ ^[1-9][0-9]*$ && $DUR -le 120 && $ROUNDS =~ ^[1-9][0-9]*$ && $ROUNDS -le 10 ]] \
   || { echo "usage: $0 [DURATION_S (1..120)] [ROUNDS (1..10)]" >&2; exit 2; }
-for p in wrk haproxy curl; do
+for p in wrk haproxy curl nft; do
   command -v $p >/dev/null || { echo "$p missing: run scripts/install-deps" >&2; exit 1; }
 done
 [[ -x $SLR ]] || { echo "$SLR missing: cargo build --release" >&2; exit 1; }
@@ -140,12 +148,48 @@ wait_http() {
   return 1
 }
 
+# Sets the fast path (xdp or off) of the router's file and of every host agent (restarted).
+set_fast_path() {
+  local mode=$1 h
+  [[ $mode == "$fast_path_now" ]] && return 0
+  for f in "$router_conf" /run/slr-lab/$LAB/h{1,2,3}.toml; do
+    python3 - "$f" "$mode" <<'PY'
+import re, sys
+path, mode = sys.argv[1], sys.argv[2]
+text = open(path).read()
+text = re.sub(r'(?m)^fast_path = ".*"\n', "", text)
+text = re.sub(r"(?m)^\[(router|host)\]\n", lambda m: m.group(0) + f'fast_path = "{mode}"\n', text, count=1)
+open(path, "w").write(text)
+PY
+  done
+  for h in h1 h2 h3; do
+    "$SLR" lab restart "$h" --lab "$LAB" >>"$tmp/lab-restart.log" 2>&1
+  done
+  fast_path_now=$mode
+}
+fast_path_now=xdp
+
 start_setup() {
   case $1 in
-    slr)
+    slr | slr-off)
+      set_fast_path "$([[ $1 == slr ]] && echo xdp || echo off)"
       ip netns exec "$NS_R" env NO_COLOR=1 "$SLR" router -c "$router_conf" >>"$tmp/router.log" 2>&1 &
       router_pid=$!
       wait_http "http://$VIP" ;;
+    nft)
+      ip netns exec "$NS_R" nft -f - <<NFT
+table ip slr_bench {
+  chain prerouting {
+    type nat hook prerouting priority dstnat;
+    ip daddr $LB_ADDR tcp dport 80 dnat to numgen inc mod 3 map { 0 : ${HOSTS[0]}, 1 : ${HOSTS[1]}, 2 : ${HOSTS[2]} }
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat;
+    ip daddr { ${HOSTS[0]}, ${HOSTS[1]}, ${HOSTS[2]} } tcp dport 80 masquerade
+  }
+}
+NFT
+      wait_http "http://$LB_ADDR" ;;
     haproxy)
       ip netns exec "$NS_R" haproxy -db -f "$tmp/haproxy.cfg" >>"$tmp/haproxy.log" 2>&1 &
       haproxy_pid=$!
@@ -156,17 +200,22 @@ start_setup() {
 
 stop_setup() {
   case $1 in
-    slr) stop_pid "$router_pid"; router_pid="" ;;
+    slr | slr-off) stop_pid "$router_pid"; router_pid="" ;;
     haproxy) stop_pid "$haproxy_pid"; haproxy_pid="" ;;
+    nft) ip netns exec "$NS_R" nft delete table ip slr_bench ;;
   esac
 }
 
 url_of() {
-  case $1 in slr) echo "http://$VIP" ;; haproxy) echo "http://$LB_ADDR" ;; direct) echo "http://${HOSTS[0]}" ;; esac
+  case $1 in
+    slr | slr-off) echo "http://$VIP" ;;
+    haproxy | nft) echo "http://$LB_ADDR" ;;
+    direct) echo "http://${HOSTS[0]}" ;;
+  esac
 }
 
 lb_pid_of() {
-  case $1 in slr) echo "$router_pid" ;; haproxy) echo "$haproxy_pid" ;; *) echo "" ;; esac
+  case $1 in slr | slr-off) echo "$router_pid" ;; haproxy) echo "$haproxy_pid" ;; *) echo "" ;; esac
 }
 
 # run_workload ROUND SETUP WORKLOAD: one wrk run; appends a result line.
@@ -212,6 +261,8 @@ p99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
 errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 b0, t0 = map(int, m0.split()); b1, t1 = map(int, m1.split())
+import os
+hz = os.sysconf("SC_CLK_TCK")
 cpu = float(c1) - float(c0)
 row = dict(round=rnd, setup=setup, workload=wl, requests=reqs, rps=reqs / secs,
            p50_ms=dur_ms(p50.group(1)) if p50 else float("nan"),
@@ -219,20 +270,21 @@ row = dict(round=rnd, setup=setup, workload=wl, requests=reqs, rps=reqs / secs,
            errors=errs + (int(non2xx.group(1)) if non2xx else 0),
            lb_cpu_pct=100 * cpu / secs if has_lb else float("nan"),
            lb_cpu_us_per_req=1e6 * cpu / max(1, reqs) if has_lb else float("nan"),
-           machine_busy_pct=100 * (b1 - b0) / max(1, t1 - t0))
+           machine_busy_pct=100 * (b1 - b0) / max(1, t1 - t0),
+           machine_us_per_req=1e6 * (b1 - b0) / hz / max(1, reqs))
 print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 PY
   tail -1 "$tmp/results"
 }
 
-SETUPS=(slr haproxy direct)
+SETUPS=(slr slr-off haproxy nft direct)
 WORKLOADS=(small_keepalive small_close download_1MiB upload_1MiB)
 echo "command: bench/e2e.sh $DUR $ROUNDS  (HAPROXY_THREADS=$HAPROXY_THREADS)"
 echo "wrk: wrk -d${DUR}s --latency -t2 -c32 URL/ | -t2 -c32 -H 'Connection: close' URL/ |" \
   "-t2 -c8 URL/bytes/1048576 | -t2 -c8 -s upload.lua URL/upload"
 for ((round = 1; round <= ROUNDS; round++)); do
-  for ((k = 0; k < 3; k++)); do
-    setup=${SETUPS[$(((round - 1 + k) % 3))]}
+  for ((k = 0; k < ${#SETUPS[@]}; k++)); do
+    setup=${SETUPS[$(((round - 1 + k) % ${#SETUPS[@]}))]}
     start_setup "$setup"
     for wl in "${WORKLOADS[@]}"; do
       run_workload "$round" "$setup" "$wl"
@@ -249,23 +301,25 @@ def med(setup, wl, key):
     vals = [v for v in vals if not math.isnan(v)]
     return statistics.median(vals) if vals else float("nan")
 wls = ["small_keepalive", "small_close", "download_1MiB", "upload_1MiB"]
-setups = ["slr", "haproxy", "direct"]
+setups = ["slr", "slr-off", "haproxy", "nft", "direct"]
 n = len({r["round"] for r in rows})
 print(f"\nmedians of {n} round(s); req/s (MiB/s for 1 MiB transfers); p50/p99 latency ms;"
-      " LB CPU µs per request and % of one core")
+      " machine CPU µs per request (everything: client, LB, hosts, softirq); LB process CPU")
 print(f"{'workload':16} {'setup':8} {'req/s':>9} {'MiB/s':>7} {'p50':>7} {'p99':>7} {'errors':>6}"
-      f" {'LB µs/req':>9} {'LB CPU%':>7} {'machine%':>8}")
+      f" {'mach µs/req':>11} {'LB µs/req':>9} {'LB CPU%':>7} {'machine%':>8}")
 for wl in wls:
     for s in setups:
         rps = med(s, wl, "rps")
         mib = rps if wl.endswith("1MiB") else float("nan")
         errs = sum(int(r["errors"]) for r in rows if r["setup"] == s and r["workload"] == wl)
         print(f"{wl:16} {s:8} {rps:9.0f} {mib:7.0f} {med(s, wl, 'p50_ms'):7.2f} {med(s, wl, 'p99_ms'):7.2f}"
-              f" {errs:6d} {med(s, wl, 'lb_cpu_us_per_req'):9.1f} {med(s, wl, 'lb_cpu_pct'):7.1f}"
-              f" {med(s, wl, 'machine_busy_pct'):8.1f}")
-print(f"\n{'workload':16} {'slr/haproxy':>11} {'slr/direct':>10} {'haproxy/direct':>14} {'CPU/req slr/haproxy':>19}")
+              f" {errs:6d} {med(s, wl, 'machine_us_per_req'):11.1f} {med(s, wl, 'lb_cpu_us_per_req'):9.1f}"
+              f" {med(s, wl, 'lb_cpu_pct'):7.1f} {med(s, wl, 'machine_busy_pct'):8.1f}")
+print(f"\n{'workload':16} {'slr/direct':>10} {'slr/haproxy':>11} {'slr/nft':>7} {'slr/slr-off':>11}"
+      f" {'machine µs/req slr/nft':>22} {'slr/haproxy':>11}")
 for wl in wls:
-    a, b, c = (med(s, wl, "rps") for s in setups)
-    ca, cb = med("slr", wl, "lb_cpu_us_per_req"), med("haproxy", wl, "lb_cpu_us_per_req")
-    print(f"{wl:16} {a / b:11.2f} {a / c:10.2f} {b / c:14.2f} {ca / cb:19.2f}")
+    r = {s: med(s, wl, "rps") for s in setups}
+    c = {s: med(s, wl, "machine_us_per_req") for s in setups}
+    print(f"{wl:16} {r['slr'] / r['direct']:10.2f} {r['slr'] / r['haproxy']:11.2f} {r['slr'] / r['nft']:7.2f}"
+          f" {r['slr'] / r['slr-off']:11.2f} {c['slr'] / c['nft']:22.2f} {c['slr'] / c['haproxy']:11.2f}")
 PY

@@ -96,6 +96,10 @@ pub struct RouterSection {
     /// /sys/fs/bpf/slr/NAME; "" pins nothing): a restarted router takes its flows back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path_pin_dir: Option<String>,
+    /// Entries of the fast path's flow map (default: `flow_table.max_flows`): established
+    /// flows beyond it stay on the TUN path, counted in slr_fast_path_map_full_total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path_max_flows: Option<u64>,
 }
 
 impl RouterSection {
@@ -118,6 +122,7 @@ impl RouterSection {
             fast_path: default_fast_path(),
             fast_path_interfaces: Vec::new(),
             fast_path_pin_dir: None,
+            fast_path_max_flows: None,
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct RouterDaemonConfig {
     /// Where the fast path's flow map is pinned (None: nowhere; a restart loses the kernel's
     /// flows).
     pub fast_path_pin_dir: Option<PathBuf>,
+    /// Entries of the fast path's flow map (at most the flow table's bound).
+    pub fast_path_max_flows: usize,
     /// Prometheus listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Health checks.
@@ -265,6 +267,17 @@ impl RouterFile {
             drain_period,
             fast_path,
             fast_path_interfaces: r.fast_path_interfaces.clone(),
+            fast_path_max_flows: match r.fast_path_max_flows {
+                None => core.flow_table.max_flows,
+                Some(n) if n >= 1 && n as usize <= core.flow_table.max_flows => n as usize,
+                Some(n) => {
+                    return Err(c.err(
+                        "router.fast_path_max_flows",
+                        n,
+                        "must be from 1 to flow_table.max_flows",
+                    ))
+                }
+            },
             fast_path_pin_dir: match r.fast_path_pin_dir.as_deref() {
                 None => Some(PathBuf::from(format!("/sys/fs/bpf/slr/{}", r.name))),
                 Some("") => None,

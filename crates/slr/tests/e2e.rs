@@ -993,3 +993,150 @@ print(ok)'"
         assert_eq!(forwarded, 0);
     }
 }
+
+/// A flow map smaller than the flow table (`router.fast_path_max_flows = 2`) and six
+/// downloads: two flows forward in the kernel, the other four find the map full and stay on
+/// the TUN path, counted; every download completes intact. With the fast path off nothing is
+/// offered and nothing overflows.
+#[test]
+fn a_full_flow_map_leaves_new_flows_to_the_slow_path_and_counts_them() {
+    let extra = "[router_config.router]\nfast_path_max_flows = 2\n";
+    let lab = Lab::up(
+        "e2e-full",
+        &site("e2e-full", "round_robin", [1, 1, 1], extra),
+    );
+    let map_full = |lab: &Lab| -> u64 {
+        let m = lab.ctl("r1", "metrics")["text"].as_str().unwrap().to_string();
+        m.lines()
+            .find(|l| l.starts_with("slr_fast_path_map_full_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .expect("slr_fast_path_map_full_total in the metrics")
+    };
+    let before = map_full(&lab);
+    let core_before = lab.counter("r1", "packets_tunneled");
+    let downloads: Vec<_> = (0..6)
+        .map(|i| start_download(&lab, "c1", &format!("full{i}"), 8, "4M"))
+        .collect();
+    for (child, body, _) in downloads {
+        finish_download(child, &body, 8);
+    }
+    let full = map_full(&lab) - before;
+    let through_core = lab.counter("r1", "packets_tunneled") - core_before;
+    let in_kernel = lab.fast_path_forwarded("r1");
+    println!(
+        "map of 2 entries, 6 downloads: {full} offers found the map full; {in_kernel} packets forwarded by XDP, {through_core} through the core"
+    );
+    if fast_path_expected() {
+        assert!(full >= 4, "the four flows beyond the map were counted: {full}");
+        assert!(in_kernel > 0, "the two flows that fit forward in the kernel");
+        assert!(
+            through_core > 1000,
+            "the overflowing flows are served by the slow path: {through_core}"
+        );
+    } else {
+        assert_eq!(full, 0);
+    }
+}
+
+/// A burst of hostile frames straight onto the router's link (AF_PACKET from the core's end,
+/// to the router's MAC: the kernel routing in the core would drop most kinds before they reach
+/// the router), 16 kinds x 1,000: the XDP program counts every one by a reason and never
+/// crashes; the router still serves.
+#[test]
+fn hostile_frames_on_the_wire_are_counted_by_the_fast_path_and_the_router_serves() {
+    let lab = Lab::up("e2e-wire", &site("e2e-wire", "maglev", [1, 1, 1], ""));
+    let vip = lab.vip(0);
+    let r1 = lab.addr("r1");
+    let mac = String::from_utf8_lossy(&lab.sh("r1", "cat /sys/class/net/eth0/address").stdout)
+        .trim()
+        .to_string();
+    let seen = |lab: &Lab| -> u64 {
+        lab.ctl("r1", "stats")["snapshot"]["fast_path"]["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r[1].as_u64().unwrap())
+            .sum()
+    };
+    let before = seen(&lab);
+    let core = lab
+        .status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "core")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = format!(
+        r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def ip(proto, payload, ihl=5, tot=None, frag=0, ttl=64, ver=4, opts=b"", bad=False):
+    hl = ihl * 4
+    tot = 20 + len(opts) + len(payload) if tot is None else tot
+    h = struct.pack("!BBHHHBBH4s4s", (ver << 4) | ihl, 0, tot, 7, frag, ttl, proto, 0,
+                    socket.inet_aton("10.200.1.2"), socket.inet_aton("{vip}")) + opts
+    c = csum(h[:max(20, min(hl, len(h)))]) ^ (0x5a5a if bad else 0)
+    return h[:10] + struct.pack("!H", c) + h[12:] + payload
+tcp = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x10, 65535, 0, 0)
+udp = struct.pack("!HHHH", 40000, 7, 12, 0) + b"evil"
+kinds = [
+    b"\x45\x00",                                           # runt
+    ip(6, tcp, ver=6),                                     # version 6
+    ip(6, tcp, ihl=3),                                     # header length below 20
+    ip(6, tcp, tot=1400),                                  # longer than the frame
+    ip(6, tcp, tot=12),                                    # total below the header
+    ip(6, tcp, ihl=6, opts=b"\x01\x01\x01\x00"),           # options
+    ip(6, tcp, frag=0x2000),                               # first fragment
+    ip(6, tcp, frag=0x0010),                               # later fragment
+    ip(6, tcp, bad=True),                                  # bad header checksum
+    ip(6, tcp, ttl=1),                                     # TTL 1
+    ip(1, b"\x0d\x00\x00\x00\x00\x00\x00\x00"),            # ICMP timestamp
+    ip(47, b"\x00\x00\x08\x00"),                           # GRE
+    ip(4, ip(17, udp)),                                    # IP-in-IP to a top router
+    ip(6, tcp[:12] + bytes([2 << 4]) + tcp[13:]),          # TCP data offset 2
+    ip(17, struct.pack("!HHHH", 40000, 7, 200, 0) + b"x"), # UDP length beyond the packet
+    ip(6, tcp[:8]),                                        # TCP header cut at 8 bytes
+]
+assert len(kinds) == 16
+dst = bytes.fromhex("{mac}".replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("v-r1", 0))
+sent = 0
+for i in range(1000):
+    for k in kinds:
+        ethertype = b"\x08\x00"
+        s.send(dst + b"\x02\x00\x00\x00\x00\xee" + ethertype + k)
+        sent += 1
+# ARP and IPv6 ethertypes too (not IPv4 at all).
+for i in range(100):
+    s.send(dst + b"\x02\x00\x00\x00\x00\xee" + b"\x86\xdd" + kinds[1])
+    sent += 1
+print(sent)
+"#
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns(&core), "python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let counted = seen(&lab) - before;
+    let reasons = lab.ctl("r1", "stats")["snapshot"]["fast_path"]["reasons"].clone();
+    println!("sent {sent} hostile frames to r1 ({r1}) on the wire; the XDP program counted {counted}: {reasons}");
+    if fast_path_expected() {
+        assert!(counted >= sent, "every frame counted by a reason: {counted} of {sent}");
+    }
+    for _ in 0..10 {
+        lab.curl("c2", &format!("http://{vip}/"))
+            .expect("router still serves after the burst");
+    }
+}

@@ -46,7 +46,7 @@ impl FastPath {
             return Self::off();
         }
         let settings = RouterSettings {
-            max_flows: cfg.core.flow_table.max_flows.min(u32::MAX as usize) as u32,
+            max_flows: cfg.fast_path_max_flows.min(u32::MAX as usize) as u32,
             tunnel_source: cfg.core.tunnel_source,
             tunnel_mtu: u32::from(cfg.core.tunnel_mtu),
             outer_ttl: slr_core::tunnel::DEFAULT_OUTER_TTL,
