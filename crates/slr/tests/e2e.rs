@@ -1030,8 +1030,9 @@ fn a_full_flow_map_leaves_new_flows_to_the_slow_path_and_counts_them() {
     if fast_path_expected() {
         assert!(full >= 4, "the four flows beyond the map were counted: {full}");
         assert!(in_kernel > 0, "the two flows that fit forward in the kernel");
+        // Each of the four sends its ACKs (tens of them) through the core.
         assert!(
-            through_core > 1000,
+            through_core >= 40,
             "the overflowing flows are served by the slow path: {through_core}"
         );
     } else {
