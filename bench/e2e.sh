@@ -13,6 +13,9 @@
 #            directly (DSR). Policy round_robin.
 #   slr-off  the same with fast_path = "off" at the router and the hosts: every packet through
 #            the daemons (TUN devices, raw sockets), as before issue #11.
+#   For every setup but slr, no XDP program runs anywhere (the hosts' agents run with
+#   fast_path = "off", the core's end of r1's link has no pass program): on veth an XDP
+#   program turns off the peer's segmentation offload, which the peers must not pay.
 #   haproxy  Debian's HAProxy in r1's namespace *instead of* slr (the slr router is stopped):
 #            TCP mode, roundrobin over the hosts' own addresses, bound to r1's 10.200.2.2:80;
 #            the client dials that. It terminates the client's TCP connection and opens one to
@@ -20,8 +23,9 @@
 #            slr's single packet thread).
 #   nft      nftables in r1's namespace instead of slr, as kube-proxy's nftables mode balances a
 #            service: DNAT of 10.200.2.2:80 to the hosts by `numgen inc mod 3` (round robin) and
-#            masquerade, conntrack keeping each connection on its host; both directions through
-#            r1's kernel, no process at all.
+#            masquerade (fully-random ports, as kube-proxy), conntrack keeping each connection on
+#            its host (the table flushed when the setup starts); both directions through r1's
+#            kernel, no process at all.
 #   direct   the client dials h1's own address 10.200.3.2: no load balancer, the ceiling.
 # Workloads (wrk, each DURATION_S): small answers (`GET /`, ~60 bytes) with keep-alive
 # (-t2 -c32) and with `Connection: close` (a TCP connection per request, -t2 -c32); 1 MiB
@@ -40,7 +44,7 @@ ROUNDS=${2:-3}
 HAPROXY_THREADS=${HAPROXY_THREADS:-1}
 [[ $DUR =~ ^[1-9][0-9]*$ && $DUR -le 120 && $ROUNDS =~ ^[1-9][0-9]*$ && $ROUNDS -le 10 ]] \
   || { echo "usage: $0 [DURATION_S (1..120)] [ROUNDS (1..10)]" >&2; exit 2; }
-for p in wrk haproxy curl nft; do
+for p in wrk haproxy curl nft conntrack; do
   command -v $p >/dev/null || { echo "$p missing: run scripts/install-deps" >&2; exit 1; }
 done
 [[ -x $SLR ]] || { echo "$SLR missing: cargo build --release" >&2; exit 1; }
@@ -169,14 +173,31 @@ PY
 }
 fast_path_now=xdp
 
+# The XDP pass program on the core's end of r1's link: slr's XDP_TX on veth needs it, but it
+# turns off segmentation offload in r1's namespace, which HAProxy and nftables in r1's place
+# must not pay. The peers also run with the hosts' XDP programs off (an XDP program on a veth
+# turns off its peer's segmentation offload too): they measure on a plain kernel.
+xdp_pass_now=on
+set_xdp_pass() {
+  [[ $1 == "$xdp_pass_now" ]] && return 0
+  "$SLR" lab xdp-pass r1 "$1" --lab "$LAB" >>"$tmp/lab-restart.log" 2>&1
+  xdp_pass_now=$1
+}
+
 start_setup() {
   case $1 in
+    slr) set_xdp_pass on; set_fast_path xdp ;;
+    *) set_xdp_pass off; set_fast_path off ;;
+  esac
+  case $1 in
     slr | slr-off)
-      set_fast_path "$([[ $1 == slr ]] && echo xdp || echo off)"
       ip netns exec "$NS_R" env NO_COLOR=1 "$SLR" router -c "$router_conf" >>"$tmp/router.log" 2>&1 &
       router_pid=$!
       wait_http "http://$VIP" ;;
     nft)
+      # Connections an earlier setup left in r1's conntrack table (HAProxy's, in TIME_WAIT)
+      # would catch the new ones' SYNs without NAT.
+      ip netns exec "$NS_R" conntrack -F >/dev/null 2>&1 || true
       ip netns exec "$NS_R" nft -f - <<NFT
 table ip slr_bench {
   chain prerouting {
@@ -185,7 +206,7 @@ table ip slr_bench {
   }
   chain postrouting {
     type nat hook postrouting priority srcnat;
-    ip daddr { ${HOSTS[0]}, ${HOSTS[1]}, ${HOSTS[2]} } tcp dport 80 masquerade
+    ip daddr { ${HOSTS[0]}, ${HOSTS[1]}, ${HOSTS[2]} } tcp dport 80 masquerade fully-random
   }
 }
 NFT

@@ -96,6 +96,21 @@ pub enum LabCommand {
         #[arg(long)]
         lab: Option<String>,
     },
+    /// Attach (on) or detach (off) the XDP pass program on the core's end of a node's link. A
+    /// router's fast path needs it there (on veth, XDP_TX frames reach only a peer with an XDP
+    /// program), and `lab up` attaches it; but it also turns off segmentation offload in the
+    /// node's namespace, which another load balancer measured in the router's place must not
+    /// pay (bench/e2e.sh detaches it for those).
+    XdpPass {
+        /// The node.
+        node: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Lab name (optional when exactly one lab is up).
+        #[arg(long)]
+        lab: Option<String>,
+    },
     /// Bring a lab up, send demo traffic, print a summary, and tear it down.
     Run {
         /// Topology file (TOML), e.g. examples/site.toml.
@@ -153,6 +168,9 @@ pub fn run(cmd: LabCommand) -> Result<()> {
                 other => bail!("--signal {other}: TERM, KILL or INT"),
             };
             lifecycle::restart(lab.as_deref(), &node, sig, Duration::from_secs(wait))
+        }
+        LabCommand::XdpPass { node, state, lab } => {
+            lifecycle::xdp_pass(lab.as_deref(), &node, state == "on")
         }
         LabCommand::Run {
             file,

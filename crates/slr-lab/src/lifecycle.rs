@@ -636,6 +636,32 @@ fn unmount_pin_fs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `slr lab xdp-pass NODE on|off`: the XDP pass program on the core's end of a node's link.
+pub fn xdp_pass(name: Option<&str>, node: &str, on: bool) -> Result<()> {
+    let lab = select_lab(name)?.ok_or_else(|| anyhow!("no lab is up"))?;
+    let state = State::load(&lab_dir(&lab))?.ok_or_else(|| anyhow!("lab {lab:?} has no state"))?;
+    let t = &state.topology;
+    let link = t
+        .link(node)
+        .ok_or_else(|| anyhow!("lab {lab:?} has no node {node:?} with a link"))?
+        .core_ifname;
+    let core_ns = t.netns(&t.core().name);
+    let l = link.clone();
+    in_netns(&core_ns, move || {
+        if on {
+            slr_xdp::attach_pass_to_link(&l)
+        } else {
+            slr_xdp::detach_from_link(&l)
+        }
+        .with_context(|| format!("XDP pass program on {l}"))
+    })?;
+    println!(
+        "slr lab: XDP pass program {} on {link} (core side of {node}'s link)",
+        if on { "attached" } else { "detached" }
+    );
+    Ok(())
+}
+
 /// Stops a lab's recorded processes, deletes its recorded namespaces (newest first) and
 /// removes its state directory. Keeps going past errors so as much as possible goes.
 pub fn teardown(state: &State) -> Result<()> {
