@@ -1928,9 +1928,15 @@ mod tests {
             })
         );
         assert_eq!(r.poll_flow_change(), None);
-        assert_eq!(tunnelled(&mut r, T0 + ms(10), &tcp(CLIENT, 4000, VIP, 80, ACK)), host(2));
+        assert_eq!(
+            tunnelled(&mut r, T0 + ms(10), &tcp(CLIENT, 4000, VIP, 80, ACK)),
+            host(2)
+        );
         assert_eq!(r.flow_next_hop(&key).unwrap().address, host(2));
-        assert_eq!(r.restore_flow(T0, key, 0, ms(0)), Err(RestoreRefusal::Present));
+        assert_eq!(
+            r.restore_flow(T0, key, 0, ms(0)),
+            Err(RestoreRefusal::Present)
+        );
         let udp_key = FlowKey {
             protocol: 17,
             ..tcp_key(4001)
@@ -1940,15 +1946,27 @@ mod tests {
             protocol: 1,
             ..tcp_key(4002)
         };
-        assert_eq!(r.restore_flow(T0, icmp, 1, ms(0)), Err(RestoreRefusal::Protocol));
+        assert_eq!(
+            r.restore_flow(T0, icmp, 1, ms(0)),
+            Err(RestoreRefusal::Protocol)
+        );
         let foreign = FlowKey {
             dst_addr: NOT_A_VIP,
             ..tcp_key(4003)
         };
-        assert_eq!(r.restore_flow(T0, foreign, 1, ms(0)), Err(RestoreRefusal::NoVirtualHost));
-        assert_eq!(r.restore_flow(T0, tcp_key(4004), 3, ms(0)), Err(RestoreRefusal::NoNextHop));
+        assert_eq!(
+            r.restore_flow(T0, foreign, 1, ms(0)),
+            Err(RestoreRefusal::NoVirtualHost)
+        );
+        assert_eq!(
+            r.restore_flow(T0, tcp_key(4004), 3, ms(0)),
+            Err(RestoreRefusal::NoNextHop)
+        );
         let too_idle = r.config().flow_table.timeout(FlowState::TcpEstablished) + ms(1);
-        assert_eq!(r.restore_flow(T0, tcp_key(4005), 1, too_idle), Err(RestoreRefusal::Expired));
+        assert_eq!(
+            r.restore_flow(T0, tcp_key(4005), 1, too_idle),
+            Err(RestoreRefusal::Expired)
+        );
         assert_eq!(r.counters().flows_restored, 2);
         assert_eq!(r.counters().flows_created, 0);
         assert_eq!(r.flow_count(), 2);

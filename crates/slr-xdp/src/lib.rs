@@ -27,7 +27,8 @@ use aya::{Ebpf, EbpfLoader};
 use std::net::Ipv4Addr;
 
 /// The BPF object with every program of the fast path.
-pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slr.bpf.o"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/slr.bpf.o"));
 
 /// Per-next-hop counters the program keeps (next-hop indices at or above are not counted).
 pub const MAX_NEXT_HOPS: u32 = 4096;
@@ -265,7 +266,11 @@ pub fn attach_pass_to_link(interface: &str) -> Result<(), FastPathError> {
     let mut ebpf = load_object(1)?;
     load_programs(&mut ebpf, &["slr_pass"])?;
     let prog = xdp_program(&mut ebpf, "slr_pass")?;
-    let fd = prog.fd().map_err(program_err("slr_pass"))?.as_fd().as_raw_fd();
+    let fd = prog
+        .fd()
+        .map_err(program_err("slr_pass"))?
+        .as_fd()
+        .as_raw_fd();
     attach_fd_to_link(interface, fd)
 }
 

@@ -128,12 +128,10 @@ unsafe impl aya::Pod for Counter {}
 // SAFETY: as above.
 unsafe impl aya::Pod for LoopRecord {}
 
-
 const _: () = assert!(std::mem::size_of::<FlowKeyRecord>() == 16);
 const _: () = assert!(std::mem::size_of::<FlowValueRecord>() == 24);
 const _: () = assert!(std::mem::size_of::<ConfigRecord>() == 20);
 const _: () = assert!(std::mem::size_of::<Counter>() == 16);
-
 
 macro_rules! reasons {
     ($(#[$meta:meta])* $ty:ident { $($variant:ident => $name:literal, $doc:literal;)* }) => {
@@ -204,7 +202,10 @@ impl HostReason {
     pub fn is_drop(self) -> bool {
         !matches!(
             self,
-            HostReason::Delivered | HostReason::NotTunnel | HostReason::SlowPath | HostReason::Disabled
+            HostReason::Delivered
+                | HostReason::NotTunnel
+                | HostReason::SlowPath
+                | HostReason::Disabled
         )
     }
 }

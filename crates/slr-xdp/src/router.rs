@@ -2,14 +2,14 @@
 
 use crate::maps::{ConfigRecord, LoopRecord};
 use crate::{
-    RouterSettings, if_index, load_object, load_programs, map_err, program_err, run_program, sum, take_map, xdp_program, Counter,
-    FastPathError, FlowKeyRecord, FlowValueRecord, InstallError, Reason, TestRunOutput,
-    MAX_NEXT_HOPS, MAX_VIRTUAL_HOSTS,
+    if_index, load_object, load_programs, map_err, program_err, run_program, sum, take_map,
+    xdp_program, Counter, FastPathError, FlowKeyRecord, FlowValueRecord, InstallError, Reason,
+    RouterSettings, TestRunOutput, MAX_NEXT_HOPS, MAX_VIRTUAL_HOSTS,
 };
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
-use slr_wire::Ipv4Cidr;
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
+use slr_wire::Ipv4Cidr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -91,11 +91,18 @@ impl RouterFastPath {
     fn load_with(settings: RouterSettings, mut ebpf: Ebpf) -> Result<Self, FastPathError> {
         load_programs(
             &mut ebpf,
-            &["slr_router", "slr_pass", "slr_bounce", "slr_sink", "slr_unwrap"],
+            &[
+                "slr_router",
+                "slr_pass",
+                "slr_bounce",
+                "slr_sink",
+                "slr_unwrap",
+            ],
         )?;
         let flows = HashMap::try_from(take_map(&mut ebpf, "flows")?).map_err(map_err("flows"))?;
         let config = Array::try_from(take_map(&mut ebpf, "config")?).map_err(map_err("config"))?;
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "stats")?).map_err(map_err("stats"))?;
+        let stats =
+            PerCpuArray::try_from(take_map(&mut ebpf, "stats")?).map_err(map_err("stats"))?;
         let next_hop_stats = PerCpuArray::try_from(take_map(&mut ebpf, "next_hop_stats")?)
             .map_err(map_err("next_hop_stats"))?;
         let vhost_stats = PerCpuArray::try_from(take_map(&mut ebpf, "vhost_stats")?)
@@ -160,7 +167,8 @@ impl RouterFastPath {
                 let _ = trie.remove(&k);
             }
             for p in parents {
-                let key = aya::maps::lpm_trie::Key::new(u32::from(p.prefix_len()), p.addr().octets());
+                let key =
+                    aya::maps::lpm_trie::Key::new(u32::from(p.prefix_len()), p.addr().octets());
                 trie.insert(&key, 1, 0).map_err(map_err("parents"))?;
             }
         }
@@ -325,9 +333,11 @@ impl RouterFastPath {
         repeat: u32,
         batch: u32,
     ) -> Result<Duration, FastPathError> {
-        Ok(run_program(&mut self.ebpf, program, frame, ingress, repeat, Some(batch))?
-            .0
-            .duration)
+        Ok(
+            run_program(&mut self.ebpf, program, frame, ingress, repeat, Some(batch))?
+                .0
+                .duration,
+        )
     }
 
     /// Runs `slr_router` on `frame` `repeat` times without transmitting anything
@@ -338,9 +348,11 @@ impl RouterFastPath {
         ingress: u32,
         repeat: u32,
     ) -> Result<Duration, FastPathError> {
-        Ok(run_program(&mut self.ebpf, "slr_router", frame, ingress, repeat, None)?
-            .0
-            .duration)
+        Ok(
+            run_program(&mut self.ebpf, "slr_router", frame, ingress, repeat, None)?
+                .0
+                .duration,
+        )
     }
 
     /// Starts the benchmark loop's count: `slr_unwrap` sends `budget` more frames back, then
@@ -392,4 +404,3 @@ impl RouterFastPath {
         Ok(())
     }
 }
-

@@ -628,43 +628,65 @@ fn middle() {
         let (frame, want) = match gen.rng.gen_range(0..100) {
             0..=59 => {
                 let inner = gen.ip_for(&key, plain, len).bytes();
-                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::Retunnelled)
+                (
+                    tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16),
+                    Reason::Retunnelled,
+                )
             }
             60..=69 => {
                 let inner = gen.ip_for(&key, plain, len).bytes();
-                (tunnel_frame(STRANGER, SRC, inner, xa_mac, n as u16), Reason::UntrustedTunnel)
+                (
+                    tunnel_frame(STRANGER, SRC, inner, xa_mac, n as u16),
+                    Reason::UntrustedTunnel,
+                )
             }
             70..=74 if key.protocol == 6 => {
                 let f = [SYN, FIN_ACK, RST][gen.rng.gen_range(0..3)];
                 let inner = gen.ip_for(&key, f, len).bytes();
-                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::TcpControl)
+                (
+                    tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16),
+                    Reason::TcpControl,
+                )
             }
             75..=79 => {
                 let mut k = key;
                 k.src_port = gen.rng.gen_range(1024..20_000);
                 let inner = gen.ip_for(&k, plain, len).bytes();
                 gen.flows.push(k);
-                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::NoFlow)
+                (
+                    tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16),
+                    Reason::NoFlow,
+                )
             }
             80..=84 => {
                 let mut p = gen.ip_for(&key, plain, len);
                 p.ttl = 1;
-                (tunnel_frame(PARENT, SRC, p.bytes(), xa_mac, n as u16), Reason::Ttl)
+                (
+                    tunnel_frame(PARENT, SRC, p.bytes(), xa_mac, n as u16),
+                    Reason::Ttl,
+                )
             }
             85..=89 => {
                 let mut inner = gen.ip_for(&key, plain, len).bytes();
                 inner[10] ^= 0x33;
-                (tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16), Reason::BadChecksum)
+                (
+                    tunnel_frame(PARENT, SRC, inner, xa_mac, n as u16),
+                    Reason::BadChecksum,
+                )
             }
             _ => {
                 // To another tunnel endpoint: not this router's to open.
                 let inner = gen.ip_for(&key, plain, len).bytes();
                 let other = Ipv4Addr::new(10, 251, 0, 77);
-                (tunnel_frame(PARENT, other, inner, xa_mac, n as u16), Reason::Protocol)
+                (
+                    tunnel_frame(PARENT, other, inner, xa_mac, n as u16),
+                    Reason::Protocol,
+                )
             }
         };
         // A flow the core let go of (closed by an earlier FIN or RST) has no entry.
-        let want = if want == Reason::Retunnelled && fp.lookup(&key_record(&key)).unwrap().is_none() {
+        let want = if want == Reason::Retunnelled && fp.lookup(&key_record(&key)).unwrap().is_none()
+        {
             Reason::NoFlow
         } else {
             want
@@ -691,14 +713,19 @@ fn middle() {
                     panic!("frame {n}: the program re-tunnelled what the core does not: {core_action:?}")
                 };
                 let o = &out.frame;
-                assert_eq!(&o[..6], &hop_mac(next_hop.octets()[3]), "frame {n}: same next hop");
+                assert_eq!(
+                    &o[..6],
+                    &hop_mac(next_hop.octets()[3]),
+                    "frame {n}: same next hop"
+                );
                 assert_eq!(&o[6..12], &xa_mac);
                 let (x, c) = (&o[14..], b.as_ref());
                 assert_eq!(x.len(), c.len(), "frame {n}: lengths");
                 assert_eq!(checksum::checksum(&x[..20]), 0, "frame {n}: outer checksum");
                 for i in (0..x.len()).filter(|i| ![4, 5, 10, 11].contains(i)) {
                     assert_eq!(
-                        x[i], c[i],
+                        x[i],
+                        c[i],
                         "frame {n}: byte {i} differs\n xdp  {:02x?}\n core {:02x?}",
                         &x[..48.min(x.len())],
                         &c[..48.min(c.len())]
@@ -720,7 +747,11 @@ fn middle() {
         }
         sync(&mut core, &mut fp);
     }
-    assert_eq!(map_keys(&fp), offloadable(&core), "the map is the core's cache");
+    assert_eq!(
+        map_keys(&fp),
+        offloadable(&core),
+        "the map is the core's cache"
+    );
     println!("{MIDDLE_FRAMES} tunnelled frames at a middle level: {seen:?}");
     for r in [
         Reason::Retunnelled,
@@ -731,7 +762,11 @@ fn middle() {
         Reason::BadChecksum,
         Reason::Protocol,
     ] {
-        assert!(seen.get(r.as_str()).copied().unwrap_or(0) > 100, "{}: {seen:?}", r.as_str());
+        assert!(
+            seen.get(r.as_str()).copied().unwrap_or(0) > 100,
+            "{}: {seen:?}",
+            r.as_str()
+        );
     }
 }
 

@@ -374,7 +374,11 @@ fn downloads_survive_drain_failure_and_reload() {
     // stopping would not do: the host's XDP program keeps delivering without it).
     let nft = |cmd: &str| {
         let o = lab.sh(&failing, &format!("nft {cmd}"));
-        assert!(o.status.success(), "nft {cmd}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     nft("add table ip slr_test_fail");
     nft("add chain ip slr_test_fail input '{ type filter hook input priority 0; policy drop; }'");
@@ -1006,7 +1010,10 @@ fn a_full_flow_map_leaves_new_flows_to_the_slow_path_and_counts_them() {
         &site("e2e-full", "round_robin", [1, 1, 1], extra),
     );
     let map_full = |lab: &Lab| -> u64 {
-        let m = lab.ctl("r1", "metrics")["text"].as_str().unwrap().to_string();
+        let m = lab.ctl("r1", "metrics")["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
         m.lines()
             .find(|l| l.starts_with("slr_fast_path_map_full_total"))
             .and_then(|l| l.split_whitespace().last())
@@ -1028,8 +1035,14 @@ fn a_full_flow_map_leaves_new_flows_to_the_slow_path_and_counts_them() {
         "map of 2 entries, 6 downloads: {full} offers found the map full; {in_kernel} packets forwarded by XDP, {through_core} through the core"
     );
     if fast_path_expected() {
-        assert!(full >= 4, "the four flows beyond the map were counted: {full}");
-        assert!(in_kernel > 0, "the two flows that fit forward in the kernel");
+        assert!(
+            full >= 4,
+            "the four flows beyond the map were counted: {full}"
+        );
+        assert!(
+            in_kernel > 0,
+            "the two flows that fit forward in the kernel"
+        );
         // Each of the four sends its ACKs (tens of them) through the core.
         assert!(
             through_core >= 40,
@@ -1061,8 +1074,7 @@ fn hostile_frames_on_the_wire_are_counted_by_the_fast_path_and_the_router_serves
             .sum()
     };
     let before = seen(&lab);
-    let core = lab
-        .status["nodes"]
+    let core = lab.status["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -1127,14 +1139,21 @@ print(sent)
         .args(["netns", "exec", &lab.ns(&core), "python3", "-c", &script])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let counted = seen(&lab) - before;
     let reasons = lab.ctl("r1", "stats")["snapshot"]["fast_path"]["reasons"].clone();
     println!("sent {sent} hostile frames to r1 ({r1}) on the wire; the XDP program counted {counted}: {reasons}");
     if fast_path_expected() {
-        assert!(counted >= sent, "every frame counted by a reason: {counted} of {sent}");
+        assert!(
+            counted >= sent,
+            "every frame counted by a reason: {counted} of {sent}"
+        );
     }
     for _ in 0..10 {
         lab.curl("c2", &format!("http://{vip}/"))

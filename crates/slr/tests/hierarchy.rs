@@ -443,7 +443,10 @@ fn hierarchy_works(file: &str, name: &str, levels: &[&str], f: &str, group_as: &
             eprintln!("{r}: {in_kernel} of its parent's tunnels re-encapsulated in XDP");
             assert_eq!(lab.fast_path_enabled(&r), fast_path_expected());
             if fast_path_expected() {
-                assert!(in_kernel > 0, "{r} re-encapsulates established flows in the kernel");
+                assert!(
+                    in_kernel > 0,
+                    "{r} re-encapsulates established flows in the kernel"
+                );
             }
         }
     }

@@ -567,7 +567,11 @@ fn host_agent_restarts_mid_download_break_no_download() {
 fn host_agent_killed_keeps_its_connections_in_the_kernel() {
     for mode in ["xdp", "off"] {
         let name = format!("ops-hk-{mode}");
-        let lab = Lab::up_with(&name, &site(&name, "round_robin", ""), &["--fast-path", mode]);
+        let lab = Lab::up_with(
+            &name,
+            &site(&name, "round_robin", ""),
+            &["--fast-path", mode],
+        );
         // A small receive buffer at the client (at most 256 KiB in flight), so that what its
         // files grow by is what the servers sent meanwhile, not what a large buffer held.
         let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
@@ -611,7 +615,11 @@ fn host_agent_killed_keeps_its_connections_in_the_kernel() {
             .args(["lab", "restart", &host, "--lab", &name])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         for (child, body, _) in downloads {
             finish_download(child, &body, 32);
         }
@@ -645,7 +653,11 @@ fn small_receive_buffer(lab: &Lab, client: &str) {
 fn router_killed_mid_download_keeps_its_flows_through_the_pinned_map() {
     for mode in ["xdp", "off"] {
         let name = format!("ops-rk-{mode}");
-        let lab = Lab::up_with(&name, &site(&name, "round_robin", ""), &["--fast-path", mode]);
+        let lab = Lab::up_with(
+            &name,
+            &site(&name, "round_robin", ""),
+            &["--fast-path", mode],
+        );
         small_receive_buffer(&lab, "c1");
         let downloads: Vec<_> = (0..6)
             .map(|i| start_download(&lab, "c1", &format!("r{i}"), 24, "4M"))
@@ -664,7 +676,11 @@ fn router_killed_mid_download_keeps_its_flows_through_the_pinned_map() {
             .args(["lab", "restart", "r1", "--lab", &name])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut complete = 0;
         for (child, body, _) in downloads {
             let out = child.wait_with_output().unwrap();
@@ -679,11 +695,20 @@ fn router_killed_mid_download_keeps_its_flows_through_the_pinned_map() {
             "fast path {mode}: after the restart {complete} of 6 downloads complete and intact; the new router took back {restored} flows"
         );
         if mode == "xdp" {
-            assert!(per >= 5.0, "the kernel forwards while the router is dead: {per:.1} MiB in 3 s");
-            assert!(restored >= 6, "the new router took the downloads' flows back: {restored}");
+            assert!(
+                per >= 5.0,
+                "the kernel forwards while the router is dead: {per:.1} MiB in 3 s"
+            );
+            assert!(
+                restored >= 6,
+                "the new router took the downloads' flows back: {restored}"
+            );
             assert_eq!(complete, 6, "every download survives the router's death");
         } else {
-            assert!(per < 2.0, "the control: nothing moves while the router is dead ({per:.1} MiB)");
+            assert!(
+                per < 2.0,
+                "the control: nothing moves while the router is dead ({per:.1} MiB)"
+            );
             assert_eq!(restored, 0);
             assert!(
                 complete < 6,
@@ -700,7 +725,11 @@ fn router_killed_mid_download_keeps_its_flows_through_the_pinned_map() {
 #[test]
 fn flushing_the_fast_path_mid_download_breaks_nothing() {
     let name = "ops-flush";
-    let lab = Lab::up_with(name, &site(name, "round_robin", ""), &["--fast-path", "xdp"]);
+    let lab = Lab::up_with(
+        name,
+        &site(name, "round_robin", ""),
+        &["--fast-path", "xdp"],
+    );
     let downloads: Vec<_> = (0..6)
         .map(|i| start_download(&lab, "c1", &format!("f{i}"), 32, "4M"))
         .collect();
@@ -725,7 +754,10 @@ fn flushing_the_fast_path_mid_download_breaks_nothing() {
     // The first flush found every download's entry; each later one found entries the core
     // had installed again since (a download whose client paused reading, as curl's rate
     // limit makes it, sends nothing for a while and is reinstalled later).
-    assert!(flushed[0] >= 6, "every download was in the map: {flushed:?}");
+    assert!(
+        flushed[0] >= 6,
+        "every download was in the map: {flushed:?}"
+    );
     assert!(
         flushed[1..].iter().all(|&n| n > 0) && flushed[1..].iter().sum::<u64>() >= 6,
         "the core reinstalled the flushed flows: {flushed:?}"

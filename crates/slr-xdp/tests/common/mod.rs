@@ -75,7 +75,6 @@ pub fn l4(
     v
 }
 
-
 /// An Ethernet frame around `ip`.
 pub fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, ip: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(14 + ip.len());

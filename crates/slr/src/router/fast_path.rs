@@ -141,7 +141,9 @@ impl FastPath {
                 Duration::from_micros(ktime.saturating_sub(v.last_used_ns) / 1000)
             };
             let r = match router.next_hop_by_address(v.tunnel_dst()) {
-                Some(nh) => router.restore_flow(now, key, nh, idle).map_err(|r| r.as_str()),
+                Some(nh) => router
+                    .restore_flow(now, key, nh, idle)
+                    .map_err(|r| r.as_str()),
                 None => Err("no_next_hop"),
             };
             match r {

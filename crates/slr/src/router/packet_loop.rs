@@ -470,7 +470,10 @@ impl LoopState {
             Request::FastPathFlush(reply) => {
                 let r = self.fast.flush();
                 if let Ok(n) = &r {
-                    tracing::info!(entries = n, "fast path flow map flushed (slr ctl fast-path flush)");
+                    tracing::info!(
+                        entries = n,
+                        "fast path flow map flushed (slr ctl fast-path flush)"
+                    );
                 }
                 let _ = reply.send(r.map_err(|e| format!("{e:#}")));
             }
