@@ -132,6 +132,12 @@ pub struct FastPathView {
     pub map_full: u64,
     /// Map updates that failed otherwise.
     pub errors: u64,
+    /// Packets and inner bytes the program forwarded per next hop (the core's indices).
+    #[serde(skip)]
+    pub next_hops: Vec<(u64, u64)>,
+    /// Packets and inner bytes the program forwarded per virtual host (the core's indices).
+    #[serde(skip)]
+    pub virtual_hosts: Vec<(u64, u64)>,
 }
 
 /// What the packet thread knows besides the core.
@@ -190,7 +196,9 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         next_hops: r
             .next_hops()
             .iter()
-            .map(|n| NextHopRow {
+            .enumerate()
+            .map(|(i, n)| (n, kernel(&d.fast_path.next_hops, i)))
+            .map(|(n, (kp, kb))| NextHopRow {
                 name: n.name.clone(),
                 address: n.address.to_string(),
                 weight: n.weight,
@@ -200,14 +208,18 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
                 configured: n.configured,
                 active_flows: n.active_flows,
                 selections: n.selections,
-                packets: n.packets,
-                bytes: n.bytes,
+                // The core's and the XDP program's; the program counts inner bytes, the core
+                // the tunnelled packet's (the 20-byte outer header included).
+                packets: n.packets + kp,
+                bytes: n.bytes + kb + 20 * kp,
             })
             .collect(),
         virtual_hosts: r
             .virtual_hosts()
             .iter()
-            .map(|v| VirtualHostRow {
+            .enumerate()
+            .map(|(i, v)| (v, kernel(&d.fast_path.virtual_hosts, i)))
+            .map(|(v, (kp, kb))| VirtualHostRow {
                 name: v.config.name.clone(),
                 subnet: v.config.subnet.to_string(),
                 policy: v.config.policy.as_str().to_string(),
@@ -217,8 +229,8 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
                     .iter()
                     .map(|&i| r.next_hops()[i].name.clone())
                     .collect(),
-                packets: v.packets,
-                bytes: v.bytes,
+                packets: v.packets + kp,
+                bytes: v.bytes + kb,
                 flows_created: v.flows_created,
             })
             .collect(),
@@ -231,6 +243,11 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         fast_path: d.fast_path.clone(),
         stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
+}
+
+/// The fast path's count at `index`, (0, 0) when it keeps none.
+fn kernel(counts: &[(u64, u64)], index: usize) -> (u64, u64) {
+    counts.get(index).copied().unwrap_or((0, 0))
 }
 
 /// Most flows copied per request: a page is a plain copy (about 64 bytes a flow), so that

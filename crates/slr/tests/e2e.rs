@@ -912,6 +912,16 @@ fn fast_path_forwards_established_flows_in_the_kernel_and_copies_df() {
         .collect();
     let forwarded_before = lab.fast_path_forwarded("r1");
     let core_before = lab.counter("r1", "packets_tunneled");
+    // Per next hop and per virtual host, what the core and the program sent.
+    let per = |lab: &Lab, rows: &str| -> u64 {
+        lab.ctl("r1", "stats")["snapshot"][rows]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["packets"].as_u64().unwrap())
+            .sum()
+    };
+    let (hops_before, vhosts_before) = (per(&lab, "next_hops"), per(&lab, "virtual_hosts"));
 
     // Three 4 MiB uploads: client-to-server data is what the router carries.
     let upload: Vec<u8> = (0..4u32 << 20)
@@ -961,6 +971,23 @@ print(ok)'"
 
     let forwarded = lab.fast_path_forwarded("r1") - forwarded_before;
     let through_core = lab.counter("r1", "packets_tunneled") - core_before;
+    let (hops, vhosts) = (
+        per(&lab, "next_hops") - hops_before,
+        per(&lab, "virtual_hosts") - vhosts_before,
+    );
+    println!(
+        "per next hop {hops} packets, per virtual host {vhosts} (kernel {forwarded} + core {through_core})"
+    );
+    // The program's per-next-hop and per-virtual-host counts are in the core's rows (and so
+    // in slr_router_next_hop_* and slr_router_virtual_host_*); health probes go on meanwhile.
+    assert!(
+        hops >= forwarded + through_core && hops <= forwarded + through_core + 200,
+        "per next hop {hops}, kernel {forwarded} + core {through_core}"
+    );
+    assert!(
+        vhosts >= forwarded,
+        "per virtual host {vhosts}, kernel {forwarded}"
+    );
     let pcaps: Vec<_> = captures.into_iter().map(|c| c.stop()).collect();
     let count = |filter: &str| {
         pcaps

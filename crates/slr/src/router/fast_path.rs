@@ -220,8 +220,21 @@ impl FastPath {
         self.follow(router);
     }
 
-    /// What the metrics show.
-    pub(super) fn view(&self) -> FastPathView {
+    /// What the metrics show (`router`: for how many next hops and virtual hosts).
+    pub(super) fn view(&self, router: &Router) -> FastPathView {
+        let per = |n: usize, get: &dyn Fn(&RouterFastPath, u32) -> Option<Counter>| {
+            self.inner.as_ref().map_or_else(Vec::new, |fp| {
+                (0..n as u32)
+                    .map(|i| get(fp, i).map_or((0, 0), |c| (c.packets, c.bytes)))
+                    .collect()
+            })
+        };
+        let next_hops = per(router.next_hops().len(), &|fp, i| {
+            fp.next_hop_counter(i).ok()
+        });
+        let virtual_hosts = per(router.virtual_hosts().len(), &|fp, i| {
+            fp.virtual_host_counter(i).ok()
+        });
         let reasons = self
             .inner
             .as_ref()
@@ -235,6 +248,8 @@ impl FastPath {
             reasons,
             map_full: self.map_full,
             errors: self.errors,
+            next_hops,
+            virtual_hosts,
         }
     }
 }

@@ -445,7 +445,7 @@ impl LoopState {
                     stop_deadline: self
                         .stop_deadline
                         .map(|d| d.saturating_duration_since(std::time::Instant::now())),
-                    fast_path: self.fast.view(),
+                    fast_path: self.fast.view(router),
                 };
                 let _ = reply.send(snapshot(router, &daemon));
             }
