@@ -38,6 +38,11 @@ cpu_seconds() {
   awk -v t="$CLK_TCK" '{ printf "%.2f\n", ($12 + $13) / t }' <<<"$stat"
 }
 
+# Resident memory of a process in KiB (VmRSS), or 0 if it is gone.
+rss_kib() {
+  awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
 # Whole-machine CPU counters: "busy total" jiffies, all cores.
 machine_jiffies() {
   awk '/^cpu / { idle = $5 + $6; t = 0; for (i = 2; i <= 9; i++) t += $i; print t - idle, t; exit }' /proc/stat

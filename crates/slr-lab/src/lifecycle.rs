@@ -694,7 +694,7 @@ pub fn teardown(state: &State) -> Result<()> {
 
 /// Picks the lab a command is about: the named one, or the only one up.
 /// `Ok(None)` when none is up.
-fn select_lab(name: Option<&str>) -> Result<Option<String>> {
+pub(crate) fn select_lab(name: Option<&str>) -> Result<Option<String>> {
     if let Some(name) = name {
         // The name becomes a path under /run/slr-lab that `down` removes: accept only
         // what a topology could have produced.

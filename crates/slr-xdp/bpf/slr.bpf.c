@@ -142,6 +142,29 @@ struct {
 	__type(value, __u32);
 } ident SEC(".maps");
 
+// A next hop's route as the last FIB lookup on this CPU gave it (see route_to), and what the
+// outer headers toward it share.
+struct route {
+	__u64 resolved_ns; // coarse clock
+	__u32 dst;         // the tunnel destination it was looked up for
+	__u32 ingress;     // and the interface the packet came in on
+	__u32 ifindex;     // egress
+	__u32 max_tot;     // the largest outer length the lookup's MTU check passed
+	__u32 partial;     // the outer header's sum over its fixed words (TTL, protocol, addresses)
+	__u32 ident;       // the outer IP identification toward this next hop, from this CPU
+	__u8 smac[ETH_ALEN];
+	__u8 dmac[ETH_ALEN];
+};
+
+#define ROUTE_LIFETIME_NS (16ULL << 20) // ~17 ms
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_NEXT_HOPS);
+	__type(key, __u32);
+	__type(value, struct route);
+} routes SEC(".maps");
+
 static __always_inline void count(struct counter *c, __u64 bytes)
 {
 	if (c) {
@@ -223,17 +246,14 @@ static __always_inline void decrease_ttl(struct iphdr *ip)
 }
 
 // Fills the outer header toward the flow's next hop: TOS and DF from the inner header (RFC
-// 2003 3.1), the tunnel's TTL, a per-CPU identification.
-static __always_inline void write_outer(struct iphdr *outer, struct config *cfg, __u32 dst,
-					__u32 inner_tot, __u8 tos, __u16 df)
+// 2003 3.1), the tunnel's TTL, an identification counted per CPU and next hop (the CPU in
+// the low bits, so that no two CPUs use the same one). The checksum adds the four words that
+// vary to the route's sum of the fixed ones.
+static __always_inline void write_outer(struct iphdr *outer, struct config *cfg,
+					struct route *route, __u32 inner_tot, __u8 tos, __u16 df)
 {
-	__u32 zero = 0;
-	__u32 *id = bpf_map_lookup_elem(&ident, &zero);
-	__u16 ident_value = 0;
-	if (id) {
-		*id += 1;
-		ident_value = (__u16)((*id << 4) | (bpf_get_smp_processor_id() & 0xf));
-	}
+	route->ident++;
+	__u16 ident_value = (__u16)((route->ident << 4) | (bpf_get_smp_processor_id() & 0xf));
 	outer->version = 4;
 	outer->ihl = 5;
 	outer->tos = tos;
@@ -242,45 +262,100 @@ static __always_inline void write_outer(struct iphdr *outer, struct config *cfg,
 	outer->frag_off = df;
 	outer->ttl = cfg->outer_ttl;
 	outer->protocol = IPPROTO_IPIP;
-	outer->check = 0;
 	outer->saddr = cfg->tunnel_src;
-	outer->daddr = dst;
-	outer->check = ~fold(sum_header((const __u16 *)outer));
+	outer->daddr = route->dst;
+	const __u16 *h = (const __u16 *)outer;
+	outer->check = ~fold(route->partial + h[0] + h[1] + h[2] + h[3]);
 }
 
-// The flow was forwarded: its last use, and the counters.
-static __always_inline int forwarded(struct xdp_md *ctx, struct flow_value *flow,
-				     struct bpf_fib_lookup *fib, __u32 why, __u32 inner_tot)
+// The outer header's sum over its words that are the same for every packet toward `dst`.
+static __always_inline __u32 fixed_words(struct config *cfg, __u32 dst)
 {
-	__u64 now = bpf_ktime_get_ns();
+	struct iphdr t = {};
+	t.ttl = cfg->outer_ttl;
+	t.protocol = IPPROTO_IPIP;
+	t.saddr = cfg->tunnel_src;
+	t.daddr = dst;
+	return sum_header((const __u16 *)&t);
+}
+
+// The flow was forwarded: its last use, and the counters. The stamp is the coarse clock
+// (CLOCK_MONOTONIC at tick resolution, a fraction of the cost of the precise one), refreshed
+// at most every 64 ms: the daemon ages flows in seconds.
+static __always_inline int forwarded(struct xdp_md *ctx, struct flow_value *flow,
+				     struct route *route, __u64 now, __u32 why, __u32 inner_tot)
+{
 	if (now - flow->last_used_ns > (64ULL << 20))
 		flow->last_used_ns = now;
 	__u32 nh = flow->next_hop, vh = flow->vhost;
 	count(bpf_map_lookup_elem(&next_hop_stats, &nh), inner_tot);
 	count(bpf_map_lookup_elem(&vhost_stats, &vh), inner_tot);
 	count(bpf_map_lookup_elem(&stats, &why), inner_tot);
-	if (fib->ifindex == ctx->ingress_ifindex)
+	if (route->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(route->ifindex, 0);
 }
 
-// The next hop's MACs and interface; 0, or the reason to leave the packet to the slow path.
-static __always_inline int route_to(struct xdp_md *ctx, struct config *cfg, __u32 dst,
-				    __u32 outer_tot, struct bpf_fib_lookup *fib)
+// The next hop's MACs and interface, as the kernel's FIB and neighbour table give them
+// (bpf_fib_lookup), remembered per CPU and next hop for a few milliseconds: a lookup costs
+// as much as the rest of the program, and a next hop's route changes far more rarely. A
+// remembered route holds for the same ingress, tunnel destination and at most the outer
+// length it was looked up with (the lookup checks the egress MTU); a failed lookup is never
+// remembered, so a packet without a route or neighbour goes to the slow path every time.
+// (`fib->ipv4_dst` is the gateway's address after the lookup, not the tunnel's destination.)
+static __always_inline void remember(struct route *r, struct config *cfg, __u32 dst,
+				     struct bpf_fib_lookup *fib, __u32 ingress, __u32 max_tot,
+				     __u64 now)
 {
-	fib->family = AF_INET;
-	fib->l4_protocol = IPPROTO_IPIP;
-	fib->tot_len = outer_tot;
-	fib->ipv4_src = cfg->tunnel_src;
-	fib->ipv4_dst = dst;
-	fib->ifindex = ctx->ingress_ifindex;
-	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		// The kernel resolves the neighbour when the slow path sends.
-		return R_NO_NEIGH;
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return R_NO_ROUTE;
-	return 0;
+	r->dst = dst;
+	r->ingress = ingress;
+	r->ifindex = fib->ifindex;
+	r->max_tot = max_tot;
+	r->resolved_ns = now;
+	r->partial = fixed_words(cfg, dst);
+	__builtin_memcpy(r->smac, fib->smac, ETH_ALEN);
+	__builtin_memcpy(r->dmac, fib->dmac, ETH_ALEN);
+}
+
+static __always_inline struct route *route_to(struct xdp_md *ctx, struct config *cfg,
+					       __u32 next_hop, __u32 dst, __u32 outer_tot,
+					       __u64 now, struct route *spare, int *why)
+{
+	__u32 ingress = ctx->ingress_ifindex;
+	struct route *r = bpf_map_lookup_elem(&routes, &next_hop);
+	int fresh = 0;
+	if (r) {
+		fresh = r->dst == dst && r->ingress == ingress && now - r->resolved_ns < ROUTE_LIFETIME_NS;
+		if (fresh && outer_tot <= r->max_tot)
+			return r;
+	}
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_IPIP;
+	fib.tot_len = outer_tot;
+	fib.ipv4_src = cfg->tunnel_src;
+	fib.ipv4_dst = dst;
+	fib.ifindex = ingress;
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		// Without a neighbour entry the kernel resolves it when the slow path sends.
+		*why = rc == BPF_FIB_LKUP_RET_NO_NEIGH ? R_NO_NEIGH : R_NO_ROUTE;
+		return 0;
+	}
+	if (r) {
+		// The largest length that passed the MTU check while the route stays the same.
+		__u32 max_tot = outer_tot;
+		if (fresh && r->ifindex == fib.ifindex && r->max_tot > outer_tot)
+			max_tot = r->max_tot;
+		remember(r, cfg, dst, &fib, ingress, max_tot, now);
+		return r;
+	}
+	// A next hop beyond the table: this packet's route only, a per-CPU identification.
+	__u32 zero = 0;
+	__u32 *id = bpf_map_lookup_elem(&ident, &zero);
+	remember(spare, cfg, dst, &fib, ingress, outer_tot, now);
+	spare->ident = id ? (*id += 1) : 0;
+	return spare;
 }
 
 // A middle level (`has_parents`): a tunnel from a trusted parent addressed to this router,
@@ -328,23 +403,24 @@ static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u6
 		return pass(R_NO_FLOW, frame);
 	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
 		return pass(R_TOO_BIG, frame);
-	struct bpf_fib_lookup fib = {};
-	why = route_to(ctx, cfg, flow->tunnel_dst, tot + sizeof(struct iphdr), &fib);
-	if (why)
+	struct route spare = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct route *route = route_to(ctx, cfg, flow->next_hop, flow->tunnel_dst,
+				       tot + sizeof(struct iphdr), now, &spare, &why);
+	if (!route)
 		return pass(why, frame);
 
 	__u8 tos = ip->tos;
 	__u16 df = ip->frag_off & bpf_htons(IP_DF);
 	decrease_ttl(ip);
-	__u32 dst = flow->tunnel_dst;
-	write_outer(outer, cfg, dst, tot, tos, df);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	write_outer(outer, cfg, route, tot, tos, df);
+	__builtin_memcpy(eth->h_dest, route->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, route->smac, ETH_ALEN);
 	// Padding after the inner packet goes (the core truncates to the inner length).
 	__u64 excess = frame - sizeof(*eth) - sizeof(*outer) - tot;
 	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
 		return pass(R_MALFORMED, frame);
-	return forwarded(ctx, flow, &fib, R_RETUNNELLED, tot);
+	return forwarded(ctx, flow, route, now, R_RETUNNELLED, tot);
 }
 
 SEC("xdp")
@@ -396,9 +472,11 @@ int slr_router(struct xdp_md *ctx)
 	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
 		// The slow path fragments it or answers fragmentation-needed.
 		return pass(R_TOO_BIG, frame);
-	struct bpf_fib_lookup fib = {};
-	why = route_to(ctx, cfg, flow->tunnel_dst, tot + sizeof(struct iphdr), &fib);
-	if (why)
+	struct route spare = {};
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct route *route = route_to(ctx, cfg, flow->next_hop, flow->tunnel_dst,
+				       tot + sizeof(struct iphdr), now, &spare, &why);
+	if (!route)
 		return pass(why, frame);
 
 	// Ethernet padding after the IP packet goes (the slow path never sees it either).
@@ -416,11 +494,11 @@ int slr_router(struct xdp_md *ctx)
 	struct iphdr *outer = (void *)(eth + 1);
 	if ((void *)(outer + 1) > end)
 		return pass(R_NO_HEADROOM, frame);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, route->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, route->smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	write_outer(outer, cfg, flow->tunnel_dst, tot, tos, df); // RFC 2003 3.1: DF copied
-	return forwarded(ctx, flow, &fib, R_FORWARDED, tot);
+	write_outer(outer, cfg, route, tot, tos, df); // RFC 2003 3.1: DF copied
+	return forwarded(ctx, flow, route, now, R_FORWARDED, tot);
 }
 
 // slr_host: on a host server's interfaces (loaded by `slr host`). An IP-in-IP packet from a
@@ -610,12 +688,13 @@ int slr_unwrap(struct xdp_md *ctx)
 	struct bench_loop *l = bpf_map_lookup_elem(&bench_loop, &zero);
 	if (!l)
 		return XDP_DROP;
-	if (__sync_fetch_and_add(&l->returned, 1) >= l->budget)
-		return XDP_DROP;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
+	// Only the loop's IPv4 frames go round (nothing the kernel sends on its own).
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_DROP;
+	if (__sync_fetch_and_add(&l->returned, 1) >= l->budget)
 		return XDP_DROP;
 	unsigned char here[ETH_ALEN], there[ETH_ALEN];
 	__builtin_memcpy(here, eth->h_dest, ETH_ALEN);
@@ -639,6 +718,76 @@ int slr_unwrap(struct xdp_md *ctx)
 	}
 	__builtin_memcpy(eth->h_dest, there, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, here, ETH_ALEN);
+	return XDP_TX;
+}
+
+// The lab's traffic generator (`slr lab generate`, bench/datapath.sh): run on a client's
+// interface in live-frame mode (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES), it writes a
+// whole frame into every buffer it is given (recycled buffers hold whatever the path did to
+// them) and transmits it: IPv4/UDP from `sources` consecutive addresses, `flows` flows in all
+// (the source port varies above the address), to one address and port. 60 bytes, the
+// shortest Ethernet frame without its FCS.
+struct gen_config {
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u32 src;     // the first source address, network byte order
+	__u32 dst;     // network byte order
+	__u32 sources; // consecutive source addresses, >= 1
+	__u32 flows;   // >= 1, <= sources * 64,512
+	__u16 dport;   // network byte order
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_config);
+} gen_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_next SEC(".maps");
+
+#define GEN_FRAME 60
+
+SEC("xdp")
+int slr_gen(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct gen_config *g = bpf_map_lookup_elem(&gen_config, &zero);
+	__u64 *next = bpf_map_lookup_elem(&gen_next, &zero);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (!g || !next || data + GEN_FRAME > end || !g->sources || !g->flows)
+		return XDP_DROP;
+	__u32 flow = (__u32)(*next % g->flows);
+	*next += 1;
+	struct ethhdr *eth = data;
+	__builtin_memcpy(eth->h_dest, g->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, g->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	struct iphdr *ip = (void *)(eth + 1);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(GEN_FRAME - sizeof(*eth));
+	ip->id = 0;
+	ip->frag_off = bpf_htons(IP_DF);
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = bpf_htonl(bpf_ntohl(g->src) + flow % g->sources);
+	ip->daddr = g->dst;
+	ip->check = ~fold(sum_header((const __u16 *)ip));
+	struct udphdr *udp = (void *)(ip + 1);
+	udp->source = bpf_htons(1024 + flow / g->sources);
+	udp->dest = g->dport;
+	udp->len = bpf_htons(GEN_FRAME - sizeof(*eth) - sizeof(*ip));
+	udp->check = 0; // none (IPv4 allows it)
 	return XDP_TX;
 }
 

@@ -11,11 +11,13 @@
 //! daemon installs an entry when the core pins an established flow and removes it when the core
 //! lets the flow go, and the core ages flows by the last use the program records.
 
+mod generator;
 mod host;
 mod maps;
 mod router;
 mod sync;
 
+pub use generator::{GeneratorSettings, TrafficGenerator, GENERATOR_FRAME};
 pub use host::{HostFastPath, HostSettings};
 pub use maps::{Counter, FlowKeyRecord, FlowValueRecord, HostReason, Reason};
 pub use router::RouterFastPath;
@@ -81,6 +83,9 @@ pub enum FastPathError {
     /// Attaching through the link (netlink) failed.
     #[error("attaching XDP to the link: {0}")]
     Link(#[from] slr_io::RouteError),
+    /// Settings out of range.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Why an entry could not be installed.

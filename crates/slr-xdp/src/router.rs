@@ -390,6 +390,17 @@ impl RouterFastPath {
         Ok(a.get(&0, 0).map_err(map_err("bench_loop"))?.returned)
     }
 
+    /// How often `program` has run and for how long in all, by the kernel's own statistics
+    /// (counted only while `aya::sys::enable_stats(Stats::RunTime)` is held): the benchmarks'
+    /// cost per run of each program in the live path.
+    pub fn run_stats(&mut self, program: &'static str) -> Result<(u64, Duration), FastPathError> {
+        let info = self
+            .program(program)?
+            .info()
+            .map_err(program_err(program))?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     /// Attaches `slr_pass`, `slr_sink` (XDP_DROP), `slr_bounce` or `slr_unwrap` to an interface
     /// (native mode), for as long as this value lives.
     pub fn attach_other(

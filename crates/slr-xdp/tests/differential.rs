@@ -33,6 +33,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 const SRC: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+/// A next hop the router reaches through a gateway (h1), not on its link.
+const BEHIND_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 7);
 const MTU: u16 = 1500;
 const PACKETS: usize = 100_000;
 
@@ -342,6 +344,10 @@ fn differential() {
         }
         hops.push((format!("h{}", i - 1), a));
     }
+    // Next hop h6 is behind a gateway (h1's address): the frame goes to the gateway's MAC,
+    // the tunnel to h6's address (the fib lookup returns the gateway's in its place).
+    sh("ip route add 10.252.0.0/24 via 10.251.0.2 dev xa");
+    hops.push(("h6".to_string(), BEHIND_GATEWAY));
     let xa_mac = mac_of("xa");
     let ingress = slr_xdp::if_index("xa").unwrap();
     let mut fp = RouterFastPath::load(RouterSettings {
@@ -456,11 +462,12 @@ fn differential() {
                 "packet {n}: same next hop"
             );
             let o = &out.frame;
-            assert_eq!(
-                &o[..6],
-                &hop_mac(hop.octets()[3]),
-                "packet {n}: next hop MAC"
-            );
+            let gateway = if hop == BEHIND_GATEWAY {
+                2
+            } else {
+                hop.octets()[3]
+            };
+            assert_eq!(&o[..6], &hop_mac(gateway), "packet {n}: next hop MAC");
             assert_eq!(&o[6..12], &xa_mac, "packet {n}: source MAC");
             assert_eq!(&o[12..14], &[0x08, 0x00]);
             let (x, c) = (&o[14..], b.as_ref());

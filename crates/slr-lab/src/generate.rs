@@ -1,0 +1,155 @@
+//! `slr lab generate NODE`: UDP traffic from a lab node, built and sent by the kernel
+//! (`slr_gen` in live-frame mode, one thread per CPU), for benchmarks that must not measure
+//! their own generator (bench/datapath.sh). The frames leave the node's link toward the core;
+//! a veth hands them only to a peer with an XDP program, so the core's end of the link gets
+//! `slr_pass` for the run.
+
+use super::netns::in_netns;
+use super::state::{lab_dir, State};
+use super::topology::NODE_IFNAME;
+use anyhow::{anyhow, bail, Context, Result};
+use slr_xdp::{GeneratorSettings, TrafficGenerator};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// The sending node.
+    pub node: String,
+    /// The lab (optional when exactly one is up).
+    pub lab: Option<String>,
+    /// Destination address and port.
+    pub to: SocketAddrV4,
+    /// The first source address (default: the node's own).
+    pub from: Option<Ipv4Addr>,
+    /// Consecutive source addresses.
+    pub sources: u32,
+    /// Flows in all (source address x port).
+    pub flows: u32,
+    /// How long.
+    pub seconds: f64,
+    /// Sending threads, one per CPU from CPU 0 (default: every CPU).
+    pub threads: Option<usize>,
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+fn mac_of(ns: &str, dev: &str) -> Result<[u8; 6]> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "dev", dev])
+        .output()
+        .context("running ip")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac = text
+        .split_whitespace()
+        .nth(2)
+        .ok_or_else(|| anyhow!("no MAC address for {dev} in {ns}: {text:?}"))?;
+    let mut b = [0u8; 6];
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6 {
+        bail!("MAC address of {dev} in {ns}: {mac:?}");
+    }
+    for (o, p) in b.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).with_context(|| format!("MAC address {mac:?}"))?;
+    }
+    Ok(b)
+}
+
+/// Runs the generator; prints one JSON line: frames sent, seconds, frames per second.
+pub fn generate(opts: &GenerateOptions) -> Result<()> {
+    let lab = super::lifecycle::select_lab(opts.lab.as_deref())?
+        .ok_or_else(|| anyhow!("no lab is up"))?;
+    let state = State::load(&lab_dir(&lab))?.ok_or_else(|| anyhow!("lab {lab:?} has no state"))?;
+    let t = &state.topology;
+    let link = t
+        .link(&opts.node)
+        .ok_or_else(|| anyhow!("lab {lab:?} has no node {:?} with a link", opts.node))?
+        .core_ifname;
+    let node_ns = t.netns(&opts.node);
+    let core_ns = t.netns(&t.core().name);
+    let from = match opts.from {
+        Some(a) => a,
+        None => t
+            .address(&opts.node)
+            .ok_or_else(|| anyhow!("node {:?} has no address", opts.node))?,
+    };
+    if !(opts.seconds > 0.0 && opts.seconds <= 3600.0) {
+        bail!("--seconds {}: more than 0, at most 3600", opts.seconds);
+    }
+    let settings = GeneratorSettings {
+        dmac: mac_of(&core_ns, &link)?,
+        smac: mac_of(&node_ns, NODE_IFNAME)?,
+        src: from,
+        sources: opts.sources,
+        flows: opts.flows,
+        dst: *opts.to.ip(),
+        dport: opts.to.port(),
+    };
+    // Refused settings fail here, before anything is attached.
+    drop(TrafficGenerator::load(settings)?);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = opts.threads.unwrap_or(cpus).clamp(1, cpus);
+
+    let l = link.clone();
+    in_netns(&core_ns, move || {
+        slr_xdp::attach_pass_to_link(&l).with_context(|| format!("XDP pass program on {l}"))
+    })?;
+    let seconds = opts.seconds;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|cpu| {
+            let ns = node_ns.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                in_netns(&ns, move || {
+                    slr_io::process::pin_current_thread(cpu)
+                        .with_context(|| format!("pinning a generator thread to CPU {cpu}"))?;
+                    let mut g = TrafficGenerator::load(settings)?;
+                    let ifindex = slr_xdp::if_index(NODE_IFNAME)?;
+                    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+                    let mut sent = 0u64;
+                    while Instant::now() < deadline && !super::interrupted() {
+                        // About 10 ms of frames at a time, so the deadline holds.
+                        g.send(ifindex, 16_384)?;
+                        sent += 16_384;
+                    }
+                    Ok(sent)
+                })
+            })
+        })
+        .collect();
+    let mut sent = 0u64;
+    let mut failure = None;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(n)) => sent += n,
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(anyhow!("a generator thread panicked")),
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let l = link.clone();
+    let detached = in_netns(&core_ns, move || {
+        slr_xdp::detach_from_link(&l).with_context(|| format!("detaching XDP from {l}"))
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    detached?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "node": opts.node,
+            "frames": sent,
+            "seconds": took,
+            "frames_per_second": sent as f64 / took,
+            "threads": threads,
+            "to": opts.to.to_string(),
+            "from": from.to_string(),
+            "sources": opts.sources,
+            "flows": opts.flows,
+            "frame_bytes": slr_xdp::GENERATOR_FRAME,
+        })
+    );
+    Ok(())
+}
