@@ -17,6 +17,10 @@
 #     addresses 10.201.0.0..N-1 (both generators; with trafgen's random source ports, N x 65,536
 #     possible flows, so a 10 s flood mixes new and established flows).
 #   GEN_THREADS=1: the kernel generator's threads, one per CPU from CPU 0.
+#   CORE_XDP=0 (default) | 1: 1 makes the lab's core (which stands for the network) forward in
+#     XDP toward routers and hosts that run the fast path (`slr lab core-xdp on`), so that the
+#     machine's CPU goes to the path under test; with the fast path off it changes nothing (no
+#     node has an XDP program to take redirected frames), so compare setups with CORE_XDP=0.
 #   UDP_MODE=pin|per_datagram (default pin: every datagram looks up or creates a flow).
 #   PIN=1 (default) pins the router process to CPU 1 and the generator to CPU 0; PIN=0 lets the
 #     scheduler place them.
@@ -46,6 +50,7 @@ GEN=${GEN:-kernel}
 FAST_PATHS=${FAST_PATHS:-off xdp}
 FLOWS=${FLOWS:-4096}
 GEN_THREADS=${GEN_THREADS:-1}
+CORE_XDP=${CORE_XDP:-0}
 UDP_MODE=${UDP_MODE:-pin}
 SRC_ADDRS=${SRC_ADDRS:-16}
 PIN=${PIN:-1}
@@ -54,7 +59,7 @@ HOST_AGENTS=${HOST_AGENTS:-1}
   || { echo "usage: $0 [DURATION_S (1..120)] [RUNS (1..20)]" >&2; exit 2; }
 [[ $UDP_MODE == pin || $UDP_MODE == per_datagram ]] || { echo "UDP_MODE: pin|per_datagram" >&2; exit 2; }
 [[ $SRC_ADDRS =~ ^[1-9][0-9]*$ && $SRC_ADDRS -le 256 ]] || { echo "SRC_ADDRS: 1..256" >&2; exit 2; }
-[[ $PIN == [01] && $HOST_AGENTS == [01] ]] || { echo "PIN and HOST_AGENTS: 0 or 1" >&2; exit 2; }
+[[ $PIN == [01] && $HOST_AGENTS == [01] && $CORE_XDP == [01] ]] || { echo "PIN, HOST_AGENTS and CORE_XDP: 0 or 1" >&2; exit 2; }
 [[ $GEN == kernel || $GEN == trafgen ]] || { echo "GEN: kernel|trafgen" >&2; exit 2; }
 for f in $FAST_PATHS; do [[ $f == off || $f == xdp ]] || { echo "FAST_PATHS: off and/or xdp" >&2; exit 2; }; done
 [[ $FLOWS =~ ^[1-9][0-9]*$ && $GEN_THREADS =~ ^[1-9]$ ]] || { echo "FLOWS: >= 1; GEN_THREADS: 1..9" >&2; exit 2; }
@@ -164,6 +169,7 @@ run_setup() {
   hpids=$(lab_pid "$LAB" host)
   local rss0
   rss0=$(rss_kib "$rpid")
+  [[ $CORE_XDP == 0 ]] || "$SLR" lab core-xdp on --lab "$LAB"
   if [[ $HOST_AGENTS == 0 ]]; then
     for p in $hpids; do stop_pid "$p"; done
     hpids=""
@@ -299,7 +305,7 @@ PY
   "$SLR" lab down "$LAB" >/dev/null 2>&1
 }
 
-echo "command: bench/datapath.sh $DUR $RUNS  (GEN=$GEN FAST_PATHS=\"$FAST_PATHS\" FLOWS=$FLOWS GEN_THREADS=$GEN_THREADS UDP_MODE=$UDP_MODE SRC_ADDRS=$SRC_ADDRS PIN=$PIN HOST_AGENTS=$HOST_AGENTS)"
+echo "command: bench/datapath.sh $DUR $RUNS  (GEN=$GEN FAST_PATHS=\"$FAST_PATHS\" FLOWS=$FLOWS GEN_THREADS=$GEN_THREADS CORE_XDP=$CORE_XDP UDP_MODE=$UDP_MODE SRC_ADDRS=$SRC_ADDRS PIN=$PIN HOST_AGENTS=$HOST_AGENTS)"
 for fp in $FAST_PATHS; do
   run_setup "$fp"
 done

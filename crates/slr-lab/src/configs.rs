@@ -108,6 +108,17 @@ pub fn router_fast_path(t: &Topology, router: &str) -> String {
         .to_string()
 }
 
+/// The `fast_path` a host agent of the lab runs with (its written configuration).
+pub fn host_fast_path(t: &Topology, host: &str) -> String {
+    let text = host_config(t, host);
+    let doc: toml::Table = text.parse().expect("the lab writes valid TOML");
+    doc.get("host")
+        .and_then(|r| r.get("fast_path"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("off")
+        .to_string()
+}
+
 fn parse_over(text: &str) -> toml::Table {
     text.parse().expect("checked when the topology was parsed")
 }

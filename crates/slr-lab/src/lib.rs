@@ -112,6 +112,17 @@ pub enum LabCommand {
         #[arg(long)]
         lab: Option<String>,
     },
+    /// Attach (on) or detach (off) the core's XDP forwarder: the lab's core (which stands for
+    /// the network) forwards in XDP toward routers and hosts that run the fast path, instead of
+    /// in its kernel, so that a benchmark's CPU goes to the path under test (bench/datapath.sh).
+    CoreXdp {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Lab name (optional when exactly one lab is up).
+        #[arg(long)]
+        lab: Option<String>,
+    },
     /// Send UDP from a node, built and transmitted by the kernel (an XDP program in live-frame
     /// mode, one thread per CPU): a load generator that costs the path it measures little.
     /// Prints one JSON line (frames sent, seconds, frames per second).
@@ -201,6 +212,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
         LabCommand::XdpPass { node, state, lab } => {
             lifecycle::xdp_pass(lab.as_deref(), &node, state == "on")
         }
+        LabCommand::CoreXdp { state, lab } => lifecycle::core_xdp(lab.as_deref(), state == "on"),
         LabCommand::Generate {
             node,
             to,

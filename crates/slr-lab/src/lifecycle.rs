@@ -662,6 +662,64 @@ pub fn xdp_pass(name: Option<&str>, node: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// `slr lab core-xdp on|off`: the lab core's XDP forwarder (`slr_fwd`) on every link of the
+/// core, forwarding in XDP to the links whose node runs an XDP program (routers and hosts with
+/// the fast path), so that a benchmark does not spend most of the machine on the core's kernel
+/// forwarding, which stands for the network. `off` takes it away and puts back what `lab up`
+/// attached (`slr_pass` toward routers with the fast path).
+pub fn core_xdp(name: Option<&str>, on: bool) -> Result<()> {
+    let lab = select_lab(name)?.ok_or_else(|| anyhow!("no lab is up"))?;
+    let state = State::load(&lab_dir(&lab))?.ok_or_else(|| anyhow!("lab {lab:?} has no state"))?;
+    let t = &state.topology;
+    let core_ns = t.netns(&t.core().name);
+    let links: Vec<String> = t
+        .nodes
+        .iter()
+        .filter_map(|n| t.link(&n.name).map(|l| l.core_ifname))
+        .collect();
+    let xdp_node = |n: &Node| match n.role {
+        Role::Router => configs::router_fast_path(t, &n.name) == "xdp",
+        Role::Host => configs::host_fast_path(t, &n.name) == "xdp",
+        _ => false,
+    };
+    let ports: Vec<String> = t
+        .nodes
+        .iter()
+        .filter(|n| xdp_node(n))
+        .filter_map(|n| t.link(&n.name).map(|l| l.core_ifname))
+        .collect();
+    let routers: Vec<String> = t
+        .nodes_with(Role::Router)
+        .filter(|r| configs::router_fast_path(t, &r.name) == "xdp")
+        .filter_map(|r| t.link(&r.name).map(|l| l.core_ifname))
+        .collect();
+    let (l, p) = (links.clone(), ports.clone());
+    in_netns(&core_ns, move || {
+        if on {
+            slr_xdp::attach_forwarder_to_links(&l, &p).context("the core's XDP forwarder")
+        } else {
+            for i in &l {
+                slr_xdp::detach_from_link(i).with_context(|| format!("detaching XDP from {i}"))?;
+            }
+            for i in &routers {
+                slr_xdp::attach_pass_to_link(i)
+                    .with_context(|| format!("XDP pass program on {i}"))?;
+            }
+            Ok(())
+        }
+    })?;
+    if on {
+        println!(
+            "slr lab: the core forwards in XDP on {} links, to {}",
+            links.len(),
+            ports.join(" ")
+        );
+    } else {
+        println!("slr lab: the core forwards in its kernel again");
+    }
+    Ok(())
+}
+
 /// Stops a lab's recorded processes, deletes its recorded namespaces (newest first) and
 /// removes its state directory. Keeps going past errors so as much as possible goes.
 pub fn teardown(state: &State) -> Result<()> {

@@ -791,6 +791,48 @@ int slr_gen(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
+// The lab core's forwarder (`slr lab core-xdp on`): the lab's core namespace stands for the
+// network between clients, routers and hosts; in a benchmark its kernel forwarding would take
+// most of the machine's CPU. slr_fwd forwards IPv4 (no options, TTL above 1) by the kernel's
+// FIB and neighbour table to the links in `fwd_ports` (those whose far end runs an XDP
+// program, which a veth needs for redirected frames), decrementing the TTL; everything else
+// the core's kernel handles as before.
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} fwd_ports SEC(".maps");
+
+SEC("xdp")
+int slr_fwd(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return XDP_PASS;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl != 5 || ip->ttl <= 1)
+		return XDP_PASS;
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = ip->tos;
+	fib.l4_protocol = ip->protocol;
+	fib.tot_len = bpf_ntohs(ip->tot_len);
+	fib.ipv4_src = ip->saddr;
+	fib.ipv4_dst = ip->daddr;
+	fib.ifindex = ctx->ingress_ifindex;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return XDP_PASS;
+	if (!bpf_map_lookup_elem(&fwd_ports, &fib.ifindex))
+		return XDP_PASS;
+	decrease_ttl(ip);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect_map(&fwd_ports, fib.ifindex, XDP_PASS);
+}
+
 // The benchmarks' sink at the far end of a veth: frames end there, at no cost to the stack.
 SEC("xdp")
 int slr_sink(struct xdp_md *ctx)

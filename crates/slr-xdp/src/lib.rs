@@ -86,6 +86,14 @@ pub enum FastPathError {
     /// Settings out of range.
     #[error("{0}")]
     Settings(String),
+    /// An update of an XDP device map failed.
+    #[error("XDP map {map}: {what}")]
+    DevMap {
+        /// Which map.
+        map: &'static str,
+        /// Why.
+        what: String,
+    },
 }
 
 /// Why an entry could not be installed.
@@ -277,6 +285,43 @@ pub fn attach_pass_to_link(interface: &str) -> Result<(), FastPathError> {
         .as_fd()
         .as_raw_fd();
     attach_fd_to_link(interface, fd)
+}
+
+/// Attaches `slr_fwd` (the lab core's XDP forwarder) to each of `links` through the link
+/// itself (it stays after this process exits and goes with the interface), forwarding to
+/// `ports` (links whose far end runs an XDP program); the rest goes to the kernel as before.
+pub fn attach_forwarder_to_links(links: &[String], ports: &[String]) -> Result<(), FastPathError> {
+    use aya::maps::DevMapHash;
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut ebpf = load_object(1)?;
+    load_programs(&mut ebpf, &["slr_fwd"])?;
+    let map = ebpf.map_mut("fwd_ports").ok_or(FastPathError::Map {
+        map: "fwd_ports",
+        source: MapError::InvalidName {
+            name: "fwd_ports".into(),
+        },
+    })?;
+    let mut devmap: DevMapHash<&mut MapData> =
+        DevMapHash::try_from(map).map_err(map_err("fwd_ports"))?;
+    for p in ports {
+        let index = if_index(p)?;
+        devmap
+            .insert(index, index, None, 0)
+            .map_err(|e| FastPathError::DevMap {
+                map: "fwd_ports",
+                what: format!("{p}: {e}"),
+            })?;
+    }
+    let prog = xdp_program(&mut ebpf, "slr_fwd")?;
+    let fd = prog
+        .fd()
+        .map_err(program_err("slr_fwd"))?
+        .as_fd()
+        .as_raw_fd();
+    for l in links {
+        attach_fd_to_link(l, fd)?;
+    }
+    Ok(())
 }
 
 /// A `struct xdp_md` for a test run: data from 0 to `len`, the ingress interface.
