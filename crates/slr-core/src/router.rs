@@ -298,9 +298,10 @@ pub struct Transmit {
 /// A change a fast path that caches the flow table must follow (see [`Router::set_flow_log`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowChange {
-    /// A flow whose later packets may bypass the core: TCP established or UDP pinned, seen at
-    /// the core (its first packet after the handshake, or a packet the fast path missed).
-    /// Installing it again is harmless.
+    /// A flow whose later packets may bypass the core: TCP established or closing (after its
+    /// FIN or RST, which the core sees, the last ACKs) or UDP pinned, seen at the core (its
+    /// first packet after the handshake, or a packet the fast path missed). Installing it again
+    /// is harmless.
     Offload {
         /// The flow.
         key: FlowKey,
@@ -1316,13 +1317,17 @@ impl<T: Tunnel> Router<T> {
                 };
             if !reuse {
                 if self.flow_log.is_some() {
+                    // A closing flow stays offloaded: the core has seen its FIN or RST (they
+                    // always come here) and shortened its timeout; the last ACKs need nothing
+                    // more of it, and a SYN reusing the 5-tuple comes here too and withdraws it.
                     let change = match state {
-                        FlowState::TcpEstablished | FlowState::Udp => FlowChange::Offload {
-                            key,
-                            next_hop: nh as u32,
-                            virtual_host: vh as u32,
-                        },
-                        FlowState::TcpClosing => FlowChange::Withdraw { key },
+                        FlowState::TcpEstablished | FlowState::Udp | FlowState::TcpClosing => {
+                            FlowChange::Offload {
+                                key,
+                                next_hop: nh as u32,
+                                virtual_host: vh as u32,
+                            }
+                        }
                         _ => return Ok(nh),
                     };
                     self.log_flow(change);
@@ -1907,6 +1912,41 @@ mod tests {
         };
         assert_eq!(check_outer(b.as_ref(), next_hop), packet);
         next_hop
+    }
+
+    /// The fast path follows a connection: nothing while it is half-open, offloaded from the
+    /// handshake's ACK and still after its FIN (the core saw the FIN and shortened its
+    /// timeout; the last ACKs need nothing more), withdrawn when a SYN reuses the 5-tuple (a new
+    /// connection, routed afresh by the core).
+    #[test]
+    fn a_closing_flow_stays_offloaded_until_its_tuple_is_reused() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        r.set_flow_log(true);
+        let key = tcp_key(40000);
+        let changes =
+            |r: &mut Router| std::iter::from_fn(|| r.poll_flow_change()).collect::<Vec<_>>();
+        let offload = |nh| FlowChange::Offload {
+            key,
+            next_hop: nh,
+            virtual_host: 0,
+        };
+        assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
+        assert_eq!(changes(&mut r), vec![]);
+        tunnelled(&mut r, T0, &ack(40000));
+        assert_eq!(changes(&mut r), vec![offload(0)]);
+        tunnelled(&mut r, T0 + ms(5), &tcp(CLIENT, 40000, VIP, 80, FIN_ACK));
+        assert_eq!(r.flows.get(&key).unwrap().state(), FlowState::TcpClosing);
+        assert_eq!(
+            changes(&mut r),
+            vec![offload(0)],
+            "closing: still offloaded"
+        );
+        // The client reuses the 5-tuple: the old flow goes, the new one is not offloaded before
+        // its handshake completes, and then to its own host.
+        assert_eq!(tunnelled(&mut r, T0 + ms(2000), &syn(40000)), host(1));
+        assert_eq!(changes(&mut r), vec![FlowChange::Withdraw { key }]);
+        tunnelled(&mut r, T0 + ms(2001), &ack(40000));
+        assert_eq!(changes(&mut r), vec![offload(1)]);
     }
 
     /// F17a: flows a fast path held come back pinned to their next hop, whatever the policy

@@ -99,20 +99,18 @@ pub fn router_config(t: &Topology, router: &str) -> String {
 
 /// The `fast_path` a router of the lab runs with (its written configuration, overrides merged).
 pub fn router_fast_path(t: &Topology, router: &str) -> String {
-    let text = router_config(t, router);
-    let doc: toml::Table = text.parse().expect("the lab writes valid TOML");
-    doc.get("router")
-        .and_then(|r| r.get("fast_path"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("off")
-        .to_string()
+    fast_path_in(&router_config(t, router), "router")
 }
 
 /// The `fast_path` a host agent of the lab runs with (its written configuration).
 pub fn host_fast_path(t: &Topology, host: &str) -> String {
-    let text = host_config(t, host);
+    fast_path_in(&host_config(t, host), "host")
+}
+
+/// `[SECTION] fast_path` of a configuration the lab wrote ("off" when it has none).
+fn fast_path_in(text: &str, section: &str) -> String {
     let doc: toml::Table = text.parse().expect("the lab writes valid TOML");
-    doc.get("host")
+    doc.get(section)
         .and_then(|r| r.get("fast_path"))
         .and_then(|v| v.as_str())
         .unwrap_or("off")

@@ -13,25 +13,32 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// What to send.
-#[derive(Debug, Clone)]
+/// What to send (`slr lab generate`'s arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenerateOptions {
-    /// The sending node.
+    /// The sending node (a client).
     pub node: String,
-    /// The lab (optional when exactly one is up).
-    pub lab: Option<String>,
-    /// Destination address and port.
+    /// Destination ADDRESS:PORT (a VIP).
+    #[arg(long)]
     pub to: SocketAddrV4,
     /// The first source address (default: the node's own).
+    #[arg(long)]
     pub from: Option<Ipv4Addr>,
     /// Consecutive source addresses.
+    #[arg(long, default_value_t = 1)]
     pub sources: u32,
-    /// Flows in all (source address x port).
+    /// Flows in all: source addresses x source ports (from 1024).
+    #[arg(long, default_value_t = 1024)]
     pub flows: u32,
-    /// How long.
+    /// How long, in seconds.
+    #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Sending threads, one per CPU from CPU 0 (default: every CPU).
+    /// Sending threads, one per CPU from CPU 0 (default: one per CPU).
+    #[arg(long)]
     pub threads: Option<usize>,
+    /// Lab name (optional when exactly one lab is up).
+    #[arg(long)]
+    pub lab: Option<String>,
 }
 
 /// The MAC address of `dev` in namespace `ns`.

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 pub mod configs;
 mod demo;
-mod generate;
+pub mod generate;
 mod lifecycle;
 mod netns;
 mod pcap;
@@ -126,31 +126,7 @@ pub enum LabCommand {
     /// Send UDP from a node, built and transmitted by the kernel (an XDP program in live-frame
     /// mode, one thread per CPU): a load generator that costs the path it measures little.
     /// Prints one JSON line (frames sent, seconds, frames per second).
-    Generate {
-        /// The sending node (a client).
-        node: String,
-        /// Destination ADDRESS:PORT (a VIP).
-        #[arg(long)]
-        to: std::net::SocketAddrV4,
-        /// The first source address (default: the node's own).
-        #[arg(long)]
-        from: Option<std::net::Ipv4Addr>,
-        /// Consecutive source addresses.
-        #[arg(long, default_value_t = 1)]
-        sources: u32,
-        /// Flows in all: source addresses x source ports (from 1024).
-        #[arg(long, default_value_t = 1024)]
-        flows: u32,
-        /// How long, in seconds.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Sending threads, one per CPU from CPU 0 (default: one per CPU).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Lab name (optional when exactly one lab is up).
-        #[arg(long)]
-        lab: Option<String>,
-    },
+    Generate(generate::GenerateOptions),
     /// Bring a lab up, send demo traffic, print a summary, and tear it down.
     Run {
         /// Topology file (TOML), e.g. examples/site.toml.
@@ -213,27 +189,9 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             lifecycle::xdp_pass(lab.as_deref(), &node, state == "on")
         }
         LabCommand::CoreXdp { state, lab } => lifecycle::core_xdp(lab.as_deref(), state == "on"),
-        LabCommand::Generate {
-            node,
-            to,
-            from,
-            sources,
-            flows,
-            seconds,
-            threads,
-            lab,
-        } => {
+        LabCommand::Generate(opts) => {
             install_signal_handlers();
-            generate::generate(&generate::GenerateOptions {
-                node,
-                lab,
-                to,
-                from,
-                sources,
-                flows,
-                seconds,
-                threads,
-            })
+            generate::generate(&opts)
         }
         LabCommand::Run {
             file,
