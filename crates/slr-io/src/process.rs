@@ -48,6 +48,26 @@ pub fn clock_ticks_per_second() -> u64 {
     }
 }
 
+/// Pins the calling thread to CPU `cpu` (a load generator's thread per CPU).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} beyond CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: cpu_set_t is a bit array, for which all zeroes is valid (the empty set).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below CPU_SETSIZE (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: sched_setaffinity reads one cpu_set_t of the given size; pid 0 is this thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,24 +96,4 @@ mod tests {
         assert!(!send_signal(pid, 0), "gone after SIGKILL and wait");
         assert!(clock_ticks_per_second() >= 100);
     }
-}
-
-/// Pins the calling thread to CPU `cpu` (a load generator's thread per CPU).
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("CPU {cpu} beyond CPU_SETSIZE"),
-        ));
-    }
-    // SAFETY: cpu_set_t is a bit array, for which all zeroes is valid (the empty set).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`; `cpu` is below CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: sched_setaffinity reads one cpu_set_t of the given size; pid 0 is this thread.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

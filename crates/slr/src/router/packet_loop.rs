@@ -249,6 +249,8 @@ impl LoopState {
                         k += 1;
                     }
                 }
+                // As below: the fast path follows the core before these packets leave.
+                self.fast.follow(router);
                 self.send_all(ipip, &tbufs[..k]);
             }
             self.flush_delayed();
@@ -288,6 +290,10 @@ impl LoopState {
                 continue;
             }
             router.handle_batch(now, &mut bufs[..n], &mut actions[..n]);
+            // The fast path follows the core before the batch leaves: a SYN that reuses a
+            // closing flow's 5-tuple withdraws the old entry, and the new connection's ACK,
+            // which can only come after this SYN, must not find it in the kernel.
+            self.fast.follow(router);
             // Move the packets to tunnel to the front so that one sendmmsg carries them.
             let mut k = 0;
             for (i, action) in actions.iter().enumerate().take(n) {
