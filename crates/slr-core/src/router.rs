@@ -298,10 +298,9 @@ pub struct Transmit {
 /// A change a fast path that caches the flow table must follow (see [`Router::set_flow_log`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowChange {
-    /// A flow whose later packets may bypass the core: TCP established or closing (after its
-    /// FIN or RST, which the core sees, the last ACKs) or UDP pinned, seen at the core (its
-    /// first packet after the handshake, or a packet the fast path missed). Installing it again
-    /// is harmless.
+    /// A flow whose later packets may bypass the core: TCP established or UDP pinned, seen at
+    /// the core (its first packet after the handshake, or a packet the fast path missed).
+    /// Installing it again is harmless.
     Offload {
         /// The flow.
         key: FlowKey,
@@ -1317,17 +1316,16 @@ impl<T: Tunnel> Router<T> {
                 };
             if !reuse {
                 if self.flow_log.is_some() {
-                    // A closing flow stays offloaded: the core has seen its FIN or RST (they
-                    // always come here) and shortened its timeout; the last ACKs need nothing
-                    // more of it, and a SYN reusing the 5-tuple comes here too and withdraws it.
+                    // A closing flow leaves the fast path: kept there, closing entries would
+                    // take the room of established flows in a full map (the core evicts closing
+                    // flows first; the map cannot). Its last ACKs come here.
                     let change = match state {
-                        FlowState::TcpEstablished | FlowState::Udp | FlowState::TcpClosing => {
-                            FlowChange::Offload {
-                                key,
-                                next_hop: nh as u32,
-                                virtual_host: vh as u32,
-                            }
-                        }
+                        FlowState::TcpEstablished | FlowState::Udp => FlowChange::Offload {
+                            key,
+                            next_hop: nh as u32,
+                            virtual_host: vh as u32,
+                        },
+                        FlowState::TcpClosing => FlowChange::Withdraw { key },
                         _ => return Ok(nh),
                     };
                     self.log_flow(change);
@@ -1915,11 +1913,11 @@ mod tests {
     }
 
     /// The fast path follows a connection: nothing while it is half-open, offloaded from the
-    /// handshake's ACK and still after its FIN (the core saw the FIN and shortened its
-    /// timeout; the last ACKs need nothing more), withdrawn when a SYN reuses the 5-tuple (a new
-    /// connection, routed afresh by the core).
+    /// handshake's ACK, withdrawn at its FIN (closing entries would crowd established flows out
+    /// of a full map), and a SYN reusing the 5-tuple is a new connection, routed afresh and
+    /// offloaded after its own handshake, to its own host.
     #[test]
-    fn a_closing_flow_stays_offloaded_until_its_tuple_is_reused() {
+    fn the_fast_path_follows_a_connection_and_a_reused_tuple() {
         let mut r = router(config(Policy::RoundRobin, 3));
         r.set_flow_log(true);
         let key = tcp_key(40000);
@@ -1936,11 +1934,7 @@ mod tests {
         assert_eq!(changes(&mut r), vec![offload(0)]);
         tunnelled(&mut r, T0 + ms(5), &tcp(CLIENT, 40000, VIP, 80, FIN_ACK));
         assert_eq!(r.flows.get(&key).unwrap().state(), FlowState::TcpClosing);
-        assert_eq!(
-            changes(&mut r),
-            vec![offload(0)],
-            "closing: still offloaded"
-        );
+        assert_eq!(changes(&mut r), vec![FlowChange::Withdraw { key }]);
         // The client reuses the 5-tuple: the old flow goes, the new one is not offloaded before
         // its handshake completes, and then to its own host.
         assert_eq!(tunnelled(&mut r, T0 + ms(2000), &syn(40000)), host(1));

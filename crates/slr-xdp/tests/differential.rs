@@ -10,7 +10,7 @@
 //! - A frame the program passes is untouched, with the reason the generator expects.
 //! - The core sees what the kernel would forward to the slow path (TTL already decremented),
 //!   and its flow changes are applied to the map as the daemon applies them; the map always
-//!   holds exactly the core's offloadable flows (established or closing TCP, pinned UDP).
+//!   holds exactly the core's offloadable flows (established TCP, pinned UDP).
 //!
 //! Needs root (a private network namespace, BPF); fails, not skips, without it.
 
@@ -794,10 +794,8 @@ fn map_keys(fp: &RouterFastPath) -> HashSet<slr_xdp::FlowKeyRecord> {
 fn offloadable(core: &Router) -> HashSet<slr_xdp::FlowKeyRecord> {
     core.flows()
         .filter(|(k, e)| {
-            matches!(
-                e.state(),
-                FlowState::TcpEstablished | FlowState::TcpClosing | FlowState::Udp
-            ) && (k.protocol == 6 || k.protocol == 17)
+            matches!(e.state(), FlowState::TcpEstablished | FlowState::Udp)
+                && (k.protocol == 6 || k.protocol == 17)
         })
         .map(|(k, _)| key_record(k))
         .collect()

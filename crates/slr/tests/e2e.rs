@@ -855,10 +855,10 @@ fn latency_ms(wrk: &str, percentile: &str) -> f64 {
 
 /// Short connections that reuse the client ports of closed ones (wrk, `Connection: close`,
 /// round robin: a reused 5-tuple is a new connection, which the core routes to the next host).
-/// A closing flow stays in the fast path for its last ACKs, so the core must take the old entry
-/// out of the kernel before the new connection's SYN leaves: otherwise that connection's ACK
-/// finds the old entry, goes to the old host and is reset (seen in bench/e2e.sh as 1,700 req/s
-/// and errors, before the router's loop applied flow changes ahead of each batch's sends).
+/// No entry for the old connection may be in the kernel when the new connection's ACK comes:
+/// the router applies the core's flow changes before it sends each batch. (Closing flows kept
+/// in the map for their last ACKs, with the changes applied after the sends, made the 99th
+/// percentile 205 ms here instead of 8, and bench/e2e.sh fell to 1,700 req/s.)
 #[test]
 fn short_connections_reusing_ports_reach_their_new_host() {
     let lab = Lab::up(
