@@ -75,6 +75,9 @@ pub enum FastPathMode {
     Off,
     /// In the kernel by XDP: a router's established flows, a host's tunnels.
     Xdp,
+    /// In the kernel at tc ingress: the same programs' work on socket buffers, so that large
+    /// (GSO) packets, as a veth from a local stack carries them, go through whole.
+    Tc,
 }
 
 impl FastPathMode {
@@ -82,7 +85,8 @@ impl FastPathMode {
         match v {
             "off" => Ok(FastPathMode::Off),
             "xdp" => Ok(FastPathMode::Xdp),
-            other => Err(c.err(key, other, "must be \"xdp\" or \"off\"")),
+            "tc" => Ok(FastPathMode::Tc),
+            other => Err(c.err(key, other, "must be \"xdp\", \"tc\" or \"off\"")),
         }
     }
 }

@@ -65,9 +65,10 @@ pub enum LabCommand {
         #[arg(long)]
         prometheus: bool,
         /// The kernel fast path of routers and hosts: "xdp" (the daemons' default: routers
-        /// forward established flows by XDP, hosts decapsulate by XDP) or "off" (every packet
-        /// through the daemons).
-        #[arg(long, value_parser = ["xdp", "off"])]
+        /// forward established flows by XDP, hosts decapsulate by XDP), "tc" (the same at tc
+        /// ingress, where large GSO packets go through whole) or "off" (every packet through
+        /// the daemons).
+        #[arg(long, value_parser = ["xdp", "tc", "off"])]
         fast_path: Option<String>,
     },
     /// Show a lab: nodes, namespaces, addresses, processes, virtual hosts.
@@ -141,9 +142,10 @@ pub enum LabCommand {
         #[arg(long)]
         keep: bool,
         /// The kernel fast path of routers and hosts: "xdp" (the daemons' default: routers
-        /// forward established flows by XDP, hosts decapsulate by XDP) or "off" (every packet
-        /// through the daemons).
-        #[arg(long, value_parser = ["xdp", "off"])]
+        /// forward established flows by XDP, hosts decapsulate by XDP), "tc" (the same at tc
+        /// ingress, where large GSO packets go through whole) or "off" (every packet through
+        /// the daemons).
+        #[arg(long, value_parser = ["xdp", "tc", "off"])]
         fast_path: Option<String>,
     },
 }

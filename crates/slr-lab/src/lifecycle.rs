@@ -25,7 +25,7 @@ pub struct UpOptions {
     pub daemons: bool,
     /// Start a Prometheus server scraping every daemon.
     pub prometheus: bool,
-    /// The `fast_path` of routers and hosts ("xdp" or "off"; `None`: the daemons' default).
+    /// The `fast_path` of routers and hosts ("xdp", "tc" or "off"; `None`: the daemons' default).
     pub fast_path: Option<String>,
 }
 

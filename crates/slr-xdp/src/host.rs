@@ -1,8 +1,9 @@
 //! The host's program, `slr_host`: IP-in-IP from trusted routers decapsulated in the kernel.
 
 use crate::{
-    attach_fd_to_link, detach_from_link, load_object, load_programs, map_err, program_err,
-    run_program, sum, take_map, xdp_program, Counter, FastPathError, HostReason, TestRunOutput,
+    attach_fd_to_link, attach_tc_to_link, detach_from_link, detach_tc_from_link, load_object,
+    load_programs, map_err, program_err, run_program, sum, take_map, xdp_program, Counter,
+    FastPathError, Hook, HostReason, TestRunOutput,
 };
 use aya::maps::{Array, LpmTrie, MapData, PerCpuArray};
 use aya::Ebpf;
@@ -30,6 +31,7 @@ pub struct HostFastPath {
     subnet_stats: PerCpuArray<MapData, Counter>,
     settings: HostSettings,
     attached: Vec<String>,
+    hook: Hook,
 }
 
 impl std::fmt::Debug for HostFastPath {
@@ -53,7 +55,7 @@ impl HostFastPath {
             });
         }
         let mut ebpf = load_object(1)?;
-        load_programs(&mut ebpf, &["slr_host"])?;
+        load_programs(&mut ebpf, &["slr_host", "slr_host_tc"])?;
         {
             let mut trusted: LpmTrie<MapData, [u8; 4], u32> =
                 LpmTrie::try_from(take_map(&mut ebpf, "host_trusted")?)
@@ -86,6 +88,7 @@ impl HostFastPath {
             subnet_stats,
             settings,
             attached: Vec::new(),
+            hook: Hook::Xdp,
         };
         fp.set_enabled(true)?;
         Ok(fp)
@@ -106,14 +109,28 @@ impl HostFastPath {
     /// Attaches `slr_host` to `interface` (driver mode) through the link, replacing what ran
     /// there (a previous agent's program) in one step.
     pub fn attach(&mut self, interface: &str) -> Result<(), FastPathError> {
+        self.attach_at(interface, Hook::Xdp)
+    }
+
+    /// Attaches at `hook`: XDP as [`attach`](Self::attach), or `slr_host_tc` at tc ingress
+    /// (a netlink filter, which outlives the agent too and replaces a predecessor's). Attaching
+    /// at one hook removes the program from the other.
+    pub fn attach_at(&mut self, interface: &str, hook: Hook) -> Result<(), FastPathError> {
         use std::os::fd::{AsFd, AsRawFd};
-        let prog = xdp_program(&mut self.ebpf, "slr_host")?;
-        let fd = prog
-            .fd()
-            .map_err(program_err("slr_host"))?
-            .as_fd()
-            .as_raw_fd();
-        attach_fd_to_link(interface, fd)?;
+        match hook {
+            Hook::Xdp => {
+                let prog = xdp_program(&mut self.ebpf, "slr_host")?;
+                let fd = prog
+                    .fd()
+                    .map_err(program_err("slr_host"))?
+                    .as_fd()
+                    .as_raw_fd();
+                attach_fd_to_link(interface, fd)?;
+                detach_tc_from_link("slr_host_tc", interface)?;
+            }
+            Hook::Tc => attach_tc_to_link(&mut self.ebpf, "slr_host_tc", interface)?,
+        }
+        self.hook = hook;
         if !self.attached.iter().any(|a| a == interface) {
             self.attached.push(interface.to_string());
         }
@@ -124,7 +141,10 @@ impl HostFastPath {
     /// socket, or nothing, takes tunnels again).
     pub fn detach_all(&mut self) -> Result<(), FastPathError> {
         for i in std::mem::take(&mut self.attached) {
-            detach_from_link(&i)?;
+            match self.hook {
+                Hook::Xdp => detach_from_link(&i)?,
+                Hook::Tc => detach_tc_from_link("slr_host_tc", &i)?,
+            }
         }
         Ok(())
     }
@@ -149,6 +169,15 @@ impl HostFastPath {
             return Ok(Counter::default());
         }
         sum(&self.subnet_stats, index as u32)
+    }
+
+    /// Runs `slr_host_tc` on one frame through `BPF_PROG_TEST_RUN`; the verdict is tc's.
+    pub fn test_run_tc(
+        &mut self,
+        frame: &[u8],
+        ingress: u32,
+    ) -> Result<TestRunOutput, FastPathError> {
+        crate::run_tc_program(&mut self.ebpf, "slr_host_tc", frame, ingress)
     }
 
     /// Runs `slr_host` on one frame through `BPF_PROG_TEST_RUN`.

@@ -24,7 +24,9 @@ pub use router::RouterFastPath;
 pub use sync::key_record;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp};
+use aya::programs::{
+    Program, ProgramError, SchedClassifier, TestRun, TestRunAttrs, TestRunOptions, Xdp,
+};
 use aya::{Ebpf, EbpfLoader};
 use std::net::Ipv4Addr;
 
@@ -164,6 +166,12 @@ pub mod verdict {
     pub const TX: u32 = 3;
     /// Out of another interface.
     pub const REDIRECT: u32 = 4;
+    /// tc: up the stack (`TC_ACT_OK`).
+    pub const TC_OK: u32 = 0;
+    /// tc: dropped (`TC_ACT_SHOT`).
+    pub const TC_SHOT: u32 = 2;
+    /// tc: out of the interface `bpf_redirect` named (`TC_ACT_REDIRECT`).
+    pub const TC_REDIRECT: u32 = 7;
 }
 
 /// Whether `dir` is on a bpf filesystem (where maps can be pinned).
@@ -202,12 +210,126 @@ pub(crate) fn xdp_program<'a>(
         .map_err(program_err(name))
 }
 
-/// Loads `names` into the kernel (the verifier runs; its log is in the error).
+/// A program of the object, as a tc classifier.
+pub(crate) fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, FastPathError> {
+    ebpf.program_mut(name)
+        .ok_or(FastPathError::Program {
+            program: name,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(program_err(name))
+}
+
+/// Loads `names` (XDP programs or tc classifiers) into the kernel (the verifier runs; its log
+/// is in the error).
 pub(crate) fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), FastPathError> {
     for &name in names {
-        xdp_program(ebpf, name)?.load().map_err(program_err(name))?;
+        match ebpf.program_mut(name) {
+            Some(Program::SchedClassifier(p)) => p.load(),
+            Some(Program::Xdp(p)) => p.load(),
+            Some(_) | None => Err(ProgramError::NotLoaded),
+        }
+        .map_err(program_err(name))?;
     }
     Ok(())
+}
+
+/// Where a program of the fast path runs on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP, in the driver: before the kernel makes a socket buffer. Fastest per packet; on a
+    /// veth it sees a peer's large (GSO) packets only after segmentation.
+    Xdp,
+    /// tc ingress (clsact): on socket buffers, so a GSO packet of up to 64 KiB is handled once,
+    /// whole, and leaves whole.
+    Tc,
+}
+
+impl Hook {
+    /// `"xdp"` or `"tc"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        }
+    }
+}
+
+/// The priority and handle of the fast path's tc filters: fixed, so that the next daemon
+/// replaces its predecessor's filter in one step.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: aya::programs::tc::TcHandle = aya::programs::tc::TcHandle::new(0, 0x51);
+
+/// Attaches tc classifier `program` at `interface`'s ingress through netlink (a clsact qdisc
+/// is added if missing), replacing the filter a previous run left there in one step: the
+/// filter outlives this process, as an XDP attachment through the link does. Whatever XDP
+/// program `interface` ran goes.
+pub(crate) fn attach_tc_to_link(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    interface: &str,
+) -> Result<(), FastPathError> {
+    use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+    use aya::programs::TcAttachType;
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) => {}
+        Err(tc::TcError::AlreadyAttached) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => {
+            return Err(FastPathError::Program {
+                program,
+                source: ProgramError::from(e),
+            })
+        }
+    }
+    let prog = tc_program(ebpf, program)?;
+    let replaced = SchedClassifierLink::attached(
+        interface,
+        TcAttachType::Ingress,
+        TC_PRIORITY,
+        TC_HANDLE,
+        None,
+    )
+    .ok()
+    .and_then(|old| prog.attach_to_link(old).ok());
+    let id = match replaced {
+        Some(id) => id,
+        None => prog
+            .attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: TC_PRIORITY,
+                    handle: TC_HANDLE,
+                    classid: None,
+                }),
+            )
+            .map_err(program_err(program))?,
+    };
+    // The filter stays when this value goes (a dropped link would detach it).
+    std::mem::forget(prog.take_link(id).map_err(program_err(program))?);
+    detach_from_link(interface)
+}
+
+/// Removes tc classifier `program` from `interface`'s ingress (nothing there is not an error).
+pub(crate) fn detach_tc_from_link(
+    program: &'static str,
+    interface: &str,
+) -> Result<(), FastPathError> {
+    use aya::programs::tc::{self, TcError};
+    use aya::programs::TcAttachType;
+    match tc::qdisc_detach_program(interface, TcAttachType::Ingress, program) {
+        Ok(()) => Ok(()),
+        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FastPathError::Program {
+            program,
+            source: ProgramError::from(e),
+        }),
+    }
 }
 
 /// Takes a map out of the object, to own it typed.
@@ -322,6 +444,36 @@ pub fn attach_forwarder_to_links(links: &[String], ports: &[String]) -> Result<(
         attach_fd_to_link(l, fd)?;
     }
     Ok(())
+}
+
+/// One `BPF_PROG_TEST_RUN` of tc classifier `program` on `frame` as if it had arrived on
+/// `ingress` (the kernel builds a socket buffer around it); the frame as the program left it.
+pub(crate) fn run_tc_program(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    frame: &[u8],
+    ingress: u32,
+) -> Result<TestRunOutput, FastPathError> {
+    // A `struct __sk_buff` up to its ifindex: ingress_ifindex at 36, ifindex at 40.
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ingress.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ingress.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = tc_program(ebpf, program)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out[..]),
+            ctx_in: Some(&ctx),
+            ctx_out: None,
+            repeat: 1,
+            attrs: TestRunAttrs::new(),
+        })
+        .map_err(program_err(program))?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutput {
+        verdict: r.return_value,
+        frame: out,
+    })
 }
 
 /// A `struct xdp_md` for a test run: data from 0 to `len`, the ingress interface.

@@ -2,9 +2,10 @@
 
 use crate::maps::{ConfigRecord, LoopRecord};
 use crate::{
-    if_index, load_object, load_programs, map_err, program_err, run_program, sum, take_map,
-    xdp_program, Counter, FastPathError, FlowKeyRecord, FlowValueRecord, InstallError, Reason,
-    RouterSettings, TestRunOutput, MAX_NEXT_HOPS, MAX_VIRTUAL_HOSTS,
+    attach_tc_to_link, detach_tc_from_link, if_index, load_object, load_programs, map_err,
+    program_err, run_program, sum, take_map, xdp_program, Counter, FastPathError, FlowKeyRecord,
+    FlowValueRecord, Hook, InstallError, Reason, RouterSettings, TestRunOutput, MAX_NEXT_HOPS,
+    MAX_VIRTUAL_HOSTS,
 };
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
@@ -23,6 +24,7 @@ pub struct RouterFastPath {
     vhost_stats: PerCpuArray<MapData, Counter>,
     settings: RouterSettings,
     attached: Vec<(String, u32)>,
+    hook: Hook,
     enabled: bool,
     has_parents: bool,
 }
@@ -93,6 +95,7 @@ impl RouterFastPath {
             &mut ebpf,
             &[
                 "slr_router",
+                "slr_router_tc",
                 "slr_pass",
                 "slr_bounce",
                 "slr_sink",
@@ -116,6 +119,7 @@ impl RouterFastPath {
             vhost_stats,
             settings,
             attached: Vec::new(),
+            hook: Hook::Xdp,
             enabled: true,
             has_parents: false,
         };
@@ -196,23 +200,47 @@ impl RouterFastPath {
     /// so a killed router's established flows go on in the kernel, and the next router takes
     /// over in one step. [`detach_all`](Self::detach_all) ends it (a graceful stop).
     pub fn attach_to_link(&mut self, interface: &str) -> Result<(), FastPathError> {
+        self.attach_to_link_at(interface, Hook::Xdp)
+    }
+
+    /// Attaches to an interface through the link at `hook`: XDP as
+    /// [`attach_to_link`](Self::attach_to_link), or `slr_router_tc` at tc ingress (a netlink
+    /// filter, which outlives the process as well and replaces a predecessor's in one step).
+    /// Attaching at one hook removes the program from the other. Every interface of one router
+    /// takes the same hook.
+    pub fn attach_to_link_at(&mut self, interface: &str, hook: Hook) -> Result<(), FastPathError> {
         use std::os::fd::{AsFd, AsRawFd};
         let index = if_index(interface)?;
-        let prog = self.program("slr_router")?;
-        let fd = prog
-            .fd()
-            .map_err(program_err("slr_router"))?
-            .as_fd()
-            .as_raw_fd();
-        crate::attach_fd_to_link(interface, fd)?;
+        match hook {
+            Hook::Xdp => {
+                let prog = self.program("slr_router")?;
+                let fd = prog
+                    .fd()
+                    .map_err(program_err("slr_router"))?
+                    .as_fd()
+                    .as_raw_fd();
+                crate::attach_fd_to_link(interface, fd)?;
+                detach_tc_from_link("slr_router_tc", interface)?;
+            }
+            Hook::Tc => attach_tc_to_link(&mut self.ebpf, "slr_router_tc", interface)?,
+        }
+        self.hook = hook;
         self.attached.push((interface.to_string(), index));
         Ok(())
+    }
+
+    /// The hook of the last attachment.
+    pub fn hook(&self) -> Hook {
+        self.hook
     }
 
     /// Detaches the program from every interface it was attached to through the link.
     pub fn detach_all(&mut self) -> Result<(), FastPathError> {
         for (name, _) in std::mem::take(&mut self.attached) {
-            crate::detach_from_link(&name)?;
+            match self.hook {
+                Hook::Xdp => crate::detach_from_link(&name)?,
+                Hook::Tc => detach_tc_from_link("slr_router_tc", &name)?,
+            }
         }
         Ok(())
     }
@@ -319,6 +347,16 @@ impl RouterFastPath {
             verdict: r.return_value,
             frame: out,
         })
+    }
+
+    /// Runs `slr_router_tc` on one frame through `BPF_PROG_TEST_RUN` (the kernel wraps it in a
+    /// socket buffer), as if it had arrived on interface `ingress`; the verdict is tc's.
+    pub fn test_run_tc(
+        &mut self,
+        frame: &[u8],
+        ingress: u32,
+    ) -> Result<TestRunOutput, FastPathError> {
+        crate::run_tc_program(&mut self.ebpf, "slr_router_tc", frame, ingress)
     }
 
     /// Runs `program` (`slr_router`, `slr_bounce` or `slr_pass`) on `frame` `repeat` times in

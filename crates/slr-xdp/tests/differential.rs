@@ -8,6 +8,9 @@
 //!   needed to be unique for reassembly) and hence the outer checksum, which is checked valid
 //!   in both. The Ethernet header is the next hop's neighbour entry and the interface's MAC.
 //! - A frame the program passes is untouched, with the reason the generator expects.
+//! - Every frame also goes through `slr_router_tc` (the same work at tc ingress, on a socket
+//!   buffer): it counts the same reason, redirects what XDP transmits as the same packet (but
+//!   for its own outer identification) and leaves untouched what XDP passes.
 //! - The core sees what the kernel would forward to the slow path (TTL already decremented),
 //!   and its flow changes are applied to the map as the daemon applies them; the map always
 //!   holds exactly the core's offloadable flows (established TCP, pinned UDP).
@@ -394,6 +397,7 @@ fn differential() {
     let mut forwarded = 0usize;
     let mut passes = std::collections::BTreeMap::<&str, usize>::new();
     let mut core_tunnelled_after_pass = 0usize;
+    let mut tc_not_run = 0usize;
     let mut stats = reason_counts(&fp);
     for n in 0..PACKETS {
         now_us += 10;
@@ -414,6 +418,44 @@ fn differential() {
             "packet {n}: exactly one reason counted: {changed:?}"
         );
         let reason = changed[0];
+        // The same frame through slr_router_tc (the program at tc ingress, on a socket
+        // buffer): the same reason, and the same packet out (checked below). The kernel
+        // builds no socket buffer for a test run of a frame shorter than the network header
+        // its EtherType names (IPv4 20 bytes, IPv6 40); those (truncated kinds) are left
+        // out, and counted.
+        let header_named = match u16::from_be_bytes([frame[12], frame[13]]) {
+            0x0800 => 20,
+            0x86dd => 40,
+            _ => 0,
+        };
+        let tc = match fp.test_run_tc(&frame, ingress) {
+            Ok(tc) => Some(tc),
+            Err(e) if frame.len() < 14 + header_named => {
+                let _ = e;
+                tc_not_run += 1;
+                None
+            }
+            Err(e) => panic!(
+                "packet {n} ({reason:?}): tc test run of {} bytes {:02x?}: {e}",
+                frame.len(),
+                &frame[..48.min(frame.len())]
+            ),
+        };
+        if tc.is_some() {
+            let after = reason_counts(&fp);
+            let changed_tc: Vec<Reason> = Reason::ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| after[*i] != stats[*i])
+                .map(|(_, r)| *r)
+                .collect();
+            stats = after;
+            assert_eq!(
+                changed_tc,
+                [reason],
+                "packet {n}: tc counts what XDP counted"
+            );
+        }
         // The next hop in the map of the flow this frame belongs to (for the kinds of frame
         // that expect a flow: no options, ports at offset 20).
         let tunnel_dst_of_frame = |fp: &RouterFastPath| -> Option<Ipv4Addr> {
@@ -491,10 +533,36 @@ fn differential() {
                     &c[..48.min(c.len())]
                 );
             }
+            // tc's packet is XDP's but for the outer identification (the program counts one
+            // per packet sent) and so the outer checksum: frame bytes 18-19 and 24-25.
+            let tc = tc.expect("a forwarded frame has a whole IPv4 header");
+            assert_eq!(tc.verdict, verdict::TC_REDIRECT, "packet {n}: tc redirects");
+            assert_eq!(tc.frame.len(), o.len(), "packet {n}: tc's length");
+            for i in (0..o.len()).filter(|i| ![18, 19, 24, 25].contains(i)) {
+                assert_eq!(
+                    tc.frame[i],
+                    o[i],
+                    "packet {n}: byte {i} differs\n tc  {:02x?}\n xdp {:02x?}",
+                    &tc.frame[..48.min(tc.frame.len())],
+                    &o[..48.min(o.len())]
+                );
+            }
+            assert_eq!(
+                checksum::checksum(&tc.frame[14..34]),
+                0,
+                "packet {n}: tc's outer checksum"
+            );
             forwarded += 1;
         } else {
             assert_eq!(out.verdict, verdict::PASS, "packet {n}");
             assert_eq!(out.frame, frame, "packet {n}: a passed frame is untouched");
+            if let Some(tc) = tc {
+                assert_eq!(tc.verdict, verdict::TC_OK, "packet {n}: tc passes it");
+                assert_eq!(
+                    tc.frame, frame,
+                    "packet {n}: tc leaves a passed frame untouched"
+                );
+            }
             *passes.entry(reason.as_str()).or_default() += 1;
             if let Some(core_in) = core_in {
                 let mut b = PacketBuf::from_slice(&core_in);
@@ -518,8 +586,12 @@ fn differential() {
         "the map is the core's cache"
     );
     println!(
-        "{PACKETS} frames: {forwarded} forwarded in XDP, identical to the core's but for the outer IP id; passed by reason: {passes:?}; the core tunnelled {core_tunnelled_after_pass} of the passed ones; {} flows in the map",
+        "{PACKETS} frames: {forwarded} forwarded in XDP, identical to the core's but for the outer IP id; passed by reason: {passes:?}; the core tunnelled {core_tunnelled_after_pass} of the passed ones; {} flows in the map; slr_router_tc agreed on all but {tc_not_run} (truncated below their network header: no test run)",
         map_keys(&fp).len()
+    );
+    assert!(
+        tc_not_run < PACKETS / 50,
+        "slr_router_tc ran on all but {tc_not_run} frames"
     );
     assert!(
         forwarded > PACKETS * 2 / 5,
@@ -710,6 +782,20 @@ fn middle() {
         assert_eq!(changed.len(), 1, "frame {n}: {changed:?}");
         let reason = changed[0];
         assert_eq!(reason, want, "frame {n}");
+        let tc = fp.test_run_tc(&frame, ingress).expect("tc test run");
+        let after = reason_counts(&fp);
+        let changed_tc: Vec<Reason> = Reason::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| after[*i] != stats[*i])
+            .map(|(_, r)| *r)
+            .collect();
+        stats = after;
+        assert_eq!(
+            changed_tc,
+            [reason],
+            "frame {n}: tc counts what XDP counted"
+        );
         *seen.entry(reason.as_str()).or_default() += 1;
         let mut b = PacketBuf::from_slice(&frame[14..]);
         let core_action = core.handle_tunnelled_packet(now, &mut b);
@@ -738,9 +824,20 @@ fn middle() {
                         &c[..48.min(c.len())]
                     );
                 }
+                assert_eq!(tc.verdict, verdict::TC_REDIRECT, "frame {n}: tc redirects");
+                assert_eq!(tc.frame.len(), o.len(), "frame {n}: tc's length");
+                for i in (0..o.len()).filter(|i| ![18, 19, 24, 25].contains(i)) {
+                    assert_eq!(tc.frame[i], o[i], "frame {n}: tc's byte {i} differs");
+                }
+                assert_eq!(
+                    checksum::checksum(&tc.frame[14..34]),
+                    0,
+                    "frame {n}: tc's checksum"
+                );
             }
             Reason::UntrustedTunnel => {
                 assert_eq!(out.verdict, verdict::DROP, "frame {n}");
+                assert_eq!(tc.verdict, verdict::TC_SHOT, "frame {n}: tc drops it");
                 assert_eq!(
                     core_action,
                     Action::Drop(slr_core::router::DropReason::UntrustedTunnel),
@@ -750,6 +847,8 @@ fn middle() {
             _ => {
                 assert_eq!(out.verdict, verdict::PASS, "frame {n}");
                 assert_eq!(out.frame, frame, "frame {n}: a passed frame is untouched");
+                assert_eq!(tc.verdict, verdict::TC_OK, "frame {n}: tc passes it");
+                assert_eq!(tc.frame, frame, "frame {n}: tc leaves it untouched");
             }
         }
         sync(&mut core, &mut fp);

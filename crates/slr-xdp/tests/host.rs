@@ -10,6 +10,10 @@
 //! - a frame the program drops is one the terminator drops, for the reason of the same name;
 //! - a frame the program passes to the agent is untouched.
 //!
+//! Every frame also goes through `slr_host_tc` (the same work at tc ingress): the same reason
+//! counted, the same verdict in tc's terms, and the same inner packet up the stack (followed by
+//! the frame's padding, if any, which the stack trims by the inner packet's length).
+//!
 //! Needs root (BPF); fails, not skips, without it.
 
 mod common;
@@ -230,6 +234,15 @@ fn differential() {
             vec![kind.reason()],
             "frame {n} ({kind:?}): counted as {moved:?}"
         );
+        let tc = fp.test_run_tc(&f, lo).unwrap();
+        let after_tc = reason_packets(&fp);
+        let moved_tc: Vec<HostReason> = HostReason::ALL
+            .iter()
+            .zip(after.iter().zip(&after_tc))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(moved_tc, moved, "frame {n} ({kind:?}): tc counts the same");
         // What the agent's terminator makes of the same IP packet.
         let mut buf = PacketBuf::from_slice(&f[14..]);
         let agent = term.handle_packet(&mut buf);
@@ -246,16 +259,35 @@ fn differential() {
                     buf.as_ref(),
                     "frame {n} ({kind:?}): the stack gets the agent's inner packet"
                 );
+                assert_eq!(tc.verdict, verdict::TC_OK, "frame {n} ({kind:?}): tc");
+                assert_eq!(
+                    &tc.frame[..14],
+                    &out.frame[..14],
+                    "frame {n}: tc's Ethernet"
+                );
+                assert_eq!(
+                    tc.frame.get(14..14 + buf.len()),
+                    Some(buf.as_ref()),
+                    "frame {n} ({kind:?}): tc's inner packet"
+                );
+                assert_eq!(
+                    tc.frame.len(),
+                    f.len() - 20,
+                    "frame {n}: tc strips 20 bytes"
+                );
                 delivered_bytes += buf.len() as u64;
             }
             r if r.is_drop() => {
                 assert_eq!(out.verdict, verdict::DROP, "frame {n} ({kind:?})");
+                assert_eq!(tc.verdict, verdict::TC_SHOT, "frame {n} ({kind:?}): tc");
                 let d = agent.expect_err("the agent drops it too");
                 assert_eq!(d.as_str(), r.as_str(), "frame {n} ({kind:?}): same reason");
             }
             _ => {
                 assert_eq!(out.verdict, verdict::PASS, "frame {n} ({kind:?})");
                 assert_eq!(out.frame, f, "frame {n} ({kind:?}): passed untouched");
+                assert_eq!(tc.verdict, verdict::TC_OK, "frame {n} ({kind:?}): tc");
+                assert_eq!(tc.frame, f, "frame {n} ({kind:?}): tc passes it untouched");
             }
         }
     }
@@ -264,7 +296,8 @@ fn differential() {
     }
     let stats = fp.stats().unwrap();
     let delivered = stats[HostReason::Delivered as usize].1;
-    assert_eq!(delivered.bytes, delivered_bytes);
+    // Each delivered frame is counted twice, by slr_host and by slr_host_tc.
+    assert_eq!(delivered.bytes, 2 * delivered_bytes);
     assert_eq!(
         fp.subnet_counter(0).unwrap().packets,
         delivered.packets,

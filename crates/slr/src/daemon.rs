@@ -151,6 +151,14 @@ pub fn random_seed() -> u64 {
     h.finish()
 }
 
+/// Where a configured kernel fast path runs (`off` is never asked: the daemons load nothing).
+pub fn hook_of(mode: slr_config::FastPathMode) -> slr_xdp::Hook {
+    match mode {
+        slr_config::FastPathMode::Tc => slr_xdp::Hook::Tc,
+        slr_config::FastPathMode::Xdp | slr_config::FastPathMode::Off => slr_xdp::Hook::Xdp,
+    }
+}
+
 /// The interfaces of the calling thread's network namespace but loopback and `tun`: where a
 /// daemon's XDP program attaches unless configured otherwise.
 pub fn interfaces_except(tun: &str) -> Vec<String> {

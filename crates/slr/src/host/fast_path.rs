@@ -105,24 +105,26 @@ impl HostKernel {
         } else {
             cfg.fast_path_interfaces.clone()
         };
+        let hook = crate::daemon::hook_of(cfg.fast_path);
         let attached = HostFastPath::load(HostSettings {
             trusted_tunnel_sources: cfg.trusted_tunnel_sources.clone(),
             virtual_subnets: cfg.virtual_subnets.clone(),
         })
         .and_then(|mut fp| {
             for n in &names {
-                fp.attach(n)?;
+                fp.attach_at(n, hook)?;
             }
             Ok(fp)
         });
         match attached {
             Ok(fp) => {
-                tracing::info!(interfaces = ?names, "fast path on: XDP decapsulates trusted tunnels");
+                tracing::info!(interfaces = ?names, hook = hook.as_str(), "fast path on: the kernel decapsulates trusted tunnels");
                 HostKernel { inner: Some(fp) }
             }
             Err(e) => {
                 tracing::warn!(
-                    "fast path off: XDP could not attach ({e}); the agent decapsulates every tunnel"
+                    "fast path off: the {} program could not attach ({e}); the agent decapsulates every tunnel",
+                    hook.as_str()
                 );
                 HostKernel { inner: None }
             }

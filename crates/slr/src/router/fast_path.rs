@@ -90,18 +90,22 @@ impl FastPath {
                 return Self::off();
             }
         };
+        let hook = crate::daemon::hook_of(cfg.fast_path);
         let attached = {
             let inner = fp.inner.as_mut().expect("just loaded");
-            names.iter().try_for_each(|n| inner.attach_to_link(n))
+            names
+                .iter()
+                .try_for_each(|n| inner.attach_to_link_at(n, hook))
         };
         match attached {
             Ok(()) => {
-                tracing::info!(interfaces = ?names, pinned = ?cfg.fast_path_pin_dir, "fast path on: XDP forwards established flows");
+                tracing::info!(interfaces = ?names, hook = hook.as_str(), pinned = ?cfg.fast_path_pin_dir, "fast path on: the kernel forwards established flows");
                 fp
             }
             Err(e) => {
                 tracing::warn!(
-                    "fast path off: XDP could not attach ({e}); the TUN path serves every packet"
+                    "fast path off: the {} program could not attach ({e}); the TUN path serves every packet",
+                    hook.as_str()
                 );
                 if let Some(inner) = fp.inner.as_mut() {
                     let _ = inner.detach_all();

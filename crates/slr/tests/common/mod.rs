@@ -227,6 +227,18 @@ impl Lab {
             .unwrap_or(0)
     }
 
+    /// Bytes (inner packets) the router's fast path counted for `reason`.
+    pub fn fast_path_bytes(&self, router: &str, reason: &str) -> u64 {
+        let s = self.ctl(router, "stats");
+        s["snapshot"]["fast_path"]["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r[0] == reason)
+            .and_then(|r| r[2].as_u64())
+            .unwrap_or(0)
+    }
+
     /// Whether the router's XDP program forwards established flows.
     pub fn fast_path_enabled(&self, router: &str) -> bool {
         self.ctl(router, "stats")["snapshot"]["fast_path"]["enabled"] == true
@@ -287,6 +299,15 @@ impl Lab {
             .as_array()
             .and_then(|r| r.iter().find(|d| d[0] == reason))
             .map_or(0, |d| d[1].as_u64().unwrap())
+    }
+
+    /// Bytes a host's kernel program counted for `reason` (0 when it does not run).
+    pub fn host_fast_path_bytes(&self, host: &str, reason: &str) -> u64 {
+        let s = self.ctl(host, "stats");
+        s["fast_path"]["reasons"]
+            .as_array()
+            .and_then(|r| r.iter().find(|d| d[0] == reason))
+            .map_or(0, |d| d[2].as_u64().unwrap())
     }
 
     /// The router's configuration file.
