@@ -187,14 +187,16 @@ static __always_inline __u16 fold(__u32 sum)
 	return (__u16)sum;
 }
 
-// The one's complement sum of a 20-byte IPv4 header.
-static __always_inline __u32 sum_header(const __u16 *h)
+// The one's complement sum of a 20-byte IPv4 header, in a form `fold` completes: five 32-bit
+// words added in 64 bits and folded to 32 (the same sum as over ten 16-bit words, in half the
+// loads; the x86 JIT, and this kernel's verifier on it, take them at any alignment).
+static __always_inline __u32 sum_header(const void *header)
 {
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += h[i];
-	return sum;
+	const __u32 *w = header;
+	__u64 sum = (__u64)w[0] + w[1] + w[2] + w[3] + w[4];
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (__u32)sum;
 }
 
 #define IP_DF 0x4000
@@ -277,7 +279,7 @@ static __always_inline __u32 fixed_words(struct config *cfg, __u32 dst)
 	t.protocol = IPPROTO_IPIP;
 	t.saddr = cfg->tunnel_src;
 	t.daddr = dst;
-	return sum_header((const __u16 *)&t);
+	return sum_header(&t);
 }
 
 // The flow was forwarded: its last use, and the counters. The stamp is the coarse clock
@@ -397,7 +399,7 @@ static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u6
 		return pass(R_MALFORMED, frame);
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return pass(R_FRAGMENT, frame);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return pass(R_BAD_CHECKSUM, frame);
 	if (ip->ttl <= 1)
 		return pass(R_TTL, frame);
@@ -410,7 +412,7 @@ static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u6
 		return pass(R_NO_FLOW, frame);
 	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
 		return pass(R_TOO_BIG, frame);
-	struct route spare = {};
+	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop, flow->tunnel_dst,
 				       tot + sizeof(struct iphdr), now, &spare, &why);
@@ -462,7 +464,7 @@ int slr_router(struct xdp_md *ctx)
 		return pass(R_MALFORMED, frame);
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return pass(R_FRAGMENT, frame);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return pass(R_BAD_CHECKSUM, frame);
 	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
 		return retunnel(ctx, cfg, frame);
@@ -479,7 +481,7 @@ int slr_router(struct xdp_md *ctx)
 	if (tot + sizeof(struct iphdr) > cfg->tunnel_mtu)
 		// The slow path fragments it or answers fragmentation-needed.
 		return pass(R_TOO_BIG, frame);
-	struct route spare = {};
+	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop, flow->tunnel_dst,
 				       tot + sizeof(struct iphdr), now, &spare, &why);
@@ -545,8 +547,21 @@ static __always_inline __u32 longest_packet(struct __sk_buff *skb, struct iphdr 
 	return seg < tot ? seg : tot;
 }
 
-// Headers the program reads (Ethernet, two IPv4 headers, TCP) are in the skb's linear part.
+// The headers the programs read (Ethernet, two IPv4 headers, TCP), or the whole frame when
+// shorter, made linear (a socket buffer may hold them in fragments): the packet's bounds.
 #define TC_HEADERS (sizeof(struct ethhdr) + 2 * sizeof(struct iphdr) + sizeof(struct tcphdr))
+
+static __always_inline void linear_headers(struct __sk_buff *skb, __u32 frame, void **data,
+					   void **end)
+{
+	*data = (void *)(long)skb->data;
+	*end = (void *)(long)skb->data_end;
+	if (*data + TC_HEADERS <= *end)
+		return;
+	bpf_skb_pull_data(skb, frame < TC_HEADERS ? frame : TC_HEADERS);
+	*data = (void *)(long)skb->data;
+	*end = (void *)(long)skb->data_end;
+}
 
 static __always_inline int tc_retunnel(struct __sk_buff *skb, struct config *cfg, __u64 frame)
 {
@@ -577,7 +592,7 @@ static __always_inline int tc_retunnel(struct __sk_buff *skb, struct config *cfg
 		return tc_pass(R_MALFORMED, frame);
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return tc_pass(R_FRAGMENT, frame);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return tc_pass(R_BAD_CHECKSUM, frame);
 	if (ip->ttl <= 1)
 		return tc_pass(R_TTL, frame);
@@ -591,7 +606,7 @@ static __always_inline int tc_retunnel(struct __sk_buff *skb, struct config *cfg
 	__u32 longest = longest_packet(skb, ip, end, tot) + sizeof(struct iphdr);
 	if (longest > cfg->tunnel_mtu)
 		return tc_pass(R_TOO_BIG, frame);
-	struct route spare = {};
+	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, flow->next_hop,
 				       flow->tunnel_dst, longest, now, &spare, &why);
@@ -632,13 +647,8 @@ int slr_router_tc(struct __sk_buff *skb)
 		return tc_pass(R_DISABLED, frame);
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return tc_pass(R_NOT_IPV4, frame);
-	if (frame < TC_HEADERS)
-		bpf_skb_pull_data(skb, frame);
-	else if (skb->data_end - skb->data < TC_HEADERS)
-		bpf_skb_pull_data(skb, TC_HEADERS);
-
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
+	void *data, *end;
+	linear_headers(skb, frame, &data, &end);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return tc_pass(R_MALFORMED, frame);
@@ -656,7 +666,7 @@ int slr_router_tc(struct __sk_buff *skb)
 		return tc_pass(R_MALFORMED, frame);
 	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
 		return tc_pass(R_FRAGMENT, frame);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return tc_pass(R_BAD_CHECKSUM, frame);
 	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
 		return tc_retunnel(skb, cfg, frame);
@@ -673,7 +683,7 @@ int slr_router_tc(struct __sk_buff *skb)
 	__u32 longest = longest_packet(skb, ip, end, tot) + sizeof(struct iphdr);
 	if (longest > cfg->tunnel_mtu)
 		return tc_pass(R_TOO_BIG, frame);
-	struct route spare = {};
+	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, flow->next_hop,
 				       flow->tunnel_dst, longest, now, &spare, &why);
@@ -809,7 +819,7 @@ int slr_host(struct xdp_md *ctx)
 	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
 	if (!bpf_map_lookup_elem(&host_trusted, &src))
 		return host_verdict(H_UNTRUSTED, frame, XDP_DROP);
-	if (fold(sum_header((const __u16 *)outer)) != 0xffff)
+	if (fold(sum_header(outer)) != 0xffff)
 		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
 	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
 		// The stack reassembles it for the agent.
@@ -824,7 +834,7 @@ int slr_host(struct xdp_md *ctx)
 		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
 	if (ip->ihl != 5)
 		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
 	if (ip->protocol == IPPROTO_IPIP)
 		return host_verdict(H_NESTED, frame, XDP_DROP);
@@ -868,12 +878,8 @@ int slr_host_tc(struct __sk_buff *skb)
 	__u32 zero = 0;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return host_verdict(H_NOT_TUNNEL, frame, TC_ACT_OK);
-	if (frame < TC_HEADERS)
-		bpf_skb_pull_data(skb, frame);
-	else if (skb->data_end - skb->data < TC_HEADERS)
-		bpf_skb_pull_data(skb, TC_HEADERS);
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
+	void *data, *end;
+	linear_headers(skb, frame, &data, &end);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return host_verdict(H_NOT_TUNNEL, frame, TC_ACT_OK);
@@ -891,7 +897,7 @@ int slr_host_tc(struct __sk_buff *skb)
 	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
 	if (!bpf_map_lookup_elem(&host_trusted, &src))
 		return host_verdict(H_UNTRUSTED, frame, TC_ACT_SHOT);
-	if (fold(sum_header((const __u16 *)outer)) != 0xffff)
+	if (fold(sum_header(outer)) != 0xffff)
 		return host_verdict(H_MALFORMED_OUTER, frame, TC_ACT_SHOT);
 	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
 		return host_verdict(H_SLOW_PATH, frame, TC_ACT_OK);
@@ -905,7 +911,7 @@ int slr_host_tc(struct __sk_buff *skb)
 		return host_verdict(H_MALFORMED_INNER, frame, TC_ACT_SHOT);
 	if (ip->ihl != 5)
 		return host_verdict(H_SLOW_PATH, frame, TC_ACT_OK);
-	if (fold(sum_header((const __u16 *)ip)) != 0xffff)
+	if (fold(sum_header(ip)) != 0xffff)
 		return host_verdict(H_MALFORMED_INNER, frame, TC_ACT_SHOT);
 	if (ip->protocol == IPPROTO_IPIP)
 		return host_verdict(H_NESTED, frame, TC_ACT_SHOT);
@@ -1058,7 +1064,7 @@ int slr_gen(struct xdp_md *ctx)
 	ip->check = 0;
 	ip->saddr = bpf_htonl(bpf_ntohl(g->src) + flow % g->sources);
 	ip->daddr = g->dst;
-	ip->check = ~fold(sum_header((const __u16 *)ip));
+	ip->check = ~fold(sum_header(ip));
 	struct udphdr *udp = (void *)(ip + 1);
 	udp->source = bpf_htons(1024 + flow / g->sources);
 	udp->dest = g->dport;

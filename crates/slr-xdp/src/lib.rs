@@ -43,10 +43,10 @@ pub const MAX_VIRTUAL_HOSTS: u32 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     /// The object could not be loaded (maps created, programs parsed).
-    #[error("loading the XDP object: {0}")]
+    #[error("loading the BPF object: {0}")]
     Load(#[from] aya::EbpfError),
     /// A program was refused (the verifier's log is part of the message) or could not attach.
-    #[error("XDP program {program}: {source}")]
+    #[error("BPF program {program}: {source}")]
     Program {
         /// Which program.
         program: &'static str,
@@ -55,7 +55,7 @@ pub enum FastPathError {
         source: ProgramError,
     },
     /// A map operation failed.
-    #[error("XDP map {map}: {source}")]
+    #[error("BPF map {map}: {source}")]
     Map {
         /// Which map.
         map: &'static str,
@@ -83,13 +83,13 @@ pub enum FastPathError {
         max: usize,
     },
     /// Attaching through the link (netlink) failed.
-    #[error("attaching XDP to the link: {0}")]
+    #[error("attaching to the link: {0}")]
     Link(#[from] slr_io::RouteError),
     /// Settings out of range.
     #[error("{0}")]
     Settings(String),
     /// An update of an XDP device map failed.
-    #[error("XDP map {map}: {what}")]
+    #[error("BPF map {map}: {what}")]
     DevMap {
         /// Which map.
         map: &'static str,

@@ -85,7 +85,7 @@ impl FastPath {
             }
             Err(e) => {
                 tracing::warn!(
-                    "fast path off: XDP could not load ({e}); the TUN path serves every packet"
+                    "fast path off: the programs could not load ({e}); the TUN path serves every packet"
                 );
                 return Self::off();
             }
