@@ -367,46 +367,94 @@ static __always_inline struct route *route_to(void *ctx, __u32 ingress, struct c
 	return spare;
 }
 
-// A middle level (`has_parents`): a tunnel from a trusted parent addressed to this router,
-// whose inner packet belongs to an established flow, gets a new outer header toward the
-// flow's next hop in place (the inner TTL drops by one, as in the core). Tunnels from anyone
-// else are dropped and counted; everything else the slow path decides.
+// What both hooks (slr_router, slr_router_tc) check of the IPv4 header at `ip`, behind an
+// Ethernet header of type IPv4, `frame` bytes in all, before they look the flow up: 0, with the
+// packet's length in `tot` and its flow in `key`; R_RETUNNELLED for a tunnel that a middle
+// level re-encapsulates (the caller turns to that); or the reason to leave the packet to the
+// slow path.
+static __always_inline int check_packet(struct iphdr *ip, void *end, __u64 frame,
+					struct config *cfg, __u32 *tot, struct flow_key *key)
+{
+	if ((void *)(ip + 1) > end)
+		return R_MALFORMED;
+	if (ip->version != 4)
+		return R_NOT_IPV4;
+	if (ip->ihl != 5)
+		// Options (or a header length below 20): the slow path checks and routes them.
+		return ip->ihl < 5 ? R_MALFORMED : R_OPTIONS;
+	__u32 len = bpf_ntohs(ip->tot_len);
+	// Lengths, not pointers: a router runs with CAP_BPF but without CAP_PERFMON, and the
+	// verifier refuses variable pointer arithmetic then.
+	if (len < sizeof(*ip) || sizeof(struct ethhdr) + len > frame)
+		return R_MALFORMED;
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return R_FRAGMENT;
+	if (fold(sum_header(ip)) != 0xffff)
+		return R_BAD_CHECKSUM;
+	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
+		return R_RETUNNELLED;
+	if (ip->ttl <= 1)
+		return R_TTL;
+	*tot = len;
+	return flow_of(ip, len, end, key);
+}
+
+// A middle level (`has_parents`) takes a tunnel from a trusted parent addressed to this router
+// whose inner packet belongs to an established flow, and gives it a new outer header toward
+// the flow's next hop in place (the inner TTL drops by one, as in the core). Tunnels from
+// anyone else are dropped and counted; everything else the slow path decides. What both hooks
+// check of the tunnel at `outer` (an outer header check_packet passed): 0, with the inner
+// packet's length in `tot` and its flow in `key`; R_UNTRUSTED_TUNNEL for a tunnel from outside
+// `parents` (the caller drops it); or the reason to pass it.
+static __always_inline int check_tunnel(struct iphdr *outer, void *end, struct config *cfg,
+					__u32 *tot, struct flow_key *key)
+{
+	if ((void *)(outer + 1) > end)
+		return R_MALFORMED;
+	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
+	if (!bpf_map_lookup_elem(&parents, &src))
+		return R_UNTRUSTED_TUNNEL;
+	if (outer->daddr != cfg->tunnel_src)
+		return R_PROTOCOL;
+	__u32 outer_tot = bpf_ntohs(outer->tot_len);
+	struct iphdr *ip = outer + 1;
+	if ((void *)(ip + 1) > end || outer_tot < 2 * sizeof(struct iphdr))
+		return R_MALFORMED;
+	if (ip->version != 4)
+		return R_NOT_IPV4;
+	if (ip->ihl != 5)
+		return ip->ihl < 5 ? R_MALFORMED : R_OPTIONS;
+	__u32 len = bpf_ntohs(ip->tot_len);
+	if (len < sizeof(*ip) || len + sizeof(*outer) > outer_tot)
+		return R_MALFORMED;
+	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
+		return R_FRAGMENT;
+	if (fold(sum_header(ip)) != 0xffff)
+		return R_BAD_CHECKSUM;
+	if (ip->ttl <= 1)
+		return R_TTL;
+	*tot = len;
+	return flow_of(ip, len, end, key);
+}
+
 static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u64 frame)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *outer = (void *)(eth + 1);
-	if ((void *)(outer + 1) > end)
-		return pass(R_MALFORMED, frame);
-	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
-	if (!bpf_map_lookup_elem(&parents, &src)) {
+	__u32 tot = 0;
+	struct flow_key key = {};
+	int why = check_tunnel(outer, end, cfg, &tot, &key);
+	if (why == R_UNTRUSTED_TUNNEL) {
 		count(bpf_map_lookup_elem(&stats, &(__u32){R_UNTRUSTED_TUNNEL}), frame);
 		return XDP_DROP;
 	}
-	if (outer->daddr != cfg->tunnel_src)
-		return pass(R_PROTOCOL, frame);
-	__u32 outer_tot = bpf_ntohs(outer->tot_len);
-	struct iphdr *ip = outer + 1;
-	if ((void *)(ip + 1) > end || outer_tot < 2 * sizeof(struct iphdr))
-		return pass(R_MALFORMED, frame);
-	if (ip->version != 4)
-		return pass(R_NOT_IPV4, frame);
-	if (ip->ihl != 5)
-		return pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
-	__u32 tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(*ip) || tot + sizeof(*outer) > outer_tot)
-		return pass(R_MALFORMED, frame);
-	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
-		return pass(R_FRAGMENT, frame);
-	if (fold(sum_header(ip)) != 0xffff)
-		return pass(R_BAD_CHECKSUM, frame);
-	if (ip->ttl <= 1)
-		return pass(R_TTL, frame);
-	struct flow_key key = {};
-	int why = flow_of(ip, tot, end, &key);
 	if (why)
 		return pass(why, frame);
+	struct iphdr *ip = outer + 1;
+	if ((void *)(ip + 1) > end)
+		return pass(R_MALFORMED, frame);
 	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow)
 		return pass(R_NO_FLOW, frame);
@@ -414,8 +462,9 @@ static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u6
 		return pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop, flow->tunnel_dst,
-				       tot + sizeof(struct iphdr), now, &spare, &why);
+	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop,
+				       flow->tunnel_dst, tot + sizeof(struct iphdr), now, &spare,
+				       &why);
 	if (!route)
 		return pass(why, frame);
 
@@ -450,31 +499,15 @@ int slr_router(struct xdp_md *ctx)
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass(R_NOT_IPV4, frame);
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end)
-		return pass(R_MALFORMED, frame);
-	if (ip->version != 4)
-		return pass(R_NOT_IPV4, frame);
-	if (ip->ihl != 5)
-		// Options (or a header length below 20): the slow path checks and routes them.
-		return pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
-	__u32 tot = bpf_ntohs(ip->tot_len);
-	// Lengths, not pointers: a router runs with CAP_BPF but without CAP_PERFMON, and the
-	// verifier refuses variable pointer arithmetic then.
-	if (tot < sizeof(*ip) || sizeof(*eth) + tot > frame)
-		return pass(R_MALFORMED, frame);
-	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
-		return pass(R_FRAGMENT, frame);
-	if (fold(sum_header(ip)) != 0xffff)
-		return pass(R_BAD_CHECKSUM, frame);
-	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
-		return retunnel(ctx, cfg, frame);
-	if (ip->ttl <= 1)
-		return pass(R_TTL, frame);
-
+	__u32 tot = 0;
 	struct flow_key key = {};
-	int why = flow_of(ip, tot, end, &key);
+	int why = check_packet(ip, end, frame, cfg, &tot, &key);
+	if (why == R_RETUNNELLED)
+		return retunnel(ctx, cfg, frame);
 	if (why)
 		return pass(why, frame);
+	if ((void *)(ip + 1) > end)
+		return pass(R_MALFORMED, frame);
 	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow)
 		return pass(R_NO_FLOW, frame);
@@ -483,8 +516,9 @@ int slr_router(struct xdp_md *ctx)
 		return pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop, flow->tunnel_dst,
-				       tot + sizeof(struct iphdr), now, &spare, &why);
+	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop,
+				       flow->tunnel_dst, tot + sizeof(struct iphdr), now, &spare,
+				       &why);
 	if (!route)
 		return pass(why, frame);
 
@@ -569,37 +603,18 @@ static __always_inline int tc_retunnel(struct __sk_buff *skb, struct config *cfg
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *outer = (void *)(eth + 1);
-	if ((void *)(outer + 1) > end)
-		return tc_pass(R_MALFORMED, frame);
-	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
-	if (!bpf_map_lookup_elem(&parents, &src)) {
+	__u32 tot = 0;
+	struct flow_key key = {};
+	int why = check_tunnel(outer, end, cfg, &tot, &key);
+	if (why == R_UNTRUSTED_TUNNEL) {
 		count(bpf_map_lookup_elem(&stats, &(__u32){R_UNTRUSTED_TUNNEL}), frame);
 		return TC_ACT_SHOT;
 	}
-	if (outer->daddr != cfg->tunnel_src)
-		return tc_pass(R_PROTOCOL, frame);
-	__u32 outer_tot = bpf_ntohs(outer->tot_len);
-	struct iphdr *ip = outer + 1;
-	if ((void *)(ip + 1) > end || outer_tot < 2 * sizeof(struct iphdr))
-		return tc_pass(R_MALFORMED, frame);
-	if (ip->version != 4)
-		return tc_pass(R_NOT_IPV4, frame);
-	if (ip->ihl != 5)
-		return tc_pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
-	__u32 tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(*ip) || tot + sizeof(*outer) > outer_tot ||
-	    sizeof(*eth) + outer_tot > frame)
-		return tc_pass(R_MALFORMED, frame);
-	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
-		return tc_pass(R_FRAGMENT, frame);
-	if (fold(sum_header(ip)) != 0xffff)
-		return tc_pass(R_BAD_CHECKSUM, frame);
-	if (ip->ttl <= 1)
-		return tc_pass(R_TTL, frame);
-	struct flow_key key = {};
-	int why = flow_of(ip, tot, end, &key);
 	if (why)
 		return tc_pass(why, frame);
+	struct iphdr *ip = outer + 1;
+	if ((void *)(ip + 1) > end)
+		return tc_pass(R_MALFORMED, frame);
 	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow)
 		return tc_pass(R_NO_FLOW, frame);
@@ -655,28 +670,15 @@ int slr_router_tc(struct __sk_buff *skb)
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return tc_pass(R_NOT_IPV4, frame);
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end)
-		return tc_pass(R_MALFORMED, frame);
-	if (ip->version != 4)
-		return tc_pass(R_NOT_IPV4, frame);
-	if (ip->ihl != 5)
-		return tc_pass(ip->ihl < 5 ? R_MALFORMED : R_OPTIONS, frame);
-	__u32 tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(*ip) || sizeof(*eth) + tot > frame)
-		return tc_pass(R_MALFORMED, frame);
-	if (ip->frag_off & bpf_htons(IP_MF_OFFSET))
-		return tc_pass(R_FRAGMENT, frame);
-	if (fold(sum_header(ip)) != 0xffff)
-		return tc_pass(R_BAD_CHECKSUM, frame);
-	if (ip->protocol == IPPROTO_IPIP && cfg->has_parents)
-		return tc_retunnel(skb, cfg, frame);
-	if (ip->ttl <= 1)
-		return tc_pass(R_TTL, frame);
-
+	__u32 tot = 0;
 	struct flow_key key = {};
-	int why = flow_of(ip, tot, end, &key);
+	int why = check_packet(ip, end, frame, cfg, &tot, &key);
+	if (why == R_RETUNNELLED)
+		return tc_retunnel(skb, cfg, frame);
 	if (why)
 		return tc_pass(why, frame);
+	if ((void *)(ip + 1) > end)
+		return tc_pass(R_MALFORMED, frame);
 	struct flow_value *flow = bpf_map_lookup_elem(&flows, &key);
 	if (!flow)
 		return tc_pass(R_NO_FLOW, frame);
@@ -792,65 +794,87 @@ static __always_inline int host_verdict(__u32 why, __u64 bytes, int verdict)
 	return verdict;
 }
 
+// What both hooks (slr_host, slr_host_tc) decide of the frame at `data`, `frame` bytes in all:
+// H_DELIVERED, with the inner packet's length in `inner_tot` and its virtual subnet's index in
+// `index`, for a tunnel the host strips; or the reason it passes (H_NOT_TUNNEL, H_DISABLED,
+// H_SLOW_PATH: up the stack, or to the agent, untouched) or is dropped (any other reason).
+static __always_inline int host_check(void *data, void *end, __u64 frame, __u32 *inner_tot,
+				      __u32 *index)
+{
+	__u32 zero = 0;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return H_NOT_TUNNEL;
+	struct iphdr *outer = (void *)(eth + 1);
+	if ((void *)(outer + 1) > end || outer->version != 4 || outer->protocol != IPPROTO_IPIP)
+		return H_NOT_TUNNEL;
+	__u32 *on = bpf_map_lookup_elem(&host_enabled, &zero);
+	if (!on || !*on)
+		return H_DISABLED;
+	__u32 tot = bpf_ntohs(outer->tot_len);
+	if (outer->ihl < 5 || tot < outer->ihl * 4 || sizeof(*eth) + tot > frame)
+		return H_MALFORMED_OUTER;
+	if (outer->ihl != 5)
+		// Options: the agent decides.
+		return H_SLOW_PATH;
+	// Trust is decided on the outer source before anything of the inner packet is read.
+	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
+	if (!bpf_map_lookup_elem(&host_trusted, &src))
+		return H_UNTRUSTED;
+	if (fold(sum_header(outer)) != 0xffff)
+		return H_MALFORMED_OUTER;
+	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
+		// The stack reassembles it for the agent.
+		return H_SLOW_PATH;
+
+	struct iphdr *ip = outer + 1;
+	__u32 room = tot - sizeof(*outer);
+	if ((void *)(ip + 1) > end || room < sizeof(*ip) || ip->version != 4 || ip->ihl < 5)
+		return H_MALFORMED_INNER;
+	__u32 len = bpf_ntohs(ip->tot_len);
+	if (len < ip->ihl * 4 || len > room)
+		return H_MALFORMED_INNER;
+	if (ip->ihl != 5)
+		return H_SLOW_PATH;
+	if (fold(sum_header(ip)) != 0xffff)
+		return H_MALFORMED_INNER;
+	if (ip->protocol == IPPROTO_IPIP)
+		return H_NESTED;
+	if (ip->ttl == 0)
+		return H_TTL;
+	struct lpm_v4 dst = { .prefixlen = 32, .addr = ip->daddr };
+	__u32 *subnet = bpf_map_lookup_elem(&host_subnets, &dst);
+	if (!subnet)
+		return H_NOT_VIRTUAL;
+	*inner_tot = len;
+	*index = *subnet;
+	return H_DELIVERED;
+}
+
+// Whether a reason of host_check drops the frame.
+static __always_inline int host_drops(int why)
+{
+	return why != H_DELIVERED && why != H_NOT_TUNNEL && why != H_DISABLED && why != H_SLOW_PATH;
+}
+
 SEC("xdp")
 int slr_host(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u64 frame = bpf_xdp_get_buff_len(ctx);
-	__u32 zero = 0;
-
+	__u32 inner_tot = 0, index = 0;
+	int why = host_check(data, end, frame, &inner_tot, &index);
+	if (why != H_DELIVERED)
+		return host_verdict(why, frame, host_drops(why) ? XDP_DROP : XDP_PASS);
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return host_verdict(H_NOT_TUNNEL, frame, XDP_PASS);
-	struct iphdr *outer = (void *)(eth + 1);
-	if ((void *)(outer + 1) > end || outer->version != 4 || outer->protocol != IPPROTO_IPIP)
-		return host_verdict(H_NOT_TUNNEL, frame, XDP_PASS);
-	__u32 *on = bpf_map_lookup_elem(&host_enabled, &zero);
-	if (!on || !*on)
-		return host_verdict(H_DISABLED, frame, XDP_PASS);
-	__u32 tot = bpf_ntohs(outer->tot_len);
-	if (outer->ihl < 5 || tot < outer->ihl * 4 || sizeof(*eth) + tot > frame)
+	if ((void *)(eth + 1) > end)
 		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
-	if (outer->ihl != 5)
-		// Options: the agent decides.
-		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
-	// Trust is decided on the outer source before anything of the inner packet is read.
-	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
-	if (!bpf_map_lookup_elem(&host_trusted, &src))
-		return host_verdict(H_UNTRUSTED, frame, XDP_DROP);
-	if (fold(sum_header(outer)) != 0xffff)
-		return host_verdict(H_MALFORMED_OUTER, frame, XDP_DROP);
-	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
-		// The stack reassembles it for the agent.
-		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
-
-	struct iphdr *ip = outer + 1;
-	__u32 room = tot - sizeof(*outer);
-	if ((void *)(ip + 1) > end || room < sizeof(*ip) || ip->version != 4 || ip->ihl < 5)
-		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
-	__u32 inner_tot = bpf_ntohs(ip->tot_len);
-	if (inner_tot < ip->ihl * 4 || inner_tot > room)
-		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
-	if (ip->ihl != 5)
-		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
-	if (fold(sum_header(ip)) != 0xffff)
-		return host_verdict(H_MALFORMED_INNER, frame, XDP_DROP);
-	if (ip->protocol == IPPROTO_IPIP)
-		return host_verdict(H_NESTED, frame, XDP_DROP);
-	if (ip->ttl == 0)
-		return host_verdict(H_TTL, frame, XDP_DROP);
-	struct lpm_v4 dst = { .prefixlen = 32, .addr = ip->daddr };
-	__u32 *subnet = bpf_map_lookup_elem(&host_subnets, &dst);
-	if (!subnet)
-		return host_verdict(H_NOT_VIRTUAL, frame, XDP_DROP);
-	__u32 index = *subnet;
-
 	unsigned char dmac[ETH_ALEN], smac[ETH_ALEN];
 	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
 	// Link padding and anything after the inner packet go, as the agent truncates them.
-	__u64 excess = frame - sizeof(*eth) - sizeof(*outer) - inner_tot;
+	__u64 excess = frame - sizeof(*eth) - sizeof(struct iphdr) - inner_tot;
 	if (excess && bpf_xdp_adjust_tail(ctx, -(int)excess))
 		return host_verdict(H_SLOW_PATH, frame, XDP_PASS);
 	if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct iphdr)))
@@ -875,53 +899,14 @@ SEC("classifier")
 int slr_host_tc(struct __sk_buff *skb)
 {
 	__u64 frame = skb->len;
-	__u32 zero = 0;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return host_verdict(H_NOT_TUNNEL, frame, TC_ACT_OK);
 	void *data, *end;
 	linear_headers(skb, frame, &data, &end);
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return host_verdict(H_NOT_TUNNEL, frame, TC_ACT_OK);
-	struct iphdr *outer = (void *)(eth + 1);
-	if ((void *)(outer + 1) > end || outer->version != 4 || outer->protocol != IPPROTO_IPIP)
-		return host_verdict(H_NOT_TUNNEL, frame, TC_ACT_OK);
-	__u32 *on = bpf_map_lookup_elem(&host_enabled, &zero);
-	if (!on || !*on)
-		return host_verdict(H_DISABLED, frame, TC_ACT_OK);
-	__u32 tot = bpf_ntohs(outer->tot_len);
-	if (outer->ihl < 5 || tot < outer->ihl * 4 || sizeof(*eth) + tot > frame)
-		return host_verdict(H_MALFORMED_OUTER, frame, TC_ACT_SHOT);
-	if (outer->ihl != 5)
-		return host_verdict(H_SLOW_PATH, frame, TC_ACT_OK);
-	struct lpm_v4 src = { .prefixlen = 32, .addr = outer->saddr };
-	if (!bpf_map_lookup_elem(&host_trusted, &src))
-		return host_verdict(H_UNTRUSTED, frame, TC_ACT_SHOT);
-	if (fold(sum_header(outer)) != 0xffff)
-		return host_verdict(H_MALFORMED_OUTER, frame, TC_ACT_SHOT);
-	if (outer->frag_off & bpf_htons(IP_MF_OFFSET))
-		return host_verdict(H_SLOW_PATH, frame, TC_ACT_OK);
-
-	struct iphdr *ip = outer + 1;
-	__u32 room = tot - sizeof(*outer);
-	if ((void *)(ip + 1) > end || room < sizeof(*ip) || ip->version != 4 || ip->ihl < 5)
-		return host_verdict(H_MALFORMED_INNER, frame, TC_ACT_SHOT);
-	__u32 inner_tot = bpf_ntohs(ip->tot_len);
-	if (inner_tot < ip->ihl * 4 || inner_tot > room)
-		return host_verdict(H_MALFORMED_INNER, frame, TC_ACT_SHOT);
-	if (ip->ihl != 5)
-		return host_verdict(H_SLOW_PATH, frame, TC_ACT_OK);
-	if (fold(sum_header(ip)) != 0xffff)
-		return host_verdict(H_MALFORMED_INNER, frame, TC_ACT_SHOT);
-	if (ip->protocol == IPPROTO_IPIP)
-		return host_verdict(H_NESTED, frame, TC_ACT_SHOT);
-	if (ip->ttl == 0)
-		return host_verdict(H_TTL, frame, TC_ACT_SHOT);
-	struct lpm_v4 dst = { .prefixlen = 32, .addr = ip->daddr };
-	__u32 *subnet = bpf_map_lookup_elem(&host_subnets, &dst);
-	if (!subnet)
-		return host_verdict(H_NOT_VIRTUAL, frame, TC_ACT_SHOT);
-	__u32 index = *subnet;
+	__u32 inner_tot = 0, index = 0;
+	int why = host_check(data, end, frame, &inner_tot, &index);
+	if (why != H_DELIVERED)
+		return host_verdict(why, frame, host_drops(why) ? TC_ACT_SHOT : TC_ACT_OK);
 	// Anything after the inner packet the stack trims, as it trims link padding.
 	if (bpf_skb_adjust_room(skb, -(int)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO))

@@ -196,11 +196,11 @@ pub(crate) fn load_object(max_flows: u32) -> Result<Ebpf, FastPathError> {
         .load(OBJECT)?)
 }
 
-/// A program of the object, as XDP.
-pub(crate) fn xdp_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut Xdp, FastPathError> {
+/// A program of the object, as its type (`Xdp`, `SchedClassifier`).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, FastPathError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(FastPathError::Program {
             program: name,
@@ -210,18 +210,20 @@ pub(crate) fn xdp_program<'a>(
         .map_err(program_err(name))
 }
 
+/// A program of the object, as XDP.
+pub(crate) fn xdp_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, FastPathError> {
+    typed_program(ebpf, name)
+}
+
 /// A program of the object, as a tc classifier.
 pub(crate) fn tc_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, FastPathError> {
-    ebpf.program_mut(name)
-        .ok_or(FastPathError::Program {
-            program: name,
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(program_err(name))
+    typed_program(ebpf, name)
 }
 
 /// Loads `names` (XDP programs or tc classifiers) into the kernel (the verifier runs; its log

@@ -404,14 +404,7 @@ fn differential() {
         let now = Instant::from_micros(now_us);
         let (frame, expect) = gen.frame(xa_mac);
         let out = fp.test_run(&frame, ingress).expect("test run");
-        let after = reason_counts(&fp);
-        let changed: Vec<Reason> = Reason::ALL
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| after[*i] != stats[*i])
-            .map(|(_, r)| *r)
-            .collect();
-        stats = after;
+        let changed = counted_since(&fp, &mut stats);
         assert_eq!(
             changed.len(),
             1,
@@ -442,14 +435,7 @@ fn differential() {
             ),
         };
         if tc.is_some() {
-            let after = reason_counts(&fp);
-            let changed_tc: Vec<Reason> = Reason::ALL
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| after[*i] != stats[*i])
-                .map(|(_, r)| *r)
-                .collect();
-            stats = after;
+            let changed_tc = counted_since(&fp, &mut stats);
             assert_eq!(
                 changed_tc,
                 [reason],
@@ -533,25 +519,9 @@ fn differential() {
                     &c[..48.min(c.len())]
                 );
             }
-            // tc's packet is XDP's but for the outer identification (the program counts one
-            // per packet sent) and so the outer checksum: frame bytes 18-19 and 24-25.
             let tc = tc.expect("a forwarded frame has a whole IPv4 header");
             assert_eq!(tc.verdict, verdict::TC_REDIRECT, "packet {n}: tc redirects");
-            assert_eq!(tc.frame.len(), o.len(), "packet {n}: tc's length");
-            for i in (0..o.len()).filter(|i| ![18, 19, 24, 25].contains(i)) {
-                assert_eq!(
-                    tc.frame[i],
-                    o[i],
-                    "packet {n}: byte {i} differs\n tc  {:02x?}\n xdp {:02x?}",
-                    &tc.frame[..48.min(tc.frame.len())],
-                    &o[..48.min(o.len())]
-                );
-            }
-            assert_eq!(
-                checksum::checksum(&tc.frame[14..34]),
-                0,
-                "packet {n}: tc's outer checksum"
-            );
+            assert_same_but_ident(&tc.frame, o, &format!("packet {n}"));
             forwarded += 1;
         } else {
             assert_eq!(out.verdict, verdict::PASS, "packet {n}");
@@ -771,26 +741,12 @@ fn middle() {
             want
         };
         let out = fp.test_run(&frame, ingress).expect("test run");
-        let after = reason_counts(&fp);
-        let changed: Vec<Reason> = Reason::ALL
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| after[*i] != stats[*i])
-            .map(|(_, r)| *r)
-            .collect();
-        stats = after;
+        let changed = counted_since(&fp, &mut stats);
         assert_eq!(changed.len(), 1, "frame {n}: {changed:?}");
         let reason = changed[0];
         assert_eq!(reason, want, "frame {n}");
         let tc = fp.test_run_tc(&frame, ingress).expect("tc test run");
-        let after = reason_counts(&fp);
-        let changed_tc: Vec<Reason> = Reason::ALL
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| after[*i] != stats[*i])
-            .map(|(_, r)| *r)
-            .collect();
-        stats = after;
+        let changed_tc = counted_since(&fp, &mut stats);
         assert_eq!(
             changed_tc,
             [reason],
@@ -825,15 +781,7 @@ fn middle() {
                     );
                 }
                 assert_eq!(tc.verdict, verdict::TC_REDIRECT, "frame {n}: tc redirects");
-                assert_eq!(tc.frame.len(), o.len(), "frame {n}: tc's length");
-                for i in (0..o.len()).filter(|i| ![18, 19, 24, 25].contains(i)) {
-                    assert_eq!(tc.frame[i], o[i], "frame {n}: tc's byte {i} differs");
-                }
-                assert_eq!(
-                    checksum::checksum(&tc.frame[14..34]),
-                    0,
-                    "frame {n}: tc's checksum"
-                );
+                assert_same_but_ident(&tc.frame, o, &format!("frame {n}"));
             }
             Reason::UntrustedTunnel => {
                 assert_eq!(out.verdict, verdict::DROP, "frame {n}");
@@ -874,6 +822,40 @@ fn middle() {
             r.as_str()
         );
     }
+}
+
+/// The reasons counted since `stats` (which becomes the counts now).
+fn counted_since(fp: &RouterFastPath, stats: &mut Vec<u64>) -> Vec<Reason> {
+    let after = reason_counts(fp);
+    let changed = Reason::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| after[*i] != stats[*i])
+        .map(|(_, r)| *r)
+        .collect();
+    *stats = after;
+    changed
+}
+
+/// slr_router_tc's tunnelled frame against slr_router's: the same bytes but for the outer IP
+/// identification (each program counts one per packet sent) and so the outer checksum (frame
+/// bytes 18-19 and 24-25), which must be valid.
+fn assert_same_but_ident(tc: &[u8], xdp: &[u8], what: &str) {
+    assert_eq!(tc.len(), xdp.len(), "{what}: tc's length");
+    for i in (0..xdp.len()).filter(|i| ![18, 19, 24, 25].contains(i)) {
+        assert_eq!(
+            tc[i],
+            xdp[i],
+            "{what}: byte {i} differs\n tc  {:02x?}\n xdp {:02x?}",
+            &tc[..48.min(tc.len())],
+            &xdp[..48.min(xdp.len())]
+        );
+    }
+    assert_eq!(
+        checksum::checksum(&tc[14..34]),
+        0,
+        "{what}: tc's outer checksum"
+    );
 }
 
 fn reason_counts(fp: &RouterFastPath) -> Vec<u64> {

@@ -217,26 +217,25 @@ impl Lab {
 
     /// Packets the router's XDP program counted for `reason` (0 with the fast path off).
     pub fn fast_path_count(&self, router: &str, reason: &str) -> u64 {
-        let s = self.ctl(router, "stats");
-        s["snapshot"]["fast_path"]["reasons"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r[0] == reason)
-            .and_then(|r| r[1].as_u64())
-            .unwrap_or(0)
+        self.fast_path_counter(router, reason).0
     }
 
     /// Bytes (inner packets) the router's fast path counted for `reason`.
     pub fn fast_path_bytes(&self, router: &str, reason: &str) -> u64 {
+        self.fast_path_counter(router, reason).1
+    }
+
+    /// Packets and bytes the router's fast path counted for `reason` (0 with it off).
+    fn fast_path_counter(&self, router: &str, reason: &str) -> (u64, u64) {
         let s = self.ctl(router, "stats");
         s["snapshot"]["fast_path"]["reasons"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|r| r[0] == reason)
-            .and_then(|r| r[2].as_u64())
-            .unwrap_or(0)
+            .map_or((0, 0), |r| {
+                (r[1].as_u64().unwrap_or(0), r[2].as_u64().unwrap_or(0))
+            })
     }
 
     /// Whether the router's XDP program forwards established flows.
@@ -294,20 +293,21 @@ impl Lab {
 
     /// Packets a host's XDP program counted for `reason` (0 when it does not run).
     pub fn host_fast_path(&self, host: &str, reason: &str) -> u64 {
-        let s = self.ctl(host, "stats");
-        s["fast_path"]["reasons"]
-            .as_array()
-            .and_then(|r| r.iter().find(|d| d[0] == reason))
-            .map_or(0, |d| d[1].as_u64().unwrap())
+        self.host_fast_path_counter(host, reason, 1)
     }
 
     /// Bytes a host's kernel program counted for `reason` (0 when it does not run).
     pub fn host_fast_path_bytes(&self, host: &str, reason: &str) -> u64 {
+        self.host_fast_path_counter(host, reason, 2)
+    }
+
+    /// Column `column` (1 packets, 2 bytes) of a host program's row for `reason`.
+    fn host_fast_path_counter(&self, host: &str, reason: &str, column: usize) -> u64 {
         let s = self.ctl(host, "stats");
         s["fast_path"]["reasons"]
             .as_array()
             .and_then(|r| r.iter().find(|d| d[0] == reason))
-            .map_or(0, |d| d[2].as_u64().unwrap())
+            .map_or(0, |d| d[column].as_u64().unwrap())
     }
 
     /// The router's configuration file.
