@@ -40,6 +40,61 @@ pub struct RouterFile {
     /// `[fault]`: fault injection.
     #[serde(default, skip_serializing_if = "FaultSection::is_empty")]
     pub fault: FaultSection,
+    /// `[bgp]`: announcing the virtual subnets through BIRD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpSection>,
+}
+
+/// `[bgp]`: the router announces its virtual subnets to its BGP neighbours through BIRD, which
+/// it starts (and which dies with it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSection {
+    /// This router's AS number.
+    pub local_as: u32,
+    /// BGP router ID (default: `router.tunnel_source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<String>,
+    /// BGP hold time, whole seconds (default "3s", the least RFC 4271 allows).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: String,
+    /// BFD on every session with this interval (multiplier 3); absent: no BFD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_interval: Option<String>,
+    /// The `bird` program (default "bird", from Debian's bird2).
+    #[serde(default = "default_bird")]
+    pub bird: String,
+    /// The `birdc` program (default "birdc").
+    #[serde(default = "default_birdc")]
+    pub birdc: String,
+    /// Where BIRD's configuration, control socket and log are kept (default
+    /// `/run/slr/bgp-<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// `[[bgp.neighbors]]`: the access routers that learn the subnets.
+    #[serde(default)]
+    pub neighbors: Vec<BgpNeighborSection>,
+}
+
+/// `[[bgp.neighbors]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighborSection {
+    /// Its address (directly connected).
+    pub address: String,
+    /// Its AS number.
+    #[serde(rename = "as")]
+    pub asn: u32,
+}
+
+fn default_hold_time() -> String {
+    "3s".into()
+}
+fn default_bird() -> String {
+    "bird".into()
+}
+fn default_birdc() -> String {
+    "birdc".into()
 }
 
 /// `[router]`.

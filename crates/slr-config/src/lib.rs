@@ -13,6 +13,7 @@
 //! the daemons cannot disagree on a key. This crate does no I/O beyond reading the file it is
 //! asked to load.
 
+mod bgp;
 mod check;
 mod control;
 mod duration;
@@ -22,6 +23,7 @@ mod host;
 mod overrides;
 mod router;
 
+pub use bgp::BgpConfig;
 pub use control::{ControlConfig, ParentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
@@ -208,6 +210,69 @@ weight = 2
         let p = write("typo.toml", &GOOD.replace("policy =", "polcy ="));
         let e = format!("{:#}", load_router(&p).unwrap_err());
         assert!(e.contains("polcy") && e.contains("typo.toml"), "{e}");
+    }
+
+    const BGP: &str = "[bgp]\nlocal_as = 65001\nbfd_interval = \"100ms\"\n[[bgp.neighbors]]\naddress = \"10.200.2.1\"\nas = 65000\n";
+
+    #[test]
+    fn bgp_section_defaults_and_checks() {
+        let p = write("bgp.toml", &(GOOD.to_string() + BGP));
+        let b = load_router(&p).unwrap().bgp.expect("[bgp]");
+        assert_eq!(b.local_as, 65001);
+        assert_eq!(
+            b.router_id,
+            Ipv4Addr::new(10, 200, 2, 2),
+            "the tunnel source"
+        );
+        assert_eq!(b.neighbors, vec![(Ipv4Addr::new(10, 200, 2, 1), 65000)]);
+        assert_eq!(b.hold_time, std::time::Duration::from_secs(3));
+        assert_eq!(b.bfd_interval, Some(std::time::Duration::from_millis(100)));
+        assert_eq!(b.state_dir, PathBuf::from("/run/slr/bgp-r1"));
+        assert!(load_router(&write("nobgp.toml", GOOD))
+            .unwrap()
+            .bgp
+            .is_none());
+        let cases = [
+            (BGP.replace("65001", "0"), "bgp.local_as", "0"),
+            (
+                BGP.replace("as = 65000", "as = 23456"),
+                "bgp.neighbors[0].as",
+                "23456",
+            ),
+            (
+                BGP.replace("10.200.2.1", "10.200.2"),
+                "bgp.neighbors[0].address",
+                "10.200.2",
+            ),
+            (
+                BGP.replace("bfd_interval = \"100ms\"", "hold_time = \"2s\""),
+                "bgp.hold_time",
+                "2s",
+            ),
+            (
+                BGP.replace("bfd_interval = \"100ms\"", "hold_time = \"3500ms\""),
+                "bgp.hold_time",
+                "3500ms",
+            ),
+            (BGP.replace("100ms", "1ms"), "bgp.bfd_interval", "1ms"),
+            (
+                "[bgp]\nlocal_as = 65001\n".to_string(),
+                "bgp.neighbors",
+                "[]",
+            ),
+            (
+                BGP.to_string() + "[[bgp.neighbors]]\naddress = \"10.200.2.1\"\nas = 65002\n",
+                "bgp.neighbors[1].address",
+                "10.200.2.1",
+            ),
+        ];
+        for (i, (bgp, key, value)) in cases.iter().enumerate() {
+            let p = write(&format!("badbgp{i}.toml"), &(GOOD.to_string() + bgp));
+            let e = format!("{:#}", load_router(&p).unwrap_err());
+            assert!(e.contains(&p.display().to_string()), "{e}");
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(e.contains(value), "{value}: {e}");
+        }
     }
 
     /// The examples in docs/CONFIG.md are real configurations: they must load.

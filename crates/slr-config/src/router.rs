@@ -131,6 +131,8 @@ pub struct RouterDaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Health checks.
     pub health: HealthConfig,
+    /// `[bgp]`: the virtual subnets announced through BIRD, if configured.
+    pub bgp: Option<crate::BgpConfig>,
     /// The core's configuration.
     pub core: RouterConfig,
 }
@@ -193,10 +195,11 @@ impl RouterDaemonConfig {
             || new.high_priority != self.high_priority
             || new.fault_delay != self.fault_delay
             || new.level != self.level
+            || new.bgp != self.bgp
         {
             return Some(
-                "[control], [gateways], [cost], [[client_groups]], virtual host priorities, [fault] \
-                 and router.level cannot change without a restart",
+                "[control], [gateways], [cost], [[client_groups]], virtual host priorities, [fault], \
+                 [bgp] and router.level cannot change without a restart",
             );
         }
         None
@@ -256,7 +259,13 @@ impl RouterFile {
             ));
         }
         let fault_delay = fault(&c, &self.fault, &core.next_hops)?;
+        let bgp = self
+            .bgp
+            .as_ref()
+            .map(|b| crate::bgp::bgp(&c, b, &r.name, core.tunnel_source))
+            .transpose()?;
         Ok(RouterDaemonConfig {
+            bgp,
             fault_delay,
             level: r.level.clone().unwrap_or_else(|| "site".into()),
             control,

@@ -21,6 +21,37 @@ pub fn spawn_detached(cmd: &mut Command) -> io::Result<Child> {
     cmd.spawn()
 }
 
+/// Starts `cmd` like [`spawn_detached`], tied to the calling thread: the kernel sends the child
+/// `signal` when that thread ends, however it ends (`kill -9` of the process included). What a
+/// daemon starts to act for it (BIRD announcing the router's subnets) must not outlive it.
+/// Spawn from a thread that lives as long as the child should (the kernel ties the child to the
+/// thread, not the process).
+pub fn spawn_tied(cmd: &mut Command, signal: i32) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid reads no memory.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: setsid, prctl and getppid are async-signal-safe and touch no memory of the
+    // parent; they are all the child does between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the tie was made: then no signal would come.
+            if libc::getppid() != parent {
+                return Err(io::Error::other(
+                    "the parent exited while the child started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Reaps `pid` if it is an exited child of this process (so that it does not linger as a
 /// zombie that looks alive); for any other pid nothing happens.
 pub fn reap_if_child(pid: i32) {

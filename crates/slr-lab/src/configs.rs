@@ -22,11 +22,11 @@
 //! (`[control]` with certificate and `[[control.parents]]`).
 
 use crate::state::lab_dir;
-use crate::topology::{Role, Topology};
+use crate::topology::{Role, Topology, BACKUP_LOCAL_PREF, CORE_AS, ROUTER_AS};
 use slr_config::file::{
-    ClientGroupSection, ControlSection, FaultSection, FlowTableSection, GatewayChildSection,
-    GatewaysSection, HealthSection, HostFile, HostSection, NextHopSection, ParentSection,
-    RouterFile, RouterSection, VirtualHostSection,
+    BgpNeighborSection, BgpSection, ClientGroupSection, ControlSection, FaultSection,
+    FlowTableSection, GatewayChildSection, GatewaysSection, HealthSection, HostFile, HostSection,
+    NextHopSection, ParentSection, RouterFile, RouterSection, VirtualHostSection,
 };
 
 /// Port of the router's metrics endpoint (inside its namespace, on 127.0.0.1).
@@ -176,6 +176,7 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
         cost: None,
         client_groups: Vec::new(),
         fault: FaultSection::default(),
+        bgp: bgp_section(t, router),
     };
     if t.is_hierarchy() {
         hierarchy_router(t, router, &mut file);
@@ -190,6 +191,71 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
             .collect();
     }
     file
+}
+
+/// `[bgp]` of an announcing router of a lab with `[bgp]`: one session, to the core's side of
+/// its link.
+fn bgp_section(t: &Topology, router: &str) -> Option<BgpSection> {
+    let b = t.bgp.as_ref()?;
+    if !t.announcing_routers().iter().any(|n| n.name == router) {
+        return None;
+    }
+    let link = t.link(router).expect("router has a link");
+    Some(BgpSection {
+        local_as: ROUTER_AS,
+        router_id: None,
+        hold_time: b.hold_time.clone(),
+        bfd_interval: b.bfd_interval.clone(),
+        bird: "bird".into(),
+        birdc: "birdc".into(),
+        state_dir: Some(
+            lab_dir(&t.name)
+                .join(format!("bgp-{router}"))
+                .display()
+                .to_string(),
+        ),
+        neighbors: vec![BgpNeighborSection {
+            address: link.core_address.to_string(),
+            asn: CORE_AS,
+        }],
+    })
+}
+
+/// BIRD's configuration for the core of a lab with `[bgp]`: a session with every announcing
+/// router, what it learns installed in the core's kernel (equal routes as one multipath
+/// route), backups at a lower local preference.
+pub fn core_bird_config(t: &Topology) -> Option<String> {
+    let b = t.bgp.as_ref()?;
+    let routers = t.announcing_routers();
+    let neighbors = routers
+        .iter()
+        .map(|r| slr_bgp::Neighbor {
+            address: t.address(&r.name).expect("router has a link"),
+            asn: ROUTER_AS,
+        })
+        .collect();
+    let session = slr_bgp::Session {
+        router_id: std::net::Ipv4Addr::new(10, 200, 0, 1),
+        local_as: CORE_AS,
+        neighbors,
+        hold_time: slr_config::parse_duration(&b.hold_time).expect("checked at parse"),
+        bfd: b.bfd_interval.as_deref().map(|i| slr_bgp::Bfd {
+            interval: slr_config::parse_duration(i).expect("checked at parse"),
+            multiplier: 3,
+        }),
+    };
+    let local_pref = b
+        .backup
+        .iter()
+        .map(|r| (t.address(r).expect("router has a link"), BACKUP_LOCAL_PREF))
+        .collect();
+    Some(
+        slr_bgp::Listener {
+            session,
+            local_pref,
+        }
+        .config(),
+    )
 }
 
 /// What a hierarchy's router has besides a static one's: its level and parent, `[control]`

@@ -93,7 +93,9 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
         t.nodes.len()
     );
     let core_ns = build_network(state, &t)?;
-    route_virtual_subnets(&t, &core_ns)?;
+    if t.bgp.is_none() {
+        route_virtual_subnets(&t, &core_ns)?;
+    }
     check_interrupted()?;
 
     let exe = std::env::current_exe().context("finding this executable")?;
@@ -106,7 +108,11 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     mount_pin_fs(&state.dir());
     write_configs(&t)?;
     prepare_fast_paths(&t, &core_ns)?;
+    start_core_bird(state, &t)?;
     start_processes(state, &t, &exe, opts)?;
+    if opts.daemons {
+        wait_bgp(state, opts)?;
+    }
     wait_ready(state, opts)?;
     if opts.prometheus {
         let command = crate::prometheus::prepare(&t)?;
@@ -239,13 +245,11 @@ fn add_node(state: &mut State, t: &Topology, node: &Node, core_ns: &str) -> Resu
 fn route_virtual_subnets(t: &Topology, core_ns: &str) -> Result<()> {
     // In a hierarchy only to the top router: lower routers and hosts receive only tunnels
     // addressed to their own 10.200.k.2, which the core routes anyway.
-    let routers: Vec<Ipv4Addr> = match t.top_router() {
-        Some(top) => vec![t.address(&top.name).expect("router has a link")],
-        None => t
-            .nodes_with(Role::Router)
-            .map(|r| t.address(&r.name).expect("router has a link"))
-            .collect(),
-    };
+    let routers: Vec<Ipv4Addr> = t
+        .announcing_routers()
+        .iter()
+        .map(|r| t.address(&r.name).expect("router has a link"))
+        .collect();
     for vh in &t.virtual_hosts {
         let subnet = vh.subnet.to_string();
         let mut args = vec!["route".to_string(), "add".to_string(), subnet];
@@ -260,6 +264,83 @@ fn route_virtual_subnets(t: &Topology, core_ns: &str) -> Result<()> {
         netns::ip_in(core_ns, &args)?;
     }
     Ok(())
+}
+
+/// BIRD's control socket in the core of a lab with `[bgp]`.
+pub fn core_bird_socket(lab: &str) -> std::path::PathBuf {
+    lab_dir(lab).join("core-bird.ctl")
+}
+
+/// Starts the core's BIRD in a lab with `[bgp]`: the routers' announcements become the core's
+/// routes to the virtual subnets.
+fn start_core_bird(state: &mut State, t: &Topology) -> Result<()> {
+    let Some(text) = configs::core_bird_config(t) else {
+        return Ok(());
+    };
+    let conf = lab_dir(&t.name).join("core-bird.conf");
+    std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))?;
+    let args = vec![
+        "-f".to_string(),
+        "-c".to_string(),
+        conf.display().to_string(),
+        "-s".to_string(),
+        core_bird_socket(&t.name).display().to_string(),
+    ];
+    start(
+        state,
+        &t.core().name,
+        "bird",
+        std::ffi::OsStr::new("bird"),
+        &args,
+    )
+    .context("starting BIRD in the core (Debian: bird2; scripts/install-deps installs it)")
+}
+
+/// In a lab with `[bgp]`, waits until the core's BIRD has an established session with every
+/// announcing router and a route to every virtual subnet in its kernel.
+fn wait_bgp(state: &State, opts: &UpOptions) -> Result<()> {
+    let t = &state.topology;
+    if t.bgp.is_none() {
+        return Ok(());
+    }
+    eprintln!("slr lab: waiting for the core's BGP sessions and routes");
+    let socket = core_bird_socket(&t.name);
+    let core_ns = t.netns(&t.core().name);
+    let deadline = Instant::now() + opts.ready_timeout;
+    let sessions = t.announcing_routers().len();
+    loop {
+        check_interrupted()?;
+        check_processes(state)?;
+        let established = slr_bgp::birdc(
+            std::path::Path::new("birdc"),
+            &socket,
+            &["show", "protocols"],
+        )
+        .map(|text| {
+            slr_bgp::parse_protocols(&text)
+                .iter()
+                .filter(|p| p.established())
+                .count()
+        })
+        .unwrap_or(0);
+        let routed = t.virtual_hosts.iter().all(|v| {
+            netns::ip_in(&core_ns, &["route", "show", &v.subnet.to_string()])
+                .is_ok_and(|out| !out.trim().is_empty())
+        });
+        if established == sessions && routed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the core's BGP: {established} of {sessions} sessions established, virtual subnets \
+                 {} routed after {:?} (logs in {})",
+                if routed { "all" } else { "not all" },
+                opts.ready_timeout,
+                lab_dir(&t.name).join("logs").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Writes every router's and host's daemon configuration.

@@ -42,6 +42,13 @@
 //! f = "..."                # the operator's cost function F (CEL), the routers' [cost] f;
 //! g = "..."                # and the aggregation G; unset: the routers' defaults
 //!
+//! [bgp]                    # optional: the core learns the virtual subnets by BGP (BIRD in the
+//!                          # core and in every announcing router) instead of static routes
+//! hold_time = "3s"         # BGP hold time, whole seconds >= 3 (default "3s")
+//! bfd_interval = "100ms"   # BFD on every session, 10ms..10s, or "off" (default "100ms")
+//! backup = ["r2"]          # announcing routers the core prefers less (local preference 50
+//!                          # against 100): primary/backup instead of equal-cost multipath
+//!
 //! [router_config]          # optional: merged over every router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
 //! health_check = { interval = "2s" }       # [router_config.health_check] enabled = false
@@ -71,6 +78,11 @@
 //! receive only tunnelled packets from their parent, addressed to their own 10.200.k.2; hosts
 //! answer the clients directly through the core. Clients may carry a `group`: the top router
 //! gets one client group per name, with those clients' addresses.
+//!
+//! With `[bgp]`, the announcing routers (a static lab's routers, a hierarchy's top router) run
+//! BIRD (AS 65001) with a session to the core's BIRD (AS 65000), and announce each virtual
+//! subnet while they have a live next hop for it; the core installs what it learns, equal
+//! routes from several routers as one multipath route.
 //!
 //! Address plan: the k-th non-core node in file order (k = 1, 2, ...; at most 254) is
 //! wired to the core with one veth pair on 10.200.k.0/24: the node side is "eth0" with
@@ -363,7 +375,31 @@ pub struct Topology {
     /// still goes over it); `None`: the daemon's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<String>,
+    /// `[bgp]`, when the core learns the virtual subnets by BGP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpSettings>,
 }
+
+/// `[bgp]`: the core learns the virtual subnets by BGP from the announcing routers (defaults
+/// filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSettings {
+    /// BGP hold time ("3s").
+    pub hold_time: String,
+    /// BFD interval, `None` for no BFD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd_interval: Option<String>,
+    /// Announcing routers the core prefers less (backups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup: Vec<String>,
+}
+
+/// The AS number of the lab's core (the clients' access router).
+pub const CORE_AS: u32 = 65000;
+/// The AS number of the lab's announcing routers (one anycast service, one AS).
+pub const ROUTER_AS: u32 = 65001;
+/// The core's local preference for a backup router (others have BGP's default, 100).
+pub const BACKUP_LOCAL_PREF: u32 = 50;
 
 /// One node's link to the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,14 +447,17 @@ impl Topology {
         }
         fill_default_levels(&mut nodes.nodes, hierarchy);
         check_link_count(&nodes.nodes)?;
-        Ok(Topology {
+        let mut topology = Topology {
             name,
             virtual_hosts,
             nodes: nodes.nodes,
             router_config,
             control,
             fast_path: None,
-        })
+            bgp: None,
+        };
+        topology.bgp = parse_bgp(table.get("bgp"), &topology)?;
+        Ok(topology)
     }
 
     /// The core node.
@@ -502,6 +541,15 @@ impl Topology {
         self.nodes
             .iter()
             .find(|n| n.role == Role::Router && n.parent.is_none())
+    }
+
+    /// The routers the core routes the virtual subnets to: a hierarchy's top router, every
+    /// router of a static lab.
+    pub fn announcing_routers(&self) -> Vec<&Node> {
+        match self.top_router() {
+            Some(top) => vec![top],
+            None => self.nodes_with(Role::Router).collect(),
+        }
     }
 
     /// A router's children in file order: in a hierarchy the routers and hosts that name
@@ -611,7 +659,14 @@ fn parse_top_level(table: &toml::Table) -> Result<String, TopologyError> {
     check_keys(
         table,
         "",
-        &["lab", "virtual_hosts", "nodes", "router_config", "control"],
+        &[
+            "lab",
+            "virtual_hosts",
+            "nodes",
+            "router_config",
+            "control",
+            "bgp",
+        ],
     )?;
     router_config_text(table.get("router_config"), "router_config")
 }
@@ -1345,6 +1400,91 @@ impl ParsedNodes {
     }
 }
 
+/// Reads `[bgp]` (after the nodes: `backup` names announcing routers).
+fn parse_bgp(v: Option<&toml::Value>, t: &Topology) -> Result<Option<BgpSettings>, TopologyError> {
+    let Some(v) = v else { return Ok(None) };
+    let table = v.as_table().ok_or_else(|| {
+        TopologyError::new(
+            "bgp",
+            format!("must be a table ([bgp]), found a {}", v.type_str()),
+        )
+    })?;
+    check_keys(table, "bgp", &["hold_time", "bfd_interval", "backup"])?;
+    let mut b = BgpSettings {
+        hold_time: "3s".into(),
+        bfd_interval: Some("100ms".into()),
+        backup: Vec::new(),
+    };
+    if let Some(h) = opt_str(table, "bgp", "hold_time")? {
+        match slr_config::parse_duration(&h) {
+            Some(d) if d.as_secs() >= 3 && d.subsec_nanos() == 0 && d.as_secs() <= 65_535 => {
+                b.hold_time = h
+            }
+            _ => {
+                return Err(TopologyError::new(
+                    "bgp.hold_time",
+                    format!("{h:?} is not whole seconds from 3s to 65535s"),
+                ))
+            }
+        }
+    }
+    if let Some(i) = opt_str(table, "bgp", "bfd_interval")? {
+        b.bfd_interval = match slr_config::parse_duration(&i) {
+            _ if i == "off" => None,
+            Some(d)
+                if d >= std::time::Duration::from_millis(10)
+                    && d <= std::time::Duration::from_secs(10) =>
+            {
+                Some(i)
+            }
+            _ => {
+                return Err(TopologyError::new(
+                    "bgp.bfd_interval",
+                    format!("{i:?} is not a duration from 10ms to 10s, or \"off\""),
+                ))
+            }
+        };
+    }
+    if let Some(list) = table.get("backup") {
+        let items = list.as_array().ok_or_else(|| {
+            TopologyError::new(
+                "bgp.backup",
+                format!("must be a list of router names, not {list}"),
+            )
+        })?;
+        let announcing: Vec<&str> = t
+            .announcing_routers()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        for (i, item) in items.iter().enumerate() {
+            let name = item.as_str().ok_or_else(|| {
+                TopologyError::new(
+                    format!("bgp.backup[{i}]"),
+                    format!("expected a router name, found {item}"),
+                )
+            })?;
+            if !announcing.contains(&name) {
+                return Err(TopologyError::new(
+                    format!("bgp.backup[{i}]"),
+                    format!(
+                        "{name:?} is not a router the core routes the virtual subnets to ({})",
+                        announcing.join(", ")
+                    ),
+                ));
+            }
+            b.backup.push(name.to_string());
+        }
+        if b.backup.len() >= announcing.len() {
+            return Err(TopologyError::new(
+                "bgp.backup",
+                "every announcing router is a backup: leave at least one primary",
+            ));
+        }
+    }
+    Ok(Some(b))
+}
+
 fn opt_str(t: &toml::Table, at: &str, key: &str) -> Result<Option<String>, TopologyError> {
     if t.contains_key(key) {
         req_str(t, at, key).map(Some)
@@ -1510,6 +1650,43 @@ mod tests {
     }
 
     #[test]
+    fn bgp_table_defaults_and_checks() {
+        let two = SITE.replace(
+            "[[nodes]]\n        name = \"h1\"",
+            "[[nodes]]\n        name = \"r2\"\n        role = \"router\"\n        [[nodes]]\n        name = \"h1\"",
+        );
+        assert!(Topology::parse(&two).unwrap().bgp.is_none());
+        let t = Topology::parse(&format!("[bgp]\n{two}")).unwrap();
+        let b = t.bgp.as_ref().unwrap();
+        assert_eq!(b.hold_time, "3s");
+        assert_eq!(b.bfd_interval.as_deref(), Some("100ms"));
+        assert!(b.backup.is_empty());
+        let names: Vec<&str> = t
+            .announcing_routers()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(names, ["r1", "r2"]);
+        let t = Topology::parse(&format!(
+            "[bgp]\nbfd_interval = \"off\"\nbackup = [\"r2\"]\n{two}"
+        ))
+        .unwrap();
+        assert_eq!(t.bgp.as_ref().unwrap().bfd_interval, None);
+        assert_eq!(t.bgp.as_ref().unwrap().backup, ["r2"]);
+        assert_eq!(
+            err(&format!("[bgp]\nhold_time = \"1s\"\n{two}")),
+            "bgp.hold_time: \"1s\" is not whole seconds from 3s to 65535s"
+        );
+        assert!(err(&format!("[bgp]\nbfd_interval = \"fast\"\n{two}"))
+            .starts_with("bgp.bfd_interval: \"fast\""));
+        assert!(err(&format!("[bgp]\nbackup = [\"h1\"]\n{two}"))
+            .starts_with("bgp.backup[0]: \"h1\" is not a router"));
+        assert!(err(&format!("[bgp]\nbackup = [\"r1\", \"r2\"]\n{two}"))
+            .starts_with("bgp.backup: every announcing router"));
+        assert!(err(&format!("[bgp]\ncolour = 1\n{two}")).contains("colour"));
+    }
+
+    #[test]
     fn parses_site_and_adds_implicit_core() {
         let t = Topology::parse(SITE).unwrap();
         assert_eq!(t.name, "site");
@@ -1651,7 +1828,7 @@ mod tests {
         );
         assert_eq!(
             err("x = 1"),
-            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config, control)"
+            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config, control, bgp)"
         );
         assert_eq!(
             err(&format!("router_config = 3\n{SITE}")),

@@ -118,9 +118,44 @@ pub struct Snapshot {
     pub fast_path: FastPathView,
     /// Seconds left of the drain period, while stopping.
     pub stop_deadline_secs: Option<f64>,
+    /// `[bgp]`: BIRD and the announcements, if configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpStatus>,
 }
 
 /// What the packet thread knows besides the core, for a snapshot.
+/// One BGP session as BIRD reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The neighbour's address.
+    pub neighbor: String,
+    /// BIRD's protocol state (up, start, down, ...).
+    pub state: String,
+    /// The BGP state and last error (Established, Active, Connect ...).
+    pub info: String,
+    /// Whether the session is established.
+    pub established: bool,
+}
+
+/// What `slr ctl R status` and the metrics show of the announcements.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BgpStatus {
+    /// Whether BIRD runs and answers.
+    pub bird_up: bool,
+    /// Its pid.
+    pub bird_pid: Option<u32>,
+    /// Times BIRD died (or failed to start) and was started again.
+    pub bird_restarts: u64,
+    /// The last error (BIRD's exit, a refused configuration), if any.
+    pub last_error: Option<String>,
+    /// The subnets BIRD has been told to announce.
+    pub announced: Vec<String>,
+    /// Changes of the announced set loaded into BIRD.
+    pub announcement_changes: u64,
+    /// The sessions.
+    pub sessions: Vec<SessionStatus>,
+}
+
 /// What the metrics show of the kernel fast path.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FastPathView {
@@ -154,6 +189,8 @@ pub struct DaemonState<'a> {
     pub stop_deadline: Option<std::time::Duration>,
     /// The kernel fast path.
     pub fast_path: FastPathView,
+    /// `[bgp]`: BIRD and the announcements, if configured.
+    pub bgp: Option<BgpStatus>,
 }
 
 /// A snapshot of the core, with what the packet thread keeps besides.
@@ -241,6 +278,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         overrides: d.overrides.clone(),
         stopping: r.is_stopping(),
         fast_path: d.fast_path.clone(),
+        bgp: d.bgp.clone(),
         stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
 }

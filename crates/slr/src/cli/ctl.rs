@@ -362,6 +362,54 @@ fn human(command: &str, v: &Value) -> String {
             s["stop_deadline_secs"].as_f64().unwrap_or(0.0)
         );
     }
+    let b = &s["bgp"];
+    if b.is_object() {
+        let announced: Vec<&str> = b["announced"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let sessions: Vec<String> = b["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                format!(
+                    "{} {}",
+                    x["neighbor"].as_str().unwrap_or(""),
+                    if x["established"] == true {
+                        "established".to_string()
+                    } else {
+                        format!(
+                            "{} {}",
+                            x["state"].as_str().unwrap_or(""),
+                            x["info"].as_str().unwrap_or("")
+                        )
+                        .trim()
+                        .to_string()
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "BGP: BIRD {} (restarts {})  announcing [{}]  sessions: {}",
+            if b["bird_up"] == true { "up" } else { "DOWN" },
+            t(&b["bird_restarts"]),
+            announced.join(", "),
+            if sessions.is_empty() {
+                "none".to_string()
+            } else {
+                sessions.join("; ")
+            }
+        );
+        if b["bird_up"] != true {
+            if let Some(e) = b["last_error"].as_str() {
+                let _ = writeln!(o, "BGP error: {e}");
+            }
+        }
+    }
     let _ = writeln!(
         o,
         "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}  override",

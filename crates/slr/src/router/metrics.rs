@@ -65,6 +65,9 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
         &r,
         f.errors,
     );
+    if let Some(b) = &s.bgp {
+        add_bgp_metrics(p, &s.name, b);
+    }
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
     p.counter(
@@ -232,6 +235,43 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
             "Flows created for the virtual host.",
             &l,
             v.flows_created,
+        );
+    }
+}
+
+/// `[bgp]`: BIRD, the sessions and the announcements.
+fn add_bgp_metrics(p: &mut Exposition, router: &str, b: &crate::snapshot::BgpStatus) {
+    let r = [("router", router)];
+    p.gauge(
+        "slr_bgp_bird_up",
+        "1 while the router's BIRD runs and answers on its control socket.",
+        &r,
+        f64::from(u8::from(b.bird_up)),
+    );
+    p.counter(
+        "slr_bgp_bird_restarts_total",
+        "Times the router's BIRD died or failed to start and was started again.",
+        &r,
+        b.bird_restarts,
+    );
+    p.gauge(
+        "slr_bgp_announced_subnets",
+        "Virtual subnets the router announces (virtual hosts with a next hop that takes new flows; 0 while stopping).",
+        &r,
+        b.announced.len() as f64,
+    );
+    p.counter(
+        "slr_bgp_announcement_changes_total",
+        "Changes of the announced subnets loaded into BIRD.",
+        &r,
+        b.announcement_changes,
+    );
+    for sess in &b.sessions {
+        p.gauge(
+            "slr_bgp_session_established",
+            "1 while the BGP session with this neighbour is established.",
+            &[("router", router), ("neighbor", sess.neighbor.as_str())],
+            f64::from(u8::from(sess.established)),
         );
     }
 }

@@ -12,6 +12,7 @@
 //! - the **control socket** (`slr ctl`, [`ctl_answers`]) and the **metrics** listener
 //!   ([`metrics`]), which both ask the packet thread for snapshots.
 
+mod bgp;
 mod ctl_answers;
 mod fast_path;
 mod metrics;
@@ -103,6 +104,9 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
     state.routes = routes;
     state.start_fast_path(&mut router);
+    if let Some(b) = state.cfg.bgp.clone() {
+        state.bgp = Some(bgp::Announcer::start(b).context("[bgp]")?);
+    }
     let result = state.run(
         &mut router,
         &mut tun,
@@ -112,6 +116,8 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
         &mut health,
     );
     drop(control);
+    // BIRD closes its sessions (the subnets were withdrawn when the stop began).
+    drop(state.bgp.take());
     health.stop_all();
     state.fast.stop();
     state.routes.remove_all();

@@ -42,6 +42,8 @@ pub(super) struct LoopState {
     pub(super) routes: crate::daemon::Routes,
     /// The kernel fast path (off until `router::run` starts it).
     pub(super) fast: super::fast_path::FastPath,
+    /// `[bgp]`: the announcements through BIRD (none until `router::run` starts them).
+    pub(super) bgp: Option<super::bgp::Announcer>,
 }
 
 impl LoopState {
@@ -64,6 +66,7 @@ impl LoopState {
             last_live_check: std::time::Instant::now(),
             routes: crate::daemon::Routes::new(),
             fast: super::fast_path::FastPath::off(),
+            bgp: None,
         }
     }
 
@@ -91,6 +94,11 @@ impl LoopState {
     /// established flows until they end or `drain_period` has passed.
     fn begin_stop(&mut self, router: &mut Router, health: &mut HealthSupervisor) {
         let _ = router.handle_control(self.clock.now(), Control::SetStopping(true));
+        // The virtual subnets are withdrawn first: the network moves new connections to other
+        // routers while this one drains its established flows.
+        if let Some(a) = self.bgp.as_mut() {
+            a.follow(router, true);
+        }
         health.stop_all();
         self.stop_deadline = Some(std::time::Instant::now() + self.cfg.drain_period);
         tracing::info!(
@@ -208,6 +216,9 @@ impl LoopState {
             }
             if self.stop_is_over(router) {
                 return Ok(());
+            }
+            if let Some(a) = self.bgp.as_mut() {
+                a.follow(router, false);
             }
             if signals.take_reload() {
                 match self.reload(router, health) {
@@ -452,6 +463,7 @@ impl LoopState {
                         .stop_deadline
                         .map(|d| d.saturating_duration_since(std::time::Instant::now())),
                     fast_path: self.fast.view(router),
+                    bgp: self.bgp.as_ref().map(super::bgp::Announcer::status),
                 };
                 let _ = reply.send(snapshot(router, &daemon));
             }

@@ -1,0 +1,111 @@
+//! `[bgp]`: a router announces its virtual subnets through BIRD (issue 12).
+
+use crate::check::Ctx;
+use crate::file::BgpSection;
+use crate::ConfigError;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the router announces its virtual subnets: BGP sessions run by BIRD, which it starts and
+/// drives. A subnet is announced while the router is up, not stopping, and has a live next hop
+/// for it; it is withdrawn otherwise, and all are withdrawn when the router dies (BIRD dies
+/// with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpConfig {
+    /// This router's AS number.
+    pub local_as: u32,
+    /// BGP router ID (default: the tunnel source).
+    pub router_id: Ipv4Addr,
+    /// The neighbours (address, AS number): the access routers that learn the subnets.
+    pub neighbors: Vec<(Ipv4Addr, u32)>,
+    /// BGP hold time (whole seconds, 3 to 65535).
+    pub hold_time: Duration,
+    /// BFD interval on every session (multiplier 3), if any.
+    pub bfd_interval: Option<Duration>,
+    /// The `bird` program.
+    pub bird: PathBuf,
+    /// The `birdc` program.
+    pub birdc: PathBuf,
+    /// Where BIRD's configuration, control socket and log are kept.
+    pub state_dir: PathBuf,
+}
+
+/// Checks `[bgp]`; `name` and `tunnel_source` give the defaults.
+pub(crate) fn bgp(
+    c: &Ctx,
+    s: &BgpSection,
+    name: &str,
+    tunnel_source: Ipv4Addr,
+) -> Result<BgpConfig, ConfigError> {
+    let asn = |key: &str, v: u32| {
+        if v == 0 || v == u32::MAX || v == 23456 {
+            Err(c.err(
+                key,
+                v,
+                "not a usable AS number (1 to 4294967294, not 23456)",
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let local_as = asn("bgp.local_as", s.local_as)?;
+    let router_id = match &s.router_id {
+        Some(r) => c.addr("bgp.router_id", r)?,
+        None => tunnel_source,
+    };
+    if s.neighbors.is_empty() {
+        return Err(c.err(
+            "bgp.neighbors",
+            "[]",
+            "at least one neighbour (address and as) is needed",
+        ));
+    }
+    let mut neighbors = Vec::new();
+    for (i, n) in s.neighbors.iter().enumerate() {
+        let a = c.addr(&format!("bgp.neighbors[{i}].address"), &n.address)?;
+        if neighbors.iter().any(|(b, _)| *b == a) {
+            return Err(c.err(
+                &format!("bgp.neighbors[{i}].address"),
+                &n.address,
+                "listed twice",
+            ));
+        }
+        neighbors.push((a, asn(&format!("bgp.neighbors[{i}].as"), n.asn)?));
+    }
+    let hold_time = c.duration("bgp.hold_time", &s.hold_time)?;
+    if hold_time < Duration::from_secs(3)
+        || hold_time > Duration::from_secs(65_535)
+        || hold_time.subsec_nanos() != 0
+    {
+        return Err(c.err(
+            "bgp.hold_time",
+            &s.hold_time,
+            "must be whole seconds from 3s to 65535s (RFC 4271)",
+        ));
+    }
+    let bfd_interval = match &s.bfd_interval {
+        None => None,
+        Some(v) => {
+            let d = c.duration("bgp.bfd_interval", v)?;
+            if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+                return Err(c.err("bgp.bfd_interval", v, "must be from 10ms to 10s"));
+            }
+            Some(d)
+        }
+    };
+    let state_dir = match &s.state_dir {
+        Some(d) => c.relative(d),
+        None => PathBuf::from(format!("/run/slr/bgp-{name}")),
+    };
+    Ok(BgpConfig {
+        local_as,
+        router_id,
+        neighbors,
+        hold_time,
+        bfd_interval,
+        bird: PathBuf::from(&s.bird),
+        birdc: PathBuf::from(&s.birdc),
+        state_dir,
+    })
+}
