@@ -342,6 +342,61 @@ fn birds_death_is_reported_and_repaired_while_the_router_forwards() {
     for _ in 0..10 {
         lab.curl("c1", &format!("http://{vip}/")).expect("served");
     }
+
+    // A hung speaker (BIRD frozen, as on a machine that stops answering): BFD takes its route
+    // away within 3 intervals of 100 ms, well inside the 3 s hold time.
+    let r2 = lab.addr("r2");
+    let bird2 = bgp_status(&lab, "r2")["bird_pid"]
+        .as_i64()
+        .expect("r2's BIRD") as i32;
+    signal(bird2, "STOP");
+    let t = poll(Duration::from_secs(5), || {
+        !core_next_hops(&lab).contains(&r2)
+    });
+    signal(bird2, "CONT");
+    let t = t.expect("a frozen speaker's route is withdrawn");
+    println!(
+        "r2's BIRD frozen: its route left the core after {:.0} ms (BFD 3 x 100 ms; hold time 3 s)",
+        t.as_secs_f64() * 1e3
+    );
+    assert!(t < Duration::from_secs(3), "within the hold time: {t:?}");
+}
+
+/// A router withdraws a subnet when it has no next hop that takes new flows (every host
+/// drained here), and announces it again when one comes back.
+#[test]
+fn a_router_without_a_live_next_hop_withdraws() {
+    let name = "bgp-drain";
+    let lab = Lab::up(name, &anycast(name, ""));
+    let r1 = lab.addr("r1");
+    for h in ["h1", "h2", "h3"] {
+        lab.ctl_args("r1", &["drain", h]).expect("drain");
+    }
+    let t = poll(Duration::from_secs(3), || {
+        !core_next_hops(&lab).contains(&r1)
+    })
+    .expect("r1 withdraws when no host takes new flows");
+    println!(
+        "every host drained at r1: withdrawn after {:.0} ms",
+        t.as_secs_f64() * 1e3
+    );
+    assert_eq!(bgp_status(&lab, "r1")["announced"], serde_json::json!([]));
+    assert_eq!(metric(&lab, "r1", "slr_bgp_announced_subnets"), 0.0);
+    let vip = lab.vip(0);
+    let before = flows_created(&lab, "r2");
+    for _ in 0..10 {
+        lab.curl("c1", &format!("http://{vip}/"))
+            .expect("served by r2");
+    }
+    assert!(
+        flows_created(&lab, "r2") - before >= 10,
+        "every new connection through r2"
+    );
+    lab.ctl_args("r1", &["undrain", "h2"]).expect("undrain");
+    poll(Duration::from_secs(5), || {
+        core_next_hops(&lab).contains(&r1)
+    })
+    .expect("r1 announces again once a host takes new flows");
 }
 
 /// Primary/backup by local preference: the core routes only to the primary while it lives; a
