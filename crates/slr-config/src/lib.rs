@@ -293,6 +293,9 @@ weight = 2
         assert_eq!(r.health.address, Some(Ipv4Addr::new(10, 99, 0, 1)));
         let h = parse_host(&block_after("## Host agent"), file).unwrap();
         assert_eq!(h.virtual_subnets.len(), 1);
+        let bgp = GOOD.to_string() + &block_after("## Announcing the virtual subnets by BGP");
+        let b = parse_router(&bgp, file).unwrap().bgp.expect("[bgp]");
+        assert_eq!(b.neighbors, vec![(Ipv4Addr::new(10, 200, 2, 1), 65000)]);
         let up = parse_router(&block_after("## A router of the hierarchy"), file).unwrap();
         let c = up.control.as_ref().unwrap();
         assert_eq!(c.parents[0].name, "net");
