@@ -308,6 +308,13 @@ fn wait_bgp(state: &State, opts: &UpOptions) -> Result<()> {
     let core_ns = t.netns(&t.core().name);
     let deadline = Instant::now() + opts.ready_timeout;
     let sessions = t.announcing_routers().len();
+    let backups = t.bgp.as_ref().map(|b| b.backup.clone()).unwrap_or_default();
+    let primaries: Vec<String> = t
+        .announcing_routers()
+        .iter()
+        .filter(|r| !backups.contains(&r.name))
+        .map(|r| t.address(&r.name).expect("router has a link").to_string())
+        .collect();
     loop {
         check_interrupted()?;
         check_processes(state)?;
@@ -323,9 +330,13 @@ fn wait_bgp(state: &State, opts: &UpOptions) -> Result<()> {
                 .count()
         })
         .unwrap_or(0);
+        // Every subnet through every primary router (backups stay out of the kernel's route).
         let routed = t.virtual_hosts.iter().all(|v| {
-            netns::ip_in(&core_ns, &["route", "show", &v.subnet.to_string()])
-                .is_ok_and(|out| !out.trim().is_empty())
+            netns::ip_in(&core_ns, &["route", "show", &v.subnet.to_string()]).is_ok_and(|out| {
+                primaries
+                    .iter()
+                    .all(|a| out.split_whitespace().any(|w| w == a.as_str()))
+            })
         });
         if established == sessions && routed {
             return Ok(());
