@@ -16,6 +16,8 @@
 //! - [`gateway`]: gateway tables (F12), the next-level gateways a router may choose from, from a
 //!   static list or fetched over HTTPS from a network configuration site ([`GatewayFetcher`],
 //!   [`serve_gateway_site`]).
+//! - [`mirror`]: flow mirroring between the routers of one cluster (F17b): [`MirrorServer`]
+//!   and [`MirrorSender`].
 //! - [`proto`]: the generated protobuf messages and gRPC stubs (package `slr.control.v1`).
 //!
 //! The protocol, refusal reasons, gateway schema and measured costs are described in this
@@ -23,6 +25,7 @@
 
 pub mod counting;
 pub mod gateway;
+pub mod mirror;
 pub mod parent;
 pub mod pki;
 mod refusal;
@@ -41,6 +44,10 @@ pub use counting::{ByteCounter, CountingStream};
 pub use gateway::{
     serve_gateway_site, FetchError, FetcherConfig, FetcherCounters, GatewayEntry, GatewayError,
     GatewayFetcher, GatewayTable,
+};
+pub use mirror::{
+    MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig, MirrorSenderStats, MirrorServer,
+    MirrorServerConfig, MirrorServerStats, MirrorSource, MirrorState, ReceivedBatch,
 };
 pub use parent::{
     ChildReport, ChildState, ChildTable, ExpectedChildren, ParentConfig, ParentCounters,

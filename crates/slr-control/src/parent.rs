@@ -100,7 +100,7 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    fn display_name(&self) -> &str {
+    pub(crate) fn display_name(&self) -> &str {
         self.names.first().map(String::as_str).unwrap_or("?")
     }
 }
@@ -706,7 +706,7 @@ struct Handler {
     state: Arc<ParentState>,
 }
 
-fn peer_of<T>(request: &tonic::Request<T>) -> Result<PeerInfo, tonic::Status> {
+pub(crate) fn peer_of<T>(request: &tonic::Request<T>) -> Result<PeerInfo, tonic::Status> {
     request
         .extensions()
         .get::<PeerInfo>()
@@ -741,7 +741,7 @@ impl StateUpdate for Handler {
 
 /// An accepted, verified TLS connection, carrying its [`PeerInfo`] to the gRPC handlers and
 /// holding its slot of `max_connections`.
-struct ConnIo {
+pub(crate) struct ConnIo {
     tls: TlsStream<CountingStream<TcpStream>>,
     peer: PeerInfo,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -787,9 +787,9 @@ impl AsyncWrite for ConnIo {
 /// over `max_decoding_message_size`) or RESOURCE_EXHAUSTED as `oversized`, INTERNAL (a protobuf decoding
 /// error: the handlers never answer INTERNAL) as `malformed`.
 #[derive(Clone)]
-struct CountCodecRefusals<S> {
-    inner: S,
-    counters: Arc<ParentCounters>,
+pub(crate) struct CountCodecRefusals<S> {
+    pub(crate) inner: S,
+    pub(crate) counters: Arc<ParentCounters>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for CountCodecRefusals<S>
@@ -935,7 +935,7 @@ impl ParentServer {
 }
 
 /// Aborts a task when dropped (so the listener closes when `serve` returns or is dropped).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -945,16 +945,16 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Accepts TCP connections and runs each TLS handshake in its own task, with a timeout, so a
 /// slow or hostile peer delays no one else.
-struct AcceptLoop {
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    counters: Arc<ParentCounters>,
-    limit: Arc<Semaphore>,
-    handshake_timeout: Duration,
+pub(crate) struct AcceptLoop {
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: tokio_rustls::TlsAcceptor,
+    pub(crate) counters: Arc<ParentCounters>,
+    pub(crate) limit: Arc<Semaphore>,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl AcceptLoop {
-    async fn run(self, tx: mpsc::Sender<ConnIo>) {
+    pub(crate) async fn run(self, tx: mpsc::Sender<ConnIo>) {
         loop {
             let accepted = tokio::select! {
                 _ = tx.closed() => return,
