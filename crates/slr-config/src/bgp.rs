@@ -1,4 +1,5 @@
-//! `[bgp]`: a router announces its virtual subnets through BIRD (issue 12).
+//! `[bgp]`: a router announces its virtual subnets through BIRD; `[cluster]`: it mirrors its
+//! flows to the routers that back it up (issue 12).
 
 use crate::check::Ctx;
 use crate::file::BgpSection;
@@ -107,5 +108,52 @@ pub(crate) fn bgp(
         bird: PathBuf::from(&s.bird),
         birdc: PathBuf::from(&s.birdc),
         state_dir,
+    })
+}
+
+/// `[cluster]`: flow mirroring with the other routers of the cluster (F17b).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Where the peers push.
+    pub listen: std::net::SocketAddr,
+    /// Operator CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This router's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The other routers: name (certificate dNSName) and `listen` address.
+    pub peers: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// Checks `[cluster]`; `name` is this router's (not a peer of itself).
+pub(crate) fn cluster(
+    c: &Ctx,
+    s: &crate::file::ClusterSection,
+    name: &str,
+) -> Result<ClusterConfig, ConfigError> {
+    let listen = c.socket("cluster.listen", &s.listen)?;
+    if s.peers.is_empty() {
+        return Err(c.err(
+            "cluster.peers",
+            "[]",
+            "at least one peer (name and address) is needed",
+        ));
+    }
+    let mut peers: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    for (i, p) in s.peers.iter().enumerate() {
+        let key = format!("cluster.peers[{i}].name");
+        if p.name.is_empty() || p.name == name || peers.iter().any(|(n, _)| *n == p.name) {
+            return Err(c.err(&key, &p.name, "must be another router's name, listed once"));
+        }
+        let addr = c.socket(&format!("cluster.peers[{i}].address"), &p.address)?;
+        peers.push((p.name.clone(), addr));
+    }
+    Ok(ClusterConfig {
+        listen,
+        ca: c.relative(&s.ca),
+        cert: c.relative(&s.cert),
+        key: c.relative(&s.key),
+        peers,
     })
 }

@@ -43,6 +43,38 @@ pub struct RouterFile {
     /// `[bgp]`: announcing the virtual subnets through BIRD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpSection>,
+    /// `[cluster]`: flow mirroring with the routers that back this one up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: the routers of one cluster mirror the flows they pin and let go of to each
+/// other over mutual TLS (F17b), so that a survivor forwards a dead router's established flows
+/// to the same next hops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Where the peers push to this router ("address:port").
+    pub listen: String,
+    /// Operator CA certificate.
+    pub ca: String,
+    /// This router's certificate (its dNSName is the router's name).
+    pub cert: String,
+    /// Its key.
+    pub key: String,
+    /// `[[cluster.peers]]`: the other routers of the cluster.
+    #[serde(default)]
+    pub peers: Vec<ClusterPeerSection>,
+}
+
+/// `[[cluster.peers]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPeerSection {
+    /// Its name (its certificate's dNSName).
+    pub name: String,
+    /// Its `[cluster] listen` address.
+    pub address: String,
 }
 
 /// `[bgp]`: the router announces its virtual subnets to its BGP neighbours through BIRD, which

@@ -23,7 +23,7 @@ mod host;
 mod overrides;
 mod router;
 
-pub use bgp::BgpConfig;
+pub use bgp::{BgpConfig, ClusterConfig};
 pub use control::{ControlConfig, ParentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
@@ -275,6 +275,40 @@ weight = 2
         }
     }
 
+    #[test]
+    fn cluster_section_checks() {
+        let base = "[cluster]\nlisten = \"10.200.2.2:7401\"\nca = \"ca.pem\"\ncert = \"r1.pem\"\nkey = \"r1.key\"\n";
+        let peer = "[[cluster.peers]]\nname = \"r2\"\naddress = \"10.200.3.2:7401\"\n";
+        let p = write("cluster.toml", &format!("{GOOD}{base}{peer}"));
+        let c = load_router(&p).unwrap().cluster.expect("[cluster]");
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.ca.is_absolute(), "relative to the file");
+        let cases = [
+            (base.to_string(), "cluster.peers", "[]"),
+            (
+                base.replace("10.200.2.2:7401", "10.200.2.2"),
+                "cluster.listen",
+                "10.200.2.2",
+            ),
+            (
+                format!("{base}{}", peer.replace("\"r2\"", "\"r1\"")),
+                "cluster.peers[0].name",
+                "r1",
+            ),
+            (format!("{base}{peer}{peer}"), "cluster.peers[1].name", "r2"),
+            (
+                format!("{base}{}", peer.replace(":7401", "")),
+                "cluster.peers[0].address",
+                "10.200.3.2",
+            ),
+        ];
+        for (i, (cluster, key, value)) in cases.iter().enumerate() {
+            let p = write(&format!("badcluster{i}.toml"), &format!("{GOOD}{cluster}"));
+            let e = format!("{:#}", load_router(&p).unwrap_err());
+            assert!(e.contains(key) && e.contains(value), "{key} {value}: {e}");
+        }
+    }
+
     /// The examples in docs/CONFIG.md are real configurations: they must load.
     #[test]
     fn documented_examples_load() {
@@ -296,6 +330,13 @@ weight = 2
         let bgp = GOOD.to_string() + &block_after("## Announcing the virtual subnets by BGP");
         let b = parse_router(&bgp, file).unwrap().bgp.expect("[bgp]");
         assert_eq!(b.neighbors, vec![(Ipv4Addr::new(10, 200, 2, 1), 65000)]);
+        let cluster = GOOD.to_string() + &block_after("## Mirroring flows to hot spares");
+        let c = parse_router(&cluster, file)
+            .unwrap()
+            .cluster
+            .expect("[cluster]");
+        assert_eq!(c.peers[0].0, "r2");
+        assert_eq!(c.listen, "10.200.2.2:7401".parse().unwrap());
         let up = parse_router(&block_after("## A router of the hierarchy"), file).unwrap();
         let c = up.control.as_ref().unwrap();
         assert_eq!(c.parents[0].name, "net");

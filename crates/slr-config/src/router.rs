@@ -133,6 +133,8 @@ pub struct RouterDaemonConfig {
     pub health: HealthConfig,
     /// `[bgp]`: the virtual subnets announced through BIRD, if configured.
     pub bgp: Option<crate::BgpConfig>,
+    /// `[cluster]`: flow mirroring with the other routers of the cluster, if configured.
+    pub cluster: Option<crate::ClusterConfig>,
     /// The core's configuration.
     pub core: RouterConfig,
 }
@@ -196,10 +198,11 @@ impl RouterDaemonConfig {
             || new.fault_delay != self.fault_delay
             || new.level != self.level
             || new.bgp != self.bgp
+            || new.cluster != self.cluster
         {
             return Some(
                 "[control], [gateways], [cost], [[client_groups]], virtual host priorities, [fault], \
-                 [bgp] and router.level cannot change without a restart",
+                 [bgp], [cluster] and router.level cannot change without a restart",
             );
         }
         None
@@ -264,8 +267,14 @@ impl RouterFile {
             .as_ref()
             .map(|b| crate::bgp::bgp(&c, b, &r.name, core.tunnel_source))
             .transpose()?;
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|s| crate::bgp::cluster(&c, s, &r.name))
+            .transpose()?;
         Ok(RouterDaemonConfig {
             bgp,
+            cluster,
             fault_delay,
             level: r.level.clone().unwrap_or_else(|| "site".into()),
             control,

@@ -120,6 +120,7 @@ pub struct MirrorServerStats {
     refused_changes: AtomicU64,
     last_lag_ns: AtomicU64,
     max_lag_ns: AtomicU64,
+    total_lag_ns: AtomicU64,
 }
 
 impl MirrorServerStats {
@@ -142,6 +143,11 @@ impl MirrorServerStats {
     /// The largest lag seen.
     pub fn max_lag(&self) -> Duration {
         Duration::from_nanos(self.max_lag_ns.load(Ordering::Relaxed))
+    }
+    /// The mean lag over every batch accepted.
+    pub fn mean_lag(&self) -> Duration {
+        let n = self.batches().max(1);
+        Duration::from_nanos(self.total_lag_ns.load(Ordering::Relaxed) / n)
     }
 }
 
@@ -215,6 +221,7 @@ impl MirrorState {
         let lag_ns = lag.as_nanos() as u64;
         self.stats.last_lag_ns.store(lag_ns, Ordering::Relaxed);
         self.stats.max_lag_ns.fetch_max(lag_ns, Ordering::Relaxed);
+        self.stats.total_lag_ns.fetch_add(lag_ns, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .changes

@@ -856,6 +856,18 @@ impl<T: Tunnel> Router<T> {
     pub fn flow_count(&self) -> usize {
         self.flows.len()
     }
+    /// A flow's entry.
+    pub fn flow(&self, key: &FlowKey) -> Option<&FlowEntry> {
+        self.flows.get(key)
+    }
+
+    /// Lets go of a flow that another router pinned and no longer holds (flow mirroring, F17b:
+    /// the driver calls it only for a copy that carried no packet here); a fast path is told.
+    /// Whether the table held it.
+    pub fn forget_flow(&mut self, key: &FlowKey) -> bool {
+        self.remove_flow(key).is_some()
+    }
+
     /// The next hop a flow is pinned to.
     pub fn flow_next_hop(&self, key: &FlowKey) -> Option<&NextHopState> {
         self.flows

@@ -24,9 +24,10 @@
 use crate::state::lab_dir;
 use crate::topology::{Role, Topology, BACKUP_LOCAL_PREF, CORE_AS, ROUTER_AS};
 use slr_config::file::{
-    BgpNeighborSection, BgpSection, ClientGroupSection, ControlSection, FaultSection,
-    FlowTableSection, GatewayChildSection, GatewaysSection, HealthSection, HostFile, HostSection,
-    NextHopSection, ParentSection, RouterFile, RouterSection, VirtualHostSection,
+    BgpNeighborSection, BgpSection, ClientGroupSection, ClusterPeerSection, ClusterSection,
+    ControlSection, FaultSection, FlowTableSection, GatewayChildSection, GatewaysSection,
+    HealthSection, HostFile, HostSection, NextHopSection, ParentSection, RouterFile, RouterSection,
+    VirtualHostSection,
 };
 
 /// Port of the router's metrics endpoint (inside its namespace, on 127.0.0.1).
@@ -177,6 +178,7 @@ pub fn router_file(t: &Topology, router: &str) -> RouterFile {
         client_groups: Vec::new(),
         fault: FaultSection::default(),
         bgp: bgp_section(t, router),
+        cluster: cluster_section(t, router),
     };
     if t.is_hierarchy() {
         hierarchy_router(t, router, &mut file);
@@ -218,6 +220,35 @@ fn bgp_section(t: &Topology, router: &str) -> Option<BgpSection> {
             address: link.core_address.to_string(),
             asn: CORE_AS,
         }],
+    })
+}
+
+/// Port the routers of a lab with `[cluster]` listen on for their peers' mirrored flows.
+pub const MIRROR_PORT: u16 = 7401;
+
+/// `[cluster]` of an announcing router of a lab with `[cluster] mirror`: every other announcing
+/// router is a peer.
+fn cluster_section(t: &Topology, router: &str) -> Option<ClusterSection> {
+    let announcing = t.announcing_routers();
+    if !t.mirror || !announcing.iter().any(|n| n.name == router) {
+        return None;
+    }
+    let pki = pki_dir(&t.name);
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let at = |r: &str| format!("{}:{MIRROR_PORT}", t.address(r).expect("router has a link"));
+    Some(ClusterSection {
+        listen: at(router),
+        ca: path(pki.join("ca.pem")),
+        cert: path(pki.join(format!("{router}.pem"))),
+        key: path(pki.join(format!("{router}.key"))),
+        peers: announcing
+            .iter()
+            .filter(|n| n.name != router)
+            .map(|n| ClusterPeerSection {
+                name: n.name.clone(),
+                address: at(&n.name),
+            })
+            .collect(),
     })
 }
 

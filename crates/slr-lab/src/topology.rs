@@ -49,6 +49,9 @@
 //! backup = ["r2"]          # announcing routers the core prefers less (local preference 50
 //!                          # against 100): primary/backup instead of equal-cost multipath
 //!
+//! [cluster]                # optional: the announcing routers (at least two) mirror their
+//! mirror = true            # flows to each other over mutual TLS (F17b; default true)
+//!
 //! [router_config]          # optional: merged over every router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
 //! health_check = { interval = "2s" }       # [router_config.health_check] enabled = false
@@ -378,6 +381,9 @@ pub struct Topology {
     /// `[bgp]`, when the core learns the virtual subnets by BGP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpSettings>,
+    /// `[cluster] mirror`: the announcing routers mirror their flows to each other.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 /// `[bgp]`: the core learns the virtual subnets by BGP from the announcing routers (defaults
@@ -455,8 +461,10 @@ impl Topology {
             control,
             fast_path: None,
             bgp: None,
+            mirror: false,
         };
         topology.bgp = parse_bgp(table.get("bgp"), &topology)?;
+        topology.mirror = parse_cluster(table.get("cluster"), &topology)?;
         Ok(topology)
     }
 
@@ -666,6 +674,7 @@ fn parse_top_level(table: &toml::Table) -> Result<String, TopologyError> {
             "router_config",
             "control",
             "bgp",
+            "cluster",
         ],
     )?;
     router_config_text(table.get("router_config"), "router_config")
@@ -1400,6 +1409,35 @@ impl ParsedNodes {
     }
 }
 
+/// Reads `[cluster]`: whether the announcing routers (at least two) mirror their flows.
+fn parse_cluster(v: Option<&toml::Value>, t: &Topology) -> Result<bool, TopologyError> {
+    let Some(v) = v else { return Ok(false) };
+    let table = v.as_table().ok_or_else(|| {
+        TopologyError::new(
+            "cluster",
+            format!("must be a table ([cluster]), found a {}", v.type_str()),
+        )
+    })?;
+    check_keys(table, "cluster", &["mirror"])?;
+    let mirror = match table.get("mirror") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(other) => {
+            return Err(TopologyError::new(
+                "cluster.mirror",
+                format!("expected true or false, found {other}"),
+            ))
+        }
+    };
+    if mirror && t.announcing_routers().len() < 2 {
+        return Err(TopologyError::new(
+            "cluster",
+            "flow mirroring needs at least two routers the core routes the virtual subnets to",
+        ));
+    }
+    Ok(mirror)
+}
+
 /// Reads `[bgp]` (after the nodes: `backup` names announcing routers).
 fn parse_bgp(v: Option<&toml::Value>, t: &Topology) -> Result<Option<BgpSettings>, TopologyError> {
     let Some(v) = v else { return Ok(None) };
@@ -1684,6 +1722,21 @@ mod tests {
         assert!(err(&format!("[bgp]\nbackup = [\"r1\", \"r2\"]\n{two}"))
             .starts_with("bgp.backup: every announcing router"));
         assert!(err(&format!("[bgp]\ncolour = 1\n{two}")).contains("colour"));
+        assert!(
+            Topology::parse(&format!("[cluster]\n{two}"))
+                .unwrap()
+                .mirror
+        );
+        assert!(
+            !Topology::parse(&format!("[cluster]\nmirror = false\n{two}"))
+                .unwrap()
+                .mirror
+        );
+        assert!(!Topology::parse(&two).unwrap().mirror);
+        assert!(err(&format!("[cluster]\n{SITE}"))
+            .starts_with("cluster: flow mirroring needs at least two routers"));
+        assert!(err(&format!("[cluster]\nmirror = 1\n{two}"))
+            .starts_with("cluster.mirror: expected true or false"));
     }
 
     #[test]
@@ -1828,7 +1881,7 @@ mod tests {
         );
         assert_eq!(
             err("x = 1"),
-            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config, control, bgp)"
+            "x: unknown key (expected one of lab, virtual_hosts, nodes, router_config, control, bgp, cluster)"
         );
         assert_eq!(
             err(&format!("router_config = 3\n{SITE}")),

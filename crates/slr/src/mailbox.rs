@@ -40,6 +40,10 @@ pub enum Request {
     Gateways(Vec<NextHopConfig>, Sender<Result<(), String>>),
     /// Empty the fast path's flow map; the answer is how many entries went.
     FastPathFlush(Sender<Result<usize, String>>),
+    /// Flow changes a cluster peer mirrored here, to apply in order (no answer).
+    Mirrored(slr_control::ReceivedBatch),
+    /// Every flow a peer may take over, with its next hop's tunnel address (a full sync).
+    MirrorFlows(Sender<Vec<(slr_control::MirrorFlow, std::net::Ipv4Addr)>>),
 }
 
 /// A change of the runtime overrides (`slr ctl R weight/drain/undrain/clear`).
@@ -139,6 +143,18 @@ impl Handle {
         self.send(Request::FastPathFlush(tx))?;
         rx.recv_timeout(Duration::from_secs(30))?
             .map_err(|e| anyhow!(e))
+    }
+
+    /// Hands a peer's mirrored batch to the packet thread.
+    pub fn mirrored(&self, batch: slr_control::ReceivedBatch) -> Result<()> {
+        self.send(Request::Mirrored(batch))
+    }
+
+    /// Every flow a cluster peer may take over (for a full sync).
+    pub fn mirror_flows(&self) -> Result<Vec<(slr_control::MirrorFlow, std::net::Ipv4Addr)>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::MirrorFlows(tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(30))?)
     }
 
     /// Replaces the gateway children (next hops) with a fetched table's.

@@ -121,6 +121,9 @@ pub struct Snapshot {
     /// `[bgp]`: BIRD and the announcements, if configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpStatus>,
+    /// `[cluster]`: flow mirroring, if configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorView>,
 }
 
 /// What the packet thread knows besides the core, for a snapshot.
@@ -154,6 +157,62 @@ pub struct BgpStatus {
     pub announcement_changes: u64,
     /// The sessions.
     pub sessions: Vec<SessionStatus>,
+}
+
+/// What `slr ctl` and the metrics show of flow mirroring (`[cluster]`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MirrorView {
+    /// Changes of this router's flows handed to the peers' senders.
+    pub changes_offered: u64,
+    /// Changes a sender's full queue dropped (its next full sync repairs them).
+    pub changes_dropped_queue_full: u64,
+    /// Flows peers pinned that the core took in.
+    pub flows_taken_in: u64,
+    /// Flows peers pinned that the core already held.
+    pub flows_already_held: u64,
+    /// Flows peers pinned that the core could not take (unknown next hop, ...).
+    pub flows_not_taken: u64,
+    /// Copies removed when their peer let the flow go.
+    pub copies_released: u64,
+    /// Releases of flows that were not (or no longer) unused copies here.
+    pub releases_ignored: u64,
+    /// Copies held now (flows taken in that carried no packet here yet).
+    pub copies: usize,
+    /// Batches accepted from peers.
+    pub batches_received: u64,
+    /// Changes accepted from peers.
+    pub changes_received: u64,
+    /// Mirroring lag of the last batch received, seconds.
+    pub last_lag_seconds: f64,
+    /// Largest lag seen, seconds.
+    pub max_lag_seconds: f64,
+    /// Refusals by reason (connections and batches from strangers, malformed flows).
+    pub refused: Vec<(String, u64)>,
+    /// The senders, one per peer.
+    pub peers: Vec<MirrorPeerView>,
+}
+
+/// One peer's sender.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MirrorPeerView {
+    /// The peer's name.
+    pub name: String,
+    /// Whether it is connected.
+    pub connected: bool,
+    /// Batches it accepted.
+    pub batches_sent: u64,
+    /// Changes it accepted.
+    pub changes_sent: u64,
+    /// Changes dropped while it was unreachable.
+    pub changes_dropped: u64,
+    /// Full syncs sent.
+    pub full_syncs: u64,
+    /// Failed connections and calls.
+    pub failures: u64,
+    /// Bytes sent on the wire.
+    pub bytes_sent: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
 }
 
 /// What the metrics show of the kernel fast path.
@@ -191,6 +250,8 @@ pub struct DaemonState<'a> {
     pub fast_path: FastPathView,
     /// `[bgp]`: BIRD and the announcements, if configured.
     pub bgp: Option<BgpStatus>,
+    /// `[cluster]`: flow mirroring, if configured.
+    pub mirror: Option<MirrorView>,
 }
 
 /// A snapshot of the core, with what the packet thread keeps besides.
@@ -279,6 +340,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         stopping: r.is_stopping(),
         fast_path: d.fast_path.clone(),
         bgp: d.bgp.clone(),
+        mirror: d.mirror.clone(),
         stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
 }

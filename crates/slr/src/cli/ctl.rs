@@ -410,6 +410,35 @@ fn human(command: &str, v: &Value) -> String {
             }
         }
     }
+    let m = &s["mirror"];
+    if m.is_object() {
+        let peers: Vec<String> = m["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap_or(""),
+                    if p["connected"] == true {
+                        "connected"
+                    } else {
+                        "DISCONNECTED"
+                    }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "mirroring: peers {}  sent {}  received {} (copies held {})  lag {:.1} ms (max {:.1} ms)",
+            peers.join(", "),
+            t(&m["changes_offered"]),
+            t(&m["changes_received"]),
+            t(&m["copies"]),
+            m["last_lag_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+            m["max_lag_seconds"].as_f64().unwrap_or(0.0) * 1e3
+        );
+    }
     let _ = writeln!(
         o,
         "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}  override",

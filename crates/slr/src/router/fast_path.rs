@@ -5,7 +5,7 @@
 use crate::snapshot::FastPathView;
 use slr_config::{FastPathMode, RouterDaemonConfig};
 use slr_core::flow_table::FlowKey;
-use slr_core::router::Router;
+use slr_core::router::{FlowChange, NextHopState, Router};
 use slr_core::time::{Duration, Instant};
 use slr_xdp::{
     Counter, FlowKeyRecord, FlowValueRecord, InstallError, Reason, RouterFastPath, RouterSettings,
@@ -163,7 +163,9 @@ impl FastPath {
             refused = ?refused,
             "fast path: flows of the pinned map taken back by the core (F17a)"
         );
-        self.follow(router);
+        while let Some(change) = router.poll_flow_change() {
+            self.apply(change, router.next_hops());
+        }
     }
 
     /// A graceful stop: the program leaves the interfaces (the pinned map stays, for the next
@@ -189,26 +191,32 @@ impl FastPath {
         self.inner.is_some()
     }
 
-    /// Applies the core's flow changes to the map.
-    pub(super) fn follow(&mut self, router: &mut Router) {
+    /// Applies one of the core's flow changes to the map.
+    pub(super) fn apply(&mut self, change: FlowChange, next_hops: &[NextHopState]) {
         let Some(fp) = self.inner.as_mut() else {
             return;
         };
-        while let Some(change) = router.poll_flow_change() {
-            match fp.apply(change, router.next_hops()) {
-                Ok(()) => {}
-                Err(InstallError::Full) => self.map_full += 1,
-                Err(InstallError::Other(e)) => {
-                    self.errors += 1;
-                    if self.errors.is_power_of_two() {
-                        tracing::warn!(errors = self.errors, "fast path map update failed: {e}");
-                    }
+        match fp.apply(change, next_hops) {
+            Ok(()) => {}
+            Err(InstallError::Full) => self.map_full += 1,
+            Err(InstallError::Other(e)) => {
+                self.errors += 1;
+                if self.errors.is_power_of_two() {
+                    tracing::warn!(errors = self.errors, "fast path map update failed: {e}");
                 }
             }
         }
     }
 
-    /// Expires flows, asking the map when the program last forwarded each one due.
+    /// Whether the program forwarded a packet of `key` since its entry was last installed.
+    pub(super) fn used(&self, key: &FlowKey) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|fp| matches!(fp.last_used_ns(key), Ok(Some(_))))
+    }
+
+    /// Expires flows, asking the map when the program last forwarded each one due (the caller
+    /// then follows the core's changes).
     pub(super) fn handle_timeout(&mut self, router: &mut Router, now: Instant) {
         match self.inner.as_ref() {
             None => router.handle_timeout(now),
@@ -221,7 +229,6 @@ impl FastPath {
                 });
             }
         }
-        self.follow(router);
     }
 
     /// What the metrics show (`router`: for how many next hops and virtual hosts).

@@ -68,6 +68,9 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
     if let Some(b) = &s.bgp {
         add_bgp_metrics(p, &s.name, b);
     }
+    if let Some(m) = &s.mirror {
+        add_mirror_metrics(p, &s.name, m);
+    }
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
     p.counter(
@@ -272,6 +275,100 @@ fn add_bgp_metrics(p: &mut Exposition, router: &str, b: &crate::snapshot::BgpSta
             "1 while the BGP session with this neighbour is established.",
             &[("router", router), ("neighbor", sess.neighbor.as_str())],
             f64::from(u8::from(sess.established)),
+        );
+    }
+}
+
+/// `[cluster]`: flow mirroring.
+fn add_mirror_metrics(p: &mut Exposition, router: &str, m: &crate::snapshot::MirrorView) {
+    let r = [("router", router)];
+    p.counter(
+        "slr_mirror_changes_offered_total",
+        "Changes of this router's flows (pinned, let go of) handed to the peers' senders.",
+        &r,
+        m.changes_offered,
+    );
+    p.counter(
+        "slr_mirror_changes_dropped_total",
+        "Changes a sender's full queue dropped (the peer's next full sync repairs them).",
+        &r,
+        m.changes_dropped_queue_full,
+    );
+    for (result, n) in [
+        ("taken_in", m.flows_taken_in),
+        ("already_held", m.flows_already_held),
+        ("not_taken", m.flows_not_taken),
+    ] {
+        p.counter(
+            "slr_mirror_flows_received_total",
+            "Flows peers pinned, by what the core did with them.",
+            &[("router", router), ("result", result)],
+            n,
+        );
+    }
+    p.counter(
+        "slr_mirror_copies_released_total",
+        "Copies removed when their peer let the flow go.",
+        &r,
+        m.copies_released,
+    );
+    p.gauge(
+        "slr_mirror_copies",
+        "Flows taken in from peers that carried no packet here yet.",
+        &r,
+        m.copies as f64,
+    );
+    p.counter(
+        "slr_mirror_batches_received_total",
+        "Batches accepted from peers.",
+        &r,
+        m.batches_received,
+    );
+    p.gauge(
+        "slr_mirror_lag_seconds",
+        "From a peer's sending to this router's receiving of the last batch.",
+        &r,
+        m.last_lag_seconds,
+    );
+    p.gauge(
+        "slr_mirror_lag_max_seconds",
+        "The largest mirroring lag seen.",
+        &r,
+        m.max_lag_seconds,
+    );
+    for (reason, n) in &m.refused {
+        p.counter(
+            "slr_mirror_refused_total",
+            "Connections, batches and flows refused from strangers or malformed, by reason.",
+            &[("router", router), ("reason", reason.as_str())],
+            *n,
+        );
+    }
+    for peer in &m.peers {
+        let l = [("router", router), ("peer", peer.name.as_str())];
+        p.gauge(
+            "slr_mirror_peer_connected",
+            "1 while this router's sender is connected to the peer.",
+            &l,
+            f64::from(u8::from(peer.connected)),
+        );
+        p.counter(
+            "slr_mirror_changes_sent_total",
+            "Changes the peer accepted (full syncs included).",
+            &l,
+            peer.changes_sent,
+        );
+        p.counter(
+            "slr_mirror_bytes_sent_total",
+            "Bytes sent to the peer on the wire (TLS and HTTP/2 included).",
+            &l,
+            peer.bytes_sent,
+        );
+        p.counter(
+            "slr_mirror_full_syncs_total",
+            "Full syncs sent to the peer (one per connection).",
+            &l,
+            peer.full_syncs,
         );
     }
 }

@@ -16,6 +16,7 @@ mod bgp;
 mod ctl_answers;
 mod fast_path;
 mod metrics;
+mod mirror;
 mod packet_loop;
 
 use crate::daemon::{LogFormat, Routes, Signals};
@@ -104,6 +105,14 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
     state.routes = routes;
     state.start_fast_path(&mut router);
+    if let Some(c) = state.cfg.cluster.clone() {
+        state.mirror = Some(
+            mirror::Mirror::start(&c, &state.cfg.name, handle.clone())
+                .with_context(|| format!("{}: [cluster]", config_path.display()))?,
+        );
+        // The peers learn of every flow change, with or without a fast path.
+        router.set_flow_log(true);
+    }
     if let Some(b) = state.cfg.bgp.clone() {
         state.bgp = Some(bgp::Announcer::start(b).context("[bgp]")?);
     }
@@ -118,6 +127,7 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     drop(control);
     // BIRD closes its sessions (the subnets were withdrawn when the stop began).
     drop(state.bgp.take());
+    drop(state.mirror.take());
     health.stop_all();
     state.fast.stop();
     state.routes.remove_all();

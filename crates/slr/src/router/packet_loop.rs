@@ -44,6 +44,8 @@ pub(super) struct LoopState {
     pub(super) fast: super::fast_path::FastPath,
     /// `[bgp]`: the announcements through BIRD (none until `router::run` starts them).
     pub(super) bgp: Option<super::bgp::Announcer>,
+    /// `[cluster]`: flow mirroring (none until `router::run` starts it).
+    pub(super) mirror: Option<super::mirror::Mirror>,
 }
 
 impl LoopState {
@@ -67,12 +69,23 @@ impl LoopState {
             routes: crate::daemon::Routes::new(),
             fast: super::fast_path::FastPath::off(),
             bgp: None,
+            mirror: None,
         }
     }
 
     /// Starts the kernel fast path (the core takes back the flows of a pinned map).
     pub(super) fn start_fast_path(&mut self, router: &mut Router) {
         self.fast = super::fast_path::FastPath::start(&self.cfg, router, self.clock.now());
+    }
+
+    /// Hands the core's flow changes to the fast path's map and to the cluster's peers.
+    fn follow(&mut self, router: &mut Router) {
+        while let Some(change) = router.poll_flow_change() {
+            if let Some(m) = self.mirror.as_mut() {
+                m.offer(&change, router);
+            }
+            self.fast.apply(change, router.next_hops());
+        }
     }
 
     /// The configuration in force: the file's, with a fetched gateway table's children and
@@ -261,7 +274,7 @@ impl LoopState {
                     }
                 }
                 // As below: the fast path follows the core before these packets leave.
-                self.fast.follow(router);
+                self.follow(router);
                 self.send_all(ipip, &tbufs[..k]);
             }
             self.flush_delayed();
@@ -304,7 +317,7 @@ impl LoopState {
             // The fast path follows the core before the batch leaves: a SYN that reuses a
             // closing flow's 5-tuple withdraws the old entry, and the new connection's ACK,
             // which can only come after this SYN, must not find it in the kernel.
-            self.fast.follow(router);
+            self.follow(router);
             // Move the packets to tunnel to the front so that one sendmmsg carries them.
             let mut k = 0;
             for (i, action) in actions.iter().enumerate().take(n) {
@@ -371,7 +384,7 @@ impl LoopState {
     }
 
     fn flush_core(&mut self, router: &mut Router, tun: &mut TunDevice, ipip: &mut IpipSocket) {
-        self.fast.follow(router);
+        self.follow(router);
         while let Some(t) = router.poll_transmit() {
             let pkt = std::slice::from_ref(&t.buf);
             match t.destination {
@@ -464,6 +477,7 @@ impl LoopState {
                         .map(|d| d.saturating_duration_since(std::time::Instant::now())),
                     fast_path: self.fast.view(router),
                     bgp: self.bgp.as_ref().map(super::bgp::Announcer::status),
+                    mirror: self.mirror.as_ref().map(super::mirror::Mirror::view),
                 };
                 let _ = reply.send(snapshot(router, &daemon));
             }
@@ -504,6 +518,17 @@ impl LoopState {
                     self.gateways = Some(children);
                 }
                 let _ = reply.send(r.map_err(|e| format!("{e:#}")));
+            }
+            Request::Mirrored(batch) => {
+                if let Some(m) = self.mirror.as_mut() {
+                    let fast = &self.fast;
+                    m.apply(router, now, batch, |r, key, since| {
+                        r.flow(key).is_some_and(|e| e.last_seen() > since) || fast.used(key)
+                    });
+                }
+            }
+            Request::MirrorFlows(reply) => {
+                let _ = reply.send(super::mirror::mirrorable(router));
             }
         }
     }

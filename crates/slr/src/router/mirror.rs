@@ -1,0 +1,307 @@
+//! `[cluster]`: flow mirroring with the routers that back this one up (MISSION F17b).
+//!
+//! The core logs every flow it pins for good (TCP established, UDP pinned) and every flow it
+//! lets go of (`FlowChange`, the same log the fast path follows); the packet thread hands each
+//! change to one sender per peer (`slr_control::MirrorSender`: batched, over mutual TLS, a
+//! full sync after every connection). What the peers push arrives through the
+//! mailbox and the core takes each flow in with `restore_flow`, pinned to the same next hop
+//! (found by its tunnel address): if this router receives the flow's packets later (its peer
+//! died, or the network moved the flow), they go where they went before, whatever the policy
+//! would pick now. A peer's release removes a copy only while it is still a copy (no packet of
+//! the flow reached this router since it was taken in); a flow this router carries is its own.
+
+use crate::mailbox::Handle;
+use crate::snapshot::MirrorView;
+use anyhow::{Context, Result};
+use slr_config::ClusterConfig;
+use slr_control::{
+    MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig, MirrorSenderStats, MirrorServer,
+    MirrorServerConfig, MirrorServerStats, ParentCounters, ReceivedBatch,
+};
+use slr_core::flow_table::{FlowKey, FlowState};
+use slr_core::router::{FlowChange, Router};
+use slr_core::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// The mirroring as the packet thread holds it.
+pub(super) struct Mirror {
+    /// One queue per peer, to its sender.
+    senders: Vec<(String, tokio::sync::mpsc::Sender<MirrorChange>)>,
+    /// Flows taken in from peers, and when (core clock): a copy until a packet touches it.
+    copies: HashMap<FlowKey, Instant>,
+    /// Copies just taken in, whose own offload (the core's log entry of `restore_flow`) is
+    /// still to come through the log.
+    restoring: std::collections::HashSet<FlowKey>,
+    /// What the peers were last told of each flow this router pinned (its next hop's tunnel
+    /// address): the core logs an offload at every packet it sees of an established flow, and
+    /// the peers need each change once.
+    announced: HashMap<FlowKey, Ipv4Addr>,
+    counts: Counts,
+    server: Arc<MirrorServerStats>,
+    refusals: Arc<ParentCounters>,
+    peers: Vec<(String, Arc<MirrorSenderStats>)>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the packet thread counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    offered: u64,
+    queue_full: u64,
+    taken_in: u64,
+    already_held: u64,
+    not_taken: u64,
+    copies_released: u64,
+    releases_ignored: u64,
+}
+
+/// A flow key as mirrored.
+fn mirror_flow(k: &FlowKey) -> MirrorFlow {
+    MirrorFlow {
+        src: k.src_addr,
+        dst: k.dst_addr,
+        src_port: k.src_port,
+        dst_port: k.dst_port,
+        protocol: k.protocol,
+    }
+}
+
+fn flow_key(f: &MirrorFlow) -> FlowKey {
+    FlowKey::new(f.src, f.dst, f.src_port, f.dst_port, f.protocol)
+}
+
+/// Every flow a peer may take over: established TCP and pinned UDP, with the tunnel address of
+/// its next hop.
+pub(super) fn mirrorable(router: &Router) -> Vec<(MirrorFlow, Ipv4Addr)> {
+    let hops = router.next_hops();
+    router
+        .flows()
+        .filter(|(_, e)| matches!(e.state(), FlowState::TcpEstablished | FlowState::Udp))
+        .filter_map(|(k, e)| {
+            hops.get(e.next_hop() as usize)
+                .map(|h| (mirror_flow(k), h.address))
+        })
+        .collect()
+}
+
+impl Mirror {
+    /// Starts the server and one sender per peer on a thread of their own; `handle` reaches
+    /// the packet thread.
+    pub(super) fn start(cfg: &ClusterConfig, name: &str, handle: Handle) -> Result<Self> {
+        let identity = slr_control::Identity::load(&cfg.ca, &cfg.cert, &cfg.key)
+            .context("[cluster] ca, cert, key")?;
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .with_context(|| format!("[cluster] listen {}", cfg.listen))?;
+        listener.set_nonblocking(true)?;
+        let server = MirrorServer::new(
+            &identity,
+            MirrorServerConfig::new(cfg.peers.iter().map(|(n, _)| n.clone()).collect()),
+        )?;
+        let (server_stats, refusals) = (server.stats(), server.counters());
+        let mut senders = Vec::new();
+        let mut peers = Vec::new();
+        let mut tasks = Vec::new();
+        for (peer, addr) in &cfg.peers {
+            let s = MirrorSender::new(&identity, name, peer, *addr, MirrorSenderConfig::default())?;
+            peers.push((peer.clone(), s.stats()));
+            let (tx, rx) = tokio::sync::mpsc::channel(65_536);
+            senders.push((peer.clone(), tx));
+            tasks.push((s, rx));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mirror")
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("mirror".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("[cluster] listen: {e}");
+                            return;
+                        }
+                    };
+                    let (sink, mut batches) = tokio::sync::mpsc::channel::<ReceivedBatch>(256);
+                    let h = handle.clone();
+                    tokio::spawn(async move {
+                        while let Some(b) = batches.recv().await {
+                            if h.mirrored(b).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    for (sender, rx) in tasks {
+                        let h = handle.clone();
+                        // The full sync asks the packet thread for every flow (a blocking call
+                        // on this runtime's worker: it may wait for one batch of packets).
+                        let source = move || {
+                            tokio::task::block_in_place(|| h.mirror_flows()).unwrap_or_default()
+                        };
+                        tokio::spawn(sender.run(source, rx));
+                    }
+                    let served = server
+                        .serve(listener, sink, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!("[cluster] mirror server: {e}");
+                    }
+                });
+            })?;
+        tracing::info!(listen = %cfg.listen, peers = ?cfg.peers, "flow mirroring on");
+        Ok(Mirror {
+            senders,
+            copies: HashMap::new(),
+            restoring: std::collections::HashSet::new(),
+            announced: HashMap::new(),
+            counts: Counts::default(),
+            server: server_stats,
+            refusals,
+            peers,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands one of the core's flow changes to every peer's sender, once per change of the
+    /// flow (a full queue drops it: the peer is far behind, and its next full sync repairs
+    /// that).
+    pub(super) fn offer(&mut self, change: &FlowChange, router: &Router) {
+        let m = match change {
+            FlowChange::Offload { key, next_hop, .. } => {
+                if self.restoring.remove(key) {
+                    return; // the core's own log of a copy just taken in
+                }
+                // A copy whose packets now reach the core: this router carries it, it is its
+                // own from here on.
+                self.copies.remove(key);
+                let Some(h) = router.next_hops().get(*next_hop as usize) else {
+                    return;
+                };
+                if self.announced.insert(*key, h.address) == Some(h.address) {
+                    return;
+                }
+                MirrorChange::Pinned(mirror_flow(key), h.address)
+            }
+            FlowChange::Withdraw { key } => {
+                self.restoring.remove(key);
+                if self.copies.remove(key).is_some() {
+                    return; // a copy let go of here: nothing the peers need
+                }
+                if self.announced.remove(key).is_none() {
+                    return;
+                }
+                MirrorChange::Released(mirror_flow(key))
+            }
+        };
+        self.counts.offered += 1;
+        for (_, tx) in &self.senders {
+            if tx.try_send(m).is_err() {
+                self.counts.queue_full += 1;
+            }
+        }
+    }
+
+    /// Applies a peer's batch to the core. `used_since` tells whether a packet of a flow
+    /// reached this router (core or kernel) since the given time.
+    pub(super) fn apply(
+        &mut self,
+        router: &mut Router,
+        now: Instant,
+        batch: ReceivedBatch,
+        used_since: impl Fn(&Router, &FlowKey, Instant) -> bool,
+    ) {
+        for change in batch.changes {
+            match change {
+                MirrorChange::Pinned(f, hop) => {
+                    let key = flow_key(&f);
+                    let Some(nh) = router.next_hop_by_address(hop) else {
+                        self.counts.not_taken += 1;
+                        continue;
+                    };
+                    match router.restore_flow(now, key, nh, Duration::ZERO) {
+                        Ok(()) => {
+                            self.counts.taken_in += 1;
+                            self.copies.insert(key, now);
+                            self.restoring.insert(key);
+                        }
+                        Err(slr_core::router::RestoreRefusal::Present) => {
+                            self.counts.already_held += 1
+                        }
+                        Err(_) => self.counts.not_taken += 1,
+                    }
+                }
+                MirrorChange::Released(f) => {
+                    let key = flow_key(&f);
+                    match self.copies.get(&key) {
+                        Some(&since) if !used_since(router, &key, since) => {
+                            // The core logs the removal; `offer` then drops the copy's mark.
+                            router.forget_flow(&key);
+                            self.counts.copies_released += 1;
+                        }
+                        _ => self.counts.releases_ignored += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `slr ctl` and the metrics show.
+    pub(super) fn view(&self) -> MirrorView {
+        MirrorView {
+            changes_offered: self.counts.offered,
+            changes_dropped_queue_full: self.counts.queue_full,
+            flows_taken_in: self.counts.taken_in,
+            flows_already_held: self.counts.already_held,
+            flows_not_taken: self.counts.not_taken,
+            copies_released: self.counts.copies_released,
+            releases_ignored: self.counts.releases_ignored,
+            copies: self.copies.len(),
+            batches_received: self.server.batches(),
+            changes_received: self.server.changes(),
+            last_lag_seconds: self.server.last_lag().as_secs_f64(),
+            max_lag_seconds: self.server.max_lag().as_secs_f64(),
+            refused: self
+                .refusals
+                .refusals()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(name, s)| crate::snapshot::MirrorPeerView {
+                    name: name.clone(),
+                    connected: s.connected(),
+                    batches_sent: s.batches(),
+                    changes_sent: s.changes(),
+                    changes_dropped: s.dropped(),
+                    full_syncs: s.full_syncs(),
+                    failures: s.failures(),
+                    bytes_sent: s.bytes_sent(),
+                    last_error: s.last_error(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.senders.clear();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

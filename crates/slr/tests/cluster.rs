@@ -1,0 +1,197 @@
+//! Hot spares with flow mirroring (issue 12, F17b): two routers announce the virtual subnet by
+//! BGP and the core spreads connections over both; each router mirrors the flows it pins to
+//! the other over mutual TLS. 100 downloads run under `round_robin` (where a fresh choice
+//! usually picks another host, whose reset breaks the download); one router is killed
+//! (SIGKILL). With mirroring, the survivor already holds the dead router's flows, pinned to
+//! the same hosts, and every download completes intact; without it (the control, same lab
+//! without `[cluster]`), most of the downloads the dead router carried break.
+
+mod common;
+
+use common::{is_pattern, signal, wait_until, Lab};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const DOWNLOADS: usize = 100;
+/// Bytes per download (8 MiB at 512 KB/s: about 16 s; curl lets some go faster).
+const SIZE: u64 = 8 << 20;
+
+fn topology(name: &str, mirror: bool) -> String {
+    format!(
+        r#"
+[lab]
+name = "{name}"
+
+[bgp]
+
+{cluster}
+
+[[virtual_hosts]]
+name = "web"
+subnet = "10.99.0.0/24"
+policy = "round_robin"
+
+[[nodes]]
+name = "c1"
+role = "client"
+
+[[nodes]]
+name = "r1"
+role = "router"
+
+[[nodes]]
+name = "r2"
+role = "router"
+
+[[nodes]]
+name = "h1"
+role = "host"
+
+[[nodes]]
+name = "h2"
+role = "host"
+
+[[nodes]]
+name = "h3"
+role = "host"
+"#,
+        cluster = if mirror {
+            "[cluster]\nmirror = true"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The established client flows (from c1) a router holds, by client address and port; `own`:
+/// only those whose packets it carried (a copy taken in from the peer has carried no byte).
+fn client_flows(lab: &Lab, router: &str, own: bool) -> BTreeSet<String> {
+    let c1 = format!("{}:", lab.addr("c1"));
+    let page = lab
+        .ctl_args(router, &["flows", "--all"])
+        .unwrap_or_else(|e| panic!("slr ctl {router} flows: {e}"));
+    page["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["protocol"] == "tcp" && f["state"] == "established")
+        .filter(|f| !own || f["bytes"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|f| f["client"].as_str())
+        .filter(|c| c.starts_with(&c1))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn mirror_view(lab: &Lab, router: &str) -> serde_json::Value {
+    lab.ctl(router, "status")["snapshot"]["mirror"].clone()
+}
+
+/// What one run saw: downloads r1 carried that were still running when it was killed, how many
+/// of those completed intact, and how many downloads of all completed intact.
+struct Outcome {
+    r1_running: usize,
+    r1_intact: usize,
+    intact: usize,
+}
+
+/// Runs the downloads, kills r1 while they run, and waits for them all.
+fn run(mirror: bool) -> Outcome {
+    let name = if mirror { "cl-mirror" } else { "cl-none" };
+    let lab = Lab::up(name, &topology(name, mirror));
+    // Small receive buffers: the downloads last as long as curl's rate limit says.
+    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+    assert!(o.status.success());
+    let url = format!("http://{}/bytes/{}", lab.vip(0), SIZE);
+    let downloads: Vec<_> = (0..DOWNLOADS)
+        .map(|i| {
+            let body = format!("/tmp/slr-e2e-{name}-{i}.bin");
+            let _ = std::fs::remove_file(&body);
+            // curl prints its local port at the end, failed or not.
+            let child = lab.spawn(
+                "c1",
+                &format!("curl -sS -m 60 --limit-rate 512K -o {body} -w '%{{local_port}}' {url}"),
+            );
+            (child, body)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r1_own = client_flows(&lab, "r1", true);
+    let r2_own = client_flows(&lab, "r2", true);
+    println!(
+        "mirror {mirror}: {} downloads running through r1, {} through r2",
+        r1_own.len(),
+        r2_own.len()
+    );
+    assert!(r1_own.len() >= 10, "equal-cost multipath gives r1 a share");
+    if mirror {
+        let t = Instant::now();
+        wait_until(Duration::from_secs(5), || {
+            client_flows(&lab, "r2", false).is_superset(&r1_own)
+        })
+        .expect("r2 holds a copy of every flow r1 carries");
+        let v = mirror_view(&lab, "r2");
+        println!(
+            "r2 holds copies of all {} flows of r1 (checked in {:?}); mirroring lag last {:.2} ms, max {:.2} ms; {} flows taken in",
+            r1_own.len(),
+            t.elapsed(),
+            v["last_lag_seconds"].as_f64().unwrap_or(-1.0) * 1e3,
+            v["max_lag_seconds"].as_f64().unwrap_or(-1.0) * 1e3,
+            v["flows_taken_in"]
+        );
+        assert_eq!(v["peers"][0]["connected"], true, "{v}");
+    }
+    let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
+    // Running: at least 2 MiB still to come (what is left of a nearly finished download may
+    // already be on its way, and completes without the client's ACKs reaching a host).
+    let running: Vec<bool> = downloads
+        .iter()
+        .map(|(_, b)| size(b) + (2 << 20) <= SIZE)
+        .collect();
+    signal(lab.pid("r1", "router"), "KILL");
+    let c1 = lab.addr("c1");
+    let (mut intact, mut r1_running, mut r1_intact) = (0, 0, 0);
+    for ((child, body), was_running) in downloads.into_iter().zip(running) {
+        let out = child.wait_with_output().unwrap();
+        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let data = std::fs::read(&body).unwrap_or_default();
+        let ok = out.status.success() && data.len() as u64 == SIZE && is_pattern(&data);
+        intact += usize::from(ok);
+        if was_running && r1_own.contains(&format!("{c1}:{port}")) {
+            r1_running += 1;
+            r1_intact += usize::from(ok);
+        }
+        let _ = std::fs::remove_file(&body);
+    }
+    println!(
+        "mirror {mirror}: r1 killed; {intact} of {DOWNLOADS} downloads complete and intact; of the {r1_running} r1 carried that were still running, {r1_intact} intact"
+    );
+    Outcome {
+        r1_running,
+        r1_intact,
+        intact,
+    }
+}
+
+#[test]
+fn mirrored_flows_survive_a_routers_death_under_round_robin() {
+    let m = run(true);
+    assert!(
+        m.r1_running >= 10,
+        "r1 carried running downloads when it died"
+    );
+    assert_eq!(
+        m.intact, DOWNLOADS,
+        "with mirroring every download survives r1's death"
+    );
+    let c = run(false);
+    assert!(
+        c.r1_running >= 10,
+        "r1 carried running downloads when it died"
+    );
+    assert!(
+        c.r1_intact * 2 < c.r1_running,
+        "the control: without mirroring most of r1's running downloads break ({} of {} intact)",
+        c.r1_intact,
+        c.r1_running
+    );
+}
