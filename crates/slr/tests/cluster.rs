@@ -139,6 +139,15 @@ fn run(mirror: bool) -> Outcome {
             v["flows_taken_in"]
         );
         assert_eq!(v["peers"][0]["connected"], true, "{v}");
+        // The mirroring and BGP families as Prometheus's own checker reads them.
+        for r in ["r1", "r2"] {
+            let page = lab.sh(r, "curl -sS -m 3 http://127.0.0.1:9464/metrics");
+            let page = String::from_utf8_lossy(&page.stdout).into_owned();
+            assert!(page.contains("slr_mirror_lag_seconds") && page.contains("slr_bgp_bird_up"));
+            if let Err(e) = common::promtool(&page) {
+                panic!("promtool check metrics refuses {r}'s page: {e}");
+            }
+        }
     }
     let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
     // Running: at least 2 MiB still to come (what is left of a nearly finished download may

@@ -129,34 +129,6 @@ fn spread(lab: &Lab, n: usize) -> HashMap<String, usize> {
     m
 }
 
-/// `promtool check metrics` on a page: Ok, or what promtool said.
-fn promtool(page: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian's prometheus package; scripts/install-deps)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// Every router's and host agent's metrics endpoint (as Prometheus scrapes it) and its
 /// `slr ctl NODE metrics` page pass promtool; returns how many endpoints were checked.
 fn check_every_endpoint(lab: &Lab, nodes: &[(&str, u16)]) -> usize {

@@ -561,3 +561,31 @@ pub fn finish_download(child: std::process::Child, body: &str, mib: u64) {
     assert!(is_pattern(&data), "download intact");
     let _ = std::fs::remove_file(body);
 }
+
+/// `promtool check metrics` on a page: Ok, or what promtool said.
+pub fn promtool(page: &str) -> Result<(), String> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian's prometheus package; scripts/install-deps)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
