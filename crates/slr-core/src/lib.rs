@@ -10,3 +10,4 @@ pub mod terminate;
 mod testutil;
 pub mod time;
 pub mod tunnel;
+pub mod whohas;

@@ -10,6 +10,8 @@
 //!   terminated (only from trusted parents), the inner TTL decremented and the inner packet routed.
 //! - [`Router::handle_timeout`]: time passed; expires flows and fragment state.
 //! - [`Router::handle_control`]: configuration, health and pinned flows from the control plane.
+//! - [`Router::answer_whohas`]: what the neighbours said of a flow the core asked about
+//!   ([`Router::poll_whohas`], when [`RouterConfig::whohas`] is set; see [`crate::whohas`]).
 //!
 //! and hands back, in this order after every `handle_*` call:
 //!
@@ -30,6 +32,7 @@ use crate::route_table::{CompiledTable, RouteTable, RouteTableError};
 use crate::select::{Member, Policy, Selector};
 use crate::time::{Duration, Instant};
 use crate::tunnel::{IpIpTunnel, Tunnel};
+use crate::whohas::{HoldRefusal, Pending, PendingTable, WhohasAnswer, WhohasConfig, WhohasReply};
 use core::net::Ipv4Addr;
 use slr_wire::icmp::{self, IcmpPacket, IcmpRepr};
 use slr_wire::ipv4::{self, Ipv4Cidr, Ipv4Packet, Protocol};
@@ -155,6 +158,9 @@ pub struct RouterConfig {
     pub virtual_hosts: Vec<VirtualHostConfig>,
     /// Next hops.
     pub next_hops: Vec<NextHopConfig>,
+    /// Ask neighbours who holds a mid-flow packet's flow before the policy picks (F17c);
+    /// `None`: the policy picks at once.
+    pub whohas: Option<WhohasConfig>,
 }
 
 impl RouterConfig {
@@ -171,6 +177,7 @@ impl RouterConfig {
             icmp_rate_limit: 1000,
             virtual_hosts: Vec::new(),
             next_hops: Vec::new(),
+            whohas: None,
         }
     }
 }
@@ -408,6 +415,7 @@ drop_reasons! {
     UntrustedTunnel => "untrusted_tunnel", "Tunnel from a source that is not a trusted parent.";
     MalformedTunnel => "malformed_tunnel", "Tunnel packet whose outer or inner header is malformed.";
     Stopping => "stopping", "A new flow at a stopping router (graceful stop: only established flows go on).";
+    WhohasQueueFull => "whohas_queue_full", "Mid-flow packet of a flow being asked about (WHOHAS) beyond the bound of held packets.";
 }
 
 impl From<slr_wire::Error> for DropReason {
@@ -463,6 +471,21 @@ pub struct Counters {
     pub fragments_held: u64,
     /// Tunnels from parents terminated.
     pub tunnels_terminated: u64,
+    /// Flows asked about (WHOHAS: a mid-flow packet without state).
+    pub whohas_asked: u64,
+    /// Flows a neighbour said it holds, pinned to the same next hop.
+    pub whohas_resolved: u64,
+    /// Flows nobody held: the policy picked.
+    pub whohas_not_found: u64,
+    /// Flows whose answer did not come in time: the policy picked.
+    pub whohas_timeouts: u64,
+    /// Mid-flow packets of unknown flows routed by the policy at once because too many flows
+    /// were being asked about (a storm).
+    pub whohas_overflow: u64,
+    /// Answers naming a holder and next hop this router has no next hop for: the policy picked.
+    pub whohas_unusable: u64,
+    /// Packets held while their flow was asked about.
+    pub whohas_packets_held: u64,
 }
 
 impl Counters {
@@ -672,6 +695,8 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     stopping: bool,
     /// Changes for a fast path, when one follows the table.
     flow_log: Option<VecDeque<FlowChange>>,
+    /// Flows being asked about (WHOHAS).
+    pending: PendingTable,
 }
 
 impl Router<IpIpTunnel> {
@@ -709,6 +734,7 @@ impl<T: Tunnel> Router<T> {
             route_table: None,
             stopping: false,
             flow_log: None,
+            pending: PendingTable::default(),
             config: config.clone(),
         };
         r.apply(config)?;
@@ -873,6 +899,117 @@ impl<T: Tunnel> Router<T> {
         self.flows
             .get(key)
             .map(|e| &self.next_hops[e.next_hop() as usize])
+    }
+
+    // ---- WHOHAS (F17c) ---------------------------------------------------------------------
+
+    /// The next flow to ask the neighbours about (a mid-flow TCP packet arrived for a flow this
+    /// router does not hold; its packets are held until [`answer_whohas`](Self::answer_whohas)
+    /// or the timeout). Drain after every input, like [`poll_transmit`](Self::poll_transmit).
+    pub fn poll_whohas(&mut self) -> Option<FlowKey> {
+        self.pending.poll_question()
+    }
+
+    /// Flows being asked about, and packets held for them.
+    pub fn whohas_pending(&self) -> (usize, usize) {
+        (self.pending.len(), self.pending.held())
+    }
+
+    /// What the neighbours said of a flow asked about. A holder's answer pins the flow to the
+    /// next hop with the holder's next-hop address (a router beside this one, with the same
+    /// next hops) or else with the holder's own address (a router below this one); the held
+    /// packets go there (through [`poll_transmit`](Self::poll_transmit)). `Nobody`, or an answer
+    /// naming no next hop of this router, lets the policy pick. An answer for a flow no longer
+    /// asked about (answered already, timed out) changes nothing.
+    pub fn answer_whohas(&mut self, now: Instant, key: FlowKey, answer: WhohasAnswer) {
+        let Some(p) = self.pending.take(&key) else {
+            return;
+        };
+        let found = match answer {
+            WhohasAnswer::Held { next_hop, holder } => {
+                let nh = self
+                    .next_hop_by_address(next_hop)
+                    .or_else(|| self.next_hop_by_address(holder));
+                if nh.is_none() {
+                    self.counters.whohas_unusable += 1;
+                }
+                nh
+            }
+            WhohasAnswer::Nobody => {
+                self.counters.whohas_not_found += 1;
+                None
+            }
+        };
+        match found {
+            Some(nh) => {
+                if self.flows.get(&key).is_none() {
+                    self.place_flow(now, key, nh, FlowState::TcpEstablished, 0);
+                    self.log_flow(FlowChange::Offload {
+                        key,
+                        next_hop: nh as u32,
+                        virtual_host: p.vh as u32,
+                    });
+                }
+                self.counters.whohas_resolved += 1;
+                self.release_pending(now, key, p);
+            }
+            None => self.fall_back(now, key, p),
+        }
+    }
+
+    /// What this router says when a neighbour asks about a flow: the tunnel address of the
+    /// flow's next hop if it holds it (a closing flow included: its last packets must still
+    /// reach its host).
+    pub fn whohas_reply(&self, key: &FlowKey) -> WhohasReply {
+        if self.virtual_host_of(key).is_none() {
+            return WhohasReply::Foreign;
+        }
+        match self.flows.get(key) {
+            Some(e) => WhohasReply::Held(self.next_hops[e.next_hop() as usize].address),
+            None => WhohasReply::NotHeld,
+        }
+    }
+
+    /// Nobody answered (or could be used): the policy picks, as it would have without WHOHAS.
+    fn fall_back(&mut self, now: Instant, key: FlowKey, p: Pending) {
+        if self.flows.get(&key).is_none() {
+            match self.select(p.vh, &key) {
+                Ok(nh) => {
+                    self.insert_flow(now, key, nh, FlowState::TcpEstablished, 0);
+                    self.virtual_hosts[p.vh].flows_created += 1;
+                    self.log_flow(FlowChange::Offload {
+                        key,
+                        next_hop: nh as u32,
+                        virtual_host: p.vh as u32,
+                    });
+                }
+                Err(reason) => {
+                    self.counters.drops[reason as usize] += p.held.len() as u64;
+                    return;
+                }
+            }
+        }
+        self.release_pending(now, key, p);
+    }
+
+    /// Sends a flow's held packets to its next hop, in order.
+    fn release_pending(&mut self, now: Instant, key: FlowKey, p: Pending) {
+        let Some(nh) = self.flows.get(&key).map(|e| e.next_hop() as usize) else {
+            return;
+        };
+        for mut b in p.held {
+            // Parsed (and TTL-checked) when it arrived; its TTL is not decremented again.
+            let result = PacketMeta::parse(b.as_ref(), false)
+                .and_then(|meta| self.forward(now, &mut b, p.vh, nh, meta));
+            match result {
+                Ok(Action::Tunnel { next_hop }) => self.transmits.push_back(Transmit {
+                    destination: Destination::Tunnel(next_hop),
+                    buf: b,
+                }),
+                Ok(_) => {}
+                Err(reason) => self.counters.drops[reason as usize] += 1,
+            }
+        }
     }
 
     // ---- control -------------------------------------------------------------------------
@@ -1238,17 +1375,20 @@ impl<T: Tunnel> Router<T> {
             Fragment::Later => self.route_later_fragment(now, buf, vh, packet),
             Fragment::First => {
                 // A first fragment: classify by what it carries, remember the choice for the rest.
-                let nh = self.classify(now, buf, vh, packet)?;
+                // (Never held for WHOHAS: its later fragments could not follow it.)
+                let Some(nh) = self.classify(now, buf, vh, packet)? else {
+                    return Ok(Action::Held);
+                };
                 self.remember_fragment(now, packet.frag_key(), vh, nh);
                 self.forward(now, buf, vh, nh, packet)
             }
             Fragment::Whole if packet.protocol == Protocol::Icmp => {
                 self.route_icmp(now, buf, vh, packet)
             }
-            Fragment::Whole => {
-                let nh = self.classify(now, buf, vh, packet)?;
-                self.forward(now, buf, vh, nh, packet)
-            }
+            Fragment::Whole => match self.classify(now, buf, vh, packet)? {
+                Some(nh) => self.forward(now, buf, vh, nh, packet),
+                None => Ok(Action::Held),
+            },
         }
     }
 
@@ -1258,14 +1398,15 @@ impl<T: Tunnel> Router<T> {
             .position(|v| v.config.subnet.contains(dst))
     }
 
-    /// Finds or makes the flow of a TCP/UDP/other packet; returns the next hop index.
+    /// Finds or makes the flow of a TCP/UDP/other packet; returns the next hop index, or `None`
+    /// when the packet was held while its neighbours are asked who holds its flow (WHOHAS).
     fn classify(
         &mut self,
         now: Instant,
-        buf: &PacketBuf,
+        buf: &mut PacketBuf,
         vh: usize,
         packet: PacketMeta,
-    ) -> Result<usize, DropReason> {
+    ) -> Result<Option<usize>, DropReason> {
         let protocol = packet.protocol;
         // Later fragments never get here: a fragment is a first one.
         let first_fragment = packet.is_fragment;
@@ -1308,7 +1449,7 @@ impl<T: Tunnel> Router<T> {
         };
         let len = buf.len();
         if protocol == Protocol::Udp && self.virtual_hosts[vh].config.udp == UdpMode::PerDatagram {
-            return self.select(vh, &key);
+            return self.select(vh, &key).map(Some);
         }
         let is_syn = flags.is_some_and(|f| f & TcpFlags::SYN != 0 && f & TcpFlags::ACK == 0);
         if let Some(e) = self.flows.touch(&key, now, flags.map(TcpFlags), len) {
@@ -1338,14 +1479,22 @@ impl<T: Tunnel> Router<T> {
                             virtual_host: vh as u32,
                         },
                         FlowState::TcpClosing => FlowChange::Withdraw { key },
-                        _ => return Ok(nh),
+                        _ => return Ok(Some(nh)),
                     };
                     self.log_flow(change);
                 }
-                return Ok(nh);
+                return Ok(Some(nh));
             }
             self.remove_flow(&key);
             self.counters.flows_rerouted += 1;
+        } else if protocol == Protocol::Tcp && !is_syn && !first_fragment {
+            // A mid-flow packet of a flow this router does not hold: its connection began
+            // elsewhere (a routing change, a router's death). Ask who holds it, if configured.
+            if let Some(cfg) = self.config.whohas {
+                if self.hold_for_whohas(now, &cfg, key, vh, buf)? {
+                    return Ok(None);
+                }
+            }
         }
         let nh = self.select(vh, &key)?;
         let state = match (protocol, is_syn) {
@@ -1363,7 +1512,43 @@ impl<T: Tunnel> Router<T> {
                 virtual_host: vh as u32,
             });
         }
-        Ok(nh)
+        Ok(Some(nh))
+    }
+
+    /// Holds a packet while its flow is asked about: `true` held, `false` to be routed now (a
+    /// storm: too many flows pending), or dropped (its flow's queue is full).
+    fn hold_for_whohas(
+        &mut self,
+        now: Instant,
+        cfg: &WhohasConfig,
+        key: FlowKey,
+        vh: usize,
+        buf: &mut PacketBuf,
+    ) -> Result<bool, DropReason> {
+        // The driver gets back an empty buffer as big as the one it lent (see fragments).
+        let room = buf.read_slot().len();
+        let mut taken = PacketBuf::with_headroom(buf.headroom(), room);
+        core::mem::swap(&mut taken, buf);
+        match self.pending.hold(cfg, now, key, vh, taken) {
+            Ok(asked) => {
+                buf.reset(buf.headroom());
+                self.counters.whohas_packets_held += 1;
+                if asked {
+                    self.counters.whohas_asked += 1;
+                }
+                Ok(true)
+            }
+            Err((HoldRefusal::QueueFull, taken)) => {
+                *buf = taken;
+                Err(DropReason::WhohasQueueFull)
+            }
+            Err((HoldRefusal::TooManyPending, taken)) => {
+                // The packet comes back untouched: the policy routes it.
+                *buf = taken;
+                self.counters.whohas_overflow += 1;
+                Ok(false)
+            }
+        }
     }
 
     fn select(&mut self, vh: usize, key: &FlowKey) -> Result<usize, DropReason> {
@@ -1710,14 +1895,22 @@ impl<T: Tunnel> Router<T> {
         if self.next_fragment_sweep.is_some_and(|t| t <= now) {
             self.sweep_fragments(now);
         }
+        while let Some((key, p)) = self.pending.next_expired(now) {
+            self.counters.whohas_timeouts += 1;
+            self.fall_back(now, key, p);
+        }
     }
 
     /// When [`Router::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.flows.next_expiry(), self.next_fragment_sweep) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.flows.next_expiry(),
+            self.next_fragment_sweep,
+            self.pending.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next packet the core produced, if any.
@@ -2072,17 +2265,19 @@ mod tests {
         core::iter::from_fn(|| r.poll_event()).collect()
     }
 
-    /// Packets handed in are all accounted for: dropped (once), tunnelled (once) or still held.
+    /// Packets handed in are all accounted for: dropped (once), tunnelled (once) or still held
+    /// (fragments waiting for their first, packets of flows asked about).
     #[track_caller]
     fn assert_accounted(r: &Router) {
         let c = r.counters();
+        let held = r.held_count + r.pending.held();
         assert_eq!(
-            c.drops_total() + c.packets_tunneled + r.held_count as u64,
+            c.drops_total() + c.packets_tunneled + held as u64,
             c.packets_in,
             "drops {} + tunnelled {} + held {} != packets in {}",
             c.drops_total(),
             c.packets_tunneled,
-            r.held_count,
+            held,
             c.packets_in
         );
     }
@@ -3839,6 +4034,18 @@ mod tests {
         produced.insert(D::Stopping.as_str());
         expected_counts[D::Stopping as usize] += 1;
 
+        // A flow being asked about (WHOHAS) beyond its bound of held packets.
+        let mut c = r.config().clone();
+        c.whohas = Some(WhohasConfig {
+            max_held_per_flow: 1,
+            ..WhohasConfig::default()
+        });
+        reconfigure(&mut r, &c);
+        assert_eq!(send(&mut r, T0, &ack(40006)).0, Action::Held);
+        assert_eq!(dropped(&mut r, T0, &ack(40006)), D::WhohasQueueFull);
+        produced.insert(D::WhohasQueueFull.as_str());
+        expected_counts[D::WhohasQueueFull as usize] += 1;
+
         for reason in DropReason::ALL {
             assert_eq!(
                 r.counters().drops(*reason),
@@ -4667,5 +4874,240 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn whohas_config(policy: Policy, n: usize) -> RouterConfig {
+        let mut c = config(policy, n);
+        c.whohas = Some(WhohasConfig {
+            timeout: ms(50),
+            max_pending: 4,
+            max_held_per_flow: 3,
+            max_held: 100,
+        });
+        c
+    }
+
+    fn data(sport: u16, payload: &[u8]) -> Vec<u8> {
+        let seg = tcp_segment(CLIENT, sport, VIP, 80, ACK, &[], payload);
+        Ip::new(CLIENT, VIP, Protocol::Tcp, seg).build()
+    }
+
+    fn tunnel_transmits(r: &mut Router) -> Vec<(Ipv4Addr, Vec<u8>)> {
+        std::iter::from_fn(|| r.poll_transmit())
+            .map(|t| match t.destination {
+                Destination::Tunnel(a) => (a, t.buf.as_ref().to_vec()),
+                Destination::Local => panic!("no local transmits expected"),
+            })
+            .collect()
+    }
+
+    /// A mid-flow packet of an unknown flow is held and asked about once; the holder's answer
+    /// pins it to the holder's next hop (not the policy's pick), the held packets go there in
+    /// order, intact, and so do later ones.
+    #[test]
+    fn whohas_pins_an_unknown_flow_where_its_holder_sends_it() {
+        let mut r = router(whohas_config(Policy::RoundRobin, 3));
+        r.set_flow_log(true);
+        let key = tcp_key(40000);
+        let first = data(40000, b"one");
+        let second = data(40000, b"two");
+        let (a, mut b) = send(&mut r, T0, &first);
+        assert_eq!(a, Action::Held);
+        assert!(b.is_empty(), "the driver gets an empty buffer back");
+        assert!(
+            b.read_slot().len() >= first.len(),
+            "as big as the one it lent"
+        );
+        assert_eq!(send(&mut r, T0 + ms(1), &second).0, Action::Held);
+        assert_eq!(r.poll_whohas(), Some(key));
+        assert_eq!(r.poll_whohas(), None, "asked once");
+        assert_eq!(r.whohas_pending(), (1, 2));
+        assert!(r.poll_timeout().is_some_and(|t| t <= T0 + ms(50)));
+        assert_eq!(r.flow_count(), 0);
+        // The policy would pick h0 for the first flow of a round robin: the holder says h2.
+        r.answer_whohas(
+            T0 + ms(2),
+            key,
+            WhohasAnswer::Held {
+                next_hop: host(2),
+                holder: Ipv4Addr::new(10, 100, 9, 9),
+            },
+        );
+        let out = tunnel_transmits(&mut r);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0, host(2));
+        assert_eq!(check_outer(&out[0].1, host(2)), first);
+        assert_eq!(check_outer(&out[1].1, host(2)), second);
+        assert_eq!(tunnelled(&mut r, T0 + ms(3), &ack(40000)), host(2));
+        assert_eq!(r.flow_next_hop(&key).map(|n| n.address), Some(host(2)));
+        assert_eq!(
+            r.flow(&key).map(|e| e.state()),
+            Some(FlowState::TcpEstablished)
+        );
+        let c = r.counters();
+        assert_eq!(
+            (c.whohas_asked, c.whohas_resolved, c.whohas_packets_held),
+            (1, 1, 2)
+        );
+        assert_eq!(r.whohas_pending(), (0, 0));
+        let changes: Vec<_> = std::iter::from_fn(|| r.poll_flow_change()).collect();
+        assert_eq!(
+            changes[0],
+            FlowChange::Offload {
+                key,
+                next_hop: 2,
+                virtual_host: 0
+            },
+            "the fast path (and mirror peers) learn of it"
+        );
+        // An answer that comes again, late, changes nothing.
+        r.answer_whohas(
+            T0 + ms(4),
+            key,
+            WhohasAnswer::Held {
+                next_hop: host(0),
+                holder: host(0),
+            },
+        );
+        assert_eq!(r.flow_next_hop(&key).map(|n| n.address), Some(host(2)));
+        // A router below this one holds it: its own address is the next hop.
+        let key2 = tcp_key(40001);
+        assert_eq!(send(&mut r, T0, &ack(40001)).0, Action::Held);
+        r.answer_whohas(
+            T0 + ms(1),
+            key2,
+            WhohasAnswer::Held {
+                next_hop: Ipv4Addr::new(192, 0, 2, 77),
+                holder: host(1),
+            },
+        );
+        assert_eq!(tunnel_transmits(&mut r)[0].0, host(1));
+        assert_eq!(r.flow_next_hop(&key2).map(|n| n.address), Some(host(1)));
+    }
+
+    /// Nobody holds it, nobody answers in time, or the answer names no next hop of this
+    /// router: the policy picks and the held packets follow its pick. SYNs, UDP and first
+    /// fragments are never held, and a router without WHOHAS never holds anything.
+    #[test]
+    fn whohas_falls_back_to_the_policy() {
+        let mut r = router(whohas_config(Policy::RoundRobin, 3));
+        let (k1, k2, k3) = (tcp_key(1), tcp_key(2), tcp_key(3));
+        for p in [1, 2, 3] {
+            assert_eq!(send(&mut r, T0, &ack(p)).0, Action::Held);
+        }
+        r.answer_whohas(T0 + ms(1), k1, WhohasAnswer::Nobody);
+        let out = tunnel_transmits(&mut r);
+        assert_eq!(out.len(), 1);
+        let picked = r.flow_next_hop(&k1).map(|n| n.address);
+        assert_eq!(Some(out[0].0), picked);
+        r.answer_whohas(
+            T0 + ms(1),
+            k2,
+            WhohasAnswer::Held {
+                next_hop: Ipv4Addr::new(192, 0, 2, 1),
+                holder: REPORTER,
+            },
+        );
+        assert_eq!(tunnel_transmits(&mut r).len(), 1);
+        assert!(r.flow(&k2).is_some());
+        // k3: no answer. Nothing happens before the deadline, the policy picks at it.
+        r.handle_timeout(T0 + ms(49));
+        assert!(r.flow(&k3).is_none());
+        assert_eq!(r.poll_timeout(), Some(T0 + ms(50)));
+        r.handle_timeout(T0 + ms(50));
+        assert_eq!(tunnel_transmits(&mut r).len(), 1);
+        assert!(r.flow(&k3).is_some());
+        let c = r.counters();
+        assert_eq!(
+            (
+                c.whohas_asked,
+                c.whohas_not_found,
+                c.whohas_unusable,
+                c.whohas_timeouts
+            ),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(c.whohas_resolved, 0);
+        // A late answer for a flow the policy placed changes nothing.
+        let before = r.flow_next_hop(&k3).map(|n| n.address);
+        r.answer_whohas(
+            T0 + ms(60),
+            k3,
+            WhohasAnswer::Held {
+                next_hop: host(0),
+                holder: host(0),
+            },
+        );
+        assert_eq!(r.flow_next_hop(&k3).map(|n| n.address), before);
+        assert_accounted(&r);
+
+        // Never held: a SYN, UDP, a first fragment.
+        assert!(matches!(
+            send(&mut r, T0, &syn(10)).0,
+            Action::Tunnel { .. }
+        ));
+        assert!(matches!(
+            send(&mut r, T0, &udp(CLIENT, 10, VIP, 53, b"q")).0,
+            Action::Tunnel { .. }
+        ));
+        let big = data(11, &[7u8; 600]);
+        let frags = fragment(&big, 9, 256);
+        assert!(matches!(
+            send(&mut r, T0, &frags[0]).0,
+            Action::Tunnel { .. }
+        ));
+        assert_eq!(r.counters().whohas_asked, 3);
+
+        // Without WHOHAS the policy picks at once.
+        let mut plain = router(config(Policy::RoundRobin, 3));
+        assert!(matches!(
+            send(&mut plain, T0, &ack(1)).0,
+            Action::Tunnel { .. }
+        ));
+        assert_eq!(plain.poll_whohas(), None);
+    }
+
+    /// A storm of unknown flows: beyond the pending bound they go to the policy at once
+    /// (counted); beyond a flow's held-packet bound its packets are dropped (counted); known
+    /// flows are forwarded throughout.
+    #[test]
+    fn whohas_bounds_a_storm() {
+        let mut r = router(whohas_config(Policy::RoundRobin, 3));
+        let known = tunnelled(&mut r, T0, &syn(9000));
+        for p in 1..=4 {
+            assert_eq!(send(&mut r, T0, &ack(p)).0, Action::Held);
+        }
+        for p in 5..=10 {
+            assert!(matches!(send(&mut r, T0, &ack(p)).0, Action::Tunnel { .. }));
+            assert_eq!(tunnelled(&mut r, T0, &ack(9000)), known);
+        }
+        assert_eq!(r.counters().whohas_overflow, 6);
+        for _ in 0..2 {
+            assert_eq!(send(&mut r, T0, &ack(1)).0, Action::Held);
+        }
+        assert_eq!(
+            send(&mut r, T0, &ack(1)).0,
+            Action::Drop(DropReason::WhohasQueueFull)
+        );
+        assert_eq!(r.whohas_pending(), (4, 6));
+        assert_eq!(std::iter::from_fn(|| r.poll_whohas()).count(), 4);
+        r.handle_timeout(T0 + ms(50));
+        assert_eq!(tunnel_transmits(&mut r).len(), 6);
+        assert_eq!(r.whohas_pending(), (0, 0));
+        assert_accounted(&r);
+    }
+
+    /// What a router answers: the next hop of a flow it holds, nothing for one it does not,
+    /// and "foreign" for a destination outside its virtual subnets.
+    #[test]
+    fn whohas_replies() {
+        let mut r = router(config(Policy::RoundRobin, 3));
+        let nh = tunnelled(&mut r, T0, &syn(1));
+        assert_eq!(r.whohas_reply(&tcp_key(1)), WhohasReply::Held(nh));
+        assert_eq!(r.whohas_reply(&tcp_key(2)), WhohasReply::NotHeld);
+        assert_eq!(
+            r.whohas_reply(&FlowKey::new(CLIENT, NOT_A_VIP, 1, 80, 6)),
+            WhohasReply::Foreign
+        );
     }
 }
