@@ -18,6 +18,8 @@
 //!   [`serve_gateway_site`]).
 //! - [`mirror`]: flow mirroring between the routers of one cluster (F17b): [`MirrorServer`]
 //!   and [`MirrorSender`].
+//! - [`whohas`]: WHOHAS between the routers of one cluster (F17c): [`WhohasAsker`], and the
+//!   answering side that [`MirrorServer::with_whohas`] adds.
 //! - [`proto`]: the generated protobuf messages and gRPC stubs (package `slr.control.v1`).
 //!
 //! The protocol, refusal reasons, gateway schema and measured costs are described in this
@@ -32,6 +34,7 @@ mod refusal;
 pub mod reporter;
 pub mod subnet;
 mod tls;
+pub mod whohas;
 
 /// The generated protobuf messages and gRPC client and server of `slr.control.v1`
 /// (`proto/slr_control_v1.proto`).
@@ -56,6 +59,10 @@ pub use parent::{
 pub use pki::{create_ca, issue, Identity, PkiError};
 pub use reporter::{LoadSource, Reporter, ReporterConfig, ReporterCounters};
 pub use subnet::{Subnet, SubnetError, SubnetLoad};
+pub use whohas::{
+    CheckedQuestion, FlowReply, Found, WhohasAsker, WhohasAskerConfig, WhohasPeerStats,
+    WhohasRequest, WhohasServerConfig, WhohasServerStats, WhohasState,
+};
 
 /// Errors of the control protocol's servers and clients (setup and transport).
 #[derive(Debug, thiserror::Error)]

@@ -242,7 +242,7 @@ impl MirrorState {
     }
 }
 
-fn flow_of(f: &crate::proto::MirrorFlow) -> Option<MirrorFlow> {
+pub(crate) fn flow_of(f: &crate::proto::MirrorFlow) -> Option<MirrorFlow> {
     let port = |p: u32| u16::try_from(p).ok().filter(|p| *p != 0);
     let protocol = u8::try_from(f.protocol)
         .ok()
@@ -259,7 +259,7 @@ fn flow_of(f: &crate::proto::MirrorFlow) -> Option<MirrorFlow> {
     })
 }
 
-fn proto_flow(f: &MirrorFlow, next_hop: Option<Ipv4Addr>) -> crate::proto::MirrorFlow {
+pub(crate) fn proto_flow(f: &MirrorFlow, next_hop: Option<Ipv4Addr>) -> crate::proto::MirrorFlow {
     crate::proto::MirrorFlow {
         src: u32::from(f.src),
         dst: u32::from(f.dst),
@@ -307,10 +307,12 @@ impl FlowMirror for Handler {
     }
 }
 
-/// The receiving side: a gRPC server over mutual TLS that delivers the peers' batches.
+/// The receiving side: a gRPC server over mutual TLS that delivers the peers' batches (and,
+/// with [`with_whohas`](Self::with_whohas), answers their WHOHAS questions).
 pub struct MirrorServer {
     state: Arc<MirrorState>,
     tls: Arc<rustls::ServerConfig>,
+    whohas: Option<crate::whohas::Handler>,
 }
 
 impl std::fmt::Debug for MirrorServer {
@@ -326,7 +328,29 @@ impl MirrorServer {
     pub fn new(identity: &Identity, config: MirrorServerConfig) -> Result<Self, ControlError> {
         let state = Arc::new(MirrorState::new(config));
         let tls = crate::tls::parent_server_config(identity, state.counters.clone())?;
-        Ok(MirrorServer { state, tls })
+        Ok(MirrorServer {
+            state,
+            tls,
+            whohas: None,
+        })
+    }
+
+    /// Serves `slr.control.v1.Whohas` too, to the same peers: checked questions go to
+    /// `requests`, whose receiver answers them. Returns the answering side's counters with the
+    /// server (refusals are counted in [`counters`](Self::counters)).
+    pub fn with_whohas(
+        mut self,
+        config: crate::whohas::WhohasServerConfig,
+        requests: mpsc::Sender<crate::whohas::WhohasRequest>,
+    ) -> (Self, Arc<crate::whohas::WhohasServerStats>) {
+        let state = Arc::new(crate::whohas::WhohasState::new(
+            config,
+            &self.state.config.peers,
+            self.state.counters.clone(),
+        ));
+        let stats = state.stats();
+        self.whohas = Some(crate::whohas::Handler { state, requests });
+        (self, stats)
     }
 
     /// Connection-level counters and refusals by reason.
@@ -377,11 +401,42 @@ impl MirrorServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .max_concurrent_streams(Some(32))
             .add_service(service)
+            .add_optional_service(self.whohas.map(|h| {
+                crate::proto::whohas_server::WhohasServer::new(h)
+                    .max_decoding_message_size(config.max_message_bytes)
+                    .max_encoding_message_size(config.max_message_bytes)
+            }))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         drop(accept_task);
         result.map_err(ControlError::from)
     }
+}
+
+/// An HTTP/2 channel over mutual TLS to a peer of the cluster (`uri` only names it in
+/// requests), with keepalives; bytes written are counted.
+pub(crate) async fn connect_channel(
+    tls: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    addr: SocketAddr,
+    bytes: Arc<ByteCounter>,
+    timeout: Duration,
+    uri: &'static str,
+) -> Result<Channel, ControlError> {
+    let connector = TlsConnector {
+        tls,
+        name,
+        addr,
+        bytes,
+    };
+    let endpoint = Endpoint::from_static(uri)
+        .connect_timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
+        .await
+        .map_err(|_| ControlError::Timeout("connect"))?
+        .map_err(ControlError::from)
 }
 
 /// Where a sender gets every flow its router holds, for a full sync after each connection.
@@ -562,22 +617,15 @@ impl MirrorSender {
     }
 
     async fn connect(&self) -> Result<FlowMirrorClient<Channel>, ControlError> {
-        let connector = TlsConnector {
-            tls: self.tls.clone(),
-            name: self.peer_name.clone(),
-            addr: self.peer_addr,
-            bytes: self.stats.bytes.clone(),
-        };
-        let endpoint = Endpoint::from_static("http://slr-mirror")
-            .connect_timeout(self.config.timeout)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = tokio::time::timeout(
+        let channel = connect_channel(
+            self.tls.clone(),
+            self.peer_name.clone(),
+            self.peer_addr,
+            self.stats.bytes.clone(),
             self.config.timeout,
-            endpoint.connect_with_connector(connector),
+            "http://slr-mirror",
         )
-        .await
-        .map_err(|_| ControlError::Timeout("connect"))??;
+        .await?;
         Ok(FlowMirrorClient::new(channel))
     }
 

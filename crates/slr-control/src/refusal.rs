@@ -35,11 +35,13 @@ pub enum Refusal {
     Malformed,
     /// A message over the size limit.
     Oversized,
+    /// Over the peer's rate limit (WHOHAS questions).
+    RateLimited,
 }
 
 impl Refusal {
     /// Every reason, in a stable order (for metrics).
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::UnknownCa,
         Refusal::Expired,
         Refusal::NotYetValid,
@@ -50,6 +52,7 @@ impl Refusal {
         Refusal::NoSession,
         Refusal::Malformed,
         Refusal::Oversized,
+        Refusal::RateLimited,
     ];
 
     /// The reason's name in logs, metrics and replies (`unknown_ca`, `foreign_subnet`, ...).
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::NoSession => "no_session",
             Refusal::Malformed => "malformed",
             Refusal::Oversized => "oversized",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 
