@@ -124,6 +124,19 @@ pub struct ClusterConfig {
     pub key: PathBuf,
     /// The other routers: name (certificate dNSName) and `listen` address.
     pub peers: Vec<(String, std::net::SocketAddr)>,
+    /// Whether flows are mirrored to the peers (F17b).
+    pub mirror: bool,
+    /// WHOHAS (F17c), if on.
+    pub whohas: Option<WhohasSettings>,
+}
+
+/// `[cluster] whohas`: asking the peers who holds an unknown flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WhohasSettings {
+    /// How long a question waits before the policy picks.
+    pub timeout: Duration,
+    /// Flows per second each peer may ask this router about.
+    pub rate: u32,
 }
 
 /// Checks `[cluster]`; `name` is this router's (not a peer of itself).
@@ -149,11 +162,39 @@ pub(crate) fn cluster(
         let addr = c.socket(&format!("cluster.peers[{i}].address"), &p.address)?;
         peers.push((p.name.clone(), addr));
     }
+    let mirror = s.mirror.unwrap_or(true);
+    let whohas = if s.whohas.unwrap_or(true) {
+        let text = s.whohas_timeout.as_deref().unwrap_or("50ms");
+        let timeout = c.duration("cluster.whohas_timeout", text)?;
+        if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(5) {
+            return Err(c.err(
+                "cluster.whohas_timeout",
+                text,
+                "must be from 1ms to 5s (packets wait that long)",
+            ));
+        }
+        let rate = s.whohas_rate.unwrap_or(50_000);
+        if rate == 0 {
+            return Err(c.err("cluster.whohas_rate", rate, "must be at least 1"));
+        }
+        Some(WhohasSettings { timeout, rate })
+    } else {
+        None
+    };
+    if !mirror && whohas.is_none() {
+        return Err(c.err(
+            "cluster.whohas",
+            false,
+            "with mirror = false too, [cluster] would do nothing: remove it",
+        ));
+    }
     Ok(ClusterConfig {
         listen,
         ca: c.relative(&s.ca),
         cert: c.relative(&s.cert),
         key: c.relative(&s.key),
         peers,
+        mirror,
+        whohas,
     })
 }

@@ -65,6 +65,14 @@ pub struct ClusterSection {
     /// `[[cluster.peers]]`: the other routers of the cluster.
     #[serde(default)]
     pub peers: Vec<ClusterPeerSection>,
+    /// Mirror flows to the peers (F17b). Default true.
+    pub mirror: Option<bool>,
+    /// Ask the peers who holds a mid-flow packet's unknown flow (WHOHAS, F17c). Default true.
+    pub whohas: Option<bool>,
+    /// How long a WHOHAS question waits before the policy picks. Default "50ms".
+    pub whohas_timeout: Option<String>,
+    /// Flows per second each peer may ask about (token bucket). Default 50000.
+    pub whohas_rate: Option<u32>,
 }
 
 /// `[[cluster.peers]]`.

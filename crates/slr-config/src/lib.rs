@@ -23,7 +23,7 @@ mod host;
 mod overrides;
 mod router;
 
-pub use bgp::{BgpConfig, ClusterConfig};
+pub use bgp::{BgpConfig, ClusterConfig, WhohasSettings};
 pub use control::{ControlConfig, ParentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
@@ -283,6 +283,25 @@ weight = 2
         let c = load_router(&p).unwrap().cluster.expect("[cluster]");
         assert_eq!(c.peers.len(), 1);
         assert!(c.ca.is_absolute(), "relative to the file");
+        assert!(c.mirror, "mirroring by default");
+        let w = c.whohas.expect("WHOHAS by default");
+        assert_eq!(
+            (w.timeout, w.rate),
+            (std::time::Duration::from_millis(50), 50_000)
+        );
+        assert_eq!(
+            load_router(&p).unwrap().core.whohas.map(|w| w.timeout),
+            Some(slr_core::time::Duration::from_millis(50)),
+            "the core holds unknown mid-flow packets that long"
+        );
+        let only = base.to_string() + "mirror = false\nwhohas_timeout = \"20ms\"\n" + peer;
+        let p = write("cluster-whohas.toml", &format!("{GOOD}{only}"));
+        let c = load_router(&p).unwrap().cluster.expect("[cluster]");
+        assert!(!c.mirror);
+        assert_eq!(
+            c.whohas.map(|w| w.timeout),
+            Some(std::time::Duration::from_millis(20))
+        );
         let cases = [
             (base.to_string(), "cluster.peers", "[]"),
             (
@@ -300,6 +319,26 @@ weight = 2
                 format!("{base}{}", peer.replace(":7401", "")),
                 "cluster.peers[0].address",
                 "10.200.3.2",
+            ),
+            (
+                format!("{base}whohas_timeout = \"10s\"\n{peer}"),
+                "cluster.whohas_timeout",
+                "10s",
+            ),
+            (
+                format!("{base}whohas_timeout = \"soon\"\n{peer}"),
+                "cluster.whohas_timeout",
+                "soon",
+            ),
+            (
+                format!("{base}whohas_rate = 0\n{peer}"),
+                "cluster.whohas_rate",
+                "0",
+            ),
+            (
+                format!("{base}mirror = false\nwhohas = false\n{peer}"),
+                "cluster.whohas",
+                "false",
             ),
         ];
         for (i, (cluster, key, value)) in cases.iter().enumerate() {

@@ -272,6 +272,15 @@ impl RouterFile {
             .as_ref()
             .map(|s| crate::bgp::cluster(&c, s, &r.name))
             .transpose()?;
+        // The core holds a mid-flow packet of an unknown flow while the peers are asked.
+        core.whohas =
+            cluster
+                .as_ref()
+                .and_then(|c| c.whohas)
+                .map(|w| slr_core::whohas::WhohasConfig {
+                    timeout: slr_core::time::Duration::from_micros(w.timeout.as_micros() as u64),
+                    ..slr_core::whohas::WhohasConfig::default()
+                });
         Ok(RouterDaemonConfig {
             bgp,
             cluster,

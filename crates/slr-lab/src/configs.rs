@@ -226,11 +226,11 @@ fn bgp_section(t: &Topology, router: &str) -> Option<BgpSection> {
 /// Port the routers of a lab with `[cluster]` listen on for their peers' mirrored flows.
 pub const MIRROR_PORT: u16 = 7401;
 
-/// `[cluster]` of an announcing router of a lab with `[cluster] mirror`: every other announcing
+/// `[cluster]` of an announcing router of a lab with `[cluster]`: every other announcing
 /// router is a peer.
 fn cluster_section(t: &Topology, router: &str) -> Option<ClusterSection> {
     let announcing = t.announcing_routers();
-    if !t.mirror || !announcing.iter().any(|n| n.name == router) {
+    if !(t.mirror || t.whohas) || !announcing.iter().any(|n| n.name == router) {
         return None;
     }
     let pki = pki_dir(&t.name);
@@ -249,6 +249,10 @@ fn cluster_section(t: &Topology, router: &str) -> Option<ClusterSection> {
                 address: at(&n.name),
             })
             .collect(),
+        mirror: Some(t.mirror),
+        whohas: Some(t.whohas),
+        whohas_timeout: None,
+        whohas_rate: None,
     })
 }
 

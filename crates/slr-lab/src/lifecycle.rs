@@ -101,7 +101,7 @@ fn build(state: &mut State, opts: &UpOptions) -> Result<()> {
     let exe = std::env::current_exe().context("finding this executable")?;
     // A hierarchy's daemons authenticate each other with certificates of the lab's own CA.
     // So do a cluster's routers when they mirror their flows.
-    if t.is_hierarchy() || t.mirror {
+    if t.is_hierarchy() || t.mirror || t.whohas {
         make_pki(&t, &exe)?;
     }
     check_interrupted()?;

@@ -49,8 +49,11 @@
 //! backup = ["r2"]          # announcing routers the core prefers less (local preference 50
 //!                          # against 100): primary/backup instead of equal-cost multipath
 //!
-//! [cluster]                # optional: the announcing routers (at least two) mirror their
-//! mirror = true            # flows to each other over mutual TLS (F17b; default true)
+//! [cluster]                # optional: the announcing routers (at least two) are peers:
+//! mirror = true            # they mirror their flows to each other over mutual TLS (F17b;
+//!                          # default true)
+//! whohas = true            # and ask each other who holds an unknown mid-flow packet's flow
+//!                          # (F17c; default true)
 //!
 //! [router_config]          # optional: merged over every router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
@@ -384,6 +387,9 @@ pub struct Topology {
     /// `[cluster] mirror`: the announcing routers mirror their flows to each other.
     #[serde(default)]
     pub mirror: bool,
+    /// `[cluster] whohas`: the announcing routers ask each other who holds unknown flows.
+    #[serde(default)]
+    pub whohas: bool,
 }
 
 /// `[bgp]`: the core learns the virtual subnets by BGP from the announcing routers (defaults
@@ -462,9 +468,10 @@ impl Topology {
             fast_path: None,
             bgp: None,
             mirror: false,
+            whohas: false,
         };
         topology.bgp = parse_bgp(table.get("bgp"), &topology)?;
-        topology.mirror = parse_cluster(table.get("cluster"), &topology)?;
+        (topology.mirror, topology.whohas) = parse_cluster(table.get("cluster"), &topology)?;
         Ok(topology)
     }
 
@@ -1409,33 +1416,35 @@ impl ParsedNodes {
     }
 }
 
-/// Reads `[cluster]`: whether the announcing routers (at least two) mirror their flows.
-fn parse_cluster(v: Option<&toml::Value>, t: &Topology) -> Result<bool, TopologyError> {
-    let Some(v) = v else { return Ok(false) };
+/// Reads `[cluster]`: whether the announcing routers (at least two) mirror their flows, and
+/// whether they ask each other WHOHAS.
+fn parse_cluster(v: Option<&toml::Value>, t: &Topology) -> Result<(bool, bool), TopologyError> {
+    let Some(v) = v else {
+        return Ok((false, false));
+    };
     let table = v.as_table().ok_or_else(|| {
         TopologyError::new(
             "cluster",
             format!("must be a table ([cluster]), found a {}", v.type_str()),
         )
     })?;
-    check_keys(table, "cluster", &["mirror"])?;
-    let mirror = match table.get("mirror") {
-        None => true,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(other) => {
-            return Err(TopologyError::new(
-                "cluster.mirror",
-                format!("expected true or false, found {other}"),
-            ))
-        }
+    check_keys(table, "cluster", &["mirror", "whohas"])?;
+    let flag = |key: &str| match table.get(key) {
+        None => Ok(true),
+        Some(toml::Value::Boolean(b)) => Ok(*b),
+        Some(other) => Err(TopologyError::new(
+            format!("cluster.{key}"),
+            format!("expected true or false, found {other}"),
+        )),
     };
-    if mirror && t.announcing_routers().len() < 2 {
+    let (mirror, whohas) = (flag("mirror")?, flag("whohas")?);
+    if (mirror || whohas) && t.announcing_routers().len() < 2 {
         return Err(TopologyError::new(
             "cluster",
-            "flow mirroring needs at least two routers the core routes the virtual subnets to",
+            "flow mirroring and WHOHAS need at least two routers the core routes the virtual subnets to",
         ));
     }
-    Ok(mirror)
+    Ok((mirror, whohas))
 }
 
 /// Reads `[bgp]` (after the nodes: `backup` names announcing routers).
@@ -1733,8 +1742,13 @@ mod tests {
                 .mirror
         );
         assert!(!Topology::parse(&two).unwrap().mirror);
+        let w = Topology::parse(&format!("[cluster]\nmirror = false\n{two}")).unwrap();
+        assert!(w.whohas && !w.mirror);
+        assert!(!Topology::parse(&two).unwrap().whohas);
+        assert!(err(&format!("[cluster]\nwhohas = \"yes\"\n{two}"))
+            .starts_with("cluster.whohas: expected true or false"));
         assert!(err(&format!("[cluster]\n{SITE}"))
-            .starts_with("cluster: flow mirroring needs at least two routers"));
+            .starts_with("cluster: flow mirroring and WHOHAS need at least two routers"));
         assert!(err(&format!("[cluster]\nmirror = 1\n{two}"))
             .starts_with("cluster.mirror: expected true or false"));
     }

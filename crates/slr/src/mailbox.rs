@@ -44,6 +44,14 @@ pub enum Request {
     Mirrored(slr_control::ReceivedBatch),
     /// Every flow a peer may take over, with its next hop's tunnel address (a full sync).
     MirrorFlows(Sender<Vec<(slr_control::MirrorFlow, std::net::Ipv4Addr)>>),
+    /// What the cluster's peers said of flows the core asked about (WHOHAS; no answer).
+    WhohasFound(Vec<(slr_control::MirrorFlow, slr_control::Found)>),
+    /// A peer asks which of these flows this router holds; the answer is one reply per flow
+    /// and this router's tunnel address.
+    WhohasAsk(
+        Vec<slr_control::MirrorFlow>,
+        Sender<(Vec<slr_control::FlowReply>, std::net::Ipv4Addr)>,
+    ),
 }
 
 /// A change of the runtime overrides (`slr ctl R weight/drain/undrain/clear`).
@@ -155,6 +163,24 @@ impl Handle {
         let (tx, rx) = mpsc::channel();
         self.send(Request::MirrorFlows(tx))?;
         Ok(rx.recv_timeout(Duration::from_secs(30))?)
+    }
+
+    /// Hands the peers' answers to WHOHAS questions to the packet thread.
+    pub fn whohas_found(
+        &self,
+        found: Vec<(slr_control::MirrorFlow, slr_control::Found)>,
+    ) -> Result<()> {
+        self.send(Request::WhohasFound(found))
+    }
+
+    /// Asks the packet thread which of `flows` it holds (a peer's WHOHAS question).
+    pub fn whohas_ask(
+        &self,
+        flows: Vec<slr_control::MirrorFlow>,
+    ) -> Result<(Vec<slr_control::FlowReply>, std::net::Ipv4Addr)> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::WhohasAsk(flows, tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(1))?)
     }
 
     /// Replaces the gateway children (next hops) with a fetched table's.

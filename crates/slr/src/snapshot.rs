@@ -124,6 +124,9 @@ pub struct Snapshot {
     /// `[cluster]`: flow mirroring, if configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorView>,
+    /// `[cluster] whohas`: WHOHAS, if on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub whohas: Option<WhohasView>,
 }
 
 /// What the packet thread knows besides the core, for a snapshot.
@@ -192,6 +195,60 @@ pub struct MirrorView {
     pub peers: Vec<MirrorPeerView>,
 }
 
+/// What `slr ctl` and the metrics show of WHOHAS (`[cluster] whohas`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WhohasView {
+    /// Flows the core asked the peers about (a mid-flow packet without state).
+    pub asked: u64,
+    /// Flows a peer held: pinned to the same next hop.
+    pub resolved: u64,
+    /// Flows nobody held: the policy picked.
+    pub not_found: u64,
+    /// Flows whose answer came too late: the policy picked.
+    pub timeouts: u64,
+    /// Unknown flows routed by the policy at once (too many questions pending).
+    pub overflow: u64,
+    /// Answers naming no next hop of this router: the policy picked.
+    pub unusable: u64,
+    /// Packets held while their flow was asked about.
+    pub packets_held: u64,
+    /// Flows being asked about now.
+    pub pending: usize,
+    /// Packets held now.
+    pub held_now: usize,
+    /// Questions dropped because the asker's queue was full.
+    pub questions_dropped: u64,
+    /// Questions from peers answered.
+    pub questions_answered: u64,
+    /// Flows peers asked about.
+    pub flows_asked_here: u64,
+    /// Of those, flows this router held.
+    pub flows_held_here: u64,
+    /// The peers asked.
+    pub peers: Vec<WhohasPeerView>,
+}
+
+/// One peer as this router asks it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WhohasPeerView {
+    /// The peer's name.
+    pub name: String,
+    /// Whether the last question reached it.
+    pub connected: bool,
+    /// Questions it answered.
+    pub questions: u64,
+    /// Flows asked about in them.
+    pub flows_asked: u64,
+    /// Flows it held.
+    pub flows_held: u64,
+    /// Questions that failed.
+    pub failures: u64,
+    /// Questions not sent (unreachable a moment ago).
+    pub skipped: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
 /// One peer's sender.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MirrorPeerView {
@@ -252,6 +309,8 @@ pub struct DaemonState<'a> {
     pub bgp: Option<BgpStatus>,
     /// `[cluster]`: flow mirroring, if configured.
     pub mirror: Option<MirrorView>,
+    /// `[cluster] whohas`, if on.
+    pub whohas: Option<WhohasView>,
 }
 
 /// A snapshot of the core, with what the packet thread keeps besides.
@@ -341,6 +400,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
         fast_path: d.fast_path.clone(),
         bgp: d.bgp.clone(),
         mirror: d.mirror.clone(),
+        whohas: d.whohas.clone(),
         stop_deadline_secs: d.stop_deadline.map(|t| t.as_secs_f64()),
     }
 }

@@ -439,6 +439,35 @@ fn human(command: &str, v: &Value) -> String {
             m["max_lag_seconds"].as_f64().unwrap_or(0.0) * 1e3
         );
     }
+    if let Some(w) = s.get("whohas").filter(|w| w.is_object()) {
+        let peers: Vec<String> = w["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {} held {}/{}",
+                    p["name"].as_str().unwrap_or(""),
+                    if p["connected"] == true { "up" } else { "DOWN" },
+                    t(&p["flows_held"]),
+                    t(&p["flows_asked"])
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "WHOHAS: asked {}  resolved {}  nobody {}  timeouts {}  storm {}  pending {}  answered for peers {} ({} held)  peers: {}",
+            t(&w["asked"]),
+            t(&w["resolved"]),
+            t(&w["not_found"]),
+            t(&w["timeouts"]),
+            t(&w["overflow"]),
+            t(&w["pending"]),
+            t(&w["flows_asked_here"]),
+            t(&w["flows_held_here"]),
+            peers.join(", ")
+        );
+    }
     let _ = writeln!(
         o,
         "\n{:<10} {:<16} {:>6} {:<10} {:>8} {:>10} {:>10}  override",

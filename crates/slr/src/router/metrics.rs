@@ -71,6 +71,9 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
     if let Some(m) = &s.mirror {
         add_mirror_metrics(p, &s.name, m);
     }
+    if let Some(w) = &s.whohas {
+        add_whohas_metrics(p, &s.name, w);
+    }
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
     p.counter(
@@ -275,6 +278,82 @@ fn add_bgp_metrics(p: &mut Exposition, router: &str, b: &crate::snapshot::BgpSta
             "1 while the BGP session with this neighbour is established.",
             &[("router", router), ("neighbor", sess.neighbor.as_str())],
             f64::from(u8::from(sess.established)),
+        );
+    }
+}
+
+/// `[cluster] whohas`: WHOHAS.
+fn add_whohas_metrics(p: &mut Exposition, router: &str, w: &crate::snapshot::WhohasView) {
+    let r = [("router", router)];
+    p.counter(
+        "slr_whohas_asked_total",
+        "Flows this router asked its peers about (a mid-flow packet of a flow it did not hold).",
+        &r,
+        w.asked,
+    );
+    for (outcome, n) in [
+        ("resolved", w.resolved),
+        ("nobody", w.not_found),
+        ("timeout", w.timeouts),
+        ("unusable", w.unusable),
+        ("storm", w.overflow),
+    ] {
+        p.counter(
+            "slr_whohas_flows_total",
+            "Unknown mid-flow flows by outcome: resolved (pinned where a peer sends it), or routed by the policy (nobody held it, no answer in time, an answer naming no next hop here, too many questions pending).",
+            &[("router", router), ("outcome", outcome)],
+            n,
+        );
+    }
+    p.counter(
+        "slr_whohas_packets_held_total",
+        "Packets held while their flow was asked about.",
+        &r,
+        w.packets_held,
+    );
+    p.gauge(
+        "slr_whohas_pending",
+        "Flows being asked about now.",
+        &r,
+        w.pending as f64,
+    );
+    p.counter(
+        "slr_whohas_questions_dropped_total",
+        "Questions dropped because the asker's queue was full (the policy picked at the timeout).",
+        &r,
+        w.questions_dropped,
+    );
+    p.counter(
+        "slr_whohas_answered_flows_total",
+        "Flows peers asked this router about.",
+        &r,
+        w.flows_asked_here,
+    );
+    p.counter(
+        "slr_whohas_answered_held_total",
+        "Flows peers asked about that this router held.",
+        &r,
+        w.flows_held_here,
+    );
+    for peer in &w.peers {
+        let l = [("router", router), ("peer", peer.name.as_str())];
+        p.counter(
+            "slr_whohas_peer_flows_held_total",
+            "Flows the peer said it held.",
+            &l,
+            peer.flows_held,
+        );
+        p.counter(
+            "slr_whohas_peer_failures_total",
+            "Questions to the peer that failed (unreachable, refused, timed out).",
+            &l,
+            peer.failures,
+        );
+        p.counter(
+            "slr_whohas_peer_skipped_total",
+            "Questions not sent to the peer because it was unreachable a moment before.",
+            &l,
+            peer.skipped,
         );
     }
 }

@@ -9,18 +9,27 @@
 //! died, or the network moved the flow), they go where they went before, whatever the policy
 //! would pick now. A peer's release removes a copy only while it is still a copy (no packet of
 //! the flow reached this router since it was taken in); a flow this router carries is its own.
+//!
+//! WHOHAS (F17c) runs on the same connections: the core holds a mid-flow packet of a flow it
+//! does not hold and logs a question ([`Router::poll_whohas`]); [`Mirror::ask`] hands the
+//! questions to a [`WhohasAsker`] (every peer at once, within the core's timeout) and the
+//! answers come back through the mailbox ([`Mirror::found`]). A peer's question is answered by
+//! the packet thread from the core's table ([`answer_question`]).
 
 use crate::mailbox::Handle;
 use crate::snapshot::MirrorView;
 use anyhow::{Context, Result};
 use slr_config::ClusterConfig;
 use slr_control::{
-    MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig, MirrorSenderStats, MirrorServer,
-    MirrorServerConfig, MirrorServerStats, ParentCounters, ReceivedBatch,
+    FlowReply, Found, MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig,
+    MirrorSenderStats, MirrorServer, MirrorServerConfig, MirrorServerStats, ParentCounters,
+    ReceivedBatch, WhohasAsker, WhohasAskerConfig, WhohasPeerStats, WhohasRequest,
+    WhohasServerConfig, WhohasServerStats,
 };
 use slr_core::flow_table::{FlowKey, FlowState};
 use slr_core::router::{FlowChange, Router};
 use slr_core::time::{Duration, Instant};
+use slr_core::whohas::{WhohasAnswer, WhohasReply};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -42,6 +51,11 @@ pub(super) struct Mirror {
     server: Arc<MirrorServerStats>,
     refusals: Arc<ParentCounters>,
     peers: Vec<(String, Arc<MirrorSenderStats>)>,
+    /// WHOHAS: questions to the asker, the answering side's and each peer's counters.
+    questions: Option<tokio::sync::mpsc::Sender<Vec<MirrorFlow>>>,
+    questions_dropped: u64,
+    whohas_server: Option<Arc<WhohasServerStats>>,
+    whohas_peers: Vec<(String, Arc<WhohasPeerStats>)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -73,6 +87,20 @@ fn flow_key(f: &MirrorFlow) -> FlowKey {
     FlowKey::new(f.src, f.dst, f.src_port, f.dst_port, f.protocol)
 }
 
+/// This router's answer to a peer's WHOHAS question: one reply per flow, and its own tunnel
+/// address.
+pub(super) fn answer_question(router: &Router, flows: &[MirrorFlow]) -> (Vec<FlowReply>, Ipv4Addr) {
+    let replies = flows
+        .iter()
+        .map(|f| match router.whohas_reply(&flow_key(f)) {
+            WhohasReply::Held(hop) => FlowReply::Held(hop),
+            WhohasReply::NotHeld => FlowReply::NotHeld,
+            WhohasReply::Foreign => FlowReply::Foreign,
+        })
+        .collect();
+    (replies, router.config().tunnel_source)
+}
+
 /// Every flow a peer may take over: established TCP and pinned UDP, with the tunnel address of
 /// its next hop.
 pub(super) fn mirrorable(router: &Router) -> Vec<(MirrorFlow, Ipv4Addr)> {
@@ -96,15 +124,45 @@ impl Mirror {
         let listener = std::net::TcpListener::bind(cfg.listen)
             .with_context(|| format!("[cluster] listen {}", cfg.listen))?;
         listener.set_nonblocking(true)?;
-        let server = MirrorServer::new(
+        let mut server = MirrorServer::new(
             &identity,
             MirrorServerConfig::new(cfg.peers.iter().map(|(n, _)| n.clone()).collect()),
         )?;
         let (server_stats, refusals) = (server.stats(), server.counters());
+        // WHOHAS: the answering side beside the mirror service, and an asker.
+        let mut whohas_server = None;
+        let mut answering = None;
+        let mut asking = None;
+        let mut whohas_peers = Vec::new();
+        if let Some(w) = cfg.whohas {
+            let (tx, rx) = tokio::sync::mpsc::channel::<WhohasRequest>(256);
+            let config = WhohasServerConfig {
+                rate: f64::from(w.rate),
+                burst: (f64::from(w.rate) / 10.0).max(1024.0),
+                ..WhohasServerConfig::default()
+            };
+            let (s, stats) = server.with_whohas(config, tx);
+            server = s;
+            whohas_server = Some(stats);
+            answering = Some(rx);
+            let asker = WhohasAsker::new(
+                &identity,
+                name,
+                &cfg.peers,
+                WhohasAskerConfig {
+                    timeout: w.timeout,
+                    ..WhohasAskerConfig::default()
+                },
+            )?;
+            whohas_peers = asker.stats();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<MirrorFlow>>(1024);
+            asking = Some((Arc::new(asker), rx, tx));
+        }
+        let questions = asking.as_ref().map(|(_, _, tx)| tx.clone());
         let mut senders = Vec::new();
         let mut peers = Vec::new();
         let mut tasks = Vec::new();
-        for (peer, addr) in &cfg.peers {
+        for (peer, addr) in cfg.peers.iter().filter(|_| cfg.mirror) {
             let s = MirrorSender::new(&identity, name, peer, *addr, MirrorSenderConfig::default())?;
             peers.push((peer.clone(), s.stats()));
             let (tx, rx) = tokio::sync::mpsc::channel(65_536);
@@ -137,6 +195,34 @@ impl Mirror {
                             }
                         }
                     });
+                    if let Some(mut rx) = answering {
+                        // A peer's question: the packet thread answers between two batches.
+                        let h = handle.clone();
+                        tokio::spawn(async move {
+                            while let Some(q) = rx.recv().await {
+                                let h = h.clone();
+                                tokio::task::spawn_blocking(move || {
+                                    if let Ok(answer) = h.whohas_ask(q.flows) {
+                                        let _ = q.reply.send(answer);
+                                    }
+                                });
+                            }
+                        });
+                    }
+                    if let Some((asker, mut rx, _)) = asking {
+                        // This router's questions: each batch asked at once, answers back to
+                        // the packet thread.
+                        let h = handle.clone();
+                        tokio::spawn(async move {
+                            while let Some(flows) = rx.recv().await {
+                                let (asker, h) = (asker.clone(), h.clone());
+                                tokio::spawn(async move {
+                                    let found = asker.ask(&flows).await;
+                                    let _ = h.whohas_found(flows.into_iter().zip(found).collect());
+                                });
+                            }
+                        });
+                    }
                     for (sender, rx) in tasks {
                         let h = handle.clone();
                         // The full sync asks the packet thread for every flow (a blocking call
@@ -156,7 +242,7 @@ impl Mirror {
                     }
                 });
             })?;
-        tracing::info!(listen = %cfg.listen, peers = ?cfg.peers, "flow mirroring on");
+        tracing::info!(listen = %cfg.listen, peers = ?cfg.peers, mirror = cfg.mirror, whohas = ?cfg.whohas, "cluster on");
         Ok(Mirror {
             senders,
             copies: HashMap::new(),
@@ -166,6 +252,10 @@ impl Mirror {
             server: server_stats,
             refusals,
             peers,
+            questions,
+            questions_dropped: 0,
+            whohas_server,
+            whohas_peers,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -207,6 +297,38 @@ impl Mirror {
             if tx.try_send(m).is_err() {
                 self.counts.queue_full += 1;
             }
+        }
+    }
+
+    /// Hands the core's WHOHAS questions to the asker (a full queue drops them: the core's
+    /// timeout then lets the policy pick, as it would without WHOHAS).
+    pub(super) fn ask(&mut self, keys: Vec<FlowKey>) {
+        let Some(tx) = &self.questions else {
+            return;
+        };
+        for chunk in keys.chunks(1024) {
+            if tx
+                .try_send(chunk.iter().map(mirror_flow).collect())
+                .is_err()
+            {
+                self.questions_dropped += chunk.len() as u64;
+            }
+        }
+    }
+
+    /// What the peers said of the core's questions.
+    pub(super) fn found(
+        &mut self,
+        router: &mut Router,
+        now: Instant,
+        found: Vec<(MirrorFlow, Found)>,
+    ) {
+        for (f, found) in found {
+            let answer = match found {
+                Found::Held { next_hop, holder } => WhohasAnswer::Held { next_hop, holder },
+                Found::Nobody => WhohasAnswer::Nobody,
+            };
+            router.answer_whohas(now, flow_key(&f), answer);
         }
     }
 
@@ -254,6 +376,42 @@ impl Mirror {
         }
     }
 
+    /// What `slr ctl` and the metrics show of WHOHAS (with the core's counters).
+    pub(super) fn whohas_view(&self, router: &Router) -> Option<crate::snapshot::WhohasView> {
+        let server = self.whohas_server.as_ref()?;
+        let c = router.counters();
+        let (pending, held) = router.whohas_pending();
+        Some(crate::snapshot::WhohasView {
+            asked: c.whohas_asked,
+            resolved: c.whohas_resolved,
+            not_found: c.whohas_not_found,
+            timeouts: c.whohas_timeouts,
+            overflow: c.whohas_overflow,
+            unusable: c.whohas_unusable,
+            packets_held: c.whohas_packets_held,
+            pending,
+            held_now: held,
+            questions_dropped: self.questions_dropped,
+            questions_answered: server.questions(),
+            flows_asked_here: server.flows_asked(),
+            flows_held_here: server.flows_held(),
+            peers: self
+                .whohas_peers
+                .iter()
+                .map(|(name, s)| crate::snapshot::WhohasPeerView {
+                    name: name.clone(),
+                    connected: s.connected(),
+                    questions: s.questions(),
+                    flows_asked: s.flows_asked(),
+                    flows_held: s.flows_held(),
+                    failures: s.failures(),
+                    skipped: s.skipped(),
+                    last_error: s.last_error(),
+                })
+                .collect(),
+        })
+    }
+
     /// What `slr ctl` and the metrics show.
     pub(super) fn view(&self) -> MirrorView {
         MirrorView {
@@ -297,6 +455,7 @@ impl Mirror {
 impl Drop for Mirror {
     fn drop(&mut self) {
         self.senders.clear();
+        self.questions = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -111,7 +111,9 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
                 .with_context(|| format!("{}: [cluster]", config_path.display()))?,
         );
         // The peers learn of every flow change, with or without a fast path.
-        router.set_flow_log(true);
+        if c.mirror {
+            router.set_flow_log(true);
+        }
     }
     if let Some(b) = state.cfg.bgp.clone() {
         state.bgp = Some(bgp::Announcer::start(b).context("[bgp]")?);

@@ -78,13 +78,21 @@ impl LoopState {
         self.fast = super::fast_path::FastPath::start(&self.cfg, router, self.clock.now());
     }
 
-    /// Hands the core's flow changes to the fast path's map and to the cluster's peers.
+    /// Hands the core's flow changes to the fast path's map and to the cluster's peers, and
+    /// its WHOHAS questions to the asker.
     fn follow(&mut self, router: &mut Router) {
         while let Some(change) = router.poll_flow_change() {
             if let Some(m) = self.mirror.as_mut() {
                 m.offer(&change, router);
             }
             self.fast.apply(change, router.next_hops());
+        }
+        let mut questions = Vec::new();
+        while let Some(key) = router.poll_whohas() {
+            questions.push(key);
+        }
+        if let Some(m) = self.mirror.as_mut().filter(|_| !questions.is_empty()) {
+            m.ask(questions);
         }
     }
 
@@ -478,6 +486,7 @@ impl LoopState {
                     fast_path: self.fast.view(router),
                     bgp: self.bgp.as_ref().map(super::bgp::Announcer::status),
                     mirror: self.mirror.as_ref().map(super::mirror::Mirror::view),
+                    whohas: self.mirror.as_ref().and_then(|m| m.whohas_view(router)),
                 };
                 let _ = reply.send(snapshot(router, &daemon));
             }
@@ -529,6 +538,14 @@ impl LoopState {
             }
             Request::MirrorFlows(reply) => {
                 let _ = reply.send(super::mirror::mirrorable(router));
+            }
+            Request::WhohasFound(found) => {
+                if let Some(m) = self.mirror.as_mut() {
+                    m.found(router, now, found);
+                }
+            }
+            Request::WhohasAsk(flows, reply) => {
+                let _ = reply.send(super::mirror::answer_question(router, &flows));
             }
         }
     }
