@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{finish_download, signal, start_download, wait_until, Lab};
+use common::{core_next_hops, finish_download, signal, start_download, wait_until, Lab};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -54,28 +54,6 @@ name = "h3"
 role = "host"
 "#
     )
-}
-
-/// The next hops of the core's kernel route to the virtual subnet (empty: no route).
-fn core_next_hops(lab: &Lab) -> BTreeSet<Ipv4Addr> {
-    let out = lab.sh("core", "ip -j route show 10.99.0.0/24");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut hops = BTreeSet::new();
-    for r in v.as_array().into_iter().flatten() {
-        if let Some(g) = r["gateway"].as_str() {
-            hops.extend(g.parse::<Ipv4Addr>().ok());
-        }
-        for n in r["nexthops"].as_array().into_iter().flatten() {
-            if let Some(g) = n["gateway"].as_str() {
-                hops.extend(g.parse::<Ipv4Addr>().ok());
-            }
-        }
-        assert_eq!(
-            r["protocol"], "bird",
-            "the core's route to the virtual subnet comes from BIRD: {r}"
-        );
-    }
-    hops
 }
 
 /// Polls (every 5 ms, at most `limit`) until `f` holds; the time it took.

@@ -589,3 +589,25 @@ pub fn promtool(page: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// The next hops of the core's kernel route to the virtual subnet (empty: no route).
+pub fn core_next_hops(lab: &Lab) -> std::collections::BTreeSet<Ipv4Addr> {
+    let out = lab.sh("core", "ip -j route show 10.99.0.0/24");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut hops = std::collections::BTreeSet::new();
+    for r in v.as_array().into_iter().flatten() {
+        if let Some(g) = r["gateway"].as_str() {
+            hops.extend(g.parse::<Ipv4Addr>().ok());
+        }
+        for n in r["nexthops"].as_array().into_iter().flatten() {
+            if let Some(g) = n["gateway"].as_str() {
+                hops.extend(g.parse::<Ipv4Addr>().ok());
+            }
+        }
+        assert_eq!(
+            r["protocol"], "bird",
+            "the core's route to the virtual subnet comes from BIRD: {r}"
+        );
+    }
+    hops
+}
