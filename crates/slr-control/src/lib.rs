@@ -60,7 +60,7 @@ pub use pki::{create_ca, issue, Identity, PkiError};
 pub use reporter::{LoadSource, Reporter, ReporterConfig, ReporterCounters};
 pub use subnet::{Subnet, SubnetError, SubnetLoad};
 pub use whohas::{
-    CheckedQuestion, FlowReply, Found, WhohasAsker, WhohasAskerConfig, WhohasPeerStats,
+    AskTiming, CheckedQuestion, FlowReply, Found, WhohasAsker, WhohasAskerConfig, WhohasPeerStats,
     WhohasRequest, WhohasServerConfig, WhohasServerStats, WhohasState,
 };
 

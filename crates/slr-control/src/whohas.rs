@@ -395,6 +395,42 @@ pub struct WhohasAsker {
     tls: Arc<rustls::ClientConfig>,
     config: WhohasAskerConfig,
     peers: Vec<Peer>,
+    timing: Arc<AskTiming>,
+}
+
+/// How long questions take, from the call to [`WhohasAsker::ask`] to its answers.
+#[derive(Debug, Default)]
+pub struct AskTiming {
+    count: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+impl AskTiming {
+    /// Questions asked.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+    /// Their mean time.
+    pub fn mean(&self) -> Duration {
+        Duration::from_nanos(self.total_ns.load(Ordering::Relaxed) / self.count().max(1))
+    }
+    /// The longest.
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
+    /// The last.
+    pub fn last(&self) -> Duration {
+        Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
+    }
+    fn record(&self, d: Duration) {
+        let ns = d.as_nanos() as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+        self.last_ns.store(ns, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for WhohasAsker {
@@ -436,7 +472,13 @@ impl WhohasAsker {
             tls: crate::tls::client_config(identity, b"h2")?,
             config,
             peers,
+            timing: Arc::default(),
         })
+    }
+
+    /// How long questions take (a shared handle).
+    pub fn timing(&self) -> Arc<AskTiming> {
+        self.timing.clone()
     }
 
     /// Each peer's name and counters.
@@ -450,6 +492,7 @@ impl WhohasAsker {
     /// Asks every peer about `flows` at once; one answer per flow, in order. Returns when every
     /// peer answered or failed, or at the timeout (what came by then counts).
     pub async fn ask(&self, flows: &[MirrorFlow]) -> Vec<Found> {
+        let started = Instant::now();
         let query = WhohasQuery {
             router: self.me.clone(),
             flows: flows.iter().map(|f| proto_flow(f, None)).collect(),
@@ -477,6 +520,7 @@ impl WhohasAsker {
                 }
             }
         }
+        self.timing.record(started.elapsed());
         found
     }
 

@@ -224,6 +224,10 @@ pub struct WhohasView {
     pub flows_asked_here: u64,
     /// Of those, flows this router held.
     pub flows_held_here: u64,
+    /// Mean time of this router's questions (asked to answered, every peer), seconds.
+    pub ask_mean_seconds: f64,
+    /// The longest, seconds.
+    pub ask_max_seconds: f64,
     /// The peers asked.
     pub peers: Vec<WhohasPeerView>,
 }

@@ -323,6 +323,18 @@ fn add_whohas_metrics(p: &mut Exposition, router: &str, w: &crate::snapshot::Who
         &r,
         w.questions_dropped,
     );
+    p.gauge(
+        "slr_whohas_ask_mean_seconds",
+        "Mean time of this router's questions, from asking to every peer's answer.",
+        &r,
+        w.ask_mean_seconds,
+    );
+    p.gauge(
+        "slr_whohas_ask_max_seconds",
+        "The longest question.",
+        &r,
+        w.ask_max_seconds,
+    );
     p.counter(
         "slr_whohas_answered_flows_total",
         "Flows peers asked this router about.",

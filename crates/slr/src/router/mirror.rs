@@ -56,6 +56,7 @@ pub(super) struct Mirror {
     questions_dropped: u64,
     whohas_server: Option<Arc<WhohasServerStats>>,
     whohas_peers: Vec<(String, Arc<WhohasPeerStats>)>,
+    whohas_timing: Option<Arc<slr_control::AskTiming>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -134,6 +135,7 @@ impl Mirror {
         let mut answering = None;
         let mut asking = None;
         let mut whohas_peers = Vec::new();
+        let mut whohas_timing = None;
         if let Some(w) = cfg.whohas {
             let (tx, rx) = tokio::sync::mpsc::channel::<WhohasRequest>(256);
             let config = WhohasServerConfig {
@@ -155,6 +157,7 @@ impl Mirror {
                 },
             )?;
             whohas_peers = asker.stats();
+            whohas_timing = Some(asker.timing());
             let (tx, rx) = tokio::sync::mpsc::channel::<Vec<MirrorFlow>>(1024);
             asking = Some((Arc::new(asker), rx, tx));
         }
@@ -256,6 +259,7 @@ impl Mirror {
             questions_dropped: 0,
             whohas_server,
             whohas_peers,
+            whohas_timing,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -395,6 +399,14 @@ impl Mirror {
             questions_answered: server.questions(),
             flows_asked_here: server.flows_asked(),
             flows_held_here: server.flows_held(),
+            ask_mean_seconds: self
+                .whohas_timing
+                .as_ref()
+                .map_or(0.0, |t| t.mean().as_secs_f64()),
+            ask_max_seconds: self
+                .whohas_timing
+                .as_ref()
+                .map_or(0.0, |t| t.max().as_secs_f64()),
             peers: self
                 .whohas_peers
                 .iter()
