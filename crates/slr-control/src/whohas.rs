@@ -1,5 +1,5 @@
 //! WHOHAS between the routers of one cluster (MISSION F17c): [`WhohasAsker`] and the
-//! `slr.control.v1.Whohas` service that [`MirrorServer::with_whohas`] serves beside flow
+//! `slr.control.v1.Whohas` service that [`MirrorServer::with_whohas`](crate::MirrorServer::with_whohas) serves beside flow
 //! mirroring.
 //!
 //! A router that receives a mid-flow packet of a flow it holds no state for (the connection

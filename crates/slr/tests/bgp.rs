@@ -10,7 +10,6 @@ mod common;
 
 use common::{core_next_hops, finish_download, signal, start_download, wait_until, Lab};
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 fn anycast(name: &str, bgp_extra: &str) -> String {

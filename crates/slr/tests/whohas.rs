@@ -1,6 +1,6 @@
 //! WHOHAS (issue 12, F17c): a routing change moves established flows to a router that holds no
 //! state for them. Two routers announce the virtual subnet by BGP and the core spreads 100
-//! downloads over both under `round_robin` (where a fresh choice usually picks another host,
+//! downloads over both under `round_robin` over four hosts (where a fresh choice usually picks another host,
 //! whose reset breaks the download); mirroring is off. Mid-download the core's BGP session to
 //! r1 is disabled: the core's route keeps only r2, and every packet of r1's flows now reaches
 //! r2. With WHOHAS, r2 holds each such flow's first packets, asks r1 (alive, it holds the flow)
@@ -54,6 +54,10 @@ role = "host"
 
 [[nodes]]
 name = "h3"
+role = "host"
+
+[[nodes]]
+name = "h4"
 role = "host"
 "#,
         cluster = if whohas {
