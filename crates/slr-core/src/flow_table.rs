@@ -556,6 +556,20 @@ impl FlowTable {
         Some(entry)
     }
 
+    /// Marks a flow as seen at `now` without a packet (its counters and state stay): what
+    /// keeps a flow that another router carries alive here (a mirrored copy). Whether the table
+    /// holds it.
+    pub fn refresh(&mut self, key: &FlowKey, now: Instant) -> bool {
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                // Its expiry record moves lazily, as after a packet (see `expire_with`).
+                entry.last_seen = entry.last_seen.max(now);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Inserts a new flow pinned to `next_hop`, seen at `now` with a first packet of `bytes`
     /// bytes (use [`FlowState::for_new_flow`] for `state`).
     ///

@@ -894,6 +894,13 @@ impl<T: Tunnel> Router<T> {
         self.remove_flow(key).is_some()
     }
 
+    /// Keeps a flow alive as if a packet of it was seen at `now` (counters unchanged): a
+    /// mirrored copy whose owner still carries it (F17b), which would otherwise idle out here
+    /// while the owner's flow lives on. Whether the table holds it.
+    pub fn refresh_flow(&mut self, now: Instant, key: &FlowKey) -> bool {
+        self.flows.refresh(key, now)
+    }
+
     /// The next hop a flow is pinned to.
     pub fn flow_next_hop(&self, key: &FlowKey) -> Option<&NextHopState> {
         self.flows
@@ -5095,6 +5102,31 @@ mod tests {
         assert_eq!(tunnel_transmits(&mut r).len(), 6);
         assert_eq!(r.whohas_pending(), (0, 0));
         assert_accounted(&r);
+    }
+
+    /// A refreshed flow outlives its idle timeout; one left alone expires.
+    #[test]
+    fn a_refreshed_flow_does_not_idle_out() {
+        let mut c = config(Policy::RoundRobin, 3);
+        c.flow_table.tcp_established_timeout = ms(1000);
+        let mut r = router(c);
+        for p in [1, 2] {
+            r.restore_flow(T0, tcp_key(p), 1, Duration::ZERO).unwrap();
+        }
+        let packets = r.flow(&tcp_key(1)).map(|e| e.packets());
+        for step in 1..=5u64 {
+            let now = T0 + ms(500 * step);
+            assert!(r.refresh_flow(now, &tcp_key(1)));
+            r.handle_timeout(now);
+        }
+        assert!(r.flow(&tcp_key(1)).is_some(), "refreshed every 500 ms");
+        assert!(r.flow(&tcp_key(2)).is_none(), "idle 2.5 s, timeout 1 s");
+        assert_eq!(
+            r.flow(&tcp_key(1)).map(|e| e.packets()),
+            packets,
+            "no packet counted"
+        );
+        assert!(!r.refresh_flow(T0, &tcp_key(3)));
     }
 
     /// What a router answers: the next hop of a flow it holds, nothing for one it does not,

@@ -177,6 +177,11 @@ pub struct MirrorView {
     pub flows_not_taken: u64,
     /// Copies removed when their peer let the flow go.
     pub copies_released: u64,
+    /// Flows this router carries that it told the peers of again (they carried packets since
+    /// the last pass), so that the peers' copies do not idle out.
+    pub refreshes_sent: u64,
+    /// Copies kept alive here because their owner told of them again.
+    pub copies_refreshed: u64,
     /// Releases of flows that were not (or no longer) unused copies here.
     pub releases_ignored: u64,
     /// Copies held now (flows taken in that carried no packet here yet).

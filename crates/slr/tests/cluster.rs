@@ -17,6 +17,10 @@ const DOWNLOADS: usize = 100;
 const SIZE: u64 = 8 << 20;
 
 fn topology(name: &str, mirror: bool) -> String {
+    topology_with(name, mirror, "")
+}
+
+fn topology_with(name: &str, mirror: bool, extra: &str) -> String {
     format!(
         r#"
 [lab]
@@ -54,6 +58,8 @@ role = "host"
 [[nodes]]
 name = "h3"
 role = "host"
+
+{extra}
 "#,
         cluster = if mirror {
             "[cluster]\nmirror = true"
@@ -202,5 +208,75 @@ fn mirrored_flows_survive_a_routers_death_under_round_robin() {
         "the control: without mirroring most of r1's running downloads break ({} of {} intact)",
         c.r1_intact,
         c.r1_running
+    );
+}
+
+/// A copy ages at the peer like a flow without packets: the owner tells its peers again of the
+/// flows that carried packets (every quarter of the idle timeout), and the peers keep their
+/// copies alive. Here the established timeout is 3 s and the downloads last about 24 s: long
+/// after three timeouts, the survivor still holds a copy of every running flow of r1 and carries
+/// them all when r1 dies.
+#[test]
+fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
+    let name = "cl-fresh";
+    let extra = "[router_config.flow_table]\ntcp_established_timeout = \"3s\"\n";
+    let lab = Lab::up(name, &topology_with(name, true, extra));
+    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+    assert!(o.status.success());
+    let size = 12u64 << 20;
+    let url = format!("http://{}/bytes/{size}", lab.vip(0));
+    let downloads: Vec<_> = (0..30)
+        .map(|i| {
+            let body = format!("/tmp/slr-e2e-{name}-{i}.bin");
+            let _ = std::fs::remove_file(&body);
+            let child = lab.spawn(
+                "c1",
+                &format!("curl -sS -m 60 --limit-rate 512K -o {body} -w '%{{local_port}}' {url}"),
+            );
+            (child, body)
+        })
+        .collect();
+    // Three idle timeouts and more.
+    std::thread::sleep(Duration::from_secs(10));
+    let r1_own = client_flows(&lab, "r1", true);
+    let r2_all = client_flows(&lab, "r2", false);
+    let missing: Vec<_> = r1_own.difference(&r2_all).collect();
+    let v = mirror_view(&lab, "r2");
+    println!(
+        "after 10 s (timeout 3 s): r1 carries {} downloads, r2 lacks a copy of {}; r1 sent {} refreshes, r2 refreshed {} copies",
+        r1_own.len(),
+        missing.len(),
+        mirror_view(&lab, "r1")["refreshes_sent"],
+        v["copies_refreshed"]
+    );
+    assert!(r1_own.len() >= 5, "r1 carries downloads");
+    assert!(
+        missing.is_empty(),
+        "r2 still holds a copy of every flow r1 carries: missing {missing:?}"
+    );
+    let size_of = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
+    let running: Vec<bool> = downloads
+        .iter()
+        .map(|(_, b)| size_of(b) + (2 << 20) <= size)
+        .collect();
+    signal(lab.pid("r1", "router"), "KILL");
+    let c1 = lab.addr("c1");
+    let (mut r1_running, mut r1_intact) = (0, 0);
+    for ((child, body), was_running) in downloads.into_iter().zip(running) {
+        let out = child.wait_with_output().unwrap();
+        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let data = std::fs::read(&body).unwrap_or_default();
+        let ok = out.status.success() && data.len() as u64 == size && is_pattern(&data);
+        if was_running && r1_own.contains(&format!("{c1}:{port}")) {
+            r1_running += 1;
+            r1_intact += usize::from(ok);
+        }
+        let _ = std::fs::remove_file(&body);
+    }
+    println!("r1 killed after 10 s: {r1_intact} of the {r1_running} downloads it carried intact");
+    assert!(r1_running >= 5, "r1 carried running downloads when it died");
+    assert_eq!(
+        r1_intact, r1_running,
+        "every one survives on r2's fresh copies"
     );
 }

@@ -215,6 +215,15 @@ impl FastPath {
             .is_some_and(|fp| matches!(fp.last_used_ns(key), Ok(Some(_))))
     }
 
+    /// When the program last forwarded a packet of `key` (in the core's clock, `now` being
+    /// the present), if it has the flow and forwarded any.
+    pub(super) fn last_used(&self, key: &FlowKey, now: Instant) -> Option<Instant> {
+        let fp = self.inner.as_ref()?;
+        let used = fp.last_used_ns(key).ok()??;
+        let ago_us = slr_xdp::ktime_ns().saturating_sub(used) / 1000;
+        Some(Instant::from_micros(now.as_micros().saturating_sub(ago_us)))
+    }
+
     /// Expires flows, asking the map when the program last forwarded each one due (the caller
     /// then follows the core's changes).
     pub(super) fn handle_timeout(&mut self, router: &mut Router, now: Instant) {

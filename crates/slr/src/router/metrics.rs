@@ -398,6 +398,18 @@ fn add_mirror_metrics(p: &mut Exposition, router: &str, m: &crate::snapshot::Mir
         );
     }
     p.counter(
+        "slr_mirror_refreshes_sent_total",
+        "Flows this router carries that it told the peers of again (active since the last pass), so that their copies do not idle out.",
+        &r,
+        m.refreshes_sent,
+    );
+    p.counter(
+        "slr_mirror_copies_refreshed_total",
+        "Copies kept alive because their owner told of them again.",
+        &r,
+        m.copies_refreshed,
+    );
+    p.counter(
         "slr_mirror_copies_released_total",
         "Copies removed when their peer let the flow go.",
         &r,

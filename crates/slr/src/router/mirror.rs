@@ -48,6 +48,8 @@ pub(super) struct Mirror {
     /// the peers need each change once.
     announced: HashMap<FlowKey, Ipv4Addr>,
     counts: Counts,
+    /// Refreshing the peers' copies of flows this router carries (see [`Mirror::refresh`]).
+    sweep: Sweep,
     server: Arc<MirrorServerStats>,
     refusals: Arc<ParentCounters>,
     peers: Vec<(String, Arc<MirrorSenderStats>)>,
@@ -61,6 +63,23 @@ pub(super) struct Mirror {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A pass over the flows this router announced, telling the peers again of those that carried
+/// packets since the pass before.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// When the next pass starts.
+    next: Option<Instant>,
+    /// The pass under way: flows still to look at.
+    todo: Vec<FlowKey>,
+    /// Activity after this time counts (the start of the pass before).
+    since: Instant,
+    /// When the pass under way started.
+    started: Instant,
+}
+
+/// Flows looked at per call of [`Mirror::refresh`] (the packet thread does it between batches).
+const SWEEP_CHUNK: usize = 4096;
+
 /// What the packet thread counts.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -71,6 +90,8 @@ struct Counts {
     not_taken: u64,
     copies_released: u64,
     releases_ignored: u64,
+    refreshes_sent: u64,
+    copies_refreshed: u64,
 }
 
 /// A flow key as mirrored.
@@ -252,6 +273,7 @@ impl Mirror {
             restoring: std::collections::HashSet::new(),
             announced: HashMap::new(),
             counts: Counts::default(),
+            sweep: Sweep::default(),
             server: server_stats,
             refusals,
             peers,
@@ -300,6 +322,56 @@ impl Mirror {
         for (_, tx) in &self.senders {
             if tx.try_send(m).is_err() {
                 self.counts.queue_full += 1;
+            }
+        }
+    }
+
+    /// Keeps the peers' copies of the flows this router carries alive: a copy ages at the
+    /// peer like a flow without packets, and the owner's packets never reach it. A pass every
+    /// quarter of the shortest pinned-flow timeout (established TCP, UDP) tells the peers again
+    /// of every flow that carried a packet since the pass before (`last_used`: when the fast
+    /// path last forwarded one, if it has the flow); the peers then refresh their copies.
+    /// Called from the packet loop; works in chunks.
+    pub(super) fn refresh(
+        &mut self,
+        router: &Router,
+        now: Instant,
+        last_used: impl Fn(&FlowKey) -> Option<Instant>,
+    ) {
+        if self.senders.is_empty() {
+            return;
+        }
+        if self.sweep.todo.is_empty() {
+            let cfg = &router.config().flow_table;
+            let shortest = cfg
+                .timeout(FlowState::TcpEstablished)
+                .min(cfg.timeout(FlowState::Udp));
+            let period = Duration::from_micros(shortest.as_micros() / 4);
+            let next = *self.sweep.next.get_or_insert(now + period);
+            if now < next {
+                return;
+            }
+            self.sweep.next = Some(now + period);
+            self.sweep.since = self.sweep.started;
+            self.sweep.started = now;
+            self.sweep.todo = self.announced.keys().copied().collect();
+        }
+        let since = self.sweep.since;
+        let at = self.sweep.todo.len().saturating_sub(SWEEP_CHUNK);
+        for key in self.sweep.todo.split_off(at) {
+            let (Some(e), Some(&hop)) = (router.flow(&key), self.announced.get(&key)) else {
+                continue;
+            };
+            let active = e.last_seen() > since || last_used(&key).is_some_and(|t| t > since);
+            if !active {
+                continue;
+            }
+            self.counts.refreshes_sent += 1;
+            let m = MirrorChange::Pinned(mirror_flow(&key), hop);
+            for (_, tx) in &self.senders {
+                if tx.try_send(m).is_err() {
+                    self.counts.queue_full += 1;
+                }
             }
         }
     }
@@ -360,7 +432,14 @@ impl Mirror {
                             self.restoring.insert(key);
                         }
                         Err(slr_core::router::RestoreRefusal::Present) => {
-                            self.counts.already_held += 1
+                            if let Some(since) = self.copies.get_mut(&key) {
+                                // The owner still carries it: the copy lives on here.
+                                router.refresh_flow(now, &key);
+                                *since = now;
+                                self.counts.copies_refreshed += 1;
+                            } else {
+                                self.counts.already_held += 1
+                            }
                         }
                         Err(_) => self.counts.not_taken += 1,
                     }
@@ -433,6 +512,8 @@ impl Mirror {
             flows_already_held: self.counts.already_held,
             flows_not_taken: self.counts.not_taken,
             copies_released: self.counts.copies_released,
+            refreshes_sent: self.counts.refreshes_sent,
+            copies_refreshed: self.counts.copies_refreshed,
             releases_ignored: self.counts.releases_ignored,
             copies: self.copies.len(),
             batches_received: self.server.batches(),

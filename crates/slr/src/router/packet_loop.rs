@@ -241,6 +241,10 @@ impl LoopState {
             if let Some(a) = self.bgp.as_mut() {
                 a.follow(router, false);
             }
+            if let Some(m) = self.mirror.as_mut() {
+                let (now, fast) = (self.clock.now(), &self.fast);
+                m.refresh(router, now, |key| fast.last_used(key, now));
+            }
             if signals.take_reload() {
                 match self.reload(router, health) {
                     Ok(()) => tracing::info!("configuration reloaded (SIGHUP)"),
