@@ -213,27 +213,37 @@ fn mirrored_flows_survive_a_routers_death_under_round_robin() {
 
 /// A copy ages at the peer like a flow without packets: the owner tells its peers again of the
 /// flows that carried packets (every quarter of the idle timeout), and the peers keep their
-/// copies alive. Here the established timeout is 3 s and the downloads last about 24 s: long
-/// after three timeouts, the survivor still holds a copy of every running flow of r1 and carries
-/// them all when r1 dies.
+/// copies alive. Here the established timeout is 3 s and 30 uploads (whose data crosses the
+/// routers all the time, unlike a download's ACKs, which a rate-limited client pauses) last
+/// about 20 s: after three timeouts the survivor still holds a copy of every flow r1 carries,
+/// and carries them all when r1 dies. WHOHAS is off: the copies alone must do it.
 #[test]
 fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
     let name = "cl-fresh";
     let extra = "[router_config.flow_table]\ntcp_established_timeout = \"3s\"\n";
-    let lab = Lab::up(name, &topology_with(name, true, extra));
-    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+    let topology =
+        topology_with(name, true, extra).replace("mirror = true", "mirror = true\nwhohas = false");
+    let lab = Lab::up(name, &topology);
+    // Small send buffers: the uploads leave at curl's pace.
+    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_wmem='4096 16384 65536'");
     assert!(o.status.success());
-    let size = 12u64 << 20;
-    let url = format!("http://{}/bytes/{size}", lab.vip(0));
-    let downloads: Vec<_> = (0..30)
-        .map(|i| {
-            let body = format!("/tmp/slr-e2e-{name}-{i}.bin");
-            let _ = std::fs::remove_file(&body);
-            let child = lab.spawn(
+    let size = 5usize << 20;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let file = std::env::temp_dir().join(format!("slr-e2e-{name}-up.bin"));
+    std::fs::write(&file, &data).unwrap();
+    let expect = format!("bytes={size} fnv64={:016x}", common::fnv64(&data));
+    let url = format!("http://{}/upload", lab.vip(0));
+    let uploads: Vec<_> = (0..30)
+        .map(|_| {
+            lab.spawn(
                 "c1",
-                &format!("curl -sS -m 60 --limit-rate 512K -o {body} -w '%{{local_port}}' {url}"),
-            );
-            (child, body)
+                &format!(
+                    "curl -sS -m 60 --limit-rate 256K --data-binary @{} -w ' port=%{{local_port}}' {url}",
+                    file.display()
+                ),
+            )
         })
         .collect();
     // Three idle timeouts and more.
@@ -241,42 +251,36 @@ fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
     let r1_own = client_flows(&lab, "r1", true);
     let r2_all = client_flows(&lab, "r2", false);
     let missing: Vec<_> = r1_own.difference(&r2_all).collect();
-    let v = mirror_view(&lab, "r2");
     println!(
-        "after 10 s (timeout 3 s): r1 carries {} downloads, r2 lacks a copy of {}; r1 sent {} refreshes, r2 refreshed {} copies",
+        "after 10 s (timeout 3 s): r1 carries {} uploads, r2 lacks a copy of {}; r1 sent {} refreshes, r2 refreshed {} copies",
         r1_own.len(),
         missing.len(),
         mirror_view(&lab, "r1")["refreshes_sent"],
-        v["copies_refreshed"]
+        mirror_view(&lab, "r2")["copies_refreshed"]
     );
-    assert!(r1_own.len() >= 5, "r1 carries downloads");
+    assert!(r1_own.len() >= 5, "r1 carries uploads");
     assert!(
         missing.is_empty(),
         "r2 still holds a copy of every flow r1 carries: missing {missing:?}"
     );
-    let size_of = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
-    let running: Vec<bool> = downloads
-        .iter()
-        .map(|(_, b)| size_of(b) + (2 << 20) <= size)
-        .collect();
     signal(lab.pid("r1", "router"), "KILL");
     let c1 = lab.addr("c1");
-    let (mut r1_running, mut r1_intact) = (0, 0);
-    for ((child, body), was_running) in downloads.into_iter().zip(running) {
+    let (mut intact, mut r1_carried, mut r1_intact) = (0, 0, 0);
+    for child in uploads {
         let out = child.wait_with_output().unwrap();
-        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let data = std::fs::read(&body).unwrap_or_default();
-        let ok = out.status.success() && data.len() as u64 == size && is_pattern(&data);
-        if was_running && r1_own.contains(&format!("{c1}:{port}")) {
-            r1_running += 1;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ok = out.status.success() && text.starts_with(&expect);
+        intact += usize::from(ok);
+        let port = text.rsplit("port=").next().unwrap_or("").trim();
+        if r1_own.contains(&format!("{c1}:{port}")) {
+            r1_carried += 1;
             r1_intact += usize::from(ok);
         }
-        let _ = std::fs::remove_file(&body);
     }
-    println!("r1 killed after 10 s: {r1_intact} of the {r1_running} downloads it carried intact");
-    assert!(r1_running >= 5, "r1 carried running downloads when it died");
-    assert_eq!(
-        r1_intact, r1_running,
-        "every one survives on r2's fresh copies"
+    let _ = std::fs::remove_file(&file);
+    println!(
+        "r1 killed after 10 s: {intact} of 30 uploads intact; {r1_intact} of the {r1_carried} r1 carried"
     );
+    assert!(r1_carried >= 5, "r1 carried uploads when it died");
+    assert_eq!(intact, 30, "every upload survives on r2's fresh copies");
 }
