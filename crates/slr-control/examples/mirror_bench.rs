@@ -12,14 +12,15 @@
 //!
 //! `cargo run --release -p slr-control --example mirror_bench -- [FLOWS=1000000] [RATE=10000]`
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use slr_control::{
-    create_ca, issue, Identity, MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig,
-    MirrorServer, MirrorServerConfig,
+    MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig, MirrorServer, MirrorServerConfig,
 };
 use tokio::sync::mpsc;
 
@@ -33,38 +34,12 @@ fn flow(i: u32) -> MirrorFlow {
     }
 }
 
-/// CPU time (user + system) of the thread `tid` of this process, from /proc.
-fn thread_cpu(tid: i64) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let flows: u32 = args.next().map_or(1_000_000, |a| a.parse().expect("FLOWS"));
     let rate: u32 = args.next().map_or(10_000, |a| a.parse().expect("RATE"));
     let dir = tempfile::tempdir().unwrap();
-    let hour = Duration::from_secs(3600);
-    create_ca(&dir.path().join("ca"), "bench CA", hour).unwrap();
-    let now = SystemTime::now();
-    let identity = |name: &str| -> Identity {
-        let f = issue(
-            &dir.path().join("ca"),
-            name,
-            &dir.path().join(name),
-            now - hour,
-            now + hour,
-        )
-        .unwrap();
-        Identity::load(&dir.path().join("ca/ca.pem"), &f.cert, &f.key).unwrap()
-    };
-    let (r1, r2) = (identity("r1"), identity("r2"));
+    let (r1, r2) = common::two_routers(dir.path());
 
     // The receiver: one runtime thread, whose CPU time is measured.
     let server_rt = tokio::runtime::Builder::new_current_thread()
@@ -83,11 +58,7 @@ fn main() {
         let (received, server_tid) = (received.clone(), server_tid.clone());
         std::thread::spawn(move || {
             // This thread's id, for its CPU time in /proc.
-            let tid = std::fs::read_link("/proc/thread-self")
-                .ok()
-                .and_then(|p| p.file_name()?.to_str()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            server_tid.store(tid, Ordering::Relaxed);
+            server_tid.store(common::tid(), Ordering::Relaxed);
             server_rt.block_on(async move {
                 let (tx, mut rx) = mpsc::channel(1024);
                 tokio::spawn(async move {
@@ -116,11 +87,11 @@ fn main() {
     while !sstats.connected() {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let tid = server_tid.load(Ordering::Relaxed) as i64;
+    let tid = server_tid.load(Ordering::Relaxed);
     let hop = Ipv4Addr::new(10, 200, 4, 2);
 
     // 1 and 2: as fast as it goes.
-    let (cpu0, bytes0, t0) = (thread_cpu(tid), sstats.bytes_sent(), Instant::now());
+    let (cpu0, bytes0, t0) = (common::thread_cpu(tid), sstats.bytes_sent(), Instant::now());
     let feeder = {
         let tx = tx.clone();
         std::thread::spawn(move || {
@@ -135,7 +106,7 @@ fn main() {
     }
     let took = t0.elapsed();
     feeder.join().unwrap();
-    let cpu = thread_cpu(tid) - cpu0;
+    let cpu = common::thread_cpu(tid) - cpu0;
     let bytes = sstats.bytes_sent() - bytes0;
     println!(
         "rate: {flows} flows mirrored in {took:.2?}: {:.0} flows/s; receiver's core {:.2?} CPU = {:.0} ns per flow ({:.0} flows per CPU-second); {:.1} bytes per flow on the wire ({} batches)",
@@ -151,7 +122,7 @@ fn main() {
     let batches0 = stats.batches();
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let n = rate * 5;
-    let (cpu0, t0) = (thread_cpu(tid), Instant::now());
+    let (cpu0, t0) = (common::thread_cpu(tid), Instant::now());
     let start = received.load(Ordering::Relaxed);
     let mut lags = Vec::new();
     let mut next = Instant::now();
@@ -170,7 +141,7 @@ fn main() {
     while received.load(Ordering::Relaxed) < start + u64::from(n) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let cpu = thread_cpu(tid) - cpu0;
+    let cpu = common::thread_cpu(tid) - cpu0;
     lags.sort();
     let pct = |p: f64| lags[((lags.len() - 1) as f64 * p) as usize];
     println!(

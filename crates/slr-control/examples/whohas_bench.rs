@@ -12,15 +12,17 @@
 //!
 //! `cargo run --release -p slr-control --example whohas_bench -- [N=5000] [SECS=5] [HELD=1000000]`
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use slr_control::{
-    create_ca, issue, FlowReply, Found, Identity, MirrorFlow, MirrorServer, MirrorServerConfig,
-    WhohasAsker, WhohasAskerConfig, WhohasRequest, WhohasServerConfig,
+    FlowReply, Found, MirrorFlow, MirrorServer, MirrorServerConfig, WhohasAsker, WhohasAskerConfig,
+    WhohasRequest, WhohasServerConfig,
 };
 use tokio::sync::mpsc;
 
@@ -34,46 +36,13 @@ fn flow(i: u32) -> MirrorFlow {
     }
 }
 
-fn tid() -> u64 {
-    std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name()?.to_str()?.parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) of the thread `tid` of this process, from /proc.
-fn thread_cpu(tid: u64) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_secs_f64(ticks as f64 / 100.0)
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(5000, |a| a.parse().expect("N"));
     let secs: u64 = args.next().map_or(5, |a| a.parse().expect("SECS"));
     let held: u32 = args.next().map_or(1_000_000, |a| a.parse().expect("HELD"));
     let dir = tempfile::tempdir().unwrap();
-    let hour = Duration::from_secs(3600);
-    create_ca(&dir.path().join("ca"), "bench CA", hour).unwrap();
-    let now = SystemTime::now();
-    let identity = |name: &str| -> Identity {
-        let f = issue(
-            &dir.path().join("ca"),
-            name,
-            &dir.path().join(name),
-            now - hour,
-            now + hour,
-        )
-        .unwrap();
-        Identity::load(&dir.path().join("ca/ca.pem"), &f.cert, &f.key).unwrap()
-    };
-    let (r1, r2) = (identity("r1"), identity("r2"));
+    let (r1, r2) = common::two_routers(dir.path());
     let hop = Ipv4Addr::new(10, 200, 4, 2);
     let me = Ipv4Addr::new(10, 200, 2, 2);
 
@@ -84,7 +53,7 @@ fn main() {
     {
         let answerer_tid = answerer_tid.clone();
         std::thread::spawn(move || {
-            answerer_tid.store(tid(), Ordering::Relaxed);
+            answerer_tid.store(common::tid(), Ordering::Relaxed);
             let table: HashMap<MirrorFlow, Ipv4Addr> = (0..held).map(|i| (flow(i), hop)).collect();
             while let Some(q) = questions.blocking_recv() {
                 let answers = q
@@ -119,7 +88,7 @@ fn main() {
     {
         let server_tid = server_tid.clone();
         std::thread::spawn(move || {
-            server_tid.store(tid(), Ordering::Relaxed);
+            server_tid.store(common::tid(), Ordering::Relaxed);
             server_rt.block_on(async move {
                 let (tx, _rx) = mpsc::channel(1);
                 server
@@ -181,7 +150,7 @@ fn main() {
         server_tid.load(Ordering::Relaxed),
         answerer_tid.load(Ordering::Relaxed),
     );
-    let cpu0 = thread_cpu(stid) + thread_cpu(atid);
+    let cpu0 = common::thread_cpu(stid) + common::thread_cpu(atid);
     let t0 = Instant::now();
     let answered = Arc::new(AtomicU64::new(0));
     client_rt.block_on(async {
@@ -205,7 +174,7 @@ fn main() {
         }
     });
     let took = t0.elapsed();
-    let cpu = thread_cpu(stid) + thread_cpu(atid) - cpu0;
+    let cpu = common::thread_cpu(stid) + common::thread_cpu(atid) - cpu0;
     let flows = answered.load(Ordering::Relaxed);
     println!(
         "rate: {flows} flows answered (held) in {took:.2?}: {:.0} flows/s; answering side {:.2?} CPU = {:.0} ns per flow ({:.0} flows per CPU-second; {:.0} questions of 1024 per CPU-second)",

@@ -13,46 +13,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 fn anycast(name: &str, bgp_extra: &str) -> String {
-    format!(
-        r#"
-[lab]
-name = "{name}"
-
-[bgp]
-hold_time = "3s"
-bfd_interval = "100ms"
-{bgp_extra}
-
-[[virtual_hosts]]
-name = "web"
-subnet = "10.99.0.0/24"
-policy = "maglev"
-
-[[nodes]]
-name = "c1"
-role = "client"
-
-[[nodes]]
-name = "r1"
-role = "router"
-
-[[nodes]]
-name = "r2"
-role = "router"
-
-[[nodes]]
-name = "h1"
-role = "host"
-
-[[nodes]]
-name = "h2"
-role = "host"
-
-[[nodes]]
-name = "h3"
-role = "host"
-"#
-    )
+    let bgp = format!("hold_time = \"3s\"\nbfd_interval = \"100ms\"\n{bgp_extra}");
+    common::anycast_topology(name, "maglev", 3, &bgp, "")
 }
 
 /// Polls (every 5 ms, at most `limit`) until `f` holds; the time it took.

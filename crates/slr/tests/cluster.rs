@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::{is_pattern, signal, wait_until, Lab};
-use std::collections::BTreeSet;
+use common::{client_flows, signal, wait_until, Downloads, Lab};
 use std::time::{Duration, Instant};
 
 const DOWNLOADS: usize = 100;
@@ -21,71 +20,12 @@ fn topology(name: &str, mirror: bool) -> String {
 }
 
 fn topology_with(name: &str, mirror: bool, extra: &str) -> String {
-    format!(
-        r#"
-[lab]
-name = "{name}"
-
-[bgp]
-
-{cluster}
-
-[[virtual_hosts]]
-name = "web"
-subnet = "10.99.0.0/24"
-policy = "round_robin"
-
-[[nodes]]
-name = "c1"
-role = "client"
-
-[[nodes]]
-name = "r1"
-role = "router"
-
-[[nodes]]
-name = "r2"
-role = "router"
-
-[[nodes]]
-name = "h1"
-role = "host"
-
-[[nodes]]
-name = "h2"
-role = "host"
-
-[[nodes]]
-name = "h3"
-role = "host"
-
-{extra}
-"#,
-        cluster = if mirror {
-            "[cluster]\nmirror = true"
-        } else {
-            ""
-        }
-    )
-}
-
-/// The established client flows (from c1) a router holds, by client address and port; `own`:
-/// only those whose packets it carried (a copy taken in from the peer has carried no byte).
-fn client_flows(lab: &Lab, router: &str, own: bool) -> BTreeSet<String> {
-    let c1 = format!("{}:", lab.addr("c1"));
-    let page = lab
-        .ctl_args(router, &["flows", "--all"])
-        .unwrap_or_else(|e| panic!("slr ctl {router} flows: {e}"));
-    page["flows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|f| f["protocol"] == "tcp" && f["state"] == "established")
-        .filter(|f| !own || f["bytes"].as_u64().unwrap_or(0) > 0)
-        .filter_map(|f| f["client"].as_str())
-        .filter(|c| c.starts_with(&c1))
-        .map(str::to_owned)
-        .collect()
+    let cluster = if mirror {
+        "[cluster]\nmirror = true\n"
+    } else {
+        ""
+    };
+    common::anycast_topology(name, "round_robin", 3, "", &format!("{cluster}\n{extra}"))
 }
 
 fn mirror_view(lab: &Lab, router: &str) -> serde_json::Value {
@@ -104,22 +44,7 @@ struct Outcome {
 fn run(mirror: bool) -> Outcome {
     let name = if mirror { "cl-mirror" } else { "cl-none" };
     let lab = Lab::up(name, &topology(name, mirror));
-    // Small receive buffers: the downloads last as long as curl's rate limit says.
-    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
-    assert!(o.status.success());
-    let url = format!("http://{}/bytes/{}", lab.vip(0), SIZE);
-    let downloads: Vec<_> = (0..DOWNLOADS)
-        .map(|i| {
-            let body = format!("/tmp/slr-e2e-{name}-{i}.bin");
-            let _ = std::fs::remove_file(&body);
-            // curl prints its local port at the end, failed or not.
-            let child = lab.spawn(
-                "c1",
-                &format!("curl -sS -m 60 --limit-rate 512K -o {body} -w '%{{local_port}}' {url}"),
-            );
-            (child, body)
-        })
-        .collect();
+    let mut downloads = Downloads::start(&lab, DOWNLOADS, SIZE, "512K");
     std::thread::sleep(Duration::from_millis(1500));
     let r1_own = client_flows(&lab, "r1", true);
     let r2_own = client_flows(&lab, "r2", true);
@@ -155,28 +80,10 @@ fn run(mirror: bool) -> Outcome {
             }
         }
     }
-    let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
-    // Running: at least 2 MiB still to come (what is left of a nearly finished download may
-    // already be on its way, and completes without the client's ACKs reaching a host).
-    let running: Vec<bool> = downloads
-        .iter()
-        .map(|(_, b)| size(b) + (2 << 20) <= SIZE)
-        .collect();
+    downloads.mark_running();
     signal(lab.pid("r1", "router"), "KILL");
-    let c1 = lab.addr("c1");
-    let (mut intact, mut r1_running, mut r1_intact) = (0, 0, 0);
-    for ((child, body), was_running) in downloads.into_iter().zip(running) {
-        let out = child.wait_with_output().unwrap();
-        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let data = std::fs::read(&body).unwrap_or_default();
-        let ok = out.status.success() && data.len() as u64 == SIZE && is_pattern(&data);
-        intact += usize::from(ok);
-        if was_running && r1_own.contains(&format!("{c1}:{port}")) {
-            r1_running += 1;
-            r1_intact += usize::from(ok);
-        }
-        let _ = std::fs::remove_file(&body);
-    }
+    let o = downloads.finish(&lab, &r1_own);
+    let (intact, r1_running, r1_intact) = (o.intact, o.carried_running, o.carried_intact);
     println!(
         "mirror {mirror}: r1 killed; {intact} of {DOWNLOADS} downloads complete and intact; of the {r1_running} r1 carried that were still running, {r1_intact} intact"
     );

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{core_next_hops, is_pattern, wait_until, Lab};
+use common::{client_flows, core_next_hops, wait_until, Downloads, Lab};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -18,72 +18,12 @@ const DOWNLOADS: usize = 100;
 const SIZE: u64 = 12 << 20;
 
 fn topology(name: &str, whohas: bool) -> String {
-    format!(
-        r#"
-[lab]
-name = "{name}"
-
-[bgp]
-
-{cluster}
-
-[[virtual_hosts]]
-name = "web"
-subnet = "10.99.0.0/24"
-policy = "round_robin"
-
-[[nodes]]
-name = "c1"
-role = "client"
-
-[[nodes]]
-name = "r1"
-role = "router"
-
-[[nodes]]
-name = "r2"
-role = "router"
-
-[[nodes]]
-name = "h1"
-role = "host"
-
-[[nodes]]
-name = "h2"
-role = "host"
-
-[[nodes]]
-name = "h3"
-role = "host"
-
-[[nodes]]
-name = "h4"
-role = "host"
-"#,
-        cluster = if whohas {
-            "[cluster]\nmirror = false\nwhohas = true"
-        } else {
-            ""
-        }
-    )
-}
-
-/// The established client flows (from c1) whose packets a router carried.
-fn own_flows(lab: &Lab, router: &str) -> BTreeSet<String> {
-    let c1 = format!("{}:", lab.addr("c1"));
-    let page = lab
-        .ctl_args(router, &["flows", "--all"])
-        .unwrap_or_else(|e| panic!("slr ctl {router} flows: {e}"));
-    page["flows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|f| f["protocol"] == "tcp" && f["state"] == "established")
-        .filter(|f| f["bytes"].as_u64().unwrap_or(0) > 0)
-        .filter_map(|f| f["client"].as_str())
-        .filter(|c| c.starts_with(&c1))
-        .map(str::to_owned)
-        .collect()
+    let cluster = if whohas {
+        "[cluster]\nmirror = false\nwhohas = true\n"
+    } else {
+        ""
+    };
+    common::anycast_topology(name, "round_robin", 4, "", cluster)
 }
 
 /// Disables (or enables) the core's BGP session to a router: its route leaves (or rejoins)
@@ -113,35 +53,18 @@ struct Outcome {
 fn run(whohas: bool) -> Outcome {
     let name = if whohas { "wh-on" } else { "wh-none" };
     let lab = Lab::up(name, &topology(name, whohas));
-    let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
-    assert!(o.status.success());
     let (r1, r2) = (lab.addr("r1"), lab.addr("r2"));
     assert_eq!(core_next_hops(&lab), BTreeSet::from([r1, r2]));
-    let url = format!("http://{}/bytes/{}", lab.vip(0), SIZE);
-    let downloads: Vec<_> = (0..DOWNLOADS)
-        .map(|i| {
-            let body = format!("/tmp/slr-e2e-{name}-{i}.bin");
-            let _ = std::fs::remove_file(&body);
-            let child = lab.spawn(
-                "c1",
-                &format!("curl -sS -m 60 --limit-rate 512K -o {body} -w '%{{local_port}}' {url}"),
-            );
-            (child, body)
-        })
-        .collect();
+    let mut downloads = Downloads::start(&lab, DOWNLOADS, SIZE, "512K");
     std::thread::sleep(Duration::from_millis(1500));
-    let r1_own = own_flows(&lab, "r1");
+    let r1_own = client_flows(&lab, "r1", true);
     println!(
         "whohas {whohas}: {} downloads running through r1, {} through r2",
         r1_own.len(),
-        own_flows(&lab, "r2").len()
+        client_flows(&lab, "r2", true).len()
     );
     assert!(r1_own.len() >= 10, "equal-cost multipath gives r1 a share");
-    let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
-    let running: Vec<bool> = downloads
-        .iter()
-        .map(|(_, b)| size(b) + (2 << 20) <= SIZE)
-        .collect();
+    downloads.mark_running();
     // The route change: the core forgets r1's route, r2 gets every flow.
     let t = Instant::now();
     core_session(&lab, "r1", false);
@@ -154,20 +77,8 @@ fn run(whohas: bool) -> Outcome {
         t.elapsed()
     );
     let status = lab.ctl("r2", "status");
-    let c1 = lab.addr("c1");
-    let (mut intact, mut r1_running, mut r1_intact) = (0, 0, 0);
-    for ((child, body), was_running) in downloads.into_iter().zip(running) {
-        let out = child.wait_with_output().unwrap();
-        let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let data = std::fs::read(&body).unwrap_or_default();
-        let ok = out.status.success() && data.len() as u64 == SIZE && is_pattern(&data);
-        intact += usize::from(ok);
-        if was_running && r1_own.contains(&format!("{c1}:{port}")) {
-            r1_running += 1;
-            r1_intact += usize::from(ok);
-        }
-        let _ = std::fs::remove_file(&body);
-    }
+    let o = downloads.finish(&lab, &r1_own);
+    let (intact, r1_running, r1_intact) = (o.intact, o.carried_running, o.carried_intact);
     let whohas_view = lab.ctl("r2", "status")["snapshot"]["whohas"].clone();
     println!(
         "whohas {whohas}: route moved; {intact} of {DOWNLOADS} downloads complete and intact; of the {r1_running} r1 carried that were still running, {r1_intact} intact; r2 WHOHAS {whohas_view}"
@@ -226,4 +137,81 @@ fn whohas_carries_flows_across_a_route_change() {
         c.r1_intact,
         c.r1_running
     );
+}
+
+/// A WHOHAS storm: 20,000 mid-flow TCP packets of flows nobody holds (random client ports, as
+/// after a routing change that moved every flow at once, or a flood), sent at the routers in
+/// about a second while a download runs through them. The questions pending stay within their
+/// bound (the rest go to the policy at once, counted), the download goes on intact, and new
+/// connections are served afterwards.
+#[test]
+fn a_whohas_storm_is_bounded_and_known_flows_go_on() {
+    let name = "wh-storm";
+    let lab = Lab::up(name, &topology(name, true));
+    let (child, body, _head) = common::start_download(&lab, "c1", "storm", 16, "2M");
+    std::thread::sleep(Duration::from_millis(500));
+    let script = format!(
+        r#"
+import random, socket, struct
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+src, dst = socket.inet_aton("{c1}"), socket.inet_aton("{vip}")
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+sent = 0
+for i in range(20000):
+    port = random.randrange(20000, 60000)
+    tcp = struct.pack("!HHIIBBHHH", port, 80, random.getrandbits(32), random.getrandbits(32), 5 << 4, 0x10, 65535, 0, 0)
+    c = csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i & 0xffff, 0, 64, 6, 0, src, dst)
+    s.sendto(ip + tcp, ("{vip}", 0))
+    sent += 1
+print(sent)
+"#,
+        c1 = lab.addr("c1"),
+        vip = lab.vip(0)
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c1"), "python3", "-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "storm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "storm: {} packets sent",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    common::finish_download(child, &body, 16);
+    let mut asked = 0;
+    for r in ["r1", "r2"] {
+        let w = lab.ctl(r, "status")["snapshot"]["whohas"].clone();
+        println!("{r} after the storm: {w}");
+        asked += w["asked"].as_u64().unwrap_or(0);
+        assert_eq!(w["pending"], 0, "{r}: every question settled");
+    }
+    assert!(
+        asked >= 1000,
+        "the routers asked about the storm's flows: {asked}"
+    );
+    let metrics = lab.sh("r1", "curl -sS -m 3 http://127.0.0.1:9464/metrics");
+    let page = String::from_utf8_lossy(&metrics.stdout);
+    println!(
+        "{}",
+        page.lines()
+            .filter(
+                |l| l.starts_with("slr_whohas_flows_total") || l.starts_with("slr_whohas_pending")
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for i in 0..10 {
+        lab.curl("c1", &format!("http://{}/", lab.vip(0)))
+            .unwrap_or_else(|e| panic!("new connection {i} after the storm: {e}"));
+    }
 }

@@ -611,3 +611,146 @@ pub fn core_next_hops(lab: &Lab) -> std::collections::BTreeSet<Ipv4Addr> {
     }
     hops
 }
+
+/// A lab of one client, two routers (r1, r2) that announce 10.99.0.0/24 to the core by BGP,
+/// and `hosts` hosts (h1, h2, ...): `bgp` lines go into `[bgp]`, `policy` is the virtual
+/// host's, `rest` follows everything (`[cluster]`, `[router_config]`).
+pub fn anycast_topology(name: &str, policy: &str, hosts: usize, bgp: &str, rest: &str) -> String {
+    let hosts: String = (1..=hosts)
+        .map(|i| format!("[[nodes]]\nname = \"h{i}\"\nrole = \"host\"\n\n"))
+        .collect();
+    format!(
+        r#"
+[lab]
+name = "{name}"
+
+[bgp]
+{bgp}
+
+[[virtual_hosts]]
+name = "web"
+subnet = "10.99.0.0/24"
+policy = "{policy}"
+
+[[nodes]]
+name = "c1"
+role = "client"
+
+[[nodes]]
+name = "r1"
+role = "router"
+
+[[nodes]]
+name = "r2"
+role = "router"
+
+{hosts}{rest}
+"#
+    )
+}
+
+/// The established TCP flows of client c1 a router holds, by client address and port; `own`:
+/// only those whose packets it carried (a copy taken in from a peer has carried no byte).
+pub fn client_flows(lab: &Lab, router: &str, own: bool) -> std::collections::BTreeSet<String> {
+    let c1 = format!("{}:", lab.addr("c1"));
+    let page = lab
+        .ctl_args(router, &["flows", "--all"])
+        .unwrap_or_else(|e| panic!("slr ctl {router} flows: {e}"));
+    page["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["protocol"] == "tcp" && f["state"] == "established")
+        .filter(|f| !own || f["bytes"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|f| f["client"].as_str())
+        .filter(|c| c.starts_with(&c1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Many rate-limited downloads of the pattern from the first VIP, run by curl in c1, each of
+/// which prints its local port at the end (failed or not).
+pub struct Downloads {
+    runs: Vec<(std::process::Child, String)>,
+    size: u64,
+    /// Which were still running (at least 2 MiB to come) when [`Downloads::mark_running`] looked.
+    running: Vec<bool>,
+}
+
+/// What became of a batch of downloads.
+pub struct DownloadOutcome {
+    /// Downloads complete and intact.
+    pub intact: usize,
+    /// Of those marked running, the ones whose flow was in `carried`.
+    pub carried_running: usize,
+    /// Of those, the ones complete and intact.
+    pub carried_intact: usize,
+}
+
+impl Downloads {
+    /// Starts `n` downloads of `size` bytes at `rate` from c1 (small receive buffers: they last
+    /// about as long as the rate says, though curl lets some run ahead at first).
+    pub fn start(lab: &Lab, n: usize, size: u64, rate: &str) -> Downloads {
+        let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_rmem='4096 131072 262144'");
+        assert!(o.status.success());
+        let url = format!("http://{}/bytes/{size}", lab.vip(0));
+        let runs = (0..n)
+            .map(|i| {
+                let body = format!("/tmp/slr-e2e-{}-{i}.bin", lab.name);
+                let _ = std::fs::remove_file(&body);
+                let child = lab.spawn(
+                    "c1",
+                    &format!(
+                        "curl -sS -m 60 --limit-rate {rate} -o {body} -w '%{{local_port}}' {url}"
+                    ),
+                );
+                (child, body)
+            })
+            .collect();
+        Downloads {
+            runs,
+            size,
+            running: Vec::new(),
+        }
+    }
+
+    /// Notes which downloads still have at least 2 MiB to come (what is left of a nearly
+    /// finished one may already be on its way, and completes without the client's ACKs
+    /// reaching a host).
+    pub fn mark_running(&mut self) {
+        let size = |b: &String| std::fs::metadata(b).map_or(0, |m| m.len());
+        self.running = self
+            .runs
+            .iter()
+            .map(|(_, b)| size(b) + (2 << 20) <= self.size)
+            .collect();
+    }
+
+    /// Waits for every download; `carried`: the client flows ("address:port") of interest.
+    pub fn finish(
+        self,
+        lab: &Lab,
+        carried: &std::collections::BTreeSet<String>,
+    ) -> DownloadOutcome {
+        let c1 = lab.addr("c1");
+        let mut o = DownloadOutcome {
+            intact: 0,
+            carried_running: 0,
+            carried_intact: 0,
+        };
+        let running = self.running.into_iter().chain(std::iter::repeat(false));
+        for ((child, body), was_running) in self.runs.into_iter().zip(running) {
+            let out = child.wait_with_output().unwrap();
+            let port = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let data = std::fs::read(&body).unwrap_or_default();
+            let ok = out.status.success() && data.len() as u64 == self.size && is_pattern(&data);
+            o.intact += usize::from(ok);
+            if was_running && carried.contains(&format!("{c1}:{port}")) {
+                o.carried_running += 1;
+                o.carried_intact += usize::from(ok);
+            }
+            let _ = std::fs::remove_file(&body);
+        }
+        o
+    }
+}
