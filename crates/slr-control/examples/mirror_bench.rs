@@ -20,19 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slr_control::{
-    MirrorChange, MirrorFlow, MirrorSender, MirrorSenderConfig, MirrorServer, MirrorServerConfig,
+    MirrorChange, MirrorSender, MirrorSenderConfig, MirrorServer, MirrorServerConfig,
 };
 use tokio::sync::mpsc;
-
-fn flow(i: u32) -> MirrorFlow {
-    MirrorFlow {
-        src: Ipv4Addr::from(0x0a00_0000 | (i >> 14)),
-        dst: Ipv4Addr::new(10, 99, 0, 1),
-        src_port: 1024 + (i & 0x3fff) as u16,
-        dst_port: 80,
-        protocol: 6,
-    }
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -96,7 +86,7 @@ fn main() {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for i in 0..flows {
-                tx.blocking_send(MirrorChange::Pinned(flow(i), hop))
+                tx.blocking_send(MirrorChange::Pinned(common::flow(i), hop))
                     .unwrap();
             }
         })
@@ -132,7 +122,7 @@ fn main() {
         if next > now {
             std::thread::sleep(next - now);
         }
-        tx.blocking_send(MirrorChange::Pinned(flow(flows + i), hop))
+        tx.blocking_send(MirrorChange::Pinned(common::flow(flows + i), hop))
             .unwrap();
         if i % 97 == 0 {
             lags.push(stats.last_lag());

@@ -26,16 +26,6 @@ use slr_control::{
 };
 use tokio::sync::mpsc;
 
-fn flow(i: u32) -> MirrorFlow {
-    MirrorFlow {
-        src: Ipv4Addr::from(0x0a00_0000 | (i >> 14)),
-        dst: Ipv4Addr::new(10, 99, 0, 1),
-        src_port: 1024 + (i & 0x3fff) as u16,
-        dst_port: 80,
-        protocol: 6,
-    }
-}
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(5000, |a| a.parse().expect("N"));
@@ -54,7 +44,8 @@ fn main() {
         let answerer_tid = answerer_tid.clone();
         std::thread::spawn(move || {
             answerer_tid.store(common::tid(), Ordering::Relaxed);
-            let table: HashMap<MirrorFlow, Ipv4Addr> = (0..held).map(|i| (flow(i), hop)).collect();
+            let table: HashMap<MirrorFlow, Ipv4Addr> =
+                (0..held).map(|i| (common::flow(i), hop)).collect();
             while let Some(q) = questions.blocking_recv() {
                 let answers = q
                     .flows
@@ -117,7 +108,7 @@ fn main() {
         .unwrap(),
     );
     // Warm up: the connection.
-    let first = client_rt.block_on(asker.ask(&[flow(1)]));
+    let first = client_rt.block_on(asker.ask(&[common::flow(1)]));
     assert_eq!(
         first,
         vec![Found::Held {
@@ -131,7 +122,7 @@ fn main() {
     client_rt.block_on(async {
         for i in 0..n {
             let t = Instant::now();
-            let f = asker.ask(&[flow(i as u32 % held)]).await;
+            let f = asker.ask(&[common::flow(i as u32 % held)]).await;
             times.push(t.elapsed());
             assert!(matches!(f[0], Found::Held { .. }));
         }
@@ -160,7 +151,8 @@ fn main() {
                 tokio::spawn(async move {
                     let mut i = k * 1_000_003;
                     while t0.elapsed() < Duration::from_secs(secs) {
-                        let batch: Vec<_> = (0..1024).map(|j| flow((i + j) % held)).collect();
+                        let batch: Vec<_> =
+                            (0..1024).map(|j| common::flow((i + j) % held)).collect();
                         i = i.wrapping_add(1024);
                         let found = asker.ask(&batch).await;
                         let held = found.iter().filter(|f| **f != Found::Nobody).count();

@@ -1,7 +1,8 @@
 //! What the control protocol's benchmarks share: two routers' identities from a throwaway CA,
 //! and a thread's CPU time.
 
-use slr_control::{create_ca, issue, Identity};
+use slr_control::{create_ca, issue, Identity, MirrorFlow};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -42,4 +43,15 @@ pub fn thread_cpu(tid: u64) -> Duration {
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+/// The `i`-th of many distinct client flows to 10.99.0.1:80.
+pub fn flow(i: u32) -> MirrorFlow {
+    MirrorFlow {
+        src: Ipv4Addr::from(0x0a00_0000 | (i >> 14)),
+        dst: Ipv4Addr::new(10, 99, 0, 1),
+        src_port: 1024 + (i & 0x3fff) as u16,
+        dst_port: 80,
+        protocol: 6,
+    }
 }
