@@ -500,6 +500,12 @@ impl WhohasAsker {
         let asks = self.peers.iter().map(|p| {
             let query = query.clone();
             async move {
+                if Self::skipped(p) {
+                    // Unreachable a moment ago: not asked, and not a new failure (which would
+                    // push the end of the skip further for as long as questions come).
+                    p.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
                 tokio::time::timeout(self.config.timeout, self.ask_peer(p, query))
                     .await
                     .unwrap_or(Err(ControlError::Timeout("Ask")))
@@ -535,13 +541,12 @@ impl WhohasAsker {
             .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
     }
 
-    async fn ask_peer(&self, p: &Peer, query: WhohasQuery) -> Result<WhohasReply, ControlError> {
+    fn skipped(p: &Peer) -> bool {
         let skip = *p.skip_until.lock().unwrap_or_else(PoisonError::into_inner);
-        if skip.is_some_and(|t| Instant::now() < t) {
-            p.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            // Not a failure of its own: the skip stands until it ends.
-            return Err(ControlError::Timeout("skipped: unreachable a moment ago"));
-        }
+        skip.is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn ask_peer(&self, p: &Peer, query: WhohasQuery) -> Result<WhohasReply, ControlError> {
         let channel = {
             let mut slot = p.channel.lock().await;
             match slot.as_ref() {

@@ -174,8 +174,13 @@ async fn holders_answer_nobody_and_dead_peers_do_not_stall() {
         }]
     );
     assert_eq!(stats[0].1.skipped(), 1);
-    assert_eq!((stats[1].1.questions(), stats[1].1.flows_held()), (2, 2));
-    assert_eq!(r2.stats.flows_asked(), 5);
+    assert_eq!(stats[0].1.failures(), 1, "a skip is not a failure");
+    // After the skip, the dead peer is tried again (and fails again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    asker.ask(&flows[..1]).await;
+    assert_eq!((stats[0].1.failures(), stats[0].1.skipped()), (2, 1));
+    assert_eq!((stats[1].1.questions(), stats[1].1.flows_held()), (3, 3));
+    assert_eq!(r2.stats.flows_asked(), 6);
     assert_eq!(r3.counters.refused(Refusal::ForeignSubnet), 1);
     let _ = r2.stop.send(());
     let _ = r3.stop.send(());
