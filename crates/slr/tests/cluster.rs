@@ -12,8 +12,9 @@ use common::{client_flows, signal, wait_until, Downloads, Lab};
 use std::time::{Duration, Instant};
 
 const DOWNLOADS: usize = 100;
-/// Bytes per download (8 MiB at 512 KB/s: about 16 s; curl lets some go faster).
-const SIZE: u64 = 8 << 20;
+/// Bytes per download (12 MiB at 512 KB/s: about 24 s; curl lets some go faster at first, and
+/// only the downloads with at least 2 MiB to come when r1 dies count as running).
+const SIZE: u64 = 12 << 20;
 
 fn topology(name: &str, mirror: bool) -> String {
     topology_with(name, mirror, "")
