@@ -182,6 +182,21 @@ impl Mirror {
             let (tx, rx) = tokio::sync::mpsc::channel::<Vec<MirrorFlow>>(1024);
             asking = Some((Arc::new(asker), rx, tx));
         }
+        if let Some(mut rx) = answering {
+            // Peers' questions, one at a time: the packet thread answers each between two
+            // batches of packets (a thread of its own, so that a storm of questions waits in
+            // their queue, bounded, instead of taking threads).
+            let h = handle.clone();
+            std::thread::Builder::new()
+                .name("whohas-answer".into())
+                .spawn(move || {
+                    while let Some(q) = rx.blocking_recv() {
+                        if let Ok(answer) = h.whohas_ask(q.flows) {
+                            let _ = q.reply.send(answer);
+                        }
+                    }
+                })?;
+        }
         let questions = asking.as_ref().map(|(_, _, tx)| tx.clone());
         let mut senders = Vec::new();
         let mut peers = Vec::new();
@@ -219,20 +234,6 @@ impl Mirror {
                             }
                         }
                     });
-                    if let Some(mut rx) = answering {
-                        // A peer's question: the packet thread answers between two batches.
-                        let h = handle.clone();
-                        tokio::spawn(async move {
-                            while let Some(q) = rx.recv().await {
-                                let h = h.clone();
-                                tokio::task::spawn_blocking(move || {
-                                    if let Ok(answer) = h.whohas_ask(q.flows) {
-                                        let _ = q.reply.send(answer);
-                                    }
-                                });
-                            }
-                        });
-                    }
                     if let Some((asker, mut rx, _)) = asking {
                         // This router's questions: each batch asked at once, answers back to
                         // the packet thread.
