@@ -290,7 +290,7 @@ impl fmt::Display for FlowState {
 
 /// One pinned flow: where it goes, its state, when it was created and last seen, its counters.
 ///
-/// 40 bytes. Read-only outside this module (through getters), because the table's expiry
+/// 48 bytes. Read-only outside this module (through getters), because the table's expiry
 /// bookkeeping relies on `state` and `last_seen` changing only through [`FlowTable`].
 #[derive(Debug, Clone, Copy)]
 pub struct FlowEntry {
@@ -299,10 +299,28 @@ pub struct FlowEntry {
     packets: u64,
     bytes: u64,
     next_hop: u32,
+    /// The shortcut's tunnel address (F10: the host the lowest router picked), network order;
+    /// 0: none.
+    shortcut: [u8; 4],
     state: FlowState,
+    /// [`FlowMark`] bits.
+    marks: u8,
     /// Which expiry-queue record is this entry's live one (see the module doc). Lives in what
     /// would otherwise be padding.
     tag: u16,
+}
+
+/// Marks a router keeps on a flow for the shortcut (F10); see [`FlowEntry::has_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowMark {
+    /// The flow came through a parent's tunnel (this router is not its ingress).
+    FromParent = 1,
+    /// This router told its parent the flow's shortcut (and keeps its copy alive while the
+    /// parent holds the flow).
+    Signalled = 2,
+    /// The ingress waits for the flow's shortcut (its next packets are held briefly).
+    Awaiting = 4,
 }
 
 impl FlowEntry {
@@ -336,6 +354,16 @@ impl FlowEntry {
     /// How long the flow has been idle at `now`.
     pub fn idle(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_seen)
+    }
+    /// The tunnel address later packets go to instead of the next hop's (F10), if any.
+    #[inline]
+    pub fn shortcut(&self) -> Option<core::net::Ipv4Addr> {
+        (self.shortcut != [0; 4]).then(|| core::net::Ipv4Addr::from(self.shortcut))
+    }
+    /// Whether the flow carries `mark`.
+    #[inline]
+    pub fn has_mark(&self, mark: FlowMark) -> bool {
+        self.marks & mark as u8 != 0
     }
 }
 
@@ -570,6 +598,43 @@ impl FlowTable {
         }
     }
 
+    /// Sets and clears marks of a flow; whether the table holds it.
+    pub fn mark(&mut self, key: &FlowKey, set: &[FlowMark], clear: &[FlowMark]) -> bool {
+        let Some(entry) = self.map.get_mut(key) else {
+            return false;
+        };
+        for m in clear {
+            entry.marks &= !(*m as u8);
+        }
+        for m in set {
+            entry.marks |= *m as u8;
+        }
+        true
+    }
+
+    /// Sets (or, with `None`, clears) a flow's shortcut; whether the table holds it.
+    pub fn set_shortcut(&mut self, key: &FlowKey, to: Option<core::net::Ipv4Addr>) -> bool {
+        match self.map.get_mut(key) {
+            Some(entry) => {
+                entry.shortcut = to.map_or([0; 4], |a| a.octets());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Clears every flow's shortcut; how many had one.
+    pub fn clear_shortcuts(&mut self) -> usize {
+        let mut n = 0;
+        for entry in self.map.values_mut() {
+            if entry.shortcut != [0; 4] {
+                entry.shortcut = [0; 4];
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Inserts a new flow pinned to `next_hop`, seen at `now` with a first packet of `bytes`
     /// bytes (use [`FlowState::for_new_flow`] for `state`).
     ///
@@ -598,7 +663,9 @@ impl FlowTable {
             packets: 1,
             bytes: bytes as u64,
             next_hop,
+            shortcut: [0; 4],
             state,
+            marks: 0,
             tag: self.next_tag,
         };
         if let Some(old) = self.map.insert(key, entry) {
@@ -1107,8 +1174,8 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 14);
-        assert_eq!(core::mem::size_of::<FlowEntry>(), 40);
-        assert_eq!(core::mem::size_of::<(FlowKey, FlowEntry)>(), 56);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
+        assert_eq!(core::mem::size_of::<(FlowKey, FlowEntry)>(), 64);
         assert_eq!(core::mem::size_of::<Record>(), 24);
     }
 

@@ -5,6 +5,7 @@ pub mod maglev;
 pub mod route_table;
 pub mod router;
 pub mod select;
+pub mod shortcut;
 pub mod terminate;
 #[cfg(test)]
 mod testutil;

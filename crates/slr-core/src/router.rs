@@ -26,10 +26,15 @@
 //! The per-packet path reads only prepared tables (selectors, the flow table); no policy is
 //! interpreted per packet.
 
-use crate::flow_table::{FlowEntry, FlowKey, FlowState, FlowTable, FlowTableConfig, InsertOutcome};
+use crate::flow_table::{
+    FlowEntry, FlowKey, FlowMark, FlowState, FlowTable, FlowTableConfig, InsertOutcome,
+};
 use crate::hash;
 use crate::route_table::{CompiledTable, RouteTable, RouteTableError};
 use crate::select::{Member, Policy, Selector};
+use crate::shortcut::{
+    AwaitTable, ShortcutAccept, ShortcutConfig, ShortcutRefusal, ShortcutSignal,
+};
 use crate::time::{Duration, Instant};
 use crate::tunnel::{IpIpTunnel, Tunnel};
 use crate::whohas::{HoldRefusal, Pending, PendingTable, WhohasAnswer, WhohasConfig, WhohasReply};
@@ -161,6 +166,9 @@ pub struct RouterConfig {
     /// Ask neighbours who holds a mid-flow packet's flow before the policy picks (F17c);
     /// `None`: the policy picks at once.
     pub whohas: Option<WhohasConfig>,
+    /// The shortcut (F10): signals for flows from a parent, and the ingress's wait for them;
+    /// `None`: neither.
+    pub shortcut: Option<ShortcutConfig>,
 }
 
 impl RouterConfig {
@@ -178,6 +186,7 @@ impl RouterConfig {
             virtual_hosts: Vec::new(),
             next_hops: Vec::new(),
             whohas: None,
+            shortcut: None,
         }
     }
 }
@@ -303,7 +312,7 @@ pub struct Transmit {
 }
 
 /// A change a fast path that caches the flow table must follow (see [`Router::set_flow_log`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlowChange {
     /// A flow whose later packets may bypass the core: TCP established or UDP pinned, seen at
     /// the core (its first packet after the handshake, or a packet the fast path missed).
@@ -315,6 +324,9 @@ pub enum FlowChange {
         next_hop: u32,
         /// Its virtual host (index of [`Router::virtual_hosts`]).
         virtual_host: u32,
+        /// Where its packets are tunnelled instead of the next hop's address (F10), if the
+        /// flow has a shortcut.
+        shortcut: Option<Ipv4Addr>,
     },
     /// A flow the core let go of (expired, evicted, closing, re-routed, unpinned): the fast path
     /// must stop forwarding it, so that its next packet reaches the core.
@@ -486,6 +498,25 @@ pub struct Counters {
     pub whohas_unusable: u64,
     /// Packets held while their flow was asked about.
     pub whohas_packets_held: u64,
+    /// Shortcut signals emitted for new flows from a parent (F10).
+    pub shortcut_signals: u64,
+    /// Signals dropped because the driver did not take them (queue full).
+    pub shortcut_signals_dropped: u64,
+    /// Children's signals installed (this router is the flow's ingress).
+    pub shortcuts_installed: u64,
+    /// Children's signals to pass up (the flow came from this router's parent).
+    pub shortcuts_relayed: u64,
+    /// Children's signals refused, by reason ([`ShortcutRefusal`]: unknown flow, not pinned to
+    /// that child, bad address).
+    pub shortcuts_refused: [u64; 3],
+    /// Packets tunnelled straight to a host by a shortcut.
+    pub shortcut_packets: u64,
+    /// Packets held at the ingress while their flow's shortcut was awaited.
+    pub shortcut_packets_held: u64,
+    /// Flows whose shortcut did not come in time (their held packets went down the hierarchy).
+    pub shortcut_hold_expired: u64,
+    /// Shortcuts cleared by [`Router::flush_shortcuts`].
+    pub shortcuts_flushed: u64,
 }
 
 impl Counters {
@@ -520,6 +551,9 @@ pub struct NextHopState {
     pub packets: u64,
     /// Bytes sent to it.
     pub bytes: u64,
+    /// Shortcut signals accepted from it (a child that signals: the ingress holds the packets
+    /// after a SYN for a moment, waiting for the signal).
+    pub shortcut_signals: u64,
 }
 
 impl NextHopState {
@@ -697,6 +731,13 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     flow_log: Option<VecDeque<FlowChange>>,
     /// Flows being asked about (WHOHAS).
     pending: PendingTable,
+    /// Signals for the driver (F10).
+    signals: VecDeque<ShortcutSignal>,
+    /// Packets waiting for their flow's shortcut (F10).
+    awaiting: AwaitTable,
+    /// Where the packet being routed goes instead of its next hop (set by `classify`, taken by
+    /// `forward`).
+    shortcut_to: Option<Ipv4Addr>,
 }
 
 impl Router<IpIpTunnel> {
@@ -735,6 +776,9 @@ impl<T: Tunnel> Router<T> {
             stopping: false,
             flow_log: None,
             pending: PendingTable::default(),
+            signals: VecDeque::new(),
+            awaiting: AwaitTable::default(),
+            shortcut_to: None,
             config: config.clone(),
         };
         r.apply(config)?;
@@ -793,6 +837,7 @@ impl<T: Tunnel> Router<T> {
                     key: *key,
                     next_hop: e.next_hop(),
                     virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
+                    shortcut: e.shortcut(),
                 });
             }
         }
@@ -861,6 +906,7 @@ impl<T: Tunnel> Router<T> {
             key,
             next_hop: next_hop as u32,
             virtual_host: vh as u32,
+            shortcut: None,
         });
         Ok(())
     }
@@ -955,6 +1001,7 @@ impl<T: Tunnel> Router<T> {
                         key,
                         next_hop: nh as u32,
                         virtual_host: p.vh as u32,
+                        shortcut: None,
                     });
                 }
                 self.counters.whohas_resolved += 1;
@@ -977,6 +1024,118 @@ impl<T: Tunnel> Router<T> {
         }
     }
 
+    // ---- the shortcut (F10) ----------------------------------------------------------------
+
+    /// The next signal for the driver to send to the parent (a new flow from the parent's
+    /// tunnel, with [`ShortcutConfig::signal`]). Drain after every input.
+    pub fn poll_shortcut_signal(&mut self) -> Option<ShortcutSignal> {
+        self.signals.pop_front()
+    }
+
+    /// A child's signal: the flow `key` goes to the host `host` below the child `child` (an
+    /// index of [`next_hops`](Self::next_hops), the child the driver authenticated). Accepted
+    /// only for a flow pinned to that child. At the flow's ingress the shortcut is pinned (and
+    /// packets held for it leave for the host); for a flow from this router's parent the driver
+    /// passes the signal up. A refusal changes nothing.
+    pub fn accept_shortcut(
+        &mut self,
+        now: Instant,
+        key: &FlowKey,
+        child: usize,
+        host: Ipv4Addr,
+    ) -> Result<ShortcutAccept, ShortcutRefusal> {
+        let result = self.check_shortcut(key, child, host);
+        match result {
+            Err(why) => self.counters.shortcuts_refused[why as usize] += 1,
+            Ok(ShortcutAccept::Relay) => self.counters.shortcuts_relayed += 1,
+            Ok(ShortcutAccept::Installed) => {
+                self.counters.shortcuts_installed += 1;
+                self.next_hops[child].shortcut_signals += 1;
+                self.flows.set_shortcut(key, Some(host));
+                self.flows.mark(key, &[], &[FlowMark::Awaiting]);
+                let held = self.awaiting.take(key);
+                self.release_held(now, *key, held);
+                if let Some(e) = self.flows.get(key) {
+                    if offloadable(e.state()) {
+                        let change = FlowChange::Offload {
+                            key: *key,
+                            next_hop: e.next_hop(),
+                            virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
+                            shortcut: Some(host),
+                        };
+                        self.log_flow(change);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn check_shortcut(
+        &self,
+        key: &FlowKey,
+        child: usize,
+        host: Ipv4Addr,
+    ) -> Result<ShortcutAccept, ShortcutRefusal> {
+        if host.is_unspecified() || host.is_broadcast() || host.is_multicast() || host.is_loopback()
+        {
+            return Err(ShortcutRefusal::BadAddress);
+        }
+        let e = self.flows.get(key).ok_or(ShortcutRefusal::UnknownFlow)?;
+        if e.next_hop() as usize != child {
+            return Err(ShortcutRefusal::NotPinned);
+        }
+        Ok(if e.has_mark(FlowMark::FromParent) {
+            ShortcutAccept::Relay
+        } else {
+            ShortcutAccept::Installed
+        })
+    }
+
+    /// Whether this router holds `key` pinned to `child`: what a child that signalled the flow
+    /// asks to keep its own copy alive.
+    pub fn holds_for(&self, key: &FlowKey, child: usize) -> bool {
+        self.flows
+            .get(key)
+            .is_some_and(|e| e.next_hop() as usize == child)
+    }
+
+    /// Marks a flow whose signal the parent accepted: its copy here is kept alive while the
+    /// parent holds it. Whether the table holds it.
+    pub fn mark_signalled(&mut self, key: &FlowKey) -> bool {
+        self.flows.mark(key, &[FlowMark::Signalled], &[])
+    }
+
+    /// The flows this router signalled (to ask the parent whether it still holds them).
+    pub fn signalled_flows(&self) -> impl Iterator<Item = &FlowKey> + '_ {
+        self.flows
+            .iter()
+            .filter(|(_, e)| e.has_mark(FlowMark::Signalled))
+            .map(|(k, _)| k)
+    }
+
+    /// Clears every shortcut (the flows stay pinned: their next packets go down the hierarchy,
+    /// to the same host, which the routers below still hold). How many went.
+    pub fn flush_shortcuts(&mut self) -> usize {
+        let mut flushed = Vec::new();
+        for (k, e) in self.flows.iter() {
+            if e.shortcut().is_some() {
+                flushed.push(*k);
+            }
+        }
+        for k in &flushed {
+            self.flows.set_shortcut(k, None);
+            self.log_flow(FlowChange::Withdraw { key: *k });
+        }
+        self.counters.shortcuts_flushed += flushed.len() as u64;
+        flushed.len()
+    }
+
+    /// Packets held at the ingress waiting for their flows' shortcuts.
+    pub fn shortcut_held(&self) -> usize {
+        self.awaiting.held()
+    }
+
     /// Nobody answered (or could be used): the policy picks, as it would have without WHOHAS.
     fn fall_back(&mut self, now: Instant, key: FlowKey, p: Pending) {
         if self.flows.get(&key).is_none() {
@@ -988,6 +1147,7 @@ impl<T: Tunnel> Router<T> {
                         key,
                         next_hop: nh as u32,
                         virtual_host: p.vh as u32,
+                        shortcut: None,
                     });
                 }
                 Err(reason) => {
@@ -1236,6 +1396,7 @@ impl<T: Tunnel> Router<T> {
                         selections: 0,
                         packets: 0,
                         bytes: 0,
+                        shortcut_signals: 0,
                     });
                     next_hops.len() - 1
                 }
@@ -1383,7 +1544,7 @@ impl<T: Tunnel> Router<T> {
             Fragment::First => {
                 // A first fragment: classify by what it carries, remember the choice for the rest.
                 // (Never held for WHOHAS: its later fragments could not follow it.)
-                let Some(nh) = self.classify(now, buf, vh, packet)? else {
+                let Some(nh) = self.classify(now, buf, vh, packet, decrement_ttl)? else {
                     return Ok(Action::Held);
                 };
                 self.remember_fragment(now, packet.frag_key(), vh, nh);
@@ -1392,7 +1553,7 @@ impl<T: Tunnel> Router<T> {
             Fragment::Whole if packet.protocol == Protocol::Icmp => {
                 self.route_icmp(now, buf, vh, packet)
             }
-            Fragment::Whole => match self.classify(now, buf, vh, packet)? {
+            Fragment::Whole => match self.classify(now, buf, vh, packet, decrement_ttl)? {
                 Some(nh) => self.forward(now, buf, vh, nh, packet),
                 None => Ok(Action::Held),
             },
@@ -1413,6 +1574,7 @@ impl<T: Tunnel> Router<T> {
         buf: &mut PacketBuf,
         vh: usize,
         packet: PacketMeta,
+        from_parent: bool,
     ) -> Result<Option<usize>, DropReason> {
         let protocol = packet.protocol;
         // Later fragments never get here: a fragment is a first one.
@@ -1461,6 +1623,8 @@ impl<T: Tunnel> Router<T> {
         let is_syn = flags.is_some_and(|f| f & TcpFlags::SYN != 0 && f & TcpFlags::ACK == 0);
         if let Some(e) = self.flows.touch(&key, now, flags.map(TcpFlags), len) {
             let (nh, state) = (e.next_hop() as usize, e.state());
+            let (shortcut, awaiting, created) =
+                (e.shortcut(), e.has_mark(FlowMark::Awaiting), e.created());
             // A SYN on a flow that is not half-open is a reused 5-tuple, a new connection:
             // route it afresh if the old one closed (FIN/RST seen) or if its next hop can take
             // no new flows (drained, failed, removed), so that a client reusing a port does not
@@ -1475,6 +1639,11 @@ impl<T: Tunnel> Router<T> {
                     _ => !self.next_hops[nh].eligible(),
                 };
             if !reuse {
+                if shortcut.is_some() {
+                    self.shortcut_to = shortcut;
+                } else if awaiting && !is_syn && self.await_shortcut(now, key, created, buf) {
+                    return Ok(None);
+                }
                 if self.flow_log.is_some() {
                     // A closing flow leaves the fast path: kept there, closing entries would
                     // take the room of established flows in a full map (the core evicts closing
@@ -1484,6 +1653,7 @@ impl<T: Tunnel> Router<T> {
                             key,
                             next_hop: nh as u32,
                             virtual_host: vh as u32,
+                            shortcut,
                         },
                         FlowState::TcpClosing => FlowChange::Withdraw { key },
                         _ => return Ok(Some(nh)),
@@ -1512,14 +1682,115 @@ impl<T: Tunnel> Router<T> {
         };
         self.insert_flow(now, key, nh, state, len);
         self.virtual_hosts[vh].flows_created += 1;
+        if let Some(sc) = self.config.shortcut {
+            self.new_flow_shortcut(&sc, key, nh, from_parent, is_syn);
+        } else if from_parent {
+            self.flows.mark(&key, &[FlowMark::FromParent], &[]);
+        }
         if offloadable(state) {
             self.log_flow(FlowChange::Offload {
                 key,
                 next_hop: nh as u32,
                 virtual_host: vh as u32,
+                shortcut: None,
             });
         }
         Ok(Some(nh))
+    }
+
+    /// A new flow under the shortcut: from a parent, marked and signalled; at the ingress, a
+    /// SYN towards a child that signals waits for its shortcut.
+    fn new_flow_shortcut(
+        &mut self,
+        sc: &ShortcutConfig,
+        key: FlowKey,
+        nh: usize,
+        from_parent: bool,
+        is_syn: bool,
+    ) {
+        if from_parent {
+            self.flows.mark(&key, &[FlowMark::FromParent], &[]);
+            if sc.signal && (key.protocol == 6 || key.protocol == 17) {
+                if self.signals.len() < sc.max_signals {
+                    self.signals.push_back(ShortcutSignal {
+                        key,
+                        next_hop: nh as u32,
+                    });
+                    self.counters.shortcut_signals += 1;
+                } else {
+                    self.counters.shortcut_signals_dropped += 1;
+                }
+            }
+        } else if is_syn && sc.hold > Duration::ZERO && self.next_hops[nh].shortcut_signals > 0 {
+            self.flows.mark(&key, &[FlowMark::Awaiting], &[]);
+        }
+    }
+
+    /// Holds a packet of a flow whose shortcut the ingress awaits: `true` held; `false` to go
+    /// down the hierarchy now (the wait is over, or a bound was reached: then the packets held
+    /// so far go first).
+    fn await_shortcut(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        created: Instant,
+        buf: &mut PacketBuf,
+    ) -> bool {
+        let Some(sc) = self.config.shortcut else {
+            return false;
+        };
+        let deadline = created + sc.hold;
+        if now < deadline {
+            let room = buf.read_slot().len();
+            let mut taken = PacketBuf::with_headroom(buf.headroom(), room);
+            core::mem::swap(&mut taken, buf);
+            match self.awaiting.hold(&sc, key, deadline, taken) {
+                Ok(()) => {
+                    buf.reset(buf.headroom());
+                    self.counters.shortcut_packets_held += 1;
+                    return true;
+                }
+                Err(taken) => *buf = taken,
+            }
+        } else {
+            self.counters.shortcut_hold_expired += 1;
+        }
+        self.flows.mark(&key, &[], &[FlowMark::Awaiting]);
+        let held = self.awaiting.take(&key);
+        self.release_held(now, key, held);
+        false
+    }
+
+    /// Sends packets held for a flow to where it goes now (its shortcut, or its next hop), in
+    /// order, through [`poll_transmit`](Self::poll_transmit).
+    fn release_held(&mut self, now: Instant, key: FlowKey, held: Vec<PacketBuf>) {
+        if held.is_empty() {
+            return;
+        }
+        let Some((nh, shortcut)) = self
+            .flows
+            .get(&key)
+            .map(|e| (e.next_hop() as usize, e.shortcut()))
+        else {
+            return;
+        };
+        let Some(vh) = self.virtual_host_of(&key).map(|v| v as usize) else {
+            return;
+        };
+        for mut b in held {
+            self.shortcut_to = shortcut;
+            // Parsed (and TTL-checked) when it arrived; its TTL is not decremented again.
+            let result = PacketMeta::parse(b.as_ref(), false)
+                .and_then(|meta| self.forward(now, &mut b, vh, nh, meta));
+            match result {
+                Ok(Action::Tunnel { next_hop }) => self.transmits.push_back(Transmit {
+                    destination: Destination::Tunnel(next_hop),
+                    buf: b,
+                }),
+                Ok(_) => {}
+                Err(reason) => self.counters.drops[reason as usize] += 1,
+            }
+        }
     }
 
     /// Holds a packet while its flow is asked about: `true` held, `false` to be routed now (a
@@ -1644,6 +1915,7 @@ impl<T: Tunnel> Router<T> {
         nh: usize,
         packet: PacketMeta,
     ) -> Result<Action, DropReason> {
+        let shortcut = self.shortcut_to.take();
         let overhead = self.tunnel.overhead();
         if buf.len() + overhead > self.config.tunnel_mtu as usize && packet.dont_frag {
             // Never an ICMP error about an ICMP error (RFC 1122 3.2.2): two routers could
@@ -1664,7 +1936,13 @@ impl<T: Tunnel> Router<T> {
                 }
             }
         }
-        let address = self.next_hops[nh].address;
+        let address = match shortcut {
+            Some(host) => {
+                self.counters.shortcut_packets += 1;
+                host
+            }
+            None => self.next_hops[nh].address,
+        };
         let inner_len = buf.len() as u64;
         self.tunnel.encapsulate(now, buf, address)?;
         let n = &mut self.next_hops[nh];
@@ -1906,6 +2184,11 @@ impl<T: Tunnel> Router<T> {
             self.counters.whohas_timeouts += 1;
             self.fall_back(now, key, p);
         }
+        while let Some((key, held)) = self.awaiting.next_expired(now) {
+            self.counters.shortcut_hold_expired += 1;
+            self.flows.mark(&key, &[], &[FlowMark::Awaiting]);
+            self.release_held(now, key, held);
+        }
     }
 
     /// When [`Router::handle_timeout`] should be called next.
@@ -1914,6 +2197,7 @@ impl<T: Tunnel> Router<T> {
             self.flows.next_expiry(),
             self.next_fragment_sweep,
             self.pending.next_deadline(),
+            self.awaiting.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -2139,6 +2423,7 @@ mod tests {
             key,
             next_hop: nh,
             virtual_host: 0,
+            shortcut: None,
         };
         assert_eq!(tunnelled(&mut r, T0, &syn(40000)), host(0));
         assert_eq!(changes(&mut r), vec![]);
@@ -2170,7 +2455,8 @@ mod tests {
             Some(FlowChange::Offload {
                 key,
                 next_hop: 2,
-                virtual_host: 0
+                virtual_host: 0,
+                shortcut: None,
             })
         );
         assert_eq!(r.poll_flow_change(), None);
@@ -2277,7 +2563,7 @@ mod tests {
     #[track_caller]
     fn assert_accounted(r: &Router) {
         let c = r.counters();
-        let held = r.held_count + r.pending.held();
+        let held = r.held_count + r.pending.held() + r.awaiting.held();
         assert_eq!(
             c.drops_total() + c.packets_tunneled + held as u64,
             c.packets_in,
@@ -4107,6 +4393,184 @@ mod tests {
         assert_eq!(r.counters().drops_total(), 0);
     }
 
+    // ---- the shortcut (F10) ----------------------------------------------------------------
+
+    /// ingress (no parent) -> mid -> site (this test's `SOURCE`) -> hosts, each a core.
+    struct Chain {
+        ingress: Router,
+        mid: Router,
+        site: Router,
+    }
+
+    const MID: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+
+    impl Chain {
+        fn new() -> Chain {
+            let vhs = config(Policy::RoundRobin, 1).virtual_hosts;
+            let mut ic = RouterConfig::new(PARENT);
+            ic.virtual_hosts = vhs.clone();
+            ic.next_hops = vec![
+                NextHopConfig {
+                    name: "mid".into(),
+                    address: MID,
+                    weight: 1,
+                },
+                NextHopConfig {
+                    name: "other".into(),
+                    address: Ipv4Addr::new(10, 100, 0, 3),
+                    weight: 0,
+                },
+            ];
+            ic.shortcut = Some(ShortcutConfig::default());
+            let mut mc = RouterConfig::new(MID);
+            mc.trusted_parents = vec!["10.100.0.1/32".parse().unwrap()];
+            mc.virtual_hosts = vhs;
+            mc.next_hops = vec![NextHopConfig {
+                name: "site".into(),
+                address: SOURCE,
+                weight: 1,
+            }];
+            mc.shortcut = Some(ShortcutConfig::default());
+            let mut sc = config(Policy::RoundRobin, 3);
+            sc.shortcut = Some(ShortcutConfig::default());
+            Chain {
+                ingress: router(ic),
+                mid: router(mc),
+                site: router(sc),
+            }
+        }
+
+        /// A client packet through the whole chain: where it left the ingress, and the host it
+        /// reached (`None`: it went straight to a host, or was held).
+        fn send(&mut self, now: Instant, packet: &[u8]) -> (Action, Option<Ipv4Addr>) {
+            let mut b = PacketBuf::from_slice(packet);
+            let a = self.ingress.handle_packet(now, &mut b);
+            if a != (Action::Tunnel { next_hop: MID }) {
+                return (a, None);
+            }
+            (a, Some(self.down(now, b)))
+        }
+
+        /// A packet the ingress tunnelled to `mid`, on through mid and site: the host.
+        fn down(&mut self, now: Instant, mut b: PacketBuf) -> Ipv4Addr {
+            assert_eq!(
+                self.mid.handle_tunnelled_packet(now, &mut b),
+                Action::Tunnel { next_hop: SOURCE }
+            );
+            match self.site.handle_tunnelled_packet(now, &mut b) {
+                Action::Tunnel { next_hop } => next_hop,
+                a => panic!("site: {a:?}"),
+            }
+        }
+
+        /// Carries the site's signals up as the drivers do: the mid relays, the ingress installs.
+        fn signal(&mut self, now: Instant) -> usize {
+            let mut n = 0;
+            while let Some(sig) = self.site.poll_shortcut_signal() {
+                let host = self.site.next_hops()[sig.next_hop as usize].address;
+                assert_eq!(
+                    self.mid.accept_shortcut(now, &sig.key, 0, host),
+                    Ok(ShortcutAccept::Relay)
+                );
+                assert!(self.site.mark_signalled(&sig.key));
+                assert_eq!(
+                    self.ingress.accept_shortcut(now, &sig.key, 0, host),
+                    Ok(ShortcutAccept::Installed)
+                );
+                assert!(self.mid.mark_signalled(&sig.key));
+                n += 1;
+            }
+            n
+        }
+    }
+
+    /// F10: after the site's signal crosses the mid, the ingress tunnels a flow's later packets
+    /// straight to its host; forged signals change nothing; the packets after a SYN wait for the
+    /// signal (bounded), then go down the hierarchy; a flushed shortcut sends the flow down the
+    /// hierarchy to the same host.
+    #[test]
+    fn shortcut_signals_climb_to_the_ingress_which_then_skips_the_hierarchy() {
+        let mut c = Chain::new();
+        // The first connection: no child has signalled yet, nothing waits.
+        let (_, h) = c.send(T0, &syn(40000));
+        let host0 = h.unwrap();
+        assert!(c.mid.poll_shortcut_signal().is_some(), "the mid signals too");
+        while c.mid.poll_shortcut_signal().is_some() {}
+        // Forged or foreign signals: refused, nothing changes.
+        let key = tcp_key(40000);
+        let other = host(2);
+        assert_eq!(
+            c.ingress.accept_shortcut(T0, &key, 1, other),
+            Err(ShortcutRefusal::NotPinned)
+        );
+        assert_eq!(
+            c.ingress.accept_shortcut(T0, &tcp_key(1), 0, other),
+            Err(ShortcutRefusal::UnknownFlow)
+        );
+        assert_eq!(
+            c.ingress.accept_shortcut(T0, &key, 0, Ipv4Addr::BROADCAST),
+            Err(ShortcutRefusal::BadAddress)
+        );
+        assert_eq!(c.ingress.counters().shortcuts_refused, [1, 1, 1]);
+        assert_eq!(c.ingress.counters().shortcuts_installed, 0);
+        // Until the signal comes, later packets go down the hierarchy, to the same host.
+        assert_eq!(c.send(T0, &ack(40000)).1, Some(host0));
+        assert_eq!(c.signal(T0), 1);
+        // Now straight to the host, whatever follows.
+        for _ in 0..5 {
+            assert_eq!(
+                c.send(T0 + ms(1), &ack(40000)).0,
+                Action::Tunnel { next_hop: host0 }
+            );
+        }
+        assert_eq!(c.ingress.counters().shortcut_packets, 5);
+        assert_eq!(c.site.counters().packets_in, 2, "the site saw the SYN and one ACK");
+        // Keeping the copies below alive: each asks its parent.
+        assert_eq!(c.site.signalled_flows().copied().collect::<Vec<_>>(), vec![key]);
+        assert!(c.mid.holds_for(&key, 0) && c.ingress.holds_for(&key, 0));
+        assert!(!c.ingress.holds_for(&key, 1));
+
+        // The next connection: the mid has signalled before, so the ingress holds its ACK and
+        // request for the signal, and sends them to the host when it comes.
+        let (_, h1) = c.send(T0 + ms(2), &syn(40001));
+        let host1 = h1.unwrap();
+        assert_eq!(c.send(T0 + ms(2), &ack(40001)).0, Action::Held);
+        assert_eq!(c.send(T0 + ms(3), &ack(40001)).0, Action::Held);
+        assert_eq!(c.ingress.shortcut_held(), 2);
+        assert_eq!(c.signal(T0 + ms(4)), 1);
+        let out = transmits(&mut c.ingress);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|t| t.destination == Destination::Tunnel(host1)));
+        assert_eq!(c.ingress.shortcut_held(), 0);
+
+        // A signal that does not come in time: the held packets go down the hierarchy.
+        let (_, h2) = c.send(T0 + ms(10), &syn(40002));
+        let host2 = h2.unwrap();
+        assert_eq!(c.send(T0 + ms(11), &ack(40002)).0, Action::Held);
+        assert!(c.ingress.poll_timeout().unwrap() <= T0 + ms(30));
+        c.ingress.handle_timeout(T0 + ms(31));
+        let out = transmits(&mut c.ingress);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].destination, Destination::Tunnel(MID));
+        assert_eq!(c.ingress.counters().shortcut_hold_expired, 1);
+        assert_eq!(c.send(T0 + ms(32), &ack(40002)).1, Some(host2));
+
+        // Flushed at the ingress: down the hierarchy again, to the same hosts.
+        c.ingress.set_flow_log(true);
+        while c.ingress.poll_flow_change().is_some() {}
+        assert_eq!(c.ingress.flush_shortcuts(), 2);
+        let withdrawn: HashSet<_> = std::iter::from_fn(|| c.ingress.poll_flow_change()).collect();
+        let expect = [key, tcp_key(40001)].map(|key| FlowChange::Withdraw { key });
+        assert_eq!(withdrawn, expect.into_iter().collect());
+        assert_eq!(c.send(T0 + ms(40), &ack(40000)).1, Some(host0));
+        assert_eq!(c.send(T0 + ms(40), &ack(40001)).1, Some(host1));
+        assert_ne!(host0, host1, "round robin: a fresh choice would differ");
+        assert_accounted(&c.ingress);
+        assert_accounted(&c.site);
+    }
+
     // ---- tunnels from parents ------------------------------------------------------------
 
     fn wrap(inner: &[u8], outer_src: Ipv4Addr) -> PacketBuf {
@@ -4963,7 +5427,8 @@ mod tests {
             FlowChange::Offload {
                 key,
                 next_hop: 2,
-                virtual_host: 0
+                virtual_host: 0,
+                shortcut: None,
             },
             "the fast path (and mirror peers) learn of it"
         );
