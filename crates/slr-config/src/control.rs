@@ -26,6 +26,8 @@ pub struct ControlConfig {
     pub rebuild_interval: Duration,
     /// Parents this node reports to.
     pub parents: Vec<ParentConfig>,
+    /// The shortcut (F10), if on: how long the ingress waits for a flow's signal.
+    pub shortcut: Option<Duration>,
 }
 
 /// A parent this node reports to.
@@ -74,7 +76,31 @@ pub(crate) fn control(
             address: c.socket(&format!("control.parents[{i}].address"), &p.address)?,
         });
     }
+    let shortcut = match (s.shortcut.unwrap_or(false), &s.shortcut_hold) {
+        (false, Some(h)) => {
+            return Err(c.err(
+                "control.shortcut_hold",
+                h,
+                "set control.shortcut = true to use it",
+            ))
+        }
+        (false, None) => None,
+        (true, hold) => {
+            let hold = match hold {
+                Some(h) => {
+                    let d = c.duration("control.shortcut_hold", h)?;
+                    if d > Duration::from_secs(1) {
+                        return Err(c.err("control.shortcut_hold", h, "must be at most 1s"));
+                    }
+                    d
+                }
+                None => Duration::from_millis(20),
+            };
+            Some(hold)
+        }
+    };
     Ok(ControlConfig {
+        shortcut,
         ca: c.relative(&s.ca),
         cert: c.relative(&s.cert),
         key: c.relative(&s.key),

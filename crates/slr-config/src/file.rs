@@ -444,6 +444,14 @@ pub struct ControlSection {
     /// `[[control.parents]]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<ParentSection>,
+    /// The shortcut (F10): signal the hosts picked for flows from a parent, relay children's
+    /// signals, and (at the ingress) tunnel later packets straight to the host. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<bool>,
+    /// How long the ingress holds the packets after a SYN waiting for the flow's shortcut
+    /// ("0s": never). Default "20ms".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut_hold: Option<String>,
 }
 
 impl ControlSection {
@@ -458,6 +466,8 @@ impl ControlSection {
             silent_after: default_silent_after(),
             rebuild_interval: default_report_interval(),
             parents: Vec::new(),
+            shortcut: None,
+            shortcut_hold: None,
         }
     }
 }

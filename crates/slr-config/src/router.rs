@@ -281,6 +281,13 @@ impl RouterFile {
                     timeout: slr_core::time::Duration::from_micros(w.timeout.as_micros() as u64),
                     ..slr_core::whohas::WhohasConfig::default()
                 });
+        // The shortcut: signals for flows from a parent, the ingress's wait for them.
+        core.shortcut = control.as_ref().and_then(|c| c.shortcut).map(|hold| {
+            slr_core::shortcut::ShortcutConfig {
+                hold: slr_core::time::Duration::from_micros(hold.as_micros() as u64),
+                ..slr_core::shortcut::ShortcutConfig::default()
+            }
+        });
         Ok(RouterDaemonConfig {
             bgp,
             cluster,

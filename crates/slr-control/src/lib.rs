@@ -32,6 +32,7 @@ pub mod parent;
 pub mod pki;
 mod refusal;
 pub mod reporter;
+pub mod shortcut;
 pub mod subnet;
 mod tls;
 pub mod whohas;
@@ -58,6 +59,9 @@ pub use parent::{
 };
 pub use pki::{create_ca, issue, Identity, PkiError};
 pub use reporter::{LoadSource, Reporter, ReporterConfig, ReporterCounters};
+pub use shortcut::{
+    ShortcutAnswer, ShortcutBatch, ShortcutQuestion, ShortcutSignal, SignalVerdict,
+};
 pub use subnet::{Subnet, SubnetError, SubnetLoad};
 pub use whohas::{
     AskTiming, CheckedQuestion, FlowReply, Found, WhohasAsker, WhohasAskerConfig, WhohasPeerStats,

@@ -44,7 +44,11 @@ use crate::counting::CountingStream;
 use crate::gateway::GatewayTable;
 use crate::pki::Identity;
 use crate::proto::state_update_server::{StateUpdate, StateUpdateServer};
-use crate::proto::{HelloReply, HelloRequest, RefusedSubnet, ReportReply, ReportRequest};
+use crate::proto::{
+    HelloReply, HelloRequest, RefusedSubnet, ReportReply, ReportRequest, ShortcutReply,
+    ShortcutRequest,
+};
+use crate::shortcut::{ShortcutAnswer, ShortcutQuestion, ShortcutSignal, SignalVerdict};
 use crate::subnet::{Subnet, SubnetLoad};
 use crate::ControlError;
 
@@ -367,6 +371,51 @@ pub struct ParentState {
     next_session: AtomicU64,
 }
 
+/// Most flows (signals and keepalives together) in one shortcut request.
+pub const MAX_SHORTCUT_FLOWS: usize = 8192;
+
+/// A shortcut request that passed the session and subnet checks (see
+/// [`ParentState::check_shortcut`]).
+#[derive(Debug)]
+pub struct CheckedShortcut {
+    /// The child.
+    pub child: String,
+    /// The signals for the daemon.
+    pub signals: Vec<ShortcutSignal>,
+    /// The keepalives for the daemon.
+    pub keepalives: Vec<crate::mirror::MirrorFlow>,
+    /// Per signal of the request: its verdict already (refused), or `None` (in `signals`, in
+    /// order).
+    pub verdicts: Vec<Option<SignalVerdict>>,
+    /// Per keepalive of the request: `Some(false)` already (malformed, foreign), or `None`.
+    pub held: Vec<Option<bool>>,
+}
+
+impl CheckedShortcut {
+    /// The reply, given the daemon's answer to the checked flows (missing answers are
+    /// refusals `unavailable` and not held).
+    pub fn reply(&self, answer: &ShortcutAnswer) -> ShortcutReply {
+        let mut asked = answer.signals.iter();
+        let signals = self
+            .verdicts
+            .iter()
+            .map(|v| {
+                v.or_else(|| asked.next().copied())
+                    .unwrap_or(SignalVerdict::Refused("unavailable"))
+                    .as_str()
+                    .to_owned()
+            })
+            .collect();
+        let mut asked = answer.held.iter();
+        let held = self
+            .held
+            .iter()
+            .map(|h| h.or_else(|| asked.next().copied()).unwrap_or(false))
+            .collect();
+        ShortcutReply { signals, held }
+    }
+}
+
 /// Longest accepted `level` and `software_version`, in bytes.
 const MAX_LABEL_LEN: usize = 128;
 
@@ -633,6 +682,135 @@ impl ParentState {
         })
     }
 
+    /// Checks a child's shortcut request (F10) against its session and its subnets: the
+    /// question for the daemon (the flows that passed), and the verdicts of the signals that
+    /// did not (`None`: asked). Foreign and malformed entries are counted.
+    pub fn check_shortcut(
+        &self,
+        peer: &PeerInfo,
+        request: &ShortcutRequest,
+    ) -> Result<CheckedShortcut, RefusedRequest> {
+        let result = self.shortcut(peer, request);
+        if let Err(refused) = &result {
+            self.refuse(peer, refused);
+        }
+        result
+    }
+
+    fn shortcut(
+        &self,
+        peer: &PeerInfo,
+        request: &ShortcutRequest,
+    ) -> Result<CheckedShortcut, RefusedRequest> {
+        let name = self.session_name(peer, request.session_id)?;
+        let allowed = self.expected.allowed_subnets(&name).ok_or_else(|| {
+            RefusedRequest::new(
+                Refusal::UnexpectedName,
+                format!("{name:?} is no longer an expected child"),
+            )
+        })?;
+        let n = request.signals.len() + request.keepalives.len();
+        if n > MAX_SHORTCUT_FLOWS {
+            return Err(RefusedRequest::new(
+                Refusal::Malformed,
+                format!("{n} flows, more than {MAX_SHORTCUT_FLOWS}"),
+            ));
+        }
+        let inside = |f: &crate::mirror::MirrorFlow| allowed.iter().any(|s| s.contains_addr(f.dst));
+        let (mut foreign, mut malformed) = (0u64, 0u64);
+        let mut verdicts = Vec::with_capacity(request.signals.len());
+        let mut signals = Vec::new();
+        for f in &request.signals {
+            let verdict = match crate::mirror::flow_of(f) {
+                None => Some(Refusal::Malformed),
+                Some(_) if f.next_hop == 0 => Some(Refusal::Malformed),
+                Some(flow) if !inside(&flow) => Some(Refusal::ForeignSubnet),
+                Some(flow) => {
+                    signals.push(ShortcutSignal {
+                        flow,
+                        host: std::net::Ipv4Addr::from(f.next_hop),
+                    });
+                    None
+                }
+            };
+            match verdict {
+                Some(Refusal::ForeignSubnet) => foreign += 1,
+                Some(_) => malformed += 1,
+                None => {}
+            }
+            verdicts.push(verdict.map(|r| SignalVerdict::Refused(r.as_str())));
+        }
+        let mut held = Vec::with_capacity(request.keepalives.len());
+        let mut keepalives = Vec::new();
+        for f in &request.keepalives {
+            match crate::mirror::flow_of(f).filter(inside) {
+                Some(flow) => {
+                    keepalives.push(flow);
+                    held.push(None);
+                }
+                None => held.push(Some(false)),
+            }
+        }
+        for (reason, n) in [
+            (Refusal::ForeignSubnet, foreign),
+            (Refusal::Malformed, malformed),
+        ] {
+            if n > 0 {
+                self.counters.add_refusals(reason, n);
+                warn!(peer = %peer.addr, name, reason = reason.as_str(), count = n, "shortcut signals refused");
+            }
+        }
+        Ok(CheckedShortcut {
+            child: name,
+            signals,
+            keepalives,
+            verdicts,
+            held,
+        })
+    }
+
+    /// The child whose current session `session_id` is, among the certificate's names.
+    fn session_name(&self, peer: &PeerInfo, session_id: u64) -> Result<String, RefusedRequest> {
+        let table = self.table.read();
+        peer.names
+            .iter()
+            .find(|n| {
+                table
+                    .get(n.as_str())
+                    .is_some_and(|s| s.session_id == session_id)
+            })
+            .cloned()
+            .ok_or_else(|| {
+                RefusedRequest::new(
+                    Refusal::NoSession,
+                    format!(
+                        "session {} is not the current session of {:?}: say hello first",
+                        session_id,
+                        peer.display_name()
+                    ),
+                )
+            })
+    }
+
+    /// Counts the daemon's refusals of signals (`not_pinned`, `unknown_flow`: a child that
+    /// names a flow it does not carry; `bad_address`: malformed).
+    pub fn count_shortcut_answer(&self, peer: &PeerInfo, child: &str, answer: &[SignalVerdict]) {
+        let (mut not_pinned, mut bad) = (0u64, 0u64);
+        for v in answer {
+            match v {
+                SignalVerdict::Refused("not_pinned" | "unknown_flow") => not_pinned += 1,
+                SignalVerdict::Refused(_) => bad += 1,
+                _ => {}
+            }
+        }
+        for (reason, n) in [(Refusal::NotPinned, not_pinned), (Refusal::Malformed, bad)] {
+            if n > 0 {
+                self.counters.add_refusals(reason, n);
+                warn!(peer = %peer.addr, name = child, reason = reason.as_str(), count = n, "shortcut signals refused");
+            }
+        }
+    }
+
     fn check_subnet(
         &self,
         entry: &crate::proto::SubnetLoad,
@@ -704,6 +882,7 @@ fn truncate(text: &str) -> &str {
 /// The gRPC service: extracts the peer's identity and hands the request to [`ParentState`].
 struct Handler {
     state: Arc<ParentState>,
+    shortcuts: Option<mpsc::Sender<ShortcutQuestion>>,
 }
 
 pub(crate) fn peer_of<T>(request: &tonic::Request<T>) -> Result<PeerInfo, tonic::Status> {
@@ -736,6 +915,37 @@ impl StateUpdate for Handler {
             .handle_report(&peer, request.get_ref(), Instant::now())
             .map(tonic::Response::new)
             .map_err(|r| r.to_status())
+    }
+
+    async fn shortcut(
+        &self,
+        request: tonic::Request<ShortcutRequest>,
+    ) -> Result<tonic::Response<ShortcutReply>, tonic::Status> {
+        let peer = peer_of(&request)?;
+        let checked = self
+            .state
+            .check_shortcut(&peer, request.get_ref())
+            .map_err(|r| r.to_status())?;
+        let mut answer = ShortcutAnswer::default();
+        if let Some(tx) = &self.shortcuts {
+            if !checked.signals.is_empty() || !checked.keepalives.is_empty() {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                let question = ShortcutQuestion {
+                    child: checked.child.clone(),
+                    signals: checked.signals.clone(),
+                    keepalives: checked.keepalives.clone(),
+                    reply,
+                };
+                if tx.try_send(question).is_ok() {
+                    if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(2), rx).await {
+                        answer = a;
+                    }
+                }
+            }
+        }
+        self.state
+            .count_shortcut_answer(&peer, &checked.child, &answer.signals);
+        Ok(tonic::Response::new(checked.reply(&answer)))
     }
 }
 
@@ -846,6 +1056,7 @@ where
 pub struct ParentServer {
     state: Arc<ParentState>,
     tls: Arc<rustls::ServerConfig>,
+    shortcuts: Option<mpsc::Sender<ShortcutQuestion>>,
 }
 
 impl std::fmt::Debug for ParentServer {
@@ -865,7 +1076,19 @@ impl ParentServer {
     ) -> Result<Self, ControlError> {
         let state = Arc::new(ParentState::new(config, expected));
         let tls = crate::tls::parent_server_config(identity, state.counters())?;
-        Ok(ParentServer { state, tls })
+        Ok(ParentServer {
+            state,
+            tls,
+            shortcuts: None,
+        })
+    }
+
+    /// Takes children's shortcut signals and keepalives (F10): the checked ones go to the
+    /// daemon on `questions`, which answers each. Without it every signal is refused
+    /// `unavailable` and no keepalive is held.
+    pub fn with_shortcuts(mut self, questions: mpsc::Sender<ShortcutQuestion>) -> Self {
+        self.shortcuts = Some(questions);
+        self
     }
 
     /// The table of children and their last reports.
@@ -909,6 +1132,7 @@ impl ParentServer {
 
         let service = StateUpdateServer::new(Handler {
             state: self.state.clone(),
+            shortcuts: self.shortcuts.clone(),
         })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

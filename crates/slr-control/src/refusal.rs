@@ -37,11 +37,13 @@ pub enum Refusal {
     Oversized,
     /// Over the peer's rate limit (WHOHAS questions).
     RateLimited,
+    /// A shortcut signal for a flow the parent does not hold pinned to that child (F10).
+    NotPinned,
 }
 
 impl Refusal {
     /// Every reason, in a stable order (for metrics).
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::UnknownCa,
         Refusal::Expired,
         Refusal::NotYetValid,
@@ -53,6 +55,7 @@ impl Refusal {
         Refusal::Malformed,
         Refusal::Oversized,
         Refusal::RateLimited,
+        Refusal::NotPinned,
     ];
 
     /// The reason's name in logs, metrics and replies (`unknown_ca`, `foreign_subnet`, ...).
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::Malformed => "malformed",
             Refusal::Oversized => "oversized",
             Refusal::RateLimited => "rate_limited",
+            Refusal::NotPinned => "not_pinned",
         }
     }
 

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 use crate::counting::{ByteCounter, CountingStream};
 use crate::pki::Identity;
 use crate::proto::state_update_client::StateUpdateClient;
-use crate::proto::{HelloRequest, ReportRequest};
+use crate::proto::{HelloRequest, ReportRequest, ShortcutRequest};
+use crate::shortcut::{ShortcutAnswer, ShortcutBatch, SignalVerdict};
 use crate::subnet::{Subnet, SubnetLoad};
 use crate::ControlError;
 
@@ -148,6 +149,7 @@ pub struct Reporter {
     config: ReporterConfig,
     tls: Arc<rustls::ClientConfig>,
     counters: Arc<ReporterCounters>,
+    shortcuts: Option<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<ShortcutBatch>>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -181,7 +183,15 @@ impl Reporter {
             config: ReporterConfig::default(),
             tls: crate::tls::client_config(identity, b"h2")?,
             counters: Arc::default(),
+            shortcuts: None,
         })
+    }
+
+    /// Also sends the daemon's shortcut batches (F10) on the session, each as soon as it comes,
+    /// and hands back the parent's answer. Batches wait while no session is open.
+    pub fn with_shortcuts(mut self, batches: tokio::sync::mpsc::Receiver<ShortcutBatch>) -> Self {
+        self.shortcuts = Some(tokio::sync::Mutex::new(batches));
+        self
     }
 
     /// Replaces the settings.
@@ -248,8 +258,52 @@ impl Reporter {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sequence = 0u64;
         let mut warned_refusals = false;
+        let mut outbox = match &self.shortcuts {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
         loop {
-            ticks.tick().await;
+            let next_batch = async {
+                match outbox.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticks.tick() => {}
+                batch = next_batch => {
+                    let Some(batch) = batch else {
+                        outbox = None;
+                        continue;
+                    };
+                    let request = ShortcutRequest {
+                        session_id: reply.session_id,
+                        signals: batch
+                            .signals
+                            .iter()
+                            .map(|s| crate::mirror::proto_flow(&s.flow, Some(s.host)))
+                            .collect(),
+                        keepalives: batch
+                            .keepalives
+                            .iter()
+                            .map(|f| crate::mirror::proto_flow(f, None))
+                            .collect(),
+                    };
+                    match self.call("Shortcut", client.shortcut(request)).await {
+                        Ok(answer) => {
+                            let _ = batch.reply.send(Ok(ShortcutAnswer {
+                                signals: answer.signals.iter().map(|v| SignalVerdict::parse(v)).collect(),
+                                held: answer.held,
+                            }));
+                        }
+                        Err(e) => {
+                            let _ = batch.reply.send(Err(e.to_string()));
+                            return e;
+                        }
+                    }
+                    continue;
+                }
+            }
             sequence += 1;
             let report = report_request(reply.session_id, sequence, source.load());
             let answer = match self.call("Report", client.report(report)).await {

@@ -1092,6 +1092,24 @@ impl<T: Tunnel> Router<T> {
         })
     }
 
+    /// Gives a restored flow back its shortcut (a fast path's pinned map named its host).
+    /// Whether the table holds the flow.
+    pub fn restore_shortcut(&mut self, key: &FlowKey, host: Ipv4Addr) -> bool {
+        if !self.flows.set_shortcut(key, Some(host)) {
+            return false;
+        }
+        if let Some(e) = self.flows.get(key) {
+            let change = FlowChange::Offload {
+                key: *key,
+                next_hop: e.next_hop(),
+                virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
+                shortcut: Some(host),
+            };
+            self.log_flow(change);
+        }
+        true
+    }
+
     /// Whether this router holds `key` pinned to `child`: what a child that signalled the flow
     /// asks to keep its own copy alive.
     pub fn holds_for(&self, key: &FlowKey, child: usize) -> bool {
@@ -4494,7 +4512,10 @@ mod tests {
         // The first connection: no child has signalled yet, nothing waits.
         let (_, h) = c.send(T0, &syn(40000));
         let host0 = h.unwrap();
-        assert!(c.mid.poll_shortcut_signal().is_some(), "the mid signals too");
+        assert!(
+            c.mid.poll_shortcut_signal().is_some(),
+            "the mid signals too"
+        );
         while c.mid.poll_shortcut_signal().is_some() {}
         // Forged or foreign signals: refused, nothing changes.
         let key = tcp_key(40000);
@@ -4524,9 +4545,16 @@ mod tests {
             );
         }
         assert_eq!(c.ingress.counters().shortcut_packets, 5);
-        assert_eq!(c.site.counters().packets_in, 2, "the site saw the SYN and one ACK");
+        assert_eq!(
+            c.site.counters().packets_in,
+            2,
+            "the site saw the SYN and one ACK"
+        );
         // Keeping the copies below alive: each asks its parent.
-        assert_eq!(c.site.signalled_flows().copied().collect::<Vec<_>>(), vec![key]);
+        assert_eq!(
+            c.site.signalled_flows().copied().collect::<Vec<_>>(),
+            vec![key]
+        );
         assert!(c.mid.holds_for(&key, 0) && c.ingress.holds_for(&key, 0));
         assert!(!c.ingress.holds_for(&key, 1));
 

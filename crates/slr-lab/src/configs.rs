@@ -61,6 +61,10 @@ fn control_section(t: &Topology, node: &str) -> ControlSection {
     s.report_interval = c.report_interval;
     s.silent_after = c.silent_after;
     s.rebuild_interval = c.rebuild_interval;
+    if c.shortcut && t.node(node).is_some_and(|n| n.role == Role::Router) {
+        s.shortcut = Some(true);
+        s.shortcut_hold = c.shortcut_hold.clone();
+    }
     if let Some(p) = t.node(node).and_then(|n| n.parent.as_deref()) {
         s.parents.push(ParentSection {
             name: p.to_owned(),
@@ -386,9 +390,11 @@ pub fn host_config(t: &Topology, host: &str) -> String {
 /// it also reports to).
 pub fn host_file(t: &Topology, host: &str) -> HostFile {
     let parent = t.node(host).and_then(|n| n.parent.as_deref());
+    // With the shortcut, the top routers (the ingresses) tunnel straight to the hosts too.
+    let shortcut = t.control.as_ref().is_some_and(|c| c.shortcut);
     let routers: Vec<String> = t
         .nodes_with(Role::Router)
-        .filter(|r| parent.is_none_or(|p| p == r.name))
+        .filter(|r| parent.is_none_or(|p| p == r.name) || (shortcut && r.parent.is_none()))
         .map(|r| format!("{}/32", t.address(&r.name).expect("router has a link")))
         .collect();
     let subnets = t

@@ -41,6 +41,11 @@
 //! rebuild_interval = "1s"  # how often routers rebuild their route tables (default "1s")
 //! f = "..."                # the operator's cost function F (CEL), the routers' [cost] f;
 //! g = "..."                # and the aggregation G; unset: the routers' defaults
+//! shortcut = true          # the shortcut (F10): routers signal and relay the hosts they pick,
+//!                          # the top router tunnels later packets straight to the host, and
+//!                          # hosts also trust the top router's tunnels (default false)
+//! shortcut_hold = "20ms"   # how long the top router holds a new flow's packets for the
+//!                          # signal (default "20ms"; "0s": never)
 //!
 //! [bgp]                    # optional: the core learns the virtual subnets by BGP (BIRD in the
 //!                          # core and in every announcing router) instead of static routes
@@ -346,6 +351,12 @@ pub struct ControlSettings {
     /// The aggregation G (CEL), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub g: Option<String>,
+    /// The shortcut (F10).
+    #[serde(default)]
+    pub shortcut: bool,
+    /// The ingress's wait for a signal, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut_hold: Option<String>,
 }
 
 impl Default for ControlSettings {
@@ -356,6 +367,8 @@ impl Default for ControlSettings {
             rebuild_interval: "1s".into(),
             f: None,
             g: None,
+            shortcut: false,
+            shortcut_hold: None,
         }
     }
 }
@@ -1194,8 +1207,24 @@ fn parse_control(v: Option<&toml::Value>) -> Result<ControlSettings, TopologyErr
             "rebuild_interval",
             "f",
             "g",
+            "shortcut",
+            "shortcut_hold",
         ],
     )?;
+    if let Some(v) = t.get("shortcut") {
+        c.shortcut = v.as_bool().ok_or_else(|| {
+            TopologyError::new("control.shortcut", format!("{v} is not true or false"))
+        })?;
+    }
+    if let Some(h) = opt_str(t, "control", "shortcut_hold")? {
+        if slr_config::parse_duration(&h).is_none() {
+            return Err(TopologyError::new(
+                "control.shortcut_hold",
+                format!("{h:?} is not a duration (e.g. \"20ms\")"),
+            ));
+        }
+        c.shortcut_hold = Some(h);
+    }
     for (key, slot) in [
         ("report_interval", &mut c.report_interval),
         ("rebuild_interval", &mut c.rebuild_interval),

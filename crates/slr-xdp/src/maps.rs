@@ -74,11 +74,24 @@ impl FlowValueRecord {
             last_used_ns: 0,
         }
     }
-    /// The next hop's tunnel address.
+    /// The same flow, marked as a shortcut: `tunnel_dst` is a host below the next hop (F10).
+    pub fn with_shortcut(mut self) -> Self {
+        self.flags |= FLOW_SHORTCUT;
+        self
+    }
+    /// The next hop's tunnel address (a host below it, for a shortcut).
     pub fn tunnel_dst(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.tunnel_dst)
     }
+    /// Whether `tunnel_dst` is a shortcut's host rather than the next hop's address.
+    pub fn is_shortcut(&self) -> bool {
+        self.flags & FLOW_SHORTCUT != 0
+    }
 }
+
+/// `flags` bit: the flow is a shortcut (read by the daemon only; the program tunnels to
+/// `tunnel_dst` either way).
+const FLOW_SHORTCUT: u32 = 1;
 
 /// The program's settings (one entry of the `config` array).
 #[repr(C)]

@@ -28,6 +28,7 @@ impl RouterFastPath {
                 key,
                 next_hop,
                 virtual_host,
+                shortcut,
             } => {
                 if key.protocol != 6 && key.protocol != 17 {
                     return Ok(());
@@ -35,10 +36,14 @@ impl RouterFastPath {
                 let Some(nh) = next_hops.get(next_hop as usize) else {
                     return Ok(());
                 };
-                self.install(
-                    key_record(&key),
-                    FlowValueRecord::new(nh.address, next_hop, virtual_host),
-                )
+                // A shortcut flow (F10) is tunnelled straight to its host; it stays counted
+                // under its next hop, as in the core.
+                let mut value =
+                    FlowValueRecord::new(shortcut.unwrap_or(nh.address), next_hop, virtual_host);
+                if shortcut.is_some() {
+                    value = value.with_shortcut();
+                }
+                self.install(key_record(&key), value)
             }
             FlowChange::Withdraw { key } => self
                 .withdraw(&key_record(&key))

@@ -52,6 +52,21 @@ pub enum Request {
         Vec<slr_control::MirrorFlow>,
         Sender<(Vec<slr_control::FlowReply>, std::net::Ipv4Addr)>,
     ),
+    /// A child's shortcut signals and keepalives (F10), for the core to judge.
+    Shortcut(
+        String,
+        Vec<slr_control::ShortcutSignal>,
+        Vec<slr_control::MirrorFlow>,
+        Sender<slr_control::ShortcutAnswer>,
+    ),
+    /// Flows whose signals the parent accepted: their copies are kept alive from now on.
+    ShortcutMark(Vec<slr_control::MirrorFlow>),
+    /// The flows this router signalled (to ask the parent about).
+    ShortcutKept(Sender<Vec<slr_control::MirrorFlow>>),
+    /// Signalled flows the parent still holds: refresh them here.
+    ShortcutRefresh(Vec<slr_control::MirrorFlow>),
+    /// Clear every shortcut; the answer is how many went.
+    ShortcutFlush(Sender<usize>),
 }
 
 /// A change of the runtime overrides (`slr ctl R weight/drain/undrain/clear`).
@@ -181,6 +196,42 @@ impl Handle {
         let (tx, rx) = mpsc::channel();
         self.send(Request::WhohasAsk(flows, tx))?;
         Ok(rx.recv_timeout(Duration::from_secs(1))?)
+    }
+
+    /// Has the core judge a child's shortcut signals and keepalives.
+    pub fn shortcut(
+        &self,
+        child: String,
+        signals: Vec<slr_control::ShortcutSignal>,
+        keepalives: Vec<slr_control::MirrorFlow>,
+    ) -> Result<slr_control::ShortcutAnswer> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::Shortcut(child, signals, keepalives, tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(2))?)
+    }
+
+    /// Marks flows whose signals the parent accepted.
+    pub fn shortcut_mark(&self, flows: Vec<slr_control::MirrorFlow>) -> Result<()> {
+        self.send(Request::ShortcutMark(flows))
+    }
+
+    /// The flows this router signalled.
+    pub fn shortcut_kept(&self) -> Result<Vec<slr_control::MirrorFlow>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::ShortcutKept(tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(10))?)
+    }
+
+    /// Refreshes signalled flows the parent still holds.
+    pub fn shortcut_refresh(&self, flows: Vec<slr_control::MirrorFlow>) -> Result<()> {
+        self.send(Request::ShortcutRefresh(flows))
+    }
+
+    /// Clears every shortcut of this router (it is the ingress of their flows).
+    pub fn shortcut_flush(&self) -> Result<usize> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::ShortcutFlush(tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(10))?)
     }
 
     /// Replaces the gateway children (next hops) with a fetched table's.

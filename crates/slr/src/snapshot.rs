@@ -341,6 +341,18 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
             "icmp_errors_routed": c.icmp_errors_routed, "mss_clamped": c.mss_clamped,
             "fragments_routed": c.fragments_routed, "fragments_held": c.fragments_held,
             "tunnels_terminated": c.tunnels_terminated, "drops_total": c.drops_total(),
+            "shortcut_signals": c.shortcut_signals,
+            "shortcut_signals_dropped": c.shortcut_signals_dropped,
+            "shortcuts_installed": c.shortcuts_installed,
+            "shortcuts_relayed": c.shortcuts_relayed,
+            "shortcuts_refused_unknown_flow": c.shortcuts_refused[0],
+            "shortcuts_refused_not_pinned": c.shortcuts_refused[1],
+            "shortcuts_refused_bad_address": c.shortcuts_refused[2],
+            "shortcut_packets": c.shortcut_packets,
+            "shortcut_packets_held": c.shortcut_packets_held,
+            "shortcut_hold_expired": c.shortcut_hold_expired,
+            "shortcuts_flushed": c.shortcuts_flushed,
+            "shortcut_held_now": r.shortcut_held(),
         }),
         drops: DropReason::ALL
             .iter()

@@ -73,6 +73,16 @@ fn request(args: &CtlArgs) -> Result<Value> {
             None => json!({"cmd": cmd}),
         },
         "flows" => json!({"cmd": cmd, "limit": args.limit, "all": args.all}),
+        "shortcuts" => {
+            let action = arg(0, "what to do (flush)")?;
+            if action != "flush" {
+                bail!(
+                    "slr ctl {} shortcuts {action}: unknown (flush clears every shortcut; the flows go down the hierarchy to the same hosts)",
+                    args.target
+                );
+            }
+            json!({"cmd": cmd, "action": action})
+        }
         "fast-path" => {
             let action = arg(0, "what to do (flush)")?;
             if action != "flush" {
@@ -329,6 +339,12 @@ fn human(command: &str, v: &Value) -> String {
     if command == "reload" {
         return "configuration reloaded: new flows follow it (runtime overrides still apply)\n"
             .into();
+    }
+    if command == "shortcuts" {
+        return format!(
+            "shortcuts flushed: {} (their flows go down the hierarchy, to the same hosts)\n",
+            v["flushed"].as_u64().unwrap_or(0)
+        );
     }
     if command == "fast-path" {
         return format!(

@@ -16,6 +16,8 @@ pub struct ControlThread {
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
     /// What it knows.
     pub view: SharedView,
+    /// Where the core's shortcut signals go (with `[control] shortcut`).
+    pub signals: Option<tokio::sync::mpsc::Sender<Vec<super::OwnSignal>>>,
 }
 
 impl Drop for ControlThread {

@@ -97,5 +97,6 @@ pub fn start_host(
         stop,
         thread: Some(thread),
         view,
+        signals: None,
     }))
 }

@@ -24,10 +24,12 @@
 mod build;
 mod common;
 mod host;
+mod shortcut;
 mod view;
 
 pub use common::ControlThread;
 pub use host::start_host;
+pub use shortcut::{OwnSignal, ShortcutStats};
 pub use view::{ControlView, SharedView};
 
 use crate::mailbox::Handle;
@@ -104,6 +106,19 @@ pub fn start_router(
             )
         })
         .transpose()?;
+    // The shortcut (F10): children's requests from the parent server, batches to each parent
+    // through its reporter, the core's signals from the packet thread.
+    let shortcut = control.shortcut.is_some();
+    let (questions_tx, questions_rx) = tokio::sync::mpsc::channel(1024);
+    let parent = parent.map(|p| {
+        if shortcut {
+            p.with_shortcuts(questions_tx)
+        } else {
+            p
+        }
+    });
+    let (signals_tx, signals_rx) = tokio::sync::mpsc::channel(4096);
+    let mut batch_senders = Vec::new();
     let fetcher = match &cfg.gateways.url {
         Some(url) => {
             let (addr, host) = parse_https_url(url)?;
@@ -122,13 +137,35 @@ pub fn start_router(
     let upward: Arc<Mutex<Vec<SubnetLoad>>> = Arc::default();
     let mut reporters = Vec::new();
     for p in &control.parents {
-        let r = Reporter::new(&identity, &p.name, p.address, &cfg.name, &cfg.level)?;
+        let mut r = Reporter::new(&identity, &p.name, p.address, &cfg.name, &cfg.level)?;
+        if shortcut {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            batch_senders.push(tx);
+            r = r.with_shortcuts(rx);
+        }
         lock(&view)
             .reporter_counters
             .push((p.name.clone(), r.counters()));
         reporters.push(r);
     }
     let children = parent.as_ref().map(ParentServer::child_table);
+    let stats: Arc<ShortcutStats> = Arc::default();
+    let relay = shortcut.then(|| shortcut::Relay {
+        own: signals_rx,
+        questions: parent.as_ref().map(|_| questions_rx),
+        parents: batch_senders,
+        children: children.clone(),
+        handle: handle.clone(),
+        // The copies below a shortcut are refreshed well within their shortest timeout (a
+        // half-open TCP entry: only its SYN crossed them).
+        keepalive: {
+            let ft = &cfg.core.flow_table;
+            let shortest = ft.tcp_half_open_timeout.min(ft.udp_timeout).as_micros();
+            std::time::Duration::from_micros(shortest / 4)
+                .max(std::time::Duration::from_millis(100))
+        },
+        stats: stats.clone(),
+    });
     let state = BuildState {
         cfg: cfg.clone(),
         control: control.clone(),
@@ -163,6 +200,10 @@ pub fn start_router(
                         r.run(source, s).await;
                     });
                 }
+                if let Some(relay) = relay {
+                    let s = until_stopped(stop_rx.clone());
+                    tasks.spawn(relay.run(s));
+                }
                 let gateway_rx = fetcher.as_ref().map(GatewayFetcher::subscribe);
                 if let Some(f) = fetcher {
                     let s = until_stopped(stop_rx.clone());
@@ -179,6 +220,7 @@ pub fn start_router(
         stop,
         thread: Some(thread),
         view,
+        signals: shortcut.then_some(signals_tx),
     }))
 }
 

@@ -76,6 +76,9 @@ pub(super) fn answer(h: &Handle, slot: &ViewSlot, req: &Value, parts: &mut Parts
             json!({"ok": true, "overrides": o})
         }
         "overrides" => json!({"ok": true, "overrides": h.snapshot()?.overrides}),
+        "shortcuts" if req["action"] == "flush" => {
+            json!({"ok": true, "flushed": h.shortcut_flush()?})
+        }
         "fast-path" if req["action"] == "flush" => {
             json!({"ok": true, "flushed": h.fast_path_flush()?})
         }
@@ -85,7 +88,7 @@ pub(super) fn answer(h: &Handle, slot: &ViewSlot, req: &Value, parts: &mut Parts
         }
         "metrics" => json!({"ok": true, "text": metrics_page(h, slot)?}),
         other => {
-            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, children, table, parents, reload, metrics, weight, drain, undrain, overrides, clear, fast-path flush)")})
+            json!({"ok": false, "error": format!("unknown command {other:?} (status, flows, hosts, stats, children, table, parents, reload, metrics, weight, drain, undrain, overrides, clear, fast-path flush, shortcuts flush)")})
         }
     })
 }

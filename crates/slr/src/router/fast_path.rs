@@ -144,9 +144,24 @@ impl FastPath {
             } else {
                 Duration::from_micros(ktime.saturating_sub(v.last_used_ns) / 1000)
             };
-            let r = match router.next_hop_by_address(v.tunnel_dst()) {
+            // A shortcut's entry names its host; its next hop is the index (F10).
+            let (nh, shortcut) = if v.is_shortcut() {
+                let nh = v.next_hop as usize;
+                (
+                    (nh < router.next_hops().len()).then_some(nh),
+                    Some(v.tunnel_dst()),
+                )
+            } else {
+                (router.next_hop_by_address(v.tunnel_dst()), None)
+            };
+            let r = match nh {
                 Some(nh) => router
                     .restore_flow(now, key, nh, idle)
+                    .map(|()| {
+                        if let Some(host) = shortcut {
+                            router.restore_shortcut(&key, host);
+                        }
+                    })
                     .map_err(|r| r.as_str()),
                 None => Err("no_next_hop"),
             };

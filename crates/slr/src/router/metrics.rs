@@ -76,6 +76,7 @@ pub fn add_router_metrics(p: &mut Exposition, s: &Snapshot) {
     }
     let c = &s.counters;
     let get = |k: &str| c[k].as_u64().unwrap_or(0);
+    add_shortcut_metrics(p, &s.name, &get);
     p.counter(
         "slr_router_packets_total",
         "Packets handed to the router.",
@@ -474,4 +475,59 @@ fn add_mirror_metrics(p: &mut Exposition, router: &str, m: &crate::snapshot::Mir
             peer.full_syncs,
         );
     }
+}
+
+/// The shortcut (F10), from the core's counters (all zero without `[control] shortcut`).
+fn add_shortcut_metrics(p: &mut Exposition, router: &str, get: &dyn Fn(&str) -> u64) {
+    let r = [("router", router)];
+    p.counter(
+        "slr_shortcut_signals_total",
+        "Shortcut signals this router's core emitted for new flows from its parent (sent up when the next hop is a host).",
+        &r,
+        get("shortcut_signals"),
+    );
+    p.counter(
+        "slr_shortcut_signals_dropped_total",
+        "Shortcut signals lost because the queue to the control thread was full.",
+        &r,
+        get("shortcut_signals_dropped"),
+    );
+    for (outcome, key) in [
+        ("installed", "shortcuts_installed"),
+        ("relayed", "shortcuts_relayed"),
+        ("unknown_flow", "shortcuts_refused_unknown_flow"),
+        ("not_pinned", "shortcuts_refused_not_pinned"),
+        ("bad_address", "shortcuts_refused_bad_address"),
+    ] {
+        p.counter(
+            "slr_shortcut_child_signals_total",
+            "Children's shortcut signals by outcome: installed (this router is the flow's ingress), relayed to the parent, or refused (a flow not held, or not pinned to that child; a bad host address).",
+            &[("router", router), ("outcome", outcome)],
+            get(key),
+        );
+    }
+    p.counter(
+        "slr_shortcut_packets_total",
+        "Packets tunnelled by a shortcut straight to a host (slow path; the fast path counts its own).",
+        &r,
+        get("shortcut_packets"),
+    );
+    p.counter(
+        "slr_shortcut_packets_held_total",
+        "Packets held at the ingress while their flow's shortcut was awaited.",
+        &r,
+        get("shortcut_packets_held"),
+    );
+    p.counter(
+        "slr_shortcut_hold_expired_total",
+        "Flows whose shortcut did not come within control.shortcut_hold (their packets went down the hierarchy).",
+        &r,
+        get("shortcut_hold_expired"),
+    );
+    p.counter(
+        "slr_shortcuts_flushed_total",
+        "Shortcuts cleared by slr ctl R shortcuts flush.",
+        &r,
+        get("shortcuts_flushed"),
+    );
 }

@@ -95,7 +95,7 @@ struct Counts {
 }
 
 /// A flow key as mirrored.
-fn mirror_flow(k: &FlowKey) -> MirrorFlow {
+pub(super) fn mirror_flow(k: &FlowKey) -> MirrorFlow {
     MirrorFlow {
         src: k.src_addr,
         dst: k.dst_addr,
@@ -105,7 +105,7 @@ fn mirror_flow(k: &FlowKey) -> MirrorFlow {
     }
 }
 
-fn flow_key(f: &MirrorFlow) -> FlowKey {
+pub(super) fn flow_key(f: &MirrorFlow) -> FlowKey {
     FlowKey::new(f.src, f.dst, f.src_port, f.dst_port, f.protocol)
 }
 

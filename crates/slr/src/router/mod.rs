@@ -18,6 +18,7 @@ mod fast_path;
 mod metrics;
 mod mirror;
 mod packet_loop;
+mod shortcut;
 
 use crate::daemon::{LogFormat, Routes, Signals};
 use crate::health::HealthSupervisor;
@@ -104,6 +105,9 @@ pub fn run(config_path: &Path, check_only: bool, log_format: LogFormat) -> Resul
     }
     let mut state = LoopState::new(cfg, config_path.to_path_buf(), delayed, overrides);
     state.routes = routes;
+    if let Some(tx) = control.as_ref().and_then(|c| c.signals.clone()) {
+        state.signals = shortcut::SignalOutbox::new(tx);
+    }
     state.start_fast_path(&mut router);
     if let Some(c) = state.cfg.cluster.clone() {
         state.mirror = Some(

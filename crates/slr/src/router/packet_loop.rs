@@ -46,6 +46,8 @@ pub(super) struct LoopState {
     pub(super) bgp: Option<super::bgp::Announcer>,
     /// `[cluster]`: flow mirroring (none until `router::run` starts it).
     pub(super) mirror: Option<super::mirror::Mirror>,
+    /// The core's shortcut signals, on their way to the control thread.
+    pub(super) signals: super::shortcut::SignalOutbox,
 }
 
 impl LoopState {
@@ -70,6 +72,7 @@ impl LoopState {
             fast: super::fast_path::FastPath::off(),
             bgp: None,
             mirror: None,
+            signals: super::shortcut::SignalOutbox::default(),
         }
     }
 
@@ -94,6 +97,7 @@ impl LoopState {
         if let Some(m) = self.mirror.as_mut().filter(|_| !questions.is_empty()) {
             m.ask(questions);
         }
+        self.signals.forward(router);
     }
 
     /// The configuration in force: the file's, with a fetched gateway table's children and
@@ -550,6 +554,20 @@ impl LoopState {
             }
             Request::WhohasAsk(flows, reply) => {
                 let _ = reply.send(super::mirror::answer_question(router, &flows));
+            }
+            Request::Shortcut(child, signals, keepalives, reply) => {
+                let answer = super::shortcut::judge(router, now, &child, &signals, &keepalives);
+                let _ = reply.send(answer);
+            }
+            Request::ShortcutMark(flows) => super::shortcut::mark(router, &flows),
+            Request::ShortcutKept(reply) => {
+                let _ = reply.send(super::shortcut::kept(router));
+            }
+            Request::ShortcutRefresh(flows) => super::shortcut::refresh(router, now, &flows),
+            Request::ShortcutFlush(reply) => {
+                let n = router.flush_shortcuts();
+                tracing::info!(shortcuts = n, "shortcuts flushed (slr ctl shortcuts flush)");
+                let _ = reply.send(n);
             }
         }
     }
