@@ -90,6 +90,46 @@ fn per_connection(lab: &Lab) -> (BTreeMap<&'static str, f64>, f64) {
     (levels, CONNECTIONS as f64 / secs)
 }
 
+/// UDP pinned flows get shortcuts too: 200 datagrams of one flow, 5 ms apart, all echoed from
+/// the VIP by one host; the routers below the ingress see only the first few (those sent before
+/// the signal came: UDP is not held).
+fn udp_takes_the_shortcut(lab: &Lab) {
+    let vip = lab.vip(0);
+    let (port, answers) = lab.in_ns("c1", move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answers = std::collections::BTreeSet::new();
+        for i in 0..200u32 {
+            s.send_to(&i.to_be_bytes(), (vip, 7)).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, from) = s.recv_from(&mut buf).expect("UDP answer");
+            assert_eq!(
+                from.ip(),
+                std::net::IpAddr::V4(vip),
+                "answered from the VIP"
+            );
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            answers.insert(text.split_whitespace().next().unwrap_or("").to_owned());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (s.local_addr().unwrap().port(), answers.len())
+    });
+    let c1 = format!("{}:{port}", lab.addr("c1"));
+    let mut below = 0;
+    for r in ["as1", "as2", "site-a", "site-b", "site-c", "site-d"] {
+        let page = lab.ctl_args(r, &["flows", "--all"]).unwrap();
+        for f in page["flows"].as_array().into_iter().flatten() {
+            if f["client"] == c1.as_str() && f["protocol"] == "udp" {
+                below += f["packets"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    println!("  UDP: 200 datagrams of one flow, {below} of them crossed the routers below the ingress (both levels)");
+    assert_eq!(answers, 1, "one host answered them all");
+    assert!(below >= 2, "the first datagram went down the hierarchy");
+    assert!(below <= 20, "the rest took the shortcut: {below}");
+}
+
 /// A 100 MiB pattern for uploads, and what the lab's server answers for it.
 fn upload_file(name: &str) -> (std::path::PathBuf, String, u64) {
     let size = 100usize << 20;
@@ -117,14 +157,24 @@ fn below_ingress_bytes(lab: &Lab) -> u64 {
 #[test]
 fn later_packets_skip_the_routers_below_the_ingress() {
     let mut table = Vec::new();
-    for shortcut in [false, true] {
-        let name = if shortcut { "sc-on" } else { "sc-off" };
-        // The slow path everywhere: the cores count every packet of every flow (a fast path
-        // would forward the established packets of the runs without the shortcut uncounted).
-        let lab = Lab::up_with(name, &topology(name, shortcut), &["--fast-path", "off"]);
-        println!("shortcut {}:", if shortcut { "on" } else { "off" });
+    for (shortcut, fast_path) in [(false, "off"), (true, "off"), (true, "xdp")] {
+        let name = match (shortcut, fast_path) {
+            (false, _) => "sc-off",
+            (true, "off") => "sc-on",
+            _ => "sc-xdp",
+        };
+        // The slow path everywhere for the comparison: the cores count every packet of every
+        // flow (a fast path forwards the established packets uncounted by the core). Then the
+        // shortcut again with the XDP fast path, as deployed: the routers below the ingress
+        // still see only SYNs (never offloaded), so their cores' counts stay exact; the ingress
+        // installs the shortcut flows in its XDP map, with the host's address.
+        let lab = Lab::up_with(name, &topology(name, shortcut), &["--fast-path", fast_path]);
+        println!(
+            "shortcut {}, fast path {fast_path}:",
+            if shortcut { "on" } else { "off" }
+        );
         let (levels, rate) = per_connection(&lab);
-        table.push((shortcut, levels.clone(), rate));
+        table.push((name, levels.clone(), rate));
         if !shortcut {
             for (level, n) in levels.iter().skip(1) {
                 assert!(
@@ -139,6 +189,10 @@ fn later_packets_skip_the_routers_below_the_ingress() {
                 *n <= 1.2,
                 "{level}: {n:.2} packets per connection (at most 1.2)"
             );
+        }
+
+        if fast_path == "off" {
+            udp_takes_the_shortcut(&lab);
         }
 
         // A 100 MiB upload: what crosses the routers below the ingress.
@@ -161,6 +215,16 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             share < 0.01,
             "less than 1 % of the upload below the ingress"
         );
+        if fast_path == "xdp" {
+            let forwarded = lab.fast_path_forwarded("net");
+            println!("  the ingress's XDP program forwarded {forwarded} packets");
+            assert!(
+                forwarded > 10_000,
+                "the ingress's fast path carried the shortcut"
+            );
+            let _ = std::fs::remove_file(&file);
+            continue;
+        }
 
         // Flushed mid-upload: the rest goes down the hierarchy, to the same host.
         let child = lab.spawn(
@@ -191,13 +255,180 @@ fn later_packets_skip_the_routers_below_the_ingress() {
         );
         let _ = std::fs::remove_file(&file);
     }
-    println!("| level | packets per connection, shortcut off | on |");
-    let (off, on) = (&table[0].1, &table[1].1);
+    println!("| level | packets per connection: shortcut off | on | on, XDP |");
+    let (off, on, xdp) = (&table[0].1, &table[1].1, &table[2].1);
     for (level, n) in off {
-        println!("| {level} | {n:.2} | {:.2} |", on[level]);
+        println!(
+            "| {level} | {n:.2} | {:.2} | {:.2} |",
+            on[level], xdp[level]
+        );
     }
-    println!(
-        "new connections per second (one curl, Connection: close): off {:.0}, on {:.0}",
-        table[0].2, table[1].2
+    for (name, _, rate) in &table {
+        println!("new connections per second (one curl, Connection: close), {name}: {rate:.0}");
+    }
+}
+
+/// `slr report` as `name` (with the lab's certificate of `cert`, or another CA's), sending
+/// `signal`: its output and whether it succeeded.
+fn forge(lab: &Lab, pki: &std::path::Path, name: &str, cert: &str, signal: &str) -> (bool, String) {
+    let net = lab.addr("net");
+    let o = std::process::Command::new(slr())
+        .args([
+            "report",
+            "--parent",
+            &format!("net@{net}:7400"),
+            "--name",
+            name,
+        ])
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{cert}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{cert}.key")))
+        .args(["--subnet", "10.99.0.0/24:load=0.5", "--shortcut", signal])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
     );
+    (o.status.success(), text)
+}
+
+/// The network router's refusals of a reason (state update protocol).
+fn refusals(lab: &Lab, reason: &str) -> u64 {
+    let page = lab.ctl("net", "metrics");
+    let text = page["text"].as_str().unwrap_or_default().to_owned();
+    let series = format!("slr_control_refused_total{{reason=\"{reason}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// F10, bad input: signals that would redirect a running upload are refused and counted, by
+/// the network router, from the other AS (the flow is not pinned to it), for a subnet outside
+/// that AS's gateway entry, and from a certificate of another CA; the upload goes on to its
+/// first host, intact.
+#[test]
+fn forged_shortcut_signals_are_refused_and_the_flow_keeps_its_host() {
+    let name = "sc-forge";
+    let lab = Lab::up_with(name, &topology(name, true), &["--fast-path", "off"]);
+    let (file, expect, _) = upload_file(name);
+    let url = format!("http://{}/upload", lab.vip(0));
+    let child = lab.spawn(
+        "c1",
+        &format!(
+            "curl -sS -m 120 --limit-rate 10M --data-binary @{} -w ' port=%{{local_port}}' {url}",
+            file.display()
+        ),
+    );
+    // The upload's flow at the network router, and the AS it is pinned to.
+    let c1 = lab.addr("c1");
+    let mut flow = None;
+    wait_until(Duration::from_secs(10), || {
+        for r in ["as1", "as2"] {
+            let page = lab.ctl_args(r, &["flows", "--all"]).unwrap();
+            for f in page["flows"].as_array().into_iter().flatten() {
+                let client = f["client"].as_str().unwrap_or("");
+                if client.starts_with(&format!("{c1}:")) && f["protocol"] == "tcp" {
+                    flow = Some((r.to_owned(), client.to_owned()));
+                }
+            }
+        }
+        flow.is_some()
+    })
+    .expect("the upload's flow appears");
+    let (holder, client) = flow.unwrap();
+    let other = if holder == "as1" { "as2" } else { "as1" };
+    let vip = lab.vip(0);
+    // A host below the other AS: where a forger would send the flow.
+    let target = lab.addr(if other == "as1" { "h1" } else { "h6" });
+    println!("upload {client} pinned to {holder}; {other} forges signals to {target}");
+    let pki = std::path::PathBuf::from(format!("/run/slr-lab/{name}/pki"));
+
+    let before = refusals(&lab, "not_pinned");
+    let (ok, text) = forge(
+        &lab,
+        &pki,
+        other,
+        other,
+        &format!("{client}-{vip}:80/tcp@{target}"),
+    );
+    println!("not pinned to {other}: {}", text.trim());
+    assert!(!ok && text.contains("not_pinned"), "{text}");
+    assert_eq!(refusals(&lab, "not_pinned"), before + 1);
+
+    let before = refusals(&lab, "foreign_subnet");
+    let (ok, text) = forge(
+        &lab,
+        &pki,
+        other,
+        other,
+        &format!("{client}-10.98.0.1:80/tcp@{target}"),
+    );
+    println!("foreign subnet: {}", text.trim());
+    assert!(!ok && text.contains("foreign_subnet"), "{text}");
+    assert_eq!(refusals(&lab, "foreign_subnet"), before + 1);
+
+    // Another CA's certificate for the same name: refused in the handshake.
+    let rogue = std::env::temp_dir().join(format!("slr-e2e-{name}-rogue"));
+    let _ = std::fs::remove_dir_all(&rogue);
+    let dir = rogue.display().to_string();
+    for args in [vec!["ca", "init", &dir], vec!["ca", "issue", &dir, other]] {
+        let o = std::process::Command::new(slr())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::fs::copy(pki.join("ca.pem"), rogue.join("lab-ca.pem")).unwrap();
+    let before = refusals(&lab, "unknown_ca");
+    let o = std::process::Command::new(slr())
+        .args([
+            "report",
+            "--parent",
+            &format!("net@{}:7400", lab.addr("net")),
+            "--name",
+            other,
+        ])
+        .arg("--ca")
+        .arg(rogue.join("lab-ca.pem"))
+        .arg("--cert")
+        .arg(rogue.join(format!("{other}.pem")))
+        .arg("--key")
+        .arg(rogue.join(format!("{other}.key")))
+        .args(["--subnet", "10.99.0.0/24:load=0.5", "--shortcut"])
+        .arg(format!("{client}-{vip}:80/tcp@{target}"))
+        .output()
+        .unwrap();
+    println!("another CA: {}", String::from_utf8_lossy(&o.stderr).trim());
+    assert!(!o.status.success());
+    wait_until(Duration::from_secs(3), || {
+        refusals(&lab, "unknown_ca") > before
+    })
+    .expect("the handshake refusal is counted");
+    let _ = std::fs::remove_dir_all(&rogue);
+
+    let out = child.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(answer.starts_with(&expect), "upload intact: {answer}");
+    let port = answer
+        .rsplit("port=")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    assert!(client.ends_with(&format!(":{port}")));
+    // Its bytes went to the host its own AS's site picked, never to the forger's target.
+    let page = lab.ctl_args(&holder, &["flows", "--all"]).unwrap();
+    assert!(page["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f["client"] == client.as_str()));
+    let _ = std::fs::remove_file(&file);
 }

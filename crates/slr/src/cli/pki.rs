@@ -147,6 +147,35 @@ pub struct ReportArgs {
     /// 10.99.0.0/24:load=0.2,flows=3 (repeatable).
     #[arg(long = "subnet", required = true)]
     subnets: Vec<String>,
+    /// After the report, a shortcut signal (F10) to send: CLIENT:PORT-VIP:PORT/tcp@HOST (or
+    /// /udp), e.g. 10.200.1.2:40000-10.99.0.1:80/tcp@10.200.10.2 (repeatable). Exits non-zero
+    /// if the parent refuses any.
+    #[arg(long = "shortcut")]
+    shortcuts: Vec<String>,
+}
+
+/// `CLIENT:PORT-VIP:PORT/tcp@HOST` as a protobuf signal.
+fn parse_signal(s: &str) -> Result<slr_control::proto::MirrorFlow> {
+    let bad = || anyhow::anyhow!("--shortcut {s:?}: expected CLIENT:PORT-VIP:PORT/tcp@HOST");
+    let (flow, host) = s.split_once('@').ok_or_else(bad)?;
+    let (ends, proto) = flow.split_once('/').ok_or_else(bad)?;
+    let (src, dst) = ends.split_once('-').ok_or_else(bad)?;
+    let src: std::net::SocketAddrV4 = src.parse().map_err(|_| bad())?;
+    let dst: std::net::SocketAddrV4 = dst.parse().map_err(|_| bad())?;
+    let host: std::net::Ipv4Addr = host.parse().map_err(|_| bad())?;
+    let protocol = match proto {
+        "tcp" => 6,
+        "udp" => 17,
+        _ => return Err(bad()),
+    };
+    Ok(slr_control::proto::MirrorFlow {
+        src: u32::from(*src.ip()),
+        dst: u32::from(*dst.ip()),
+        src_port: u32::from(src.port()),
+        dst_port: u32::from(dst.port()),
+        protocol,
+        next_hop: u32::from(host),
+    })
 }
 
 /// Runs `slr report`. Exits non-zero if the parent refuses the session or any subnet.
@@ -173,6 +202,11 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
         }
         loads.push((net.to_owned(), m));
     }
+    let signals = a
+        .shortcuts
+        .iter()
+        .map(|s| parse_signal(s))
+        .collect::<Result<Vec<_>>>()?;
     let identity = slr_control::Identity::load(&a.ca, &a.cert, &a.key)?;
     let reporter = slr_control::Reporter::new(&identity, pname, paddr, &a.name, "probe")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -215,10 +249,31 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
         for r in &reply.refused {
             println!("refused: {} ({})", r.subnet, r.reason);
         }
-        if reply.refused.is_empty() {
-            Ok(())
+        if !reply.refused.is_empty() {
+            return Err(anyhow::anyhow!("{} subnet(s) refused", reply.refused.len()));
+        }
+        if signals.is_empty() {
+            return Ok(());
+        }
+        let n = signals.len();
+        let answer = client
+            .shortcut(slr_control::proto::ShortcutRequest {
+                session_id: hello.session_id,
+                signals,
+                keepalives: Vec::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("shortcut refused: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let mut refused = 0;
+        for (spec, verdict) in a.shortcuts.iter().zip(&answer.signals) {
+            println!("shortcut {spec}: {verdict}");
+            refused += usize::from(!matches!(verdict.as_str(), "installed" | "relayed"));
+        }
+        if refused > 0 || answer.signals.len() != n {
+            Err(anyhow::anyhow!("{refused} shortcut signal(s) refused"))
         } else {
-            Err(anyhow::anyhow!("{} subnet(s) refused", reply.refused.len()))
+            Ok(())
         }
     })
 }
