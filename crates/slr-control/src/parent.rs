@@ -1302,6 +1302,86 @@ mod tests {
         }
     }
 
+    fn sflow(dst: [u8; 4], port: u32, host: u32) -> proto::MirrorFlow {
+        proto::MirrorFlow {
+            src: u32::from_be_bytes([10, 200, 1, 2]),
+            dst: u32::from_be_bytes(dst),
+            src_port: port,
+            dst_port: 80,
+            protocol: 6,
+            next_hop: host,
+        }
+    }
+
+    /// Shortcut requests (F10): only on the child's session; signals for flows outside its
+    /// subnets are refused `foreign_subnet`, malformed ones `malformed`, both counted; the rest
+    /// goes to the daemon, whose answers fill the reply in order; `not_pinned` is counted.
+    #[test]
+    fn shortcut_checks() {
+        let s = state();
+        let now = Instant::now();
+        let p = peer("as1");
+        let host = u32::from_be_bytes([10, 200, 9, 2]);
+        let req = |session_id| ShortcutRequest {
+            session_id,
+            signals: vec![
+                sflow([10, 99, 0, 1], 40000, host),
+                sflow([10, 98, 0, 1], 40001, host),
+                sflow([10, 99, 0, 1], 0, host),
+                sflow([10, 99, 0, 1], 40003, 0),
+                sflow([10, 99, 0, 1], 40004, host),
+            ],
+            keepalives: vec![sflow([10, 99, 0, 1], 40000, 0), sflow([10, 1, 0, 1], 1, 0)],
+        };
+        assert_eq!(
+            s.check_shortcut(&p, &req(9)).unwrap_err().reason,
+            Refusal::NoSession
+        );
+        let session_id = s.handle_hello(&p, &hello("as1"), now).unwrap().session_id;
+        // Another certificate cannot use as1's session.
+        assert_eq!(
+            s.check_shortcut(&peer("as2"), &req(session_id))
+                .unwrap_err()
+                .reason,
+            Refusal::NoSession
+        );
+        let checked = s.check_shortcut(&p, &req(session_id)).unwrap();
+        assert_eq!(checked.child, "as1");
+        assert_eq!(
+            checked.signals.len(),
+            2,
+            "two well-formed signals in as1's subnets"
+        );
+        assert_eq!(checked.keepalives.len(), 1);
+        assert_eq!(s.counters().refused(Refusal::ForeignSubnet), 1);
+        assert_eq!(s.counters().refused(Refusal::Malformed), 2);
+        let answer = ShortcutAnswer {
+            signals: vec![
+                SignalVerdict::Installed,
+                SignalVerdict::Refused("not_pinned"),
+            ],
+            held: vec![true],
+        };
+        s.count_shortcut_answer(&p, "as1", &answer.signals);
+        assert_eq!(s.counters().refused(Refusal::NotPinned), 1);
+        let reply = checked.reply(&answer);
+        assert_eq!(
+            reply.signals,
+            [
+                "installed",
+                "foreign_subnet",
+                "malformed",
+                "malformed",
+                "not_pinned"
+            ]
+        );
+        assert_eq!(reply.held, [true, false]);
+        // Without an answer from the daemon: unavailable, not held.
+        let reply = checked.reply(&ShortcutAnswer::default());
+        assert_eq!(reply.signals[0], "unavailable");
+        assert_eq!(reply.held, [false, false]);
+    }
+
     #[test]
     fn hello_authorization() {
         let s = state();
