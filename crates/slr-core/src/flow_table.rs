@@ -290,7 +290,7 @@ impl fmt::Display for FlowState {
 
 /// One pinned flow: where it goes, its state, when it was created and last seen, its counters.
 ///
-/// 48 bytes. Read-only outside this module (through getters), because the table's expiry
+/// 40 bytes. Read-only outside this module (through getters), because the table's expiry
 /// bookkeeping relies on `state` and `last_seen` changing only through [`FlowTable`].
 #[derive(Debug, Clone, Copy)]
 pub struct FlowEntry {
@@ -299,11 +299,8 @@ pub struct FlowEntry {
     packets: u64,
     bytes: u64,
     next_hop: u32,
-    /// The shortcut's tunnel address (F10: the host the lowest router picked), network order;
-    /// 0: none.
-    shortcut: [u8; 4],
     state: FlowState,
-    /// [`FlowMark`] bits.
+    /// [`FlowMark`] bits (in what would otherwise be padding).
     marks: u8,
     /// Which expiry-queue record is this entry's live one (see the module doc). Lives in what
     /// would otherwise be padding.
@@ -321,6 +318,9 @@ pub enum FlowMark {
     Signalled = 2,
     /// The ingress waits for the flow's shortcut (its next packets are held briefly).
     Awaiting = 4,
+    /// The ingress has a shortcut for the flow (the host's address is in the router's side
+    /// table: only ingresses hold them, so the entry stays 40 bytes everywhere).
+    Shortcut = 8,
 }
 
 impl FlowEntry {
@@ -354,11 +354,6 @@ impl FlowEntry {
     /// How long the flow has been idle at `now`.
     pub fn idle(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_seen)
-    }
-    /// The tunnel address later packets go to instead of the next hop's (F10), if any.
-    #[inline]
-    pub fn shortcut(&self) -> Option<core::net::Ipv4Addr> {
-        (self.shortcut != [0; 4]).then(|| core::net::Ipv4Addr::from(self.shortcut))
     }
     /// Whether the flow carries `mark`.
     #[inline]
@@ -612,29 +607,6 @@ impl FlowTable {
         true
     }
 
-    /// Sets (or, with `None`, clears) a flow's shortcut; whether the table holds it.
-    pub fn set_shortcut(&mut self, key: &FlowKey, to: Option<core::net::Ipv4Addr>) -> bool {
-        match self.map.get_mut(key) {
-            Some(entry) => {
-                entry.shortcut = to.map_or([0; 4], |a| a.octets());
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Clears every flow's shortcut; how many had one.
-    pub fn clear_shortcuts(&mut self) -> usize {
-        let mut n = 0;
-        for entry in self.map.values_mut() {
-            if entry.shortcut != [0; 4] {
-                entry.shortcut = [0; 4];
-                n += 1;
-            }
-        }
-        n
-    }
-
     /// Inserts a new flow pinned to `next_hop`, seen at `now` with a first packet of `bytes`
     /// bytes (use [`FlowState::for_new_flow`] for `state`).
     ///
@@ -663,7 +635,6 @@ impl FlowTable {
             packets: 1,
             bytes: bytes as u64,
             next_hop,
-            shortcut: [0; 4],
             state,
             marks: 0,
             tag: self.next_tag,
@@ -1174,8 +1145,8 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 14);
-        assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
-        assert_eq!(core::mem::size_of::<(FlowKey, FlowEntry)>(), 64);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 40);
+        assert_eq!(core::mem::size_of::<(FlowKey, FlowEntry)>(), 56);
         assert_eq!(core::mem::size_of::<Record>(), 24);
     }
 

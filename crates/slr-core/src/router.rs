@@ -735,6 +735,8 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     signals: VecDeque<ShortcutSignal>,
     /// Packets waiting for their flow's shortcut (F10).
     awaiting: AwaitTable,
+    /// The ingress's shortcuts: flow -> host (for flows marked [`FlowMark::Shortcut`]).
+    shortcuts: HashMap<FlowKey, Ipv4Addr>,
     /// Where the packet being routed goes instead of its next hop (set by `classify`, taken by
     /// `forward`).
     shortcut_to: Option<Ipv4Addr>,
@@ -778,6 +780,7 @@ impl<T: Tunnel> Router<T> {
             pending: PendingTable::default(),
             signals: VecDeque::new(),
             awaiting: AwaitTable::default(),
+            shortcuts: HashMap::new(),
             shortcut_to: None,
             config: config.clone(),
         };
@@ -837,7 +840,7 @@ impl<T: Tunnel> Router<T> {
                     key: *key,
                     next_hop: e.next_hop(),
                     virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
-                    shortcut: e.shortcut(),
+                    shortcut: self.shortcut_of(key, e),
                 });
             }
         }
@@ -847,6 +850,35 @@ impl<T: Tunnel> Router<T> {
     /// The next change for the fast path, oldest first.
     pub fn poll_flow_change(&mut self) -> Option<FlowChange> {
         self.flow_log.as_mut()?.pop_front()
+    }
+
+    /// The shortcut of a flow, if it has one.
+    #[inline]
+    fn shortcut_of(&self, key: &FlowKey, e: &FlowEntry) -> Option<Ipv4Addr> {
+        if e.has_mark(FlowMark::Shortcut) {
+            self.shortcuts.get(key).copied()
+        } else {
+            None
+        }
+    }
+
+    /// Pins (or, with `None`, clears) a flow's shortcut; whether the table holds the flow.
+    fn set_shortcut(&mut self, key: &FlowKey, to: Option<Ipv4Addr>) -> bool {
+        match to {
+            Some(host) => {
+                if !self.flows.mark(key, &[FlowMark::Shortcut], &[]) {
+                    return false;
+                }
+                self.shortcuts.insert(*key, host);
+            }
+            None => {
+                self.shortcuts.remove(key);
+                if !self.flows.mark(key, &[], &[FlowMark::Shortcut]) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The index of the virtual host whose subnet holds the flow's destination.
@@ -919,6 +951,9 @@ impl<T: Tunnel> Router<T> {
     /// Removes a flow, releasing its next hop and telling the fast path.
     fn remove_flow(&mut self, key: &FlowKey) -> Option<FlowEntry> {
         let old = self.flows.remove(key)?;
+        if old.has_mark(FlowMark::Shortcut) {
+            self.shortcuts.remove(key);
+        }
         self.release(old.next_hop());
         self.log_flow(FlowChange::Withdraw { key: *key });
         Some(old)
@@ -1051,7 +1086,7 @@ impl<T: Tunnel> Router<T> {
             Ok(ShortcutAccept::Installed) => {
                 self.counters.shortcuts_installed += 1;
                 self.next_hops[child].shortcut_signals += 1;
-                self.flows.set_shortcut(key, Some(host));
+                self.set_shortcut(key, Some(host));
                 self.flows.mark(key, &[], &[FlowMark::Awaiting]);
                 let held = self.awaiting.take(key);
                 self.release_held(now, *key, held);
@@ -1095,7 +1130,7 @@ impl<T: Tunnel> Router<T> {
     /// Gives a restored flow back its shortcut (a fast path's pinned map named its host).
     /// Whether the table holds the flow.
     pub fn restore_shortcut(&mut self, key: &FlowKey, host: Ipv4Addr) -> bool {
-        if !self.flows.set_shortcut(key, Some(host)) {
+        if !self.set_shortcut(key, Some(host)) {
             return false;
         }
         if let Some(e) = self.flows.get(key) {
@@ -1135,14 +1170,9 @@ impl<T: Tunnel> Router<T> {
     /// Clears every shortcut (the flows stay pinned: their next packets go down the hierarchy,
     /// to the same host, which the routers below still hold). How many went.
     pub fn flush_shortcuts(&mut self) -> usize {
-        let mut flushed = Vec::new();
-        for (k, e) in self.flows.iter() {
-            if e.shortcut().is_some() {
-                flushed.push(*k);
-            }
-        }
+        let flushed: Vec<FlowKey> = self.shortcuts.keys().copied().collect();
         for k in &flushed {
-            self.flows.set_shortcut(k, None);
+            self.set_shortcut(k, None);
             self.log_flow(FlowChange::Withdraw { key: *k });
         }
         self.counters.shortcuts_flushed += flushed.len() as u64;
@@ -1641,8 +1671,16 @@ impl<T: Tunnel> Router<T> {
         let is_syn = flags.is_some_and(|f| f & TcpFlags::SYN != 0 && f & TcpFlags::ACK == 0);
         if let Some(e) = self.flows.touch(&key, now, flags.map(TcpFlags), len) {
             let (nh, state) = (e.next_hop() as usize, e.state());
-            let (shortcut, awaiting, created) =
-                (e.shortcut(), e.has_mark(FlowMark::Awaiting), e.created());
+            let (has_shortcut, awaiting, created) = (
+                e.has_mark(FlowMark::Shortcut),
+                e.has_mark(FlowMark::Awaiting),
+                e.created(),
+            );
+            let shortcut = if has_shortcut {
+                self.shortcuts.get(&key).copied()
+            } else {
+                None
+            };
             // A SYN on a flow that is not half-open is a reused 5-tuple, a new connection:
             // route it afresh if the old one closed (FIN/RST seen) or if its next hop can take
             // no new flows (drained, failed, removed), so that a client reusing a port does not
@@ -1788,7 +1826,7 @@ impl<T: Tunnel> Router<T> {
         let Some((nh, shortcut)) = self
             .flows
             .get(&key)
-            .map(|e| (e.next_hop() as usize, e.shortcut()))
+            .map(|e| (e.next_hop() as usize, self.shortcut_of(&key, e)))
         else {
             return;
         };
@@ -1903,10 +1941,16 @@ impl<T: Tunnel> Router<T> {
         let outcome = self.flows.insert(key, nh as u32, state, now, len);
         self.next_hops[nh].active_flows += 1;
         if let InsertOutcome::Replaced(old) = outcome {
+            if old.has_mark(FlowMark::Shortcut) {
+                self.shortcuts.remove(&key);
+            }
             self.release(old.next_hop());
             self.log_flow(FlowChange::Withdraw { key });
         }
         if let InsertOutcome::Evicted { entry, key } = outcome {
+            if entry.has_mark(FlowMark::Shortcut) {
+                self.shortcuts.remove(&key);
+            }
             self.release(entry.next_hop());
             self.log_flow(FlowChange::Withdraw { key });
             self.counters.flows_evicted += 1;
@@ -2187,7 +2231,11 @@ impl<T: Tunnel> Router<T> {
         seen_by_fast_path: impl FnMut(&FlowKey) -> Option<Instant>,
     ) {
         let mut released = Vec::new();
+        let shortcuts = &mut self.shortcuts;
         self.flows.expire_with(now, seen_by_fast_path, |k, e| {
+            if e.has_mark(FlowMark::Shortcut) {
+                shortcuts.remove(&k);
+            }
             released.push((k, e.next_hop()))
         });
         self.counters.flows_expired += released.len() as u64;
@@ -4597,6 +4645,16 @@ mod tests {
         assert_ne!(host0, host1, "round robin: a fresh choice would differ");
         assert_accounted(&c.ingress);
         assert_accounted(&c.site);
+
+        // The side table of shortcuts follows the flow table: expired flows leave it.
+        assert_eq!(
+            c.ingress.accept_shortcut(T0 + ms(50), &key, 0, host0),
+            Ok(ShortcutAccept::Installed)
+        );
+        assert_eq!(c.ingress.shortcuts.len(), 1);
+        c.ingress.handle_timeout(T0 + Duration::from_secs(3600));
+        assert_eq!(c.ingress.flow_count(), 0);
+        assert!(c.ingress.shortcuts.is_empty());
     }
 
     // ---- tunnels from parents ------------------------------------------------------------
