@@ -313,11 +313,12 @@ fn later_packets_skip_the_routers_below_the_ingress() {
     }
 }
 
-/// `slr report` as `name` (with the lab's certificate of `cert`, or another CA's), sending
+/// `slr report` from c1's namespace as `name` (with the lab's certificate of `cert`), sending
 /// `signal`: its output and whether it succeeded.
 fn forge(lab: &Lab, pki: &std::path::Path, name: &str, cert: &str, signal: &str) -> (bool, String) {
     let net = lab.addr("net");
-    let o = std::process::Command::new(slr())
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c1"), slr()])
         .args([
             "report",
             "--parent",
@@ -371,23 +372,38 @@ fn forged_shortcut_signals_are_refused_and_the_flow_keeps_its_host() {
             file.display()
         ),
     );
-    // The upload's flow at the network router, and the AS it is pinned to.
-    let c1 = lab.addr("c1");
-    let mut flow = None;
+    // The upload's flow (the one c1 flow at the network router with megabytes already), and
+    // the AS it is pinned to.
+    let c1 = format!("{}:", lab.addr("c1"));
+    let mut client = None;
     wait_until(Duration::from_secs(10), || {
-        for r in ["as1", "as2"] {
-            let page = lab.ctl_args(r, &["flows", "--all"]).unwrap();
-            for f in page["flows"].as_array().into_iter().flatten() {
-                let client = f["client"].as_str().unwrap_or("");
-                if client.starts_with(&format!("{c1}:")) && f["protocol"] == "tcp" {
-                    flow = Some((r.to_owned(), client.to_owned()));
-                }
-            }
-        }
-        flow.is_some()
+        let page = lab.ctl_args("net", &["flows", "--all"]).unwrap();
+        client = page["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| {
+                f["protocol"] == "tcp"
+                    && f["client"].as_str().is_some_and(|c| c.starts_with(&c1))
+                    && f["bytes"].as_u64().unwrap_or(0) > 1 << 20
+            })
+            .and_then(|f| f["client"].as_str().map(str::to_owned));
+        client.is_some()
     })
     .expect("the upload's flow appears");
-    let (holder, client) = flow.unwrap();
+    let client = client.unwrap();
+    let holder = ["as1", "as2"]
+        .into_iter()
+        .find(|r| {
+            let page = lab.ctl_args(r, &["flows", "--all"]).unwrap();
+            page["flows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f["client"] == client.as_str())
+        })
+        .expect("an AS holds the upload's flow")
+        .to_owned();
     let other = if holder == "as1" { "as2" } else { "as1" };
     let vip = lab.vip(0);
     // A host below the other AS: where a forger would send the flow.
@@ -432,7 +448,8 @@ fn forged_shortcut_signals_are_refused_and_the_flow_keeps_its_host() {
     }
     std::fs::copy(pki.join("ca.pem"), rogue.join("lab-ca.pem")).unwrap();
     let before = refusals(&lab, "unknown_ca");
-    let o = std::process::Command::new(slr())
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("c1"), slr()])
         .args([
             "report",
             "--parent",
