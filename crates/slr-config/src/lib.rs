@@ -276,6 +276,48 @@ weight = 2
     }
 
     #[test]
+    fn shortcut_keys() {
+        let control = "[control]\nca = \"ca.pem\"\ncert = \"r.pem\"\nkey = \"r.key\"\n";
+        let p = write("shortcut-off.toml", &format!("{GOOD}{control}"));
+        assert_eq!(
+            load_router(&p).unwrap().core.shortcut,
+            None,
+            "off by default"
+        );
+        let p = write(
+            "shortcut-on.toml",
+            &format!("{GOOD}{control}shortcut = true\n"),
+        );
+        let sc = load_router(&p).unwrap().core.shortcut.expect("on");
+        assert_eq!(sc.hold, slr_core::time::Duration::from_millis(20));
+        let p = write(
+            "shortcut-hold.toml",
+            &format!("{GOOD}{control}shortcut = true\nshortcut_hold = \"0s\"\n"),
+        );
+        let sc = load_router(&p).unwrap().core.shortcut.expect("on");
+        assert_eq!(sc.hold, slr_core::time::Duration::ZERO);
+        for (i, (extra, value)) in [
+            ("shortcut_hold = \"5ms\"\n", "5ms"),
+            ("shortcut = true\nshortcut_hold = \"2s\"\n", "2s"),
+            ("shortcut = true\nshortcut_hold = \"soon\"\n", "soon"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = write(
+                &format!("badshortcut{i}.toml"),
+                &format!("{GOOD}{control}{extra}"),
+            );
+            let e = format!("{:#}", load_router(&p).unwrap_err());
+            assert!(e.contains(&p.display().to_string()), "{e}");
+            assert!(
+                e.contains("control.shortcut_hold") && e.contains(value),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn cluster_section_checks() {
         let base = "[cluster]\nlisten = \"10.200.2.2:7401\"\nca = \"ca.pem\"\ncert = \"r1.pem\"\nkey = \"r1.key\"\n";
         let peer = "[[cluster.peers]]\nname = \"r2\"\naddress = \"10.200.3.2:7401\"\n";

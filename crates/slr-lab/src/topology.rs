@@ -2221,7 +2221,15 @@ mod tests {
         );
         assert_eq!(
             three("report_interval = \"500ms\"", "interval = \"1s\""),
-            "control.interval: unknown key (expected one of report_interval, silent_after, rebuild_interval, f, g)"
+            "control.interval: unknown key (expected one of report_interval, silent_after, rebuild_interval, f, g, shortcut, shortcut_hold)"
+        );
+        assert_eq!(
+            three("report_interval = \"500ms\"", "shortcut = \"yes\""),
+            "control.shortcut: \"yes\" is not true or false"
+        );
+        assert_eq!(
+            three("report_interval = \"500ms\"", "shortcut_hold = \"soon\""),
+            "control.shortcut_hold: \"soon\" is not a duration (e.g. \"20ms\")"
         );
     }
 

@@ -56,6 +56,9 @@ fn client_traffic(lab: &Lab, router: &str) -> (u64, u64, usize) {
 /// connections from c1 (`Connection: close`: one connection per request), and the rate.
 fn per_connection(lab: &Lab) -> (BTreeMap<&'static str, f64>, f64) {
     let url = format!("http://{}/?n=[1-{CONNECTIONS}]", lab.vip(0));
+    let routers = ["net", "as1", "as2", "site-a", "site-b", "site-c", "site-d"];
+    let cost = |r: &str| (cpu_seconds(lab.pid(r, "router")), report_bytes(lab, r));
+    let before: Vec<(f64, u64)> = routers.iter().map(|r| cost(r)).collect();
     let start = Instant::now();
     let o = lab.sh(
         "c1",
@@ -72,6 +75,20 @@ fn per_connection(lab: &Lab) -> (BTreeMap<&'static str, f64>, f64) {
         "every request answered: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // What the run cost each level: the routers' CPU (all their threads) and the bytes they
+    // sent their parents on the control channel (reports every 500 ms, and the shortcut's
+    // signals and keepalives).
+    let after: Vec<(f64, u64)> = routers.iter().map(|r| cost(r)).collect();
+    let delta = |names: &[&str]| {
+        let (mut cpu, mut bytes) = (0.0, 0);
+        for (i, r) in routers.iter().enumerate() {
+            if names.contains(r) {
+                cpu += after[i].0 - before[i].0;
+                bytes += after[i].1 - before[i].1;
+            }
+        }
+        (cpu, bytes)
+    };
     let mut levels = BTreeMap::new();
     for (level, routers) in [
         ("1 network (ingress)", &["net"][..]),
@@ -84,10 +101,39 @@ fn per_connection(lab: &Lab) -> (BTreeMap<&'static str, f64>, f64) {
             packets += p;
             flows += f;
         }
-        println!("  {level}: {packets} packets of {flows} flows");
+        let (cpu, bytes) = delta(routers);
+        println!(
+            "  {level}: {packets} packets of {flows} flows; {:.1} us CPU and {:.1} control bytes up per connection ({secs:.1} s)",
+            cpu * 1e6 / CONNECTIONS as f64,
+            bytes as f64 / CONNECTIONS as f64
+        );
         levels.insert(level, packets as f64 / CONNECTIONS as f64);
     }
     (levels, CONNECTIONS as f64 / secs)
+}
+
+/// CPU seconds (user and system) of a process, all its threads.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// Bytes a router sent its parents on the control channel (0 for the top router).
+fn report_bytes(lab: &Lab, router: &str) -> u64 {
+    let page = lab.ctl(router, "metrics");
+    page["text"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("slr_control_report_bytes_sent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// `kill -9` of the ingress mid-upload and a restart: its XDP program goes on forwarding the
