@@ -4657,6 +4657,54 @@ mod tests {
         assert!(c.ingress.shortcuts.is_empty());
     }
 
+    /// F10 keeps the flow model: a shortcut flow stays on its host when its next hop at the
+    /// ingress is drained, fails its health check or leaves the configuration; a new SYN on
+    /// the tuple after the connection closed is a new flow, routed down the hierarchy afresh
+    /// (the old shortcut goes with the old entry).
+    #[test]
+    fn shortcut_flows_keep_their_host_through_drain_health_and_reload() {
+        let mut c = Chain::new();
+        let host0 = c.send(T0, &syn(40000)).1.unwrap();
+        assert_eq!(c.signal(T0), 1);
+        let to_host = Action::Tunnel { next_hop: host0 };
+        let mut drained = c.ingress.config().clone();
+        drained.next_hops[0].weight = 0;
+        c.ingress
+            .handle_control(T0, Control::Reconfigure(Box::new(drained)))
+            .unwrap();
+        assert_eq!(c.send(T0, &ack(40000)).0, to_host, "drained");
+        c.ingress
+            .handle_control(
+                T0,
+                Control::SetAvailable {
+                    next_hop: "mid".into(),
+                    available: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(c.send(T0, &ack(40000)).0, to_host, "failed health check");
+        let mut removed = c.ingress.config().clone();
+        removed.next_hops.remove(0);
+        removed.next_hops[0].weight = 1;
+        c.ingress
+            .handle_control(T0, Control::Reconfigure(Box::new(removed)))
+            .unwrap();
+        assert_eq!(c.send(T0, &ack(40000)).0, to_host, "removed by a reload");
+        // Closed, then the tuple reused: a new flow by the policy (now "other", the only
+        // eligible next hop), without the old shortcut.
+        let fin = tcp(CLIENT, 40000, VIP, 80, FIN_ACK);
+        assert_eq!(c.send(T0, &fin).0, to_host);
+        let (a, _) = c.send(T0 + ms(1), &syn(40000));
+        assert_eq!(
+            a,
+            Action::Tunnel {
+                next_hop: Ipv4Addr::new(10, 100, 0, 3)
+            }
+        );
+        assert!(c.ingress.shortcuts.is_empty());
+        assert_accounted(&c.ingress);
+    }
+
     // ---- tunnels from parents ------------------------------------------------------------
 
     fn wrap(inner: &[u8], outer_src: Ipv4Addr) -> PacketBuf {
