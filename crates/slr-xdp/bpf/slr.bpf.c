@@ -48,7 +48,7 @@ struct flow_value {
 	__u32 tunnel_dst;   // the next hop's tunnel address, network byte order
 	__u32 next_hop;     // the core's next-hop index (counters)
 	__u32 vhost;        // the core's virtual-host index (counters)
-	__u32 flags;        // reserved, 0
+	__u32 flags;        // FLOW_SHORTCUT: tunnel_dst is a host below the next hop (F10)
 	__u64 last_used_ns; // bpf_ktime_get_ns() of a recent packet (written at most every 64 ms)
 };
 
@@ -159,12 +159,26 @@ struct route {
 
 #define ROUTE_LIFETIME_NS (16ULL << 20) // ~17 ms
 
+// Remembered routes: one slot per next hop, then SHORTCUT_ROUTES slots for the hosts that
+// shortcut flows go to (F10: many hosts under one next hop would otherwise evict each other
+// from the next hop's slot on every packet).
+#define FLOW_SHORTCUT 1
+#define SHORTCUT_ROUTES 1024
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_NEXT_HOPS);
+	__uint(max_entries, MAX_NEXT_HOPS + SHORTCUT_ROUTES);
 	__type(key, __u32);
 	__type(value, struct route);
 } routes SEC(".maps");
+
+// The `routes` slot of a flow: its next hop's, or for a shortcut one chosen by its host.
+static __always_inline __u32 route_slot(const struct flow_value *flow)
+{
+	if (!(flow->flags & FLOW_SHORTCUT))
+		return flow->next_hop;
+	return MAX_NEXT_HOPS + ((flow->tunnel_dst * 2654435761u) >> 22) % SHORTCUT_ROUTES;
+}
 
 static __always_inline void count(struct counter *c, __u64 bytes)
 {
@@ -328,10 +342,10 @@ static __always_inline void remember(struct route *r, struct config *cfg, __u32 
 
 // `ctx` is the program's context (an xdp_md or a __sk_buff: bpf_fib_lookup takes either).
 static __always_inline struct route *route_to(void *ctx, __u32 ingress, struct config *cfg,
-					       __u32 next_hop, __u32 dst, __u32 outer_tot,
+					       __u32 slot, __u32 dst, __u32 outer_tot,
 					       __u64 now, struct route *spare, int *why)
 {
-	struct route *r = bpf_map_lookup_elem(&routes, &next_hop);
+	struct route *r = bpf_map_lookup_elem(&routes, &slot);
 	int fresh = 0;
 	if (r) {
 		fresh = r->dst == dst && r->ingress == ingress && now - r->resolved_ns < ROUTE_LIFETIME_NS;
@@ -462,7 +476,7 @@ static __always_inline int retunnel(struct xdp_md *ctx, struct config *cfg, __u6
 		return pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop,
+	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, route_slot(flow),
 				       flow->tunnel_dst, tot + sizeof(struct iphdr), now, &spare,
 				       &why);
 	if (!route)
@@ -516,7 +530,7 @@ int slr_router(struct xdp_md *ctx)
 		return pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, flow->next_hop,
+	struct route *route = route_to(ctx, ctx->ingress_ifindex, cfg, route_slot(flow),
 				       flow->tunnel_dst, tot + sizeof(struct iphdr), now, &spare,
 				       &why);
 	if (!route)
@@ -623,7 +637,7 @@ static __always_inline int tc_retunnel(struct __sk_buff *skb, struct config *cfg
 		return tc_pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, flow->next_hop,
+	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, route_slot(flow),
 				       flow->tunnel_dst, longest, now, &spare, &why);
 	if (!route)
 		return tc_pass(why, frame);
@@ -687,7 +701,7 @@ int slr_router_tc(struct __sk_buff *skb)
 		return tc_pass(R_TOO_BIG, frame);
 	struct route spare; // every field is written before it is read (remember)
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, flow->next_hop,
+	struct route *route = route_to(skb, skb->ingress_ifindex, cfg, route_slot(flow),
 				       flow->tunnel_dst, longest, now, &spare, &why);
 	if (!route)
 		return tc_pass(why, frame);

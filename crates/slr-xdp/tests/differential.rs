@@ -387,11 +387,36 @@ fn differential() {
         }
         gen.flows.push(key);
     }
+    // Every seventh flow has a shortcut (F10: this router is its ingress, and a host below its
+    // next hop was signalled): the core tunnels it to the host, the map entry carries the host,
+    // and the program remembers the host's route in a slot of its own.
+    let mut shortcuts = 0;
+    for key in gen.flows.iter().step_by(7) {
+        let Some(nh) = core.flow(key).map(|e| e.next_hop() as usize) else {
+            continue;
+        };
+        let host = hops[(nh + 1) % 4].1; // h1..h4: with neighbour entries
+        core.accept_shortcut(Instant::from_micros(now_us), key, nh, host)
+            .expect("a shortcut for a flow pinned to that next hop");
+        shortcuts += 1;
+    }
+    assert!(shortcuts > 200);
     sync(&mut core, &mut fp);
     assert_eq!(
         map_keys(&fp),
         offloadable(&core),
         "every established flow installed"
+    );
+    let in_map = gen
+        .flows
+        .iter()
+        .step_by(7)
+        .filter_map(|k| fp.lookup(&slr_xdp::key_record(k)).unwrap())
+        .filter(|v| v.is_shortcut())
+        .count();
+    assert_eq!(
+        in_map, shortcuts,
+        "the map entries of shortcut flows name their hosts"
     );
 
     let mut forwarded = 0usize;
