@@ -17,7 +17,7 @@ pub struct ControlThread {
     /// What it knows.
     pub view: SharedView,
     /// Where the core's shortcut signals go (with `[control] shortcut`).
-    pub signals: Option<tokio::sync::mpsc::Sender<Vec<super::OwnSignal>>>,
+    pub signals: Option<tokio::sync::mpsc::Sender<Vec<super::shortcut::OwnSignal>>>,
 }
 
 impl Drop for ControlThread {
