@@ -570,27 +570,7 @@ impl ParentState {
         now: Instant,
     ) -> Result<ReportReply, RefusedRequest> {
         // The session must be the current one of a child this certificate names.
-        let name = {
-            let table = self.table.read();
-            peer.names
-                .iter()
-                .find(|n| {
-                    table
-                        .get(n.as_str())
-                        .is_some_and(|s| s.session_id == request.session_id)
-                })
-                .cloned()
-        }
-        .ok_or_else(|| {
-            RefusedRequest::new(
-                Refusal::NoSession,
-                format!(
-                    "session {} is not the current session of {:?}: say hello first",
-                    request.session_id,
-                    peer.display_name()
-                ),
-            )
-        })?;
+        let name = self.session_name(peer, request.session_id)?;
         let allowed = self.expected.allowed_subnets(&name).ok_or_else(|| {
             RefusedRequest::new(
                 Refusal::UnexpectedName,

@@ -1090,20 +1090,25 @@ impl<T: Tunnel> Router<T> {
                 self.flows.mark(key, &[], &[FlowMark::Awaiting]);
                 let held = self.awaiting.take(key);
                 self.release_held(now, *key, held);
-                if let Some(e) = self.flows.get(key) {
-                    if offloadable(e.state()) {
-                        let change = FlowChange::Offload {
-                            key: *key,
-                            next_hop: e.next_hop(),
-                            virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
-                            shortcut: Some(host),
-                        };
-                        self.log_flow(change);
-                    }
-                }
+                self.offload_shortcut(key, host);
             }
         }
         result
+    }
+
+    /// Offers a flow that got a shortcut to the fast path again (its entry then names the
+    /// host), once it may be offloaded.
+    fn offload_shortcut(&mut self, key: &FlowKey, host: Ipv4Addr) {
+        let Some(e) = self.flows.get(key).filter(|e| offloadable(e.state())) else {
+            return;
+        };
+        let change = FlowChange::Offload {
+            key: *key,
+            next_hop: e.next_hop(),
+            virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
+            shortcut: Some(host),
+        };
+        self.log_flow(change);
     }
 
     fn check_shortcut(
@@ -1133,15 +1138,7 @@ impl<T: Tunnel> Router<T> {
         if !self.set_shortcut(key, Some(host)) {
             return false;
         }
-        if let Some(e) = self.flows.get(key) {
-            let change = FlowChange::Offload {
-                key: *key,
-                next_hop: e.next_hop(),
-                virtual_host: self.virtual_host_of(key).unwrap_or(u32::MAX),
-                shortcut: Some(host),
-            };
-            self.log_flow(change);
-        }
+        self.offload_shortcut(key, host);
         true
     }
 
