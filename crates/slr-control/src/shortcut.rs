@@ -37,6 +37,9 @@ pub enum SignalVerdict {
     Installed,
     /// The parent passes it to its own parent.
     Relayed,
+    /// The flow keeps its path through the child: it is the parent's own health probe of the
+    /// child (not a refusal; the child keeps seeing its packets).
+    Kept,
     /// Refused: `foreign_subnet`, `not_pinned`, `unknown_flow`, `bad_address`, `malformed`,
     /// `unavailable` (the parent takes no signals).
     Refused(&'static str),
@@ -48,6 +51,7 @@ impl SignalVerdict {
         match self {
             SignalVerdict::Installed => "installed",
             SignalVerdict::Relayed => "relayed",
+            SignalVerdict::Kept => "kept",
             SignalVerdict::Refused(why) => why,
         }
     }
@@ -65,6 +69,7 @@ impl SignalVerdict {
         match s {
             "installed" => SignalVerdict::Installed,
             "relayed" => SignalVerdict::Relayed,
+            "kept" => SignalVerdict::Kept,
             other => SignalVerdict::Refused(
                 REFUSALS
                     .iter()
@@ -75,9 +80,10 @@ impl SignalVerdict {
         }
     }
 
-    /// Whether the signal was taken (installed or relayed).
+    /// Whether the signal was taken (installed or relayed): the child then keeps its copy of
+    /// the flow alive while the parent holds it.
     pub fn accepted(self) -> bool {
-        !matches!(self, SignalVerdict::Refused(_))
+        matches!(self, SignalVerdict::Installed | SignalVerdict::Relayed)
     }
 }
 
@@ -127,6 +133,7 @@ mod tests {
         for v in [
             SignalVerdict::Installed,
             SignalVerdict::Relayed,
+            SignalVerdict::Kept,
             SignalVerdict::Refused("foreign_subnet"),
             SignalVerdict::Refused("not_pinned"),
         ] {
@@ -137,5 +144,10 @@ mod tests {
             SignalVerdict::Refused("unknown")
         );
         assert!(!SignalVerdict::Refused("not_pinned").accepted());
+        assert!(SignalVerdict::Relayed.accepted() && SignalVerdict::Installed.accepted());
+        assert!(
+            !SignalVerdict::Kept.accepted(),
+            "a kept flow is not kept alive by keepalives"
+        );
     }
 }

@@ -321,6 +321,9 @@ pub enum FlowMark {
     /// The ingress has a shortcut for the flow (the host's address is in the router's side
     /// table: only ingresses hold them, so the entry stays 40 bytes everywhere).
     Shortcut = 8,
+    /// The control plane pinned the flow before its first packet (a health probe through a
+    /// child): its packets must cross that child, so it never takes a shortcut.
+    Probe = 16,
 }
 
 impl FlowEntry {

@@ -506,6 +506,9 @@ pub struct Counters {
     pub shortcuts_installed: u64,
     /// Children's signals to pass up (the flow came from this router's parent).
     pub shortcuts_relayed: u64,
+    /// Children's signals for this router's own health probes, which keep their path through
+    /// the child they test.
+    pub shortcuts_kept: u64,
     /// Children's signals refused, by reason ([`ShortcutRefusal`]: unknown flow, not pinned to
     /// that child, bad address).
     pub shortcuts_refused: [u64; 3],
@@ -1083,6 +1086,7 @@ impl<T: Tunnel> Router<T> {
         match result {
             Err(why) => self.counters.shortcuts_refused[why as usize] += 1,
             Ok(ShortcutAccept::Relay) => self.counters.shortcuts_relayed += 1,
+            Ok(ShortcutAccept::Kept) => self.counters.shortcuts_kept += 1,
             Ok(ShortcutAccept::Installed) => {
                 self.counters.shortcuts_installed += 1;
                 self.next_hops[child].shortcut_signals += 1;
@@ -1125,7 +1129,9 @@ impl<T: Tunnel> Router<T> {
         if e.next_hop() as usize != child {
             return Err(ShortcutRefusal::NotPinned);
         }
-        Ok(if e.has_mark(FlowMark::FromParent) {
+        Ok(if e.has_mark(FlowMark::Probe) {
+            ShortcutAccept::Kept
+        } else if e.has_mark(FlowMark::FromParent) {
             ShortcutAccept::Relay
         } else {
             ShortcutAccept::Installed
@@ -1276,6 +1282,7 @@ impl<T: Tunnel> Router<T> {
                     _ => FlowState::Other,
                 };
                 self.insert_flow(now, key, i, state, 0);
+                self.flows.mark(&key, &[FlowMark::Probe], &[]);
             }
             Control::UnpinFlow { key } => {
                 self.remove_flow(&key);
@@ -4699,6 +4706,55 @@ mod tests {
             }
         );
         assert!(c.ingress.shortcuts.is_empty());
+        assert_accounted(&c.ingress);
+    }
+
+    /// A router's own health probe of a child (a flow the control plane pinned before its first
+    /// packet) must cross that child: the child's signal for it is kept, not installed, and
+    /// every packet of the probe still goes down the hierarchy (a shortcut would bypass the
+    /// child it tests, and reach a host that trusts only its own ingresses). Nothing waits for
+    /// a signal either.
+    #[test]
+    fn a_health_probe_keeps_its_path_through_the_child_it_tests() {
+        let mut c = Chain::new();
+        // A first connection teaches the ingress that "mid" signals.
+        c.send(T0, &syn(40000));
+        assert_eq!(c.signal(T0), 1);
+        let key = tcp_key(40001);
+        c.ingress
+            .handle_control(
+                T0,
+                Control::PinFlow {
+                    key,
+                    next_hop: "mid".into(),
+                },
+            )
+            .unwrap();
+        let host0 = c
+            .send(T0, &syn(40001))
+            .1
+            .expect("the probe's SYN crosses mid");
+        assert_eq!(c.send(T0, &ack(40001)).1, Some(host0), "not held");
+        while let Some(sig) = c.site.poll_shortcut_signal() {
+            let host = c.site.next_hops()[sig.next_hop as usize].address;
+            assert_eq!(
+                c.mid.accept_shortcut(T0, &sig.key, 0, host),
+                Ok(ShortcutAccept::Relay)
+            );
+            assert_eq!(
+                c.ingress.accept_shortcut(T0, &sig.key, 0, host),
+                Ok(ShortcutAccept::Kept)
+            );
+        }
+        assert_eq!(c.ingress.counters().shortcuts_kept, 1);
+        for _ in 0..3 {
+            assert_eq!(
+                c.send(T0 + ms(1), &ack(40001)).1,
+                Some(host0),
+                "the probe keeps crossing mid"
+            );
+        }
+        assert!(c.ingress.shortcuts.get(&key).is_none());
         assert_accounted(&c.ingress);
     }
 

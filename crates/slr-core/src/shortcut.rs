@@ -79,6 +79,9 @@ pub enum ShortcutAccept {
     Installed,
     /// The flow came through this router's parent: pass the signal up.
     Relay,
+    /// The flow keeps its path through the child: it is this router's own health probe of that
+    /// child (pinned by the control plane), which must test the child, not bypass it.
+    Kept,
 }
 
 /// Why a router refused a child's signal (never changing anything).

@@ -345,6 +345,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
             "shortcut_signals_dropped": c.shortcut_signals_dropped,
             "shortcuts_installed": c.shortcuts_installed,
             "shortcuts_relayed": c.shortcuts_relayed,
+            "shortcuts_kept": c.shortcuts_kept,
             "shortcuts_refused_unknown_flow": c.shortcuts_refused[0],
             "shortcuts_refused_not_pinned": c.shortcuts_refused[1],
             "shortcuts_refused_bad_address": c.shortcuts_refused[2],

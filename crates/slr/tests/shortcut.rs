@@ -284,6 +284,25 @@ fn later_packets_skip_the_routers_below_the_ingress() {
         if fast_path == "off" {
             udp_takes_the_shortcut(&lab);
         }
+        // Only ingresses tunnel to the hosts, never a router in between: its own health probes
+        // of a child keep their path through that child (the signal is kept, not installed),
+        // so no host drops a tunnel as untrusted and no probe fails.
+        let kept: u64 = ["as1", "as2"]
+            .iter()
+            .map(|r| lab.counter(r, "shortcuts_kept"))
+            .sum();
+        println!("  signals for the AS routers' own health probes, kept on their path: {kept}");
+        assert!(
+            kept > 0,
+            "the AS routers' probes of their sites were signalled"
+        );
+        for h in (1..=10).map(|i| format!("h{i}")) {
+            assert_eq!(
+                lab.host_drops(&h, "untrusted_source") + lab.host_fast_path(&h, "untrusted_source"),
+                0,
+                "{h} got tunnels only from its site and the ingress"
+            );
+        }
 
         // A 100 MiB upload: what crosses the routers below the ingress.
         let (file, expect, size) = upload_file(name);

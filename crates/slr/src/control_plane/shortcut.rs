@@ -40,7 +40,7 @@ pub struct ShortcutStats {
     pub sent: AtomicU64,
     /// Signals a parent installed or relayed.
     pub accepted: AtomicU64,
-    /// Signals a parent refused.
+    /// Signals no parent took (refused, or kept on its path: a parent's own health probe).
     pub refused: AtomicU64,
     /// Signals not sent: no parent session answered.
     pub failed: AtomicU64,

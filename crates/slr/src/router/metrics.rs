@@ -495,13 +495,14 @@ fn add_shortcut_metrics(p: &mut Exposition, router: &str, get: &dyn Fn(&str) -> 
     for (outcome, key) in [
         ("installed", "shortcuts_installed"),
         ("relayed", "shortcuts_relayed"),
+        ("kept", "shortcuts_kept"),
         ("unknown_flow", "shortcuts_refused_unknown_flow"),
         ("not_pinned", "shortcuts_refused_not_pinned"),
         ("bad_address", "shortcuts_refused_bad_address"),
     ] {
         p.counter(
             "slr_shortcut_child_signals_total",
-            "Children's shortcut signals by outcome: installed (this router is the flow's ingress), relayed to the parent, or refused (a flow not held, or not pinned to that child; a bad host address).",
+            "Children's shortcut signals by outcome: installed (this router is the flow's ingress), relayed to the parent, kept (this router's own health probe, which must cross the child it tests), or refused (a flow not held, or not pinned to that child; a bad host address).",
             &[("router", router), ("outcome", outcome)],
             get(key),
         );

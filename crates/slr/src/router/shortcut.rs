@@ -77,6 +77,7 @@ pub(super) fn judge(
             |s| match router.accept_shortcut(now, &flow_key(&s.flow), idx, s.host) {
                 Ok(ShortcutAccept::Installed) => SignalVerdict::Installed,
                 Ok(ShortcutAccept::Relay) => SignalVerdict::Relayed,
+                Ok(ShortcutAccept::Kept) => SignalVerdict::Kept,
                 Err(why) => SignalVerdict::Refused(why.as_str()),
             },
         )
