@@ -4754,7 +4754,7 @@ mod tests {
                 "the probe keeps crossing mid"
             );
         }
-        assert!(c.ingress.shortcuts.get(&key).is_none());
+        assert!(!c.ingress.shortcuts.contains_key(&key));
         assert_accounted(&c.ingress);
     }
 
