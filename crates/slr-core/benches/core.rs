@@ -22,6 +22,12 @@
 //! - `new_flow/syn+maglev/empty`: new flows into a table that starts empty for each sample and
 //!   grows (rehashes included, small tables are cache-resident: the optimistic case).
 //!
+//! - `shortcut/keepalive_chunk/1M`: what one keepalive visit of the shortcut (F10) costs the
+//!   packet thread at a router below the ingress that signalled 1,000,000 flows: the next 4,096
+//!   keys of the rotation examined and collected. `shortcut/whole_table_scan/1M` is what a visit
+//!   cost when it scanned the whole flow table for the signalled flows instead (the packets
+//!   waited that long every keepalive interval).
+//!
 //! Run: `cargo bench -p slr-core --bench core` (or `bench/core.sh`, which also prints a summary).
 //! Targets (issue #5): >= 5 M established packets/s per core (200 ns), >= 1 M new flows/s per
 //! core (1 us).
@@ -31,7 +37,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use slr_core::flow_table::FlowTableConfig;
+use slr_core::flow_table::{FlowKey, FlowMark, FlowTableConfig};
 use slr_core::router::{Action, NextHopConfig, Router, RouterConfig, UdpMode, VirtualHostConfig};
 use slr_core::select::Policy;
 use slr_core::time::{Duration, Instant};
@@ -241,9 +247,47 @@ fn bench_new_flow(c: &mut Criterion) {
     g.finish();
 }
 
+/// Keys examined per keepalive visit (the daemon's chunk).
+const KEEPALIVE_CHUNK: usize = 4096;
+
+fn bench_keepalives(c: &mut Criterion) {
+    let mut g = c.benchmark_group("core");
+    let now = Instant::from_secs(1);
+    let mut r = router_with_established(FLOWS, now);
+    let keys: Vec<FlowKey> = r.flows().map(|(k, _)| *k).collect();
+    for k in &keys {
+        assert!(r.mark_signalled(k));
+    }
+    assert_eq!(r.signalled_rotation(), FLOWS as usize);
+    let mut out = Vec::with_capacity(KEEPALIVE_CHUNK);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("shortcut/keepalive_chunk/1M", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(r.next_signalled(KEEPALIVE_CHUNK, &mut out));
+        })
+    });
+    g.bench_function("shortcut/whole_table_scan/1M", |b| {
+        b.iter(|| {
+            let all: Vec<FlowKey> = r
+                .flows()
+                .filter(|(_, e)| e.has_mark(FlowMark::Signalled))
+                .map(|(k, _)| *k)
+                .collect();
+            black_box(all.len())
+        })
+    });
+    assert_eq!(
+        r.signalled_rotation(),
+        FLOWS as usize,
+        "every flow goes round"
+    );
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench_established, bench_new_flow
+    targets = bench_established, bench_new_flow, bench_keepalives
 }
 criterion_main!(benches);

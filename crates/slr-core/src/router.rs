@@ -738,6 +738,10 @@ pub struct Router<T: Tunnel = IpIpTunnel> {
     signals: VecDeque<ShortcutSignal>,
     /// Packets waiting for their flow's shortcut (F10).
     awaiting: AwaitTable,
+    /// The flows this router signalled, in the order they are offered to the parent as
+    /// keepalives: a rotation, so that the keepalives go in chunks and never stall the packets
+    /// behind a scan of the whole table. Keys of flows gone drop out when they come round.
+    signalled: VecDeque<FlowKey>,
     /// The ingress's shortcuts: flow -> host (for flows marked [`FlowMark::Shortcut`]).
     shortcuts: HashMap<FlowKey, Ipv4Addr>,
     /// Where the packet being routed goes instead of its next hop (set by `classify`, taken by
@@ -783,6 +787,7 @@ impl<T: Tunnel> Router<T> {
             pending: PendingTable::default(),
             signals: VecDeque::new(),
             awaiting: AwaitTable::default(),
+            signalled: VecDeque::new(),
             shortcuts: HashMap::new(),
             shortcut_to: None,
             config: config.clone(),
@@ -1159,15 +1164,45 @@ impl<T: Tunnel> Router<T> {
     /// Marks a flow whose signal the parent accepted: its copy here is kept alive while the
     /// parent holds it. Whether the table holds it.
     pub fn mark_signalled(&mut self, key: &FlowKey) -> bool {
-        self.flows.mark(key, &[FlowMark::Signalled], &[])
+        match self.flows.get(key) {
+            None => false,
+            Some(e) if e.has_mark(FlowMark::Signalled) => true,
+            Some(_) => {
+                self.flows.mark(key, &[FlowMark::Signalled], &[]);
+                self.signalled.push_back(*key);
+                true
+            }
+        }
     }
 
-    /// The flows this router signalled (to ask the parent whether it still holds them).
-    pub fn signalled_flows(&self) -> impl Iterator<Item = &FlowKey> + '_ {
-        self.flows
-            .iter()
-            .filter(|(_, e)| e.has_mark(FlowMark::Signalled))
-            .map(|(k, _)| k)
+    /// Keys in the rotation of signalled flows (those of flows gone included, until they come
+    /// round): a caller that wants every signalled flow once takes
+    /// [`next_signalled`](Self::next_signalled) chunks until it has examined this many.
+    pub fn signalled_rotation(&self) -> usize {
+        self.signalled.len()
+    }
+
+    /// The next signalled flows of the rotation (to ask the parent whether it still holds
+    /// them): examines at most `max` keys, appends those of flows still held and signalled to
+    /// `out` (they go round again), forgets the others. How many keys it examined (0: none
+    /// left).
+    pub fn next_signalled(&mut self, max: usize, out: &mut Vec<FlowKey>) -> usize {
+        let mut examined = 0;
+        while examined < max {
+            let Some(key) = self.signalled.pop_front() else {
+                break;
+            };
+            examined += 1;
+            if self
+                .flows
+                .get(&key)
+                .is_some_and(|e| e.has_mark(FlowMark::Signalled))
+            {
+                out.push(key);
+                self.signalled.push_back(key);
+            }
+        }
+        examined
     }
 
     /// Clears every shortcut (the flows stay pinned: their next packets go down the hierarchy,
@@ -4603,10 +4638,10 @@ mod tests {
             "the site saw the SYN and one ACK"
         );
         // Keeping the copies below alive: each asks its parent.
-        assert_eq!(
-            c.site.signalled_flows().copied().collect::<Vec<_>>(),
-            vec![key]
-        );
+        assert_eq!(c.site.signalled_rotation(), 1);
+        let mut kept = Vec::new();
+        assert_eq!(c.site.next_signalled(1, &mut kept), 1);
+        assert_eq!(kept, vec![key]);
         assert!(c.mid.holds_for(&key, 0) && c.ingress.holds_for(&key, 0));
         assert!(!c.ingress.holds_for(&key, 1));
 
@@ -4707,6 +4742,42 @@ mod tests {
         );
         assert!(c.ingress.shortcuts.is_empty());
         assert_accounted(&c.ingress);
+    }
+
+    /// The keepalives go in chunks of a rotation: every signalled flow once per round, refreshed
+    /// flows stay, flows that ended drop out when they come round.
+    #[test]
+    fn signalled_flows_are_offered_in_chunks_of_a_rotation() {
+        let mut c = Chain::new();
+        for port in 0..10 {
+            c.send(T0, &syn(41000 + port));
+        }
+        assert_eq!(c.signal(T0), 10);
+        assert!(c.site.mark_signalled(&tcp_key(41000)), "marking twice");
+        assert_eq!(c.site.signalled_rotation(), 10, "each flow once");
+        let mut round = Vec::new();
+        assert_eq!(c.site.next_signalled(4, &mut round), 4);
+        assert_eq!(c.site.next_signalled(4, &mut round), 4);
+        // A round is as many keys as the rotation held when it began (live keys go round
+        // again at once).
+        assert_eq!(c.site.next_signalled(2, &mut round), 2);
+        round.sort_by_key(|k| k.src_port);
+        assert_eq!(
+            round,
+            (0..10).map(|p| tcp_key(41000 + p)).collect::<Vec<_>>()
+        );
+        // Keep five alive; the others expire (half-open, 5 s): they leave the rotation when
+        // they come round.
+        let later = T0 + Duration::from_secs(4);
+        for port in 0..5 {
+            c.site.refresh_flow(later, &tcp_key(41000 + port));
+        }
+        c.site.handle_timeout(T0 + Duration::from_secs(6));
+        assert_eq!(c.site.flow_count(), 5);
+        let mut live = Vec::new();
+        assert_eq!(c.site.next_signalled(10, &mut live), 10);
+        assert_eq!(live.len(), 5);
+        assert_eq!(c.site.signalled_rotation(), 5);
     }
 
     /// A router's own health probe of a child (a flow the control plane pinned before its first

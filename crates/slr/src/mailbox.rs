@@ -16,6 +16,17 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A chunk of the flows a router signalled, for the keepalives to its parents (MISSION F10).
+#[derive(Debug, Default)]
+pub struct KeptChunk {
+    /// Flows still held and signalled.
+    pub flows: Vec<slr_control::MirrorFlow>,
+    /// Keys of the rotation examined for this chunk (0: the rotation is empty).
+    pub examined: usize,
+    /// Keys in the rotation before this chunk: one round offers each of them once.
+    pub rotation: usize,
+}
+
 /// A request to the packet thread, with the channel its answer goes back on.
 pub enum Request {
     /// Apply a control input; the answer says whether the core took it.
@@ -62,7 +73,7 @@ pub enum Request {
     /// Flows whose signals the parent accepted: their copies are kept alive from now on.
     ShortcutMark(Vec<slr_control::MirrorFlow>),
     /// The flows this router signalled (to ask the parent about).
-    ShortcutKept(Sender<Vec<slr_control::MirrorFlow>>),
+    ShortcutKept(usize, Sender<KeptChunk>),
     /// Signalled flows the parent still holds: refresh them here.
     ShortcutRefresh(Vec<slr_control::MirrorFlow>),
     /// Clear every shortcut; the answer is how many went.
@@ -215,11 +226,12 @@ impl Handle {
         self.send(Request::ShortcutMark(flows))
     }
 
-    /// The flows this router signalled.
-    pub fn shortcut_kept(&self) -> Result<Vec<slr_control::MirrorFlow>> {
+    /// The next chunk of the flows this router signalled: at most `max` keys of the rotation
+    /// examined (see [`KeptChunk`]).
+    pub fn shortcut_kept(&self, max: usize) -> Result<KeptChunk> {
         let (tx, rx) = mpsc::channel();
-        self.send(Request::ShortcutKept(tx))?;
-        Ok(rx.recv_timeout(Duration::from_secs(10))?)
+        self.send(Request::ShortcutKept(max, tx))?;
+        Ok(rx.recv_timeout(Duration::from_secs(2))?)
     }
 
     /// Refreshes signalled flows the parent still holds.

@@ -219,6 +219,37 @@ fn udp_takes_the_shortcut(lab: &Lab) {
     assert!(below <= 20, "the rest took the shortcut: {below}");
 }
 
+/// The routers below the ingress that hold c1's one established flow at the ingress (the
+/// upload in progress), seen more than 5 s ago (the half-open timeout of the copies below).
+fn copies_below_of_the_upload(lab: &Lab) -> Vec<&'static str> {
+    let c1 = format!("{}:", lab.addr("c1"));
+    let flows = |r: &str| {
+        lab.ctl_args(r, &["flows", "--all"])
+            .unwrap_or_else(|e| panic!("slr ctl {r} flows: {e}"))["flows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let upload: Vec<String> = flows("net")
+        .iter()
+        .filter(|f| {
+            f["state"] == "established"
+                && f["protocol"] == "tcp"
+                && f["client"].as_str().is_some_and(|c| c.starts_with(&c1))
+        })
+        .map(|f| f["client"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(upload.len(), 1, "one upload at the ingress: {upload:?}");
+    ["as1", "as2", "site-a", "site-b", "site-c", "site-d"]
+        .into_iter()
+        .filter(|r| {
+            flows(r).iter().any(|f| {
+                f["client"] == upload[0].as_str() && f["age_secs"].as_f64().unwrap_or(0.0) > 5.0
+            })
+        })
+        .collect()
+}
+
 /// A 100 MiB pattern for uploads, and what the lab's server answers for it.
 fn upload_file(name: &str) -> (std::path::PathBuf, String, u64) {
     let size = 100usize << 20;
@@ -336,15 +367,25 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             continue;
         }
 
-        // Flushed mid-upload: the rest goes down the hierarchy, to the same host.
+        // Flushed mid-upload: the rest goes down the hierarchy, to the same host. The upload
+        // takes about 10 s; the flush comes after 7, when the copies below (which saw only its
+        // SYN: half-open, 5 s) live only because their routers' keepalives found the flow at
+        // the ingress.
         let child = lab.spawn(
             "c1",
             &format!(
-                "curl -sS -m 120 --limit-rate 20M --data-binary @{} {url}",
+                "curl -sS -m 120 --limit-rate 10M --data-binary @{} {url}",
                 file.display()
             ),
         );
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(7));
+        let held = copies_below_of_the_upload(&lab);
+        println!("  after 7 s, the upload's flow is still held below the ingress by {held:?}");
+        assert_eq!(
+            held.len(),
+            2,
+            "one AS and one site kept their copy alive past its half-open timeout: {held:?}"
+        );
         let before = below_ingress_bytes(&lab);
         let flushed = lab
             .ctl_args("net", &["shortcuts", "flush"])

@@ -165,6 +165,7 @@ pub fn start_router(
                 .max(std::time::Duration::from_millis(100))
         },
         stats: stats.clone(),
+        round_busy: Arc::default(),
     });
     let state = BuildState {
         cfg: cfg.clone(),

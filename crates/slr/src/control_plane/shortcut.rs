@@ -8,7 +8,8 @@
 //!   the child's session and subnets; the core judges them (pinned to that child?) and the
 //!   signals it relays go up like its own.
 //! - Every `keepalive` interval the flows this router signalled are offered to the parents as
-//!   keepalives; those a parent still holds are refreshed in the core.
+//!   keepalives, in chunks of at most `MAX_BATCH` (each a short visit to the packet thread, never
+//!   a scan of the whole table); those a parent still holds are refreshed in the core.
 
 use crate::mailbox::Handle;
 use slr_control::{
@@ -16,7 +17,7 @@ use slr_control::{
     SignalVerdict,
 };
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +71,8 @@ pub struct Relay {
     pub keepalive: Duration,
     /// Counters.
     pub stats: Arc<ShortcutStats>,
+    /// A keepalive round is going.
+    pub round_busy: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -222,27 +225,42 @@ impl Relay {
         });
     }
 
-    /// Offers the signalled flows to the parents; refreshes those a parent holds.
+    /// Offers the signalled flows to the parents, a chunk at a time (the packet thread never
+    /// scans more than `MAX_BATCH` keys for one); refreshes those a parent holds. One round at a
+    /// time: a round still going when the next tick comes (slow parents) skips that tick.
     fn keepalives(&self) {
-        if self.parents.is_empty() {
+        if self.parents.is_empty() || self.round_busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let handle = self.handle.clone();
         let parents = self.parents.clone();
         let stats = self.stats.clone();
+        let busy = self.round_busy.clone();
         tokio::spawn(async move {
-            let h = handle.clone();
-            let Ok(Ok(flows)) = tokio::task::spawn_blocking(move || h.shortcut_kept()).await else {
-                return;
-            };
-            for chunk in flows.chunks(MAX_BATCH) {
+            let mut left: Option<usize> = None;
+            while left != Some(0) {
+                let h = handle.clone();
+                let max = left.unwrap_or(MAX_BATCH).min(MAX_BATCH);
+                let Ok(Ok(chunk)) = tokio::task::spawn_blocking(move || h.shortcut_kept(max)).await
+                else {
+                    break;
+                };
+                if chunk.examined == 0 {
+                    break;
+                }
+                let rest = left.unwrap_or(chunk.rotation);
+                left = Some(rest.saturating_sub(chunk.examined));
+                let flows = chunk.flows;
+                if flows.is_empty() {
+                    continue;
+                }
                 stats
                     .keepalives
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    .fetch_add(flows.len() as u64, Ordering::Relaxed);
                 let mut held: HashSet<MirrorFlow> = HashSet::new();
                 for p in &parents {
-                    if let Some(answer) = ask(p, Vec::new(), chunk.to_vec()).await {
-                        for (f, h) in chunk.iter().zip(&answer.held) {
+                    if let Some(answer) = ask(p, Vec::new(), flows.clone()).await {
+                        for (f, h) in flows.iter().zip(&answer.held) {
                             if *h {
                                 held.insert(*f);
                             }
@@ -254,6 +272,7 @@ impl Relay {
                     let _ = handle.shortcut_refresh(held.into_iter().collect());
                 }
             }
+            busy.store(false, Ordering::Release);
         });
     }
 }

@@ -560,8 +560,8 @@ impl LoopState {
                 let _ = reply.send(answer);
             }
             Request::ShortcutMark(flows) => super::shortcut::mark(router, &flows),
-            Request::ShortcutKept(reply) => {
-                let _ = reply.send(super::shortcut::kept(router));
+            Request::ShortcutKept(max, reply) => {
+                let _ = reply.send(super::shortcut::kept(router, max));
             }
             Request::ShortcutRefresh(flows) => super::shortcut::refresh(router, now, &flows),
             Request::ShortcutFlush(reply) => {

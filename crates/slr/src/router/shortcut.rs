@@ -5,6 +5,7 @@
 
 use super::mirror::{flow_key, mirror_flow};
 use crate::control_plane::OwnSignal;
+use crate::mailbox::KeptChunk;
 use slr_control::{MirrorFlow, ShortcutAnswer, ShortcutSignal, SignalVerdict};
 use slr_core::router::Router;
 use slr_core::shortcut::ShortcutAccept;
@@ -96,9 +97,17 @@ pub(super) fn mark(router: &mut Router, flows: &[MirrorFlow]) {
     }
 }
 
-/// The flows this router signalled.
-pub(super) fn kept(router: &Router) -> Vec<MirrorFlow> {
-    router.signalled_flows().map(mirror_flow).collect()
+/// The next chunk of the flows this router signalled (at most `max` keys of the rotation
+/// examined: the packets wait for no more than that).
+pub(super) fn kept(router: &mut Router, max: usize) -> KeptChunk {
+    let rotation = router.signalled_rotation();
+    let mut keys = Vec::with_capacity(max.min(rotation));
+    let examined = router.next_signalled(max, &mut keys);
+    KeptChunk {
+        flows: keys.iter().map(mirror_flow).collect(),
+        examined,
+        rotation,
+    }
 }
 
 /// Refreshes the signalled flows the parent still holds.
