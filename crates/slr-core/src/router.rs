@@ -428,6 +428,7 @@ drop_reasons! {
     MalformedTunnel => "malformed_tunnel", "Tunnel packet whose outer or inner header is malformed.";
     Stopping => "stopping", "A new flow at a stopping router (graceful stop: only established flows go on).";
     WhohasQueueFull => "whohas_queue_full", "Mid-flow packet of a flow being asked about (WHOHAS) beyond the bound of held packets.";
+    HeldFlowGone => "held_flow_gone", "Packet held for its flow (a shortcut's wait, a WHOHAS question) whose flow left the table (evicted, unpinned) before the packet could go.";
 }
 
 impl From<slr_wire::Error> for DropReason {
@@ -1048,7 +1049,7 @@ impl<T: Tunnel> Router<T> {
                     });
                 }
                 self.counters.whohas_resolved += 1;
-                self.release_pending(now, key, p);
+                self.release_held(now, key, Some(p.vh), p.held);
             }
             None => self.fall_back(now, key, p),
         }
@@ -1098,7 +1099,7 @@ impl<T: Tunnel> Router<T> {
                 self.set_shortcut(key, Some(host));
                 self.flows.mark(key, &[], &[FlowMark::Awaiting]);
                 let held = self.awaiting.take(key);
-                self.release_held(now, *key, held);
+                self.release_held(now, *key, None, held);
                 self.offload_shortcut(key, host);
             }
         }
@@ -1242,27 +1243,7 @@ impl<T: Tunnel> Router<T> {
                 }
             }
         }
-        self.release_pending(now, key, p);
-    }
-
-    /// Sends a flow's held packets to its next hop, in order.
-    fn release_pending(&mut self, now: Instant, key: FlowKey, p: Pending) {
-        let Some(nh) = self.flows.get(&key).map(|e| e.next_hop() as usize) else {
-            return;
-        };
-        for mut b in p.held {
-            // Parsed (and TTL-checked) when it arrived; its TTL is not decremented again.
-            let result = PacketMeta::parse(b.as_ref(), false)
-                .and_then(|meta| self.forward(now, &mut b, p.vh, nh, meta));
-            match result {
-                Ok(Action::Tunnel { next_hop }) => self.transmits.push_back(Transmit {
-                    destination: Destination::Tunnel(next_hop),
-                    buf: b,
-                }),
-                Ok(_) => {}
-                Err(reason) => self.counters.drops[reason as usize] += 1,
-            }
-        }
+        self.release_held(now, key, Some(p.vh), p.held);
     }
 
     // ---- control -------------------------------------------------------------------------
@@ -1852,24 +1833,31 @@ impl<T: Tunnel> Router<T> {
         }
         self.flows.mark(&key, &[], &[FlowMark::Awaiting]);
         let held = self.awaiting.take(&key);
-        self.release_held(now, key, held);
+        self.release_held(now, key, None, held);
         false
     }
 
-    /// Sends packets held for a flow to where it goes now (its shortcut, or its next hop), in
-    /// order, through [`poll_transmit`](Self::poll_transmit).
-    fn release_held(&mut self, now: Instant, key: FlowKey, held: Vec<PacketBuf>) {
+    /// Sends packets held for a flow (a shortcut's wait, a WHOHAS question) to where it goes
+    /// now, its shortcut or its next hop, in order, through [`poll_transmit`](Self::poll_transmit).
+    /// `vh` is the flow's virtual host when the caller knows it. Packets whose flow left the
+    /// table meanwhile (evicted, unpinned) are dropped as [`DropReason::HeldFlowGone`].
+    fn release_held(
+        &mut self,
+        now: Instant,
+        key: FlowKey,
+        vh: Option<usize>,
+        held: Vec<PacketBuf>,
+    ) {
         if held.is_empty() {
             return;
         }
-        let Some((nh, shortcut)) = self
+        let route = self
             .flows
             .get(&key)
-            .map(|e| (e.next_hop() as usize, self.shortcut_of(&key, e)))
-        else {
-            return;
-        };
-        let Some(vh) = self.virtual_host_of(&key).map(|v| v as usize) else {
+            .map(|e| (e.next_hop() as usize, self.shortcut_of(&key, e)));
+        let vh = vh.or_else(|| self.virtual_host_of(&key).map(|v| v as usize));
+        let (Some((nh, shortcut)), Some(vh)) = (route, vh) else {
+            self.counters.drops[DropReason::HeldFlowGone as usize] += held.len() as u64;
             return;
         };
         for mut b in held {
@@ -2292,7 +2280,7 @@ impl<T: Tunnel> Router<T> {
         while let Some((key, held)) = self.awaiting.next_expired(now) {
             self.counters.shortcut_hold_expired += 1;
             self.flows.mark(&key, &[], &[FlowMark::Awaiting]);
-            self.release_held(now, key, held);
+            self.release_held(now, key, None, held);
         }
     }
 
@@ -4452,9 +4440,15 @@ mod tests {
                 reason.as_str()
             );
         }
-        // Everything but what only timeouts and tunnel termination produce.
-        let others =
-            [D::FragmentOrphan, D::UntrustedTunnel, D::MalformedTunnel].map(|d| d.as_str());
+        // Everything but what only timeouts and tunnel termination produce (held_flow_gone:
+        // packets_held_for_a_flow_that_left_the_table_are_counted).
+        let others = [
+            D::FragmentOrphan,
+            D::UntrustedTunnel,
+            D::MalformedTunnel,
+            D::HeldFlowGone,
+        ]
+        .map(|d| d.as_str());
         let all: BTreeSet<_> = DropReason::ALL.iter().map(|d| d.as_str()).collect();
         assert_eq!(
             produced
@@ -4741,6 +4735,33 @@ mod tests {
             }
         );
         assert!(c.ingress.shortcuts.is_empty());
+        assert_accounted(&c.ingress);
+    }
+
+    /// Packets held for a shortcut whose flow leaves the table before the wait is over are
+    /// dropped and counted, never lost silently.
+    #[test]
+    fn packets_held_for_a_flow_that_left_the_table_are_counted() {
+        let mut c = Chain::new();
+        c.send(T0, &syn(40000));
+        assert_eq!(c.signal(T0), 1);
+        c.send(T0, &syn(40001));
+        assert_eq!(c.send(T0, &ack(40001)).0, Action::Held);
+        assert_eq!(c.send(T0, &ack(40001)).0, Action::Held);
+        c.ingress
+            .handle_control(
+                T0,
+                Control::UnpinFlow {
+                    key: tcp_key(40001),
+                },
+            )
+            .unwrap();
+        c.ingress.handle_timeout(T0 + ms(30));
+        assert_eq!(c.ingress.shortcut_held(), 0);
+        assert_eq!(
+            c.ingress.counters().drops[DropReason::HeldFlowGone as usize],
+            2
+        );
         assert_accounted(&c.ingress);
     }
 
