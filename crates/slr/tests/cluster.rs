@@ -135,13 +135,8 @@ fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
     // Small send buffers: the uploads leave at curl's pace.
     let o = lab.sh("c1", "sysctl -qw net.ipv4.tcp_wmem='4096 16384 65536'");
     assert!(o.status.success());
-    let size = 5usize << 20;
-    let data: Vec<u8> = (0..size as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let file = std::env::temp_dir().join(format!("slr-e2e-{name}-up.bin"));
-    std::fs::write(&file, &data).unwrap();
-    let expect = format!("bytes={size} fnv64={:016x}", common::fnv64(&data));
+    let upload = common::Upload::new(name, 5 << 20);
+    let (file, expect) = (&upload.path, upload.expect());
     let url = format!("http://{}/upload", lab.vip(0));
     let uploads: Vec<_> = (0..30)
         .map(|_| {
@@ -185,7 +180,6 @@ fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
             r1_intact += usize::from(ok);
         }
     }
-    let _ = std::fs::remove_file(&file);
     println!(
         "r1 killed after 10 s: {intact} of 30 uploads intact; {r1_intact} of the {r1_carried} r1 carried"
     );

@@ -447,22 +447,21 @@ fn large_transfers_pmtu_and_icmp_errors() {
         String::from_utf8_lossy(&dl.stdout).starts_with(&expect),
         "10 MiB download intact"
     );
-    let upload: Vec<u8> = (0..10485760u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let up_file = std::env::temp_dir().join("slr-e2e-10m-up.bin");
-    std::fs::write(&up_file, &upload).unwrap();
+    let upload = Upload::new("10m", 10 << 20);
     let frag_needed_before = lab.counter("r1", "icmp_frag_needed_sent");
     let up = lab
         .curl(
             "c1",
-            &format!("--data-binary @{} http://{vip}/upload", up_file.display()),
+            &format!(
+                "--data-binary @{} http://{vip}/upload",
+                upload.path.display()
+            ),
         )
         .expect("upload");
     assert_eq!(field(&up, "bytes"), Some("10485760"), "{up}");
     assert_eq!(
         field(&up, "fnv64"),
-        Some(format!("{:016x}", fnv64(&upload)).as_str()),
+        Some(upload.fnv64.as_str()),
         "10 MiB upload intact"
     );
     let frag_needed = lab.counter("r1", "icmp_frag_needed_sent") - frag_needed_before;
@@ -1008,21 +1007,20 @@ fn fast_path_forwards_established_flows_in_the_kernel_and_copies_df() {
     let (hops_before, vhosts_before) = (per(&lab, "next_hops"), per(&lab, "virtual_hosts"));
 
     // Three 4 MiB uploads: client-to-server data is what the router carries.
-    let upload: Vec<u8> = (0..4u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let up_file = std::env::temp_dir().join("slr-e2e-xdp-up.bin");
-    std::fs::write(&up_file, &upload).unwrap();
+    let upload = Upload::new("xdp", 4 << 20);
     for _ in 0..3 {
         let up = lab
             .curl(
                 "c1",
-                &format!("--data-binary @{} http://{vip}/upload", up_file.display()),
+                &format!(
+                    "--data-binary @{} http://{vip}/upload",
+                    upload.path.display()
+                ),
             )
             .expect("upload");
         assert_eq!(
             field(&up, "fnv64"),
-            Some(format!("{:016x}", fnv64(&upload)).as_str()),
+            Some(upload.fnv64.as_str()),
             "4 MiB upload intact: {up}"
         );
     }
@@ -1122,11 +1120,7 @@ fn uploads_cross_the_tc_fast_path_as_whole_gso_packets() {
     );
     let vip = lab.vip(0);
     assert!(lab.fast_path_enabled("r1"), "the tc program attached");
-    let upload: Vec<u8> = (0..20u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let up_file = std::env::temp_dir().join("slr-e2e-20m-up.bin");
-    std::fs::write(&up_file, &upload).unwrap();
+    let upload = Upload::new("20m", 20 << 20);
     let (p0, b0) = (
         lab.fast_path_forwarded("r1"),
         lab.fast_path_bytes("r1", "forwarded"),
@@ -1144,14 +1138,16 @@ fn uploads_cross_the_tc_fast_path_as_whole_gso_packets() {
     let up = lab
         .curl(
             "c1",
-            &format!("--data-binary @{} http://{vip}/upload", up_file.display()),
+            &format!(
+                "--data-binary @{} http://{vip}/upload",
+                upload.path.display()
+            ),
         )
         .expect("upload");
-    let _ = std::fs::remove_file(&up_file);
     assert_eq!(field(&up, "bytes"), Some("20971520"), "{up}");
     assert_eq!(
         field(&up, "fnv64"),
-        Some(format!("{:016x}", fnv64(&upload)).as_str()),
+        Some(upload.fnv64.as_str()),
         "20 MiB upload intact"
     );
     let (packets, bytes) = (

@@ -139,7 +139,8 @@ fn report_bytes(lab: &Lab, router: &str) -> u64 {
 /// `kill -9` of the ingress mid-upload and a restart: its XDP program goes on forwarding the
 /// shortcut meanwhile, and the restarted core takes the flow back from the pinned map with its
 /// shortcut (F17a with F10): the upload completes intact, still past the routers below.
-fn ingress_restart_keeps_the_shortcut(lab: &Lab, file: &std::path::Path, expect: &str, size: u64) {
+fn ingress_restart_keeps_the_shortcut(lab: &Lab, upload: &Upload) {
+    let (file, expect, size) = (&upload.path, upload.expect(), upload.size);
     let url = format!("http://{}/upload", lab.vip(0));
     let child = lab.spawn(
         "c1",
@@ -169,7 +170,7 @@ fn ingress_restart_keeps_the_shortcut(lab: &Lab, file: &std::path::Path, expect:
         "  net killed (-9) and restarted mid-upload: {restored} flows restored, {below} bytes below the ingress after"
     );
     assert!(
-        answer.starts_with(expect),
+        answer.starts_with(&expect),
         "upload intact across the restart: {answer}"
     );
     assert!(restored >= 1, "the restarted core took the flows back");
@@ -250,18 +251,6 @@ fn copies_below_of_the_upload(lab: &Lab) -> Vec<&'static str> {
         .collect()
 }
 
-/// A 100 MiB pattern for uploads, and what the lab's server answers for it.
-fn upload_file(name: &str) -> (std::path::PathBuf, String, u64) {
-    let size = 100usize << 20;
-    let data: Vec<u8> = (0..size as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    let file = std::env::temp_dir().join(format!("slr-e2e-{name}-up.bin"));
-    std::fs::write(&file, &data).unwrap();
-    let expect = format!("bytes={size} fnv64={:016x}", common::fnv64(&data));
-    (file, expect, size as u64)
-}
-
 /// Bytes of c1's flows the routers below the ingress carried: their cores' counts, plus what
 /// their XDP programs forwarded (0 with the fast path off).
 fn below_ingress_bytes(lab: &Lab) -> u64 {
@@ -336,7 +325,8 @@ fn later_packets_skip_the_routers_below_the_ingress() {
         }
 
         // A 100 MiB upload: what crosses the routers below the ingress.
-        let (file, expect, size) = upload_file(name);
+        let upload = Upload::new(name, 100 << 20);
+        let (file, expect, size) = (&upload.path, upload.expect(), upload.size);
         let before = below_ingress_bytes(&lab);
         let url = format!("http://{}/upload", lab.vip(0));
         let o = lab.sh(
@@ -362,8 +352,7 @@ fn later_packets_skip_the_routers_below_the_ingress() {
                 forwarded > 10_000,
                 "the ingress's fast path carried the shortcut"
             );
-            ingress_restart_keeps_the_shortcut(&lab, &file, &expect, size);
-            let _ = std::fs::remove_file(&file);
+            ingress_restart_keeps_the_shortcut(&lab, &upload);
             continue;
         }
 
@@ -404,7 +393,6 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             after > 10 << 20,
             "after the flush the upload went down the hierarchy"
         );
-        let _ = std::fs::remove_file(&file);
     }
     println!("| level | packets per connection: shortcut off | on | on, XDP |");
     let (off, on, xdp) = (&table[0].1, &table[1].1, &table[2].1);
@@ -469,7 +457,8 @@ fn refusals(lab: &Lab, reason: &str) -> u64 {
 fn forged_shortcut_signals_are_refused_and_the_flow_keeps_its_host() {
     let name = "sc-forge";
     let lab = Lab::up_with(name, &topology(name, true), &["--fast-path", "off"]);
-    let (file, expect, _) = upload_file(name);
+    let upload = Upload::new(name, 100 << 20);
+    let (file, expect) = (&upload.path, upload.expect());
     let url = format!("http://{}/upload", lab.vip(0));
     let child = lab.spawn(
         "c1",
@@ -598,5 +587,4 @@ fn forged_shortcut_signals_are_refused_and_the_flow_keeps_its_host() {
         .into_iter()
         .flatten()
         .any(|f| f["client"] == client.as_str()));
-    let _ = std::fs::remove_file(&file);
 }

@@ -438,6 +438,44 @@ pub fn fnv64(data: &[u8]) -> u64 {
     h
 }
 
+/// A file of `size` bytes for uploads (a fixed pseudo-random pattern), in the temporary
+/// directory as `slr-e2e-NAME-up.bin`; removed on drop.
+pub struct Upload {
+    /// The file (`curl --data-binary @PATH`).
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its FNV-1a 64 hash, as the lab server reports it (16 hex digits).
+    pub fnv64: String,
+}
+
+impl Upload {
+    /// Writes the file.
+    pub fn new(name: &str, size: usize) -> Upload {
+        let data: Vec<u8> = (0..size as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let path = std::env::temp_dir().join(format!("slr-e2e-{name}-up.bin"));
+        std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Upload {
+            path,
+            size: size as u64,
+            fnv64: format!("{:016x}", fnv64(&data)),
+        }
+    }
+
+    /// What the lab server answers for it intact: `bytes=SIZE fnv64=HASH`.
+    pub fn expect(&self) -> String {
+        format!("bytes={} fnv64={}", self.size, self.fnv64)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Whether `data` is the lab server's /bytes/N pattern (byte i = i mod 251).
 pub fn is_pattern(data: &[u8]) -> bool {
     data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8)
