@@ -1184,10 +1184,11 @@ impl<T: Tunnel> Router<T> {
     }
 
     /// The next signalled flows of the rotation (to ask the parent whether it still holds
-    /// them): examines at most `max` keys, appends those of flows still held and signalled to
-    /// `out` (they go round again), forgets the others. How many keys it examined (0: none
-    /// left).
+    /// them): examines at most `max` keys, and each key at most once per call; appends those of
+    /// flows still held and signalled to `out` (they go round again), forgets the others. How
+    /// many keys it examined (0: none left).
     pub fn next_signalled(&mut self, max: usize, out: &mut Vec<FlowKey>) -> usize {
+        let max = max.min(self.signalled.len());
         let mut examined = 0;
         while examined < max {
             let Some(key) = self.signalled.pop_front() else {
@@ -4776,6 +4777,13 @@ mod tests {
         assert_eq!(c.signal(T0), 10);
         assert!(c.site.mark_signalled(&tcp_key(41000)), "marking twice");
         assert_eq!(c.site.signalled_rotation(), 10, "each flow once");
+        let mut all = Vec::new();
+        assert_eq!(
+            c.site.next_signalled(100, &mut all),
+            10,
+            "each key once per call"
+        );
+        assert_eq!(all.len(), 10);
         let mut round = Vec::new();
         assert_eq!(c.site.next_signalled(4, &mut round), 4);
         assert_eq!(c.site.next_signalled(4, &mut round), 4);
