@@ -122,12 +122,46 @@ pub struct ClusterConfig {
     pub cert: PathBuf,
     /// Its key (PEM).
     pub key: PathBuf,
-    /// The other routers: name (certificate dNSName) and `listen` address.
-    pub peers: Vec<(String, std::net::SocketAddr)>,
-    /// Whether flows are mirrored to the peers (F17b).
+    /// The other routers: every one may push mirrored flows and ask WHOHAS questions.
+    pub peers: Vec<ClusterPeer>,
+    /// Whether flows are mirrored to some peer (F17b).
     pub mirror: bool,
-    /// WHOHAS (F17c), if on.
+    /// WHOHAS (F17c), if on: this router answers its peers' questions, and asks the peers
+    /// with [`ClusterPeer::ask`].
     pub whohas: Option<WhohasSettings>,
+}
+
+/// `[[cluster.peers]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPeer {
+    /// Its name (its certificate's dNSName).
+    pub name: String,
+    /// Its `[cluster] listen` address.
+    pub address: std::net::SocketAddr,
+    /// Flows are mirrored to it.
+    pub mirror: bool,
+    /// It is asked WHOHAS.
+    pub ask: bool,
+}
+
+impl ClusterConfig {
+    /// The peers flows are mirrored to: name and address.
+    pub fn mirror_peers(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.peers
+            .iter()
+            .filter(|p| p.mirror)
+            .map(|p| (p.name.clone(), p.address))
+            .collect()
+    }
+
+    /// The peers asked WHOHAS (none when WHOHAS is off): name and address.
+    pub fn ask_peers(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.peers
+            .iter()
+            .filter(|p| p.ask && self.whohas.is_some())
+            .map(|p| (p.name.clone(), p.address))
+            .collect()
+    }
 }
 
 /// `[cluster] whohas`: asking the peers who holds an unknown flow.
@@ -153,17 +187,37 @@ pub(crate) fn cluster(
             "at least one peer (name and address) is needed",
         ));
     }
-    let mut peers: Vec<(String, std::net::SocketAddr)> = Vec::new();
+    let (mirror, whohas_on) = (s.mirror.unwrap_or(true), s.whohas.unwrap_or(true));
+    let mut peers: Vec<ClusterPeer> = Vec::new();
     for (i, p) in s.peers.iter().enumerate() {
         let key = format!("cluster.peers[{i}].name");
-        if p.name.is_empty() || p.name == name || peers.iter().any(|(n, _)| *n == p.name) {
+        if p.name.is_empty() || p.name == name || peers.iter().any(|q| q.name == p.name) {
             return Err(c.err(&key, &p.name, "must be another router's name, listed once"));
         }
-        let addr = c.socket(&format!("cluster.peers[{i}].address"), &p.address)?;
-        peers.push((p.name.clone(), addr));
+        let address = c.socket(&format!("cluster.peers[{i}].address"), &p.address)?;
+        if p.mirror == Some(true) && !mirror {
+            return Err(c.err(
+                &format!("cluster.peers[{i}].mirror"),
+                true,
+                "needs [cluster] mirror = true",
+            ));
+        }
+        if p.ask == Some(true) && !whohas_on {
+            return Err(c.err(
+                &format!("cluster.peers[{i}].ask"),
+                true,
+                "needs [cluster] whohas = true",
+            ));
+        }
+        peers.push(ClusterPeer {
+            name: p.name.clone(),
+            address,
+            mirror: p.mirror.unwrap_or(mirror),
+            ask: p.ask.unwrap_or(whohas_on),
+        });
     }
-    let mirror = s.mirror.unwrap_or(true);
-    let whohas = if s.whohas.unwrap_or(true) {
+    let mirror = peers.iter().any(|p| p.mirror);
+    let whohas = if whohas_on {
         let text = s.whohas_timeout.as_deref().unwrap_or("50ms");
         let timeout = c.duration("cluster.whohas_timeout", text)?;
         if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(5) {
@@ -185,7 +239,7 @@ pub(crate) fn cluster(
         return Err(c.err(
             "cluster.whohas",
             false,
-            "with mirror = false too, [cluster] would do nothing: remove it",
+            "with no peer mirrored to, [cluster] would do nothing: remove it",
         ));
     }
     Ok(ClusterConfig {

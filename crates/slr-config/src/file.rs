@@ -83,6 +83,14 @@ pub struct ClusterPeerSection {
     pub name: String,
     /// Its `[cluster] listen` address.
     pub address: String,
+    /// Mirror flows to this peer (default: `[cluster] mirror`). `false` for a neighbour that is
+    /// only asked WHOHAS (a router below, which holds the flows it pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<bool>,
+    /// Ask this peer WHOHAS (default: `[cluster] whohas`). `false` for a neighbour this router
+    /// only answers (a router above, which asks it who holds a flow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<bool>,
 }
 
 /// `[bgp]`: the router announces its virtual subnets to its BGP neighbours through BIRD, which

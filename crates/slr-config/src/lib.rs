@@ -23,7 +23,7 @@ mod host;
 mod overrides;
 mod router;
 
-pub use bgp::{BgpConfig, ClusterConfig, WhohasSettings};
+pub use bgp::{BgpConfig, ClusterConfig, ClusterPeer, WhohasSettings};
 pub use control::{ControlConfig, ParentConfig};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
@@ -344,7 +344,36 @@ weight = 2
             c.whohas.map(|w| w.timeout),
             Some(std::time::Duration::from_millis(20))
         );
+        // Per peer: a router below is asked but not mirrored to; a router above is answered
+        // but never asked (and a router that asks nobody holds no packet for a question).
+        let below = peer.to_string() + "mirror = false\n";
+        let p = write("cluster-below.toml", &format!("{GOOD}{base}{below}"));
+        let c = load_router(&p).unwrap().cluster.expect("[cluster]");
+        assert!(!c.mirror && c.mirror_peers().is_empty());
+        assert_eq!(c.ask_peers().len(), 1);
+        let above = base.to_string() + "mirror = false\n" + peer + "ask = false\n";
+        let p = write("cluster-above.toml", &format!("{GOOD}{above}"));
+        let r = load_router(&p).unwrap();
+        assert!(r.core.whohas.is_none(), "it asks nobody");
+        let c = r.cluster.expect("[cluster]");
+        assert!(c.whohas.is_some(), "it answers");
+        assert!(c.ask_peers().is_empty() && c.mirror_peers().is_empty());
         let cases = [
+            (
+                format!("{base}mirror = false\n{peer}mirror = true\n"),
+                "cluster.peers[0].mirror",
+                "true",
+            ),
+            (
+                format!("{base}whohas = false\n{peer}ask = true\n"),
+                "cluster.peers[0].ask",
+                "true",
+            ),
+            (
+                format!("{base}whohas = false\n{peer}mirror = false\n"),
+                "cluster.whohas",
+                "false",
+            ),
             (base.to_string(), "cluster.peers", "[]"),
             (
                 base.replace("10.200.2.2:7401", "10.200.2.2"),
@@ -416,7 +445,7 @@ weight = 2
             .unwrap()
             .cluster
             .expect("[cluster]");
-        assert_eq!(c.peers[0].0, "r2");
+        assert_eq!(c.peers[0].name, "r2");
         assert_eq!(c.listen, "10.200.2.2:7401".parse().unwrap());
         let up = parse_router(&block_after("## A router of the hierarchy"), file).unwrap();
         let c = up.control.as_ref().unwrap();

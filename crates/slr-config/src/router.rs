@@ -273,14 +273,15 @@ impl RouterFile {
             .map(|s| crate::bgp::cluster(&c, s, &r.name))
             .transpose()?;
         // The core holds a mid-flow packet of an unknown flow while the peers are asked.
-        core.whohas =
-            cluster
-                .as_ref()
-                .and_then(|c| c.whohas)
-                .map(|w| slr_core::whohas::WhohasConfig {
-                    timeout: slr_core::time::Duration::from_micros(w.timeout.as_micros() as u64),
-                    ..slr_core::whohas::WhohasConfig::default()
-                });
+        // Only a router that asks someone holds them: one that only answers forwards at once.
+        core.whohas = cluster
+            .as_ref()
+            .filter(|c| !c.ask_peers().is_empty())
+            .and_then(|c| c.whohas)
+            .map(|w| slr_core::whohas::WhohasConfig {
+                timeout: slr_core::time::Duration::from_micros(w.timeout.as_micros() as u64),
+                ..slr_core::whohas::WhohasConfig::default()
+            });
         // The shortcut: signals for flows from a parent, the ingress's wait for them.
         core.shortcut = control.as_ref().and_then(|c| c.shortcut).map(|hold| {
             slr_core::shortcut::ShortcutConfig {

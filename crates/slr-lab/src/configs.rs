@@ -65,9 +65,13 @@ fn control_section(t: &Topology, node: &str) -> ControlSection {
         s.shortcut = Some(true);
         s.shortcut_hold = c.shortcut_hold.clone();
     }
-    if let Some(p) = t.node(node).and_then(|n| n.parent.as_deref()) {
+    for p in t
+        .node(node)
+        .map(|n| n.parents.as_slice())
+        .unwrap_or_default()
+    {
         s.parents.push(ParentSection {
-            name: p.to_owned(),
+            name: p.clone(),
             address: format!(
                 "{}:{CONTROL_PORT}",
                 t.address(p).expect("parent has a link")
@@ -230,11 +234,27 @@ fn bgp_section(t: &Topology, router: &str) -> Option<BgpSection> {
 /// Port the routers of a lab with `[cluster]` listen on for their peers' mirrored flows.
 pub const MIRROR_PORT: u16 = 7401;
 
-/// `[cluster]` of an announcing router of a lab with `[cluster]`: every other announcing
-/// router is a peer.
+/// `[cluster]` of a router of a lab with `[cluster]`.
+///
+/// - An announcing router: every other announcing router is a peer (mirrored to, asked); in a
+///   hierarchy with WHOHAS, its child routers are peers too, asked but not mirrored to (they
+///   hold the flows they pinned, so that a top router that takes over a dead one's flows
+///   finds them below).
+/// - In such a hierarchy, a child router of the top routers answers their questions
+///   (its peers are its parents, never asked, never mirrored to).
 fn cluster_section(t: &Topology, router: &str) -> Option<ClusterSection> {
     let announcing = t.announcing_routers();
-    if !(t.mirror || t.whohas) || !announcing.iter().any(|n| n.name == router) {
+    let is_top = announcing.iter().any(|n| n.name == router);
+    let tops_above: Vec<&str> = match t.node(router) {
+        Some(n) if t.is_hierarchy() && t.whohas && n.role == Role::Router => n
+            .parents
+            .iter()
+            .filter(|p| announcing.iter().any(|a| a.name == **p))
+            .map(String::as_str)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !(t.mirror || t.whohas) || (!is_top && tops_above.is_empty()) {
         return None;
     }
     let pki = pki_dir(&t.name);
@@ -245,15 +265,39 @@ fn cluster_section(t: &Topology, router: &str) -> Option<ClusterSection> {
         ca: path(pki.join("ca.pem")),
         cert: path(pki.join(format!("{router}.pem"))),
         key: path(pki.join(format!("{router}.key"))),
-        peers: announcing
-            .iter()
-            .filter(|n| n.name != router)
-            .map(|n| ClusterPeerSection {
-                name: n.name.clone(),
-                address: at(&n.name),
-            })
-            .collect(),
-        mirror: Some(t.mirror),
+        peers: if is_top {
+            let below = t
+                .children(router)
+                .into_iter()
+                .filter(|c| t.is_hierarchy() && t.whohas && c.role == Role::Router);
+            announcing
+                .iter()
+                .filter(|n| n.name != router)
+                .map(|n| ClusterPeerSection {
+                    name: n.name.clone(),
+                    address: at(&n.name),
+                    mirror: None,
+                    ask: None,
+                })
+                .chain(below.map(|c| ClusterPeerSection {
+                    name: c.name.clone(),
+                    address: at(&c.name),
+                    mirror: Some(false),
+                    ask: None,
+                }))
+                .collect()
+        } else {
+            tops_above
+                .iter()
+                .map(|p| ClusterPeerSection {
+                    name: (*p).to_owned(),
+                    address: at(p),
+                    mirror: None,
+                    ask: Some(false),
+                })
+                .collect()
+        },
+        mirror: Some(t.mirror && is_top),
         whohas: Some(t.whohas),
         whohas_timeout: None,
         whohas_rate: None,
@@ -304,10 +348,11 @@ fn hierarchy_router(t: &Topology, router: &str, file: &mut RouterFile) {
     let node = t.node(router).expect("router of the topology");
     let source = t.address(router).expect("router has a link");
     file.router.level = Some(node.level.clone().unwrap_or_else(|| "router".into()));
-    if let Some(p) = &node.parent {
-        file.router.trusted_parents =
-            vec![format!("{}/32", t.address(p).expect("parent has a link"))];
-    }
+    file.router.trusted_parents = node
+        .parents
+        .iter()
+        .map(|p| format!("{}/32", t.address(p).expect("parent has a link")))
+        .collect();
     let mut control = control_section(t, router);
     control.listen = Some(format!("{source}:{CONTROL_PORT}"));
     file.control = Some(control);
@@ -341,7 +386,7 @@ fn hierarchy_router(t: &Topology, router: &str, file: &mut RouterFile) {
         }
         file.cost = Some(cost);
     }
-    if node.parent.is_none() {
+    if node.parents.is_empty() {
         file.client_groups = t
             .client_groups()
             .into_iter()
@@ -389,12 +434,17 @@ pub fn host_config(t: &Topology, host: &str) -> String {
 /// subnet, and tunnels only from the lab's routers (in a hierarchy: from its parent, which
 /// it also reports to).
 pub fn host_file(t: &Topology, host: &str) -> HostFile {
-    let parent = t.node(host).and_then(|n| n.parent.as_deref());
+    let parents = t
+        .node(host)
+        .map(|n| n.parents.as_slice())
+        .unwrap_or_default();
     // With the shortcut, the top routers (the ingresses) tunnel straight to the hosts too.
     let shortcut = t.control.as_ref().is_some_and(|c| c.shortcut);
     let routers: Vec<String> = t
         .nodes_with(Role::Router)
-        .filter(|r| parent.is_none_or(|p| p == r.name) || (shortcut && r.parent.is_none()))
+        .filter(|r| {
+            parents.is_empty() || parents.contains(&r.name) || (shortcut && r.parents.is_empty())
+        })
         .map(|r| format!("{}/32", t.address(&r.name).expect("router has a link")))
         .collect();
     let subnets = t
@@ -782,6 +832,85 @@ mod tests {
         let as2 = &v["gateways"]["children"].as_array().unwrap()[1];
         assert_eq!(as2["labels"]["region"].as_str(), Some("we\"st"));
         assert_eq!(as2["cost"].as_float(), Some(10.0));
+    }
+
+    /// Sites with two top routers as parents trust, report to and answer WHOHAS from both;
+    /// the tops ask each other and the sites, and mirror to nobody (mirror = false).
+    #[test]
+    fn sites_below_two_top_routers_serve_both() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/anycast-sites.toml"
+        ))
+        .unwrap();
+        let t = Topology::parse(&text).unwrap();
+        let site = router_file(&t, "site-a");
+        assert_eq!(
+            site.router.trusted_parents,
+            ["10.200.2.2/32", "10.200.3.2/32"]
+        );
+        let parents: Vec<&str> = site
+            .control
+            .as_ref()
+            .unwrap()
+            .parents
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(parents, ["r1", "r2"]);
+        assert!(site.bgp.is_none(), "only the top routers announce");
+        let c = site.cluster.expect("a site answers its parents' WHOHAS");
+        assert_eq!(c.listen, "10.200.4.2:7401");
+        assert_eq!((c.mirror, c.whohas), (Some(false), Some(true)));
+        let peers: Vec<(&str, Option<bool>, Option<bool>)> = c
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.mirror, p.ask))
+            .collect();
+        assert_eq!(
+            peers,
+            [("r1", None, Some(false)), ("r2", None, Some(false))],
+            "a site asks nobody"
+        );
+        let top = router_file(&t, "r2");
+        assert!(top.bgp.is_some());
+        assert!(top.router.trusted_parents.is_empty());
+        let c = top.cluster.expect("a top router asks");
+        let peers: Vec<(&str, Option<bool>)> = c
+            .peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.mirror))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("r1", None),
+                ("site-a", Some(false)),
+                ("site-b", Some(false)),
+                ("site-c", Some(false)),
+                ("site-d", Some(false))
+            ]
+        );
+        let h = host_file(&t, "h1");
+        assert_eq!(
+            h.host.trusted_tunnel_sources,
+            ["10.200.4.2/32"],
+            "a host trusts its site"
+        );
+        // The written files load as the daemons read them: the site holds no packet for a
+        // question (it asks nobody), the top does.
+        let dir = std::env::temp_dir().join(format!("slr-lab-sites-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (r, holds) in [("site-a", false), ("r2", true)] {
+            let path = dir.join(format!("{r}.toml"));
+            std::fs::write(&path, router_config(&t, r)).unwrap();
+            let cfg = slr_config::load_router(&path).unwrap_or_else(|e| panic!("{r}: {e:#}"));
+            assert_eq!(cfg.core.whohas.is_some(), holds, "{r}");
+            let cluster = cfg.cluster.unwrap();
+            assert_eq!(cluster.ask_peers().len(), if holds { 5 } else { 0 }, "{r}");
+            assert!(cluster.mirror_peers().is_empty(), "{r}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

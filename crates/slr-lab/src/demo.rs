@@ -474,9 +474,13 @@ impl Summary {
             .collect();
         // The child of the top router a host sits below (the host itself if it is one).
         let branch = |host: &str| -> Option<String> {
-            let mut chain: Vec<String> = t.ancestors(host).iter().map(|n| n.name.clone()).collect();
-            chain.push(host.to_string());
-            chain.get(1).cloned()
+            if t.node(host)?.has_parent(&top.name) {
+                return Some(host.to_string());
+            }
+            t.ancestors(host)
+                .iter()
+                .find(|a| a.has_parent(&top.name))
+                .map(|a| a.name.clone())
         };
         let mut groups: Vec<(String, Vec<String>)> = t
             .client_groups()
@@ -524,7 +528,7 @@ impl Summary {
         for level in t.router_levels().iter().skip(1) {
             let routers: Vec<&str> = t
                 .nodes_with(Role::Router)
-                .filter(|r| r.level.as_deref() == Some(level.as_str()) && r.parent.is_some())
+                .filter(|r| r.level.as_deref() == Some(level.as_str()) && !r.parents.is_empty())
                 .map(|r| r.name.as_str())
                 .collect();
             let counts: Vec<String> = routers
@@ -594,7 +598,7 @@ impl Summary {
                 .filter(|n| match level {
                     Some(l) => {
                         n.role == Role::Router
-                            && n.parent.is_some()
+                            && !n.parents.is_empty()
                             && n.level.as_deref() == Some(l.as_str())
                     }
                     None => n.role == Role::Host,
@@ -932,11 +936,20 @@ impl FlowTables {
         }
     }
 
-    /// The path of a TCP flow from the top router down: each next hop in turn, until a
-    /// host (or "?" where no table knows the flow).
+    /// The path of a TCP flow from the top router that holds it (the first if none does)
+    /// down: each next hop in turn, until a host (or "?" where no table knows the flow).
     fn trace(&self, t: &Topology, source: SocketAddrV4, vip: SocketAddrV4) -> Vec<String> {
         let key: FlowKey = ("tcp".into(), source.to_string(), vip.to_string());
-        let Some(top) = t.top_router() else {
+        let tops = t.top_routers();
+        let Some(top) = tops
+            .iter()
+            .find(|r| {
+                self.next_hops
+                    .get(&r.name)
+                    .is_some_and(|m| m.contains_key(&key))
+            })
+            .or(tops.first())
+        else {
             return Vec::new();
         };
         let mut path = vec![top.name.clone()];
@@ -1088,7 +1101,7 @@ impl Summary {
         }
         // Below the top of a hierarchy: everything for a VIP must come tunnelled from the
         // node's parent.
-        let parent = t.node(&cap.node).and_then(|n| n.parent.as_deref());
+        let parent = t.node(&cap.node).and_then(|n| n.parent());
         if let (true, Some(parent)) = (t.is_hierarchy(), parent) {
             let parent_addr = t.address(parent).expect("parent has a link");
             let mut c = TunnelCounts::default();

@@ -692,7 +692,7 @@ pub fn settle_time(t: &Topology) -> Duration {
     let (report, rebuild) = (parse(&c.report_interval), parse(&c.rebuild_interval));
     let depth = t
         .nodes_with(Role::Router)
-        .map(|r| t.ancestors(&r.name).len() + 1)
+        .map(|r| t.depth(&r.name) + 1)
         .max()
         .unwrap_or(1) as u32;
     (report + rebuild) * depth + report
@@ -945,9 +945,12 @@ pub struct NodeJson {
     pub addresses: Vec<String>,
     /// Pids of the processes the lab runs there.
     pub pids: Vec<i32>,
-    /// In a hierarchy, the router above this router or host.
+    /// In a hierarchy, the (first) router above this router or host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Every router above it, when it has several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
     /// A router's level ("network", "as", "site", ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
@@ -998,7 +1001,12 @@ pub fn status_json(state: &State) -> StatusJson {
                 netns: t.netns(&n.name),
                 addresses: t.addresses(n),
                 pids: state.pids(&n.name),
-                parent: n.parent.clone(),
+                parent: n.parent().map(str::to_owned),
+                parents: if n.parents.len() > 1 {
+                    n.parents.clone()
+                } else {
+                    Vec::new()
+                },
                 level: n.level.clone(),
                 group: n.group.clone(),
             })
@@ -1060,8 +1068,8 @@ fn print_status(state: &State) {
         if let Some(l) = &n.level {
             p.push(l.clone());
         }
-        if let Some(parent) = &n.parent {
-            p.push(format!("< {parent}"));
+        if !n.parents.is_empty() {
+            p.push(format!("< {}", n.parents.join(",")));
         }
         if let Some(g) = &n.group {
             p.push(format!("group {g}"));

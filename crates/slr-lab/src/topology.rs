@@ -24,7 +24,9 @@
 //! role = "host"            # required; client | router | host | core
 //! weight = 1               # hosts of a static lab only; 0..=65535, default 1; at least one
 //!                          # host needs > 0
-//! parent = "site-a"        # hierarchy: the router this router or host is a child of
+//! parent = "site-a"        # hierarchy: the router this router or host is a child of, or
+//!                          # several (["r1", "r2"]): it reports to each, trusts each one's
+//!                          # tunnels and, with [cluster] whohas, answers each one's WHOHAS
 //! level = "as"             # routers only: "network", "as", "site" or any label ([a-z0-9_-]);
 //!                          # default "site" if all its children are hosts, else "router"
 //! group = "east"           # clients of a hierarchy only: the client group (F13 client
@@ -58,7 +60,8 @@
 //! mirror = true            # they mirror their flows to each other over mutual TLS (F17b;
 //!                          # default true)
 //! whohas = true            # and ask each other who holds an unknown mid-flow packet's flow
-//!                          # (F17c; default true)
+//!                          # (F17c; default true); in a hierarchy they also ask their child
+//!                          # routers, which answer (examples/anycast-sites.toml)
 //!
 //! [router_config]          # optional: merged over every router configuration the lab writes
 //! flow_table = { max_flows = 20000 }       # any key of docs/CONFIG.md's router file, e.g.
@@ -81,16 +84,19 @@
 //!
 //! A file with a `parent` key or a `[control]` table is a **hierarchy** of any depth (F5):
 //! a network router above AS routers above site routers above hosts, or any other number of
-//! levels. Exactly one router has no parent: the *top* router, the only one the core routes the
-//! virtual subnets to. Every other router and every host names its parent router (with exactly
-//! one router, hosts without `parent` are its children). Each router tunnels a new flow to one
+//! levels. One router has no parent: the *top* router, the only one the core routes the
+//! virtual subnets to; with `[bgp]` several may, and the core learns the subnets from each
+//! (`examples/anycast-sites.toml`: two top routers above four sites). Every other router and
+//! every host names its parent router, or several (`parent = ["r1", "r2"]`: it reports to
+//! each, trusts each one's tunnels, and is drawn under each); with exactly one router, hosts
+//! without `parent` are its children. Each router tunnels a new flow to one
 //! of its children, chosen by cost from the children's reports (policy `cost`); children report
 //! to their parents over mutual TLS with certificates `lab up` issues. Lower routers and hosts
-//! receive only tunnelled packets from their parent, addressed to their own 10.200.k.2; hosts
+//! receive only tunnelled packets from their parents, addressed to their own 10.200.k.2; hosts
 //! answer the clients directly through the core. Clients may carry a `group`: the top router
 //! gets one client group per name, with those clients' addresses.
 //!
-//! With `[bgp]`, the announcing routers (a static lab's routers, a hierarchy's top router) run
+//! With `[bgp]`, the announcing routers (a static lab's routers, a hierarchy's top routers) run
 //! BIRD (AS 65001) with a session to the core's BIRD (AS 65000), and announce each virtual
 //! subnet while they have a live next hop for it; the core installs what it learns, equal
 //! routes from several routers as one multipath route.
@@ -307,11 +313,11 @@ pub struct Node {
     pub role: Role,
     /// Router weight of a host (1 for other roles, where it means nothing).
     pub weight: u32,
-    /// In a hierarchy, the router above this router or host (resolved: a host of a
-    /// one-router hierarchy that names none gets that router). `None` for the top router,
-    /// clients, the core, and every node of a static lab.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
+    /// In a hierarchy, the routers above this router or host, in file order (resolved: a
+    /// host of a one-router hierarchy that names none gets that router). Empty for the top
+    /// routers, clients, the core, and every node of a static lab.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
     /// A router's level ("network", "as", "site", ...; resolved to its default when the
     /// file names none); `None` for other roles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -329,6 +335,18 @@ pub struct Node {
     /// `[router_config]`; empty if none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub router_config: String,
+}
+
+impl Node {
+    /// The first of its parents (the one the lab draws it under), if it has any.
+    pub fn parent(&self) -> Option<&str> {
+        self.parents.first().map(String::as_str)
+    }
+
+    /// Whether `router` is one of its parents.
+    pub fn has_parent(&self, router: &str) -> bool {
+        self.parents.iter().any(|p| p == router)
+    }
 }
 
 fn default_cost() -> f64 {
@@ -466,7 +484,7 @@ impl Topology {
         nodes.add_implicit_core();
         check_required_roles(&nodes.nodes)?;
         if hierarchy {
-            nodes.resolve_hierarchy()?;
+            nodes.resolve_hierarchy(table.contains_key("bgp"))?;
         } else {
             check_some_host_weighs(&nodes.nodes)?;
         }
@@ -560,34 +578,41 @@ impl Topology {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// The top router of a hierarchy (the one without parent, which the core routes the
-    /// virtual subnets to); `None` in a static lab.
-    pub fn top_router(&self) -> Option<&Node> {
+    /// The top routers of a hierarchy (those without parent, which the core routes the
+    /// virtual subnets to: one, or several with `[bgp]`), in file order; empty in a static lab.
+    pub fn top_routers(&self) -> Vec<&Node> {
         if !self.is_hierarchy() {
-            return None;
+            return Vec::new();
         }
         self.nodes
             .iter()
-            .find(|n| n.role == Role::Router && n.parent.is_none())
+            .filter(|n| n.role == Role::Router && n.parents.is_empty())
+            .collect()
     }
 
-    /// The routers the core routes the virtual subnets to: a hierarchy's top router, every
+    /// The first top router of a hierarchy; `None` in a static lab.
+    pub fn top_router(&self) -> Option<&Node> {
+        self.top_routers().into_iter().next()
+    }
+
+    /// The routers the core routes the virtual subnets to: a hierarchy's top routers, every
     /// router of a static lab.
     pub fn announcing_routers(&self) -> Vec<&Node> {
-        match self.top_router() {
-            Some(top) => vec![top],
-            None => self.nodes_with(Role::Router).collect(),
+        if self.is_hierarchy() {
+            self.top_routers()
+        } else {
+            self.nodes_with(Role::Router).collect()
         }
     }
 
     /// A router's children in file order: in a hierarchy the routers and hosts that name
-    /// it as parent; in a static lab every host.
+    /// it as a parent; in a static lab every host.
     pub fn children(&self, router: &str) -> Vec<&Node> {
         self.nodes
             .iter()
             .filter(|n| {
                 if self.is_hierarchy() {
-                    n.parent.as_deref() == Some(router)
+                    n.has_parent(router)
                 } else {
                     n.role == Role::Host
                         && self.node(router).is_some_and(|r| r.role == Role::Router)
@@ -596,21 +621,42 @@ impl Topology {
             .collect()
     }
 
-    /// The routers above a node, top first (empty for the top router, clients, the core and
-    /// every node of a static lab).
+    /// Every router above a node (through each of its parents), each once, top first (empty
+    /// for the top routers, clients, the core and every node of a static lab).
     pub fn ancestors(&self, node: &str) -> Vec<&Node> {
-        let mut chain = Vec::new();
-        let mut cur = self.node(node).and_then(|n| n.parent.as_deref());
-        while let Some(p) = cur {
-            let Some(parent) = self.node(p) else { break };
-            if chain.iter().any(|c: &&Node| c.name == parent.name) {
-                break; // validated topologies have no cycle; do not loop on a hand-edited state
+        let mut found: Vec<(usize, &Node)> = Vec::new();
+        let mut frontier: std::collections::VecDeque<(usize, &str)> = self
+            .node(node)
+            .map(|n| n.parents.iter().map(|p| (1, p.as_str())).collect())
+            .unwrap_or_default();
+        // Breadth first: nearer routers first, each level in file order.
+        while let Some((d, p)) = frontier.pop_front() {
+            let Some(parent) = self.node(p) else { continue };
+            // Validated topologies have no cycle; do not loop on a hand-edited state.
+            if found.iter().any(|(_, c)| c.name == parent.name) || found.len() > self.nodes.len() {
+                continue;
             }
-            chain.push(parent);
-            cur = parent.parent.as_deref();
+            found.push((d, parent));
+            frontier.extend(parent.parents.iter().map(|g| (d + 1, g.as_str())));
         }
-        chain.reverse();
-        chain
+        found.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
+        found.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// How many routers lie above a node on its longest way up (0 for a top router).
+    pub fn depth(&self, node: &str) -> usize {
+        fn walk(t: &Topology, node: &str, seen: usize) -> usize {
+            let Some(n) = t.node(node) else { return 0 };
+            if seen > t.nodes.len() {
+                return 0; // a cycle in a hand-edited state
+            }
+            n.parents
+                .iter()
+                .map(|p| 1 + walk(t, p, seen + 1))
+                .max()
+                .unwrap_or(0)
+        }
+        walk(self, node, 0)
     }
 
     /// Routers' levels, top first: each level name once, ordered by the least depth at which
@@ -618,7 +664,7 @@ impl Topology {
     pub fn router_levels(&self) -> Vec<String> {
         let mut levels: Vec<(usize, String)> = Vec::new();
         for r in self.nodes_with(Role::Router) {
-            let depth = self.ancestors(&r.name).len();
+            let depth = self.depth(&r.name);
             let level = r.level.clone().unwrap_or_else(|| "router".into());
             match levels.iter_mut().find(|(_, l)| *l == level) {
                 Some((d, _)) => *d = (*d).min(depth),
@@ -629,9 +675,10 @@ impl Topology {
         levels.into_iter().map(|(_, l)| l).collect()
     }
 
-    /// A hierarchy drawn as indented lines, top router first: a router as `name (level)`
-    /// with its cost and labels when set, its host children on the same line
-    /// (`site-a (site): h1 h2 h3`). Empty for a static lab.
+    /// A hierarchy drawn as indented lines, each top router with its subtree: a router as
+    /// `name (level)` with its cost and labels when set, its host children on the same line
+    /// (`site-a (site): h1 h2 h3`); a router with several parents under each. Empty for a
+    /// static lab.
     pub fn tree(&self) -> Vec<String> {
         fn walk(t: &Topology, node: &Node, depth: usize, out: &mut Vec<String>) {
             let mut line = format!(
@@ -640,7 +687,7 @@ impl Topology {
                 node.name,
                 node.level.as_deref().unwrap_or("router")
             );
-            if node.parent.is_some() && node.cost != 1.0 {
+            if !node.parents.is_empty() && node.cost != 1.0 {
                 line += &format!(" cost {}", node.cost);
             }
             for (k, v) in &node.labels {
@@ -661,7 +708,7 @@ impl Topology {
             }
         }
         let mut out = Vec::new();
-        if let Some(top) = self.top_router() {
+        for top in self.top_routers() {
             walk(self, top, 0, &mut out);
         }
         out
@@ -883,7 +930,7 @@ impl ParsedNodes {
                 name: "core".into(),
                 role: Role::Core,
                 weight: 1,
-                parent: None,
+                parents: Vec::new(),
                 level: None,
                 group: None,
                 cost: default_cost(),
@@ -917,7 +964,7 @@ fn parse_node(entry: &Entry<'_>, earlier: &[Node]) -> Result<Node, TopologyError
     check_node_keys_for_role(entry, role)?;
     let router_config = router_config_text(t.get("router_config"), &entry.key("router_config"))?;
     let weight = parse_node_weight(entry)?;
-    let parent = opt_str(t, at, "parent")?;
+    let parents = parse_parents(entry)?;
     let level = opt_str(t, at, "level")?;
     if let Some(l) = &level {
         check_name(l, &entry.key("level"), true)?;
@@ -935,13 +982,47 @@ fn parse_node(entry: &Entry<'_>, earlier: &[Node]) -> Result<Node, TopologyError
         name,
         role,
         weight,
-        parent,
+        parents,
         level,
         group,
         cost,
         labels,
         router_config,
     })
+}
+
+/// Reads a node's `parent`: a router's name, or a non-empty array of distinct names.
+fn parse_parents(entry: &Entry<'_>) -> Result<Vec<String>, TopologyError> {
+    let key = entry.key("parent");
+    match entry.table.get("parent") {
+        None => Ok(Vec::new()),
+        Some(toml::Value::String(p)) => Ok(vec![p.clone()]),
+        Some(toml::Value::Array(a)) if !a.is_empty() => {
+            let mut parents: Vec<String> = Vec::new();
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str() {
+                    Some(p) if !parents.iter().any(|q| q == p) => parents.push(p.to_owned()),
+                    Some(p) => {
+                        return Err(TopologyError::new(
+                            format!("{key}[{i}]"),
+                            format!("{p:?} is named twice"),
+                        ))
+                    }
+                    None => {
+                        return Err(TopologyError::new(
+                            format!("{key}[{i}]"),
+                            format!("expected a router's name, found {v}"),
+                        ))
+                    }
+                }
+            }
+            Ok(parents)
+        }
+        Some(v) => Err(TopologyError::new(
+            key,
+            format!("expected a router's name or a non-empty array of names, found {v}"),
+        )),
+    }
 }
 
 /// Reads a node's name and role: a unique name, a known role, at most one core, "core" only
@@ -1137,7 +1218,7 @@ fn fill_default_levels(nodes: &mut [Node], hierarchy: bool) {
             }
             let mut children = nodes.iter().filter(|c| {
                 if hierarchy {
-                    c.parent.as_deref() == Some(&n.name)
+                    c.has_parent(&n.name)
                 } else {
                     c.role == Role::Host
                 }
@@ -1302,11 +1383,12 @@ fn parse_labels(
 
 impl ParsedNodes {
     /// Checks a hierarchy's shape and fills in implicit parents: every parent is a router,
-    /// no cycles, exactly one top router, every router has a child.
-    fn resolve_hierarchy(&mut self) -> Result<(), TopologyError> {
+    /// no cycles, exactly one top router (several with `[bgp]`: the core learns the virtual
+    /// subnets from each), every router has a child.
+    fn resolve_hierarchy(&mut self, bgp: bool) -> Result<(), TopologyError> {
         self.resolve_parents()?;
         self.check_no_cycles()?;
-        self.check_tree_shape()
+        self.check_tree_shape(bgp)
     }
 
     /// The key path of `nodes[i]` in the file, for errors.
@@ -1325,10 +1407,10 @@ impl ParsedNodes {
             .collect();
         for i in 0..self.nodes.len() {
             let n = &self.nodes[i];
-            let Some(p) = &n.parent else {
+            if n.parents.is_empty() {
                 if n.role == Role::Host {
                     if let [only] = routers.as_slice() {
-                        self.nodes[i].parent = Some(only.clone());
+                        self.nodes[i].parents = vec![only.clone()];
                         continue;
                     }
                     return Err(TopologyError::new(
@@ -1340,23 +1422,29 @@ impl ParsedNodes {
                     ));
                 }
                 continue;
+            }
+            self.check_parents_of(i)?;
+        }
+        Ok(())
+    }
+
+    /// Checks every parent `nodes[i]` names is another node, and a router.
+    fn check_parents_of(&self, i: usize) -> Result<(), TopologyError> {
+        let n = &self.nodes[i];
+        for (j, p) in n.parents.iter().enumerate() {
+            let key = if n.parents.len() == 1 {
+                format!("{}.parent", self.at(i))
+            } else {
+                format!("{}.parent[{j}]", self.at(i))
             };
             if p == &n.name {
-                return Err(TopologyError::new(
-                    format!("{}.parent", self.at(i)),
-                    format!("{p:?} is the node itself"),
-                ));
+                return Err(TopologyError::new(key, format!("{p:?} is the node itself")));
             }
             match self.nodes.iter().find(|o| &o.name == p) {
-                None => {
-                    return Err(TopologyError::new(
-                        format!("{}.parent", self.at(i)),
-                        format!("unknown node {p:?}"),
-                    ))
-                }
+                None => return Err(TopologyError::new(key, format!("unknown node {p:?}"))),
                 Some(o) if o.role != Role::Router => {
                     return Err(TopologyError::new(
-                        format!("{}.parent", self.at(i)),
+                        key,
                         format!(
                             "{p:?} is a {}, not a router (a {}'s parent is {})",
                             o.role.as_str(),
@@ -1375,50 +1463,57 @@ impl ParsedNodes {
         Ok(())
     }
 
-    /// Refuses cycles: walks up from every router; a chain that comes back to a node it
-    /// passed is one.
+    /// Refuses cycles: walks up from every router through each of its parents; a path that
+    /// comes back to a node on it is one.
     fn check_no_cycles(&self) -> Result<(), TopologyError> {
-        let nodes = &self.nodes;
-        for i in 0..nodes.len() {
-            if nodes[i].role != Role::Router {
+        fn walk(nodes: &[Node], path: &mut Vec<String>) -> bool {
+            let last = path.last().expect("path starts at a node").clone();
+            let parents = nodes
+                .iter()
+                .find(|o| o.name == last)
+                .map(|o| o.parents.clone())
+                .unwrap_or_default();
+            for p in parents {
+                let looped = path.contains(&p);
+                path.push(p);
+                if looped || walk(nodes, path) {
+                    return true;
+                }
+                path.pop();
+            }
+            false
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.role != Role::Router {
                 continue;
             }
-            let mut chain = vec![nodes[i].name.clone()];
-            let mut cur = nodes[i].parent.clone();
-            while let Some(p) = cur {
-                if chain.contains(&p) {
-                    chain.push(p);
-                    return Err(TopologyError::new(
-                        format!("{}.parent", self.at(i)),
-                        format!(
-                            "cycle {} (a hierarchy is a tree below one top router)",
-                            chain.join(" -> ")
-                        ),
-                    ));
-                }
-                cur = nodes
-                    .iter()
-                    .find(|o| o.name == p)
-                    .and_then(|o| o.parent.clone());
-                chain.push(p);
+            let mut path = vec![n.name.clone()];
+            if walk(&self.nodes, &mut path) {
+                return Err(TopologyError::new(
+                    format!("{}.parent", self.at(i)),
+                    format!(
+                        "cycle {} (a hierarchy is a tree below its top routers)",
+                        path.join(" -> ")
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
-    /// Checks the tree has exactly one top router and every router has a child.
-    fn check_tree_shape(&self) -> Result<(), TopologyError> {
+    /// Checks the tree has one top router (several with `[bgp]`) and every router has a child.
+    fn check_tree_shape(&self, bgp: bool) -> Result<(), TopologyError> {
         let nodes = &self.nodes;
         let tops: Vec<&str> = nodes
             .iter()
-            .filter(|n| n.role == Role::Router && n.parent.is_none())
+            .filter(|n| n.role == Role::Router && n.parents.is_empty())
             .map(|n| n.name.as_str())
             .collect();
-        if tops.len() != 1 {
+        if tops.is_empty() || (tops.len() > 1 && !bgp) {
             return Err(TopologyError::new(
                 "nodes",
                 format!(
-                    "routers {} have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent",
+                    "routers {} have no parent: without [bgp] a hierarchy has exactly one top router (the one the core routes the clients' VIP traffic to); give the others a parent, or add [bgp] so that the core learns the virtual subnets from each",
                     tops.iter()
                         .map(|t| format!("{t:?}"))
                         .collect::<Vec<_>>()
@@ -1427,11 +1522,7 @@ impl ParsedNodes {
             ));
         }
         for (i, n) in nodes.iter().enumerate() {
-            if n.role == Role::Router
-                && !nodes
-                    .iter()
-                    .any(|c| c.parent.as_deref() == Some(n.name.as_str()))
-            {
+            if n.role == Role::Router && !nodes.iter().any(|c| c.has_parent(&n.name)) {
                 return Err(TopologyError::new(
                     self.at(i),
                     format!(
@@ -2089,7 +2180,7 @@ mod tests {
         assert!(!t.is_hierarchy());
         assert_eq!(t.top_router(), None);
         assert_eq!(node(&t, "r1").level.as_deref(), Some("site"));
-        assert_eq!(node(&t, "h1").parent, None);
+        assert_eq!(node(&t, "h1").parent(), None);
         assert_eq!(t.children("r1").len(), 2);
         assert!(t.tree().is_empty());
         // A state file written before hierarchies existed.
@@ -2107,7 +2198,7 @@ mod tests {
             .replace("policy = \"maglev\"", "");
         let t = Topology::parse(&text).unwrap();
         assert!(t.is_hierarchy());
-        assert_eq!(node(&t, "h1").parent.as_deref(), Some("r1"));
+        assert_eq!(node(&t, "h1").parent(), Some("r1"));
         assert_eq!(t.top_router().unwrap().name, "r1");
         assert_eq!(t.control.as_ref().unwrap().silent_after, 5);
         assert_eq!(t.virtual_hosts[0].policy, Policy::Cost);
@@ -2141,7 +2232,31 @@ mod tests {
                 "level = \"as\"\n        parent = \"net\"",
                 "level = \"as\"\n        parent = \"site-a\""
             ),
-            "nodes[2].parent: cycle as1 -> site-a -> as1 (a hierarchy is a tree below one top router)"
+            "nodes[2].parent: cycle as1 -> site-a -> as1 (a hierarchy is a tree below its top routers)"
+        );
+        // Several parents: each is checked, and a cycle through the second is found.
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = [\"site-a\", \"site-x\"]"),
+            "nodes[6].parent[1]: unknown node \"site-x\""
+        );
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = [\"site-a\", \"site-a\"]"),
+            "nodes[6].parent[1]: \"site-a\" is named twice"
+        );
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = []"),
+            "nodes[6].parent: expected a router's name or a non-empty array of names, found []"
+        );
+        assert_eq!(
+            three("parent = \"site-a\"", "parent = [\"site-a\", 2]"),
+            "nodes[6].parent[1]: expected a router's name, found 2"
+        );
+        assert_eq!(
+            three(
+                "level = \"as\"\n        parent = \"net\"",
+                "level = \"as\"\n        parent = [\"net\", \"site-a\"]"
+            ),
+            "nodes[2].parent: cycle as1 -> site-a -> as1 (a hierarchy is a tree below its top routers)"
         );
         assert_eq!(
             three(
@@ -2152,7 +2267,7 @@ mod tests {
         );
         assert_eq!(
             three("role = \"router\"\n        parent = \"as2\"", "role = \"router\""),
-            "nodes: routers \"net\", \"site-c\" have no parent: a hierarchy has exactly one top router (the one the clients' VIP traffic goes to); give the others a parent"
+            "nodes: routers \"net\", \"site-c\" have no parent: without [bgp] a hierarchy has exactly one top router (the one the core routes the clients' VIP traffic to); give the others a parent, or add [bgp] so that the core learns the virtual subnets from each"
         );
         assert_eq!(
             three(
@@ -2250,6 +2365,48 @@ mod tests {
         // Two routers without parents stay a valid static lab (the core spreads over both).
         let two = format!("{SITE}\n[[nodes]]\nname = \"r2\"\nrole = \"router\"\n");
         assert!(!Topology::parse(&two).unwrap().is_hierarchy());
+    }
+
+    /// `examples/anycast-sites.toml`: two top routers announced by BGP above four sites with
+    /// both as parents.
+    #[test]
+    fn top_routers_share_the_sites_below_them() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/anycast-sites.toml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let t = Topology::parse(&text).unwrap();
+        let names = |v: Vec<&Node>| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(t.top_routers()), ["r1", "r2"]);
+        assert_eq!(names(t.announcing_routers()), ["r1", "r2"]);
+        assert_eq!(node(&t, "site-a").parents, ["r1", "r2"]);
+        assert_eq!(node(&t, "site-a").parent(), Some("r1"));
+        assert_eq!(
+            names(t.children("r2")),
+            ["site-a", "site-b", "site-c", "site-d"]
+        );
+        assert_eq!(names(t.ancestors("h1")), ["r1", "r2", "site-a"]);
+        assert_eq!((t.depth("h1"), t.depth("site-a"), t.depth("r2")), (2, 1, 0));
+        assert_eq!(t.router_levels(), ["network", "site"]);
+        assert!(t.whohas && !t.mirror);
+        let tree = t.tree();
+        assert_eq!(tree.len(), 10, "each top with its four sites: {tree:?}");
+        assert_eq!(tree[5], "r2 (network)");
+        // Several top routers need the core to learn the subnet from each (BGP).
+        let no_bgp = text
+            .replace("[bgp]", "[bgp_off]")
+            .replace("hold_time", "# ");
+        let no_bgp: String = no_bgp
+            .lines()
+            .filter(|l| !l.starts_with("[bgp_off]") && !l.starts_with("bfd_interval"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = Topology::parse(&no_bgp).unwrap_err().to_string();
+        assert!(
+            e.starts_with("nodes: routers \"r1\", \"r2\" have no parent: without [bgp]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -447,7 +447,11 @@ fn human(command: &str, v: &Value) -> String {
         let _ = writeln!(
             o,
             "mirroring: peers {}  sent {}  received {} (copies held {})  lag {:.1} ms (max {:.1} ms)",
-            peers.join(", "),
+            if peers.is_empty() {
+                "none (this router mirrors to nobody)".to_string()
+            } else {
+                peers.join(", ")
+            },
             t(&m["changes_offered"]),
             t(&m["changes_received"]),
             t(&m["copies"]),
@@ -464,7 +468,14 @@ fn human(command: &str, v: &Value) -> String {
                 format!(
                     "{} {} held {}/{}",
                     p["name"].as_str().unwrap_or(""),
-                    if p["connected"] == true { "up" } else { "DOWN" },
+                    // A peer is reached when first asked: until then it is neither.
+                    if p["connected"] == true {
+                        "up"
+                    } else if p["last_error"].is_null() {
+                        "not asked yet"
+                    } else {
+                        "DOWN"
+                    },
                     t(&p["flows_held"]),
                     t(&p["flows_asked"])
                 )
@@ -481,7 +492,11 @@ fn human(command: &str, v: &Value) -> String {
             t(&w["pending"]),
             t(&w["flows_asked_here"]),
             t(&w["flows_held_here"]),
-            peers.join(", ")
+            if peers.is_empty() {
+                "none (it answers, asks nobody)".to_string()
+            } else {
+                peers.join(", ")
+            }
         );
     }
     let _ = writeln!(

@@ -148,7 +148,7 @@ impl Mirror {
         listener.set_nonblocking(true)?;
         let mut server = MirrorServer::new(
             &identity,
-            MirrorServerConfig::new(cfg.peers.iter().map(|(n, _)| n.clone()).collect()),
+            MirrorServerConfig::new(cfg.peers.iter().map(|p| p.name.clone()).collect()),
         )?;
         let (server_stats, refusals) = (server.stats(), server.counters());
         // WHOHAS: the answering side beside the mirror service, and an asker.
@@ -157,6 +157,7 @@ impl Mirror {
         let mut asking = None;
         let mut whohas_peers = Vec::new();
         let mut whohas_timing = None;
+        let ask_peers = cfg.ask_peers();
         if let Some(w) = cfg.whohas {
             let (tx, rx) = tokio::sync::mpsc::channel::<WhohasRequest>(256);
             let config = WhohasServerConfig {
@@ -168,19 +169,22 @@ impl Mirror {
             server = s;
             whohas_server = Some(stats);
             answering = Some(rx);
-            let asker = WhohasAsker::new(
-                &identity,
-                name,
-                &cfg.peers,
-                WhohasAskerConfig {
-                    timeout: w.timeout,
-                    ..WhohasAskerConfig::default()
-                },
-            )?;
-            whohas_peers = asker.stats();
-            whohas_timing = Some(asker.timing());
-            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<MirrorFlow>>(1024);
-            asking = Some((Arc::new(asker), rx, tx));
+            // A router that only answers (its peers are the routers above it) asks nobody.
+            if !ask_peers.is_empty() {
+                let asker = WhohasAsker::new(
+                    &identity,
+                    name,
+                    &ask_peers,
+                    WhohasAskerConfig {
+                        timeout: w.timeout,
+                        ..WhohasAskerConfig::default()
+                    },
+                )?;
+                whohas_peers = asker.stats();
+                whohas_timing = Some(asker.timing());
+                let (tx, rx) = tokio::sync::mpsc::channel::<Vec<MirrorFlow>>(1024);
+                asking = Some((Arc::new(asker), rx, tx));
+            }
         }
         if let Some(mut rx) = answering {
             // Peers' questions, one at a time: the packet thread answers each between two
@@ -201,7 +205,7 @@ impl Mirror {
         let mut senders = Vec::new();
         let mut peers = Vec::new();
         let mut tasks = Vec::new();
-        for (peer, addr) in cfg.peers.iter().filter(|_| cfg.mirror) {
+        for (peer, addr) in &cfg.mirror_peers() {
             let s = MirrorSender::new(&identity, name, peer, *addr, MirrorSenderConfig::default())?;
             peers.push((peer.clone(), s.stats()));
             let (tx, rx) = tokio::sync::mpsc::channel(65_536);
@@ -267,7 +271,7 @@ impl Mirror {
                     }
                 });
             })?;
-        tracing::info!(listen = %cfg.listen, peers = ?cfg.peers, mirror = cfg.mirror, whohas = ?cfg.whohas, "cluster on");
+        tracing::info!(listen = %cfg.listen, mirror_to = ?cfg.mirror_peers(), ask = ?ask_peers, whohas = ?cfg.whohas, "cluster on");
         Ok(Mirror {
             senders,
             copies: HashMap::new(),
@@ -292,6 +296,9 @@ impl Mirror {
     /// flow (a full queue drops it: the peer is far behind, and its next full sync repairs
     /// that).
     pub(super) fn offer(&mut self, change: &FlowChange, router: &Router) {
+        if self.senders.is_empty() {
+            return; // mirrors to nobody (a router below that answers WHOHAS only)
+        }
         let m = match change {
             FlowChange::Offload { key, next_hop, .. } => {
                 if self.restoring.remove(key) {
