@@ -725,6 +725,40 @@ pub struct DownloadOutcome {
     pub carried_intact: usize,
 }
 
+impl DownloadOutcome {
+    /// Asserts what a mechanism that saves a router's flows (mirroring, WHOHAS) must show:
+    /// with it (`self`), that router carried at least 10 running downloads and at least
+    /// `percent` % of all `total` downloads completed intact; without it (`control`, the same
+    /// lab and event), the router carried at least 10 running downloads and most of them broke,
+    /// so that the mechanism is what saved them. `what` names the mechanism and the event.
+    pub fn assert_saved(
+        &self,
+        control: &DownloadOutcome,
+        total: usize,
+        percent: usize,
+        what: &str,
+    ) {
+        for (run, o) in [("with", self), ("without", control)] {
+            assert!(
+                o.carried_running >= 10,
+                "{what}, {run} it: the router carried running downloads ({})",
+                o.carried_running
+            );
+        }
+        assert!(
+            self.intact * 100 >= total * percent,
+            "{what}: at least {percent} % of the downloads survive ({} of {total})",
+            self.intact
+        );
+        assert!(
+            control.carried_intact * 2 < control.carried_running,
+            "{what}, the control: without it most of the router's running downloads break ({} of {} intact)",
+            control.carried_intact,
+            control.carried_running
+        );
+    }
+}
+
 impl Downloads {
     /// Starts `n` downloads of `size` bytes at `rate` from c1 (small receive buffers: they last
     /// about as long as the rate says, though curl lets some run ahead at first).
