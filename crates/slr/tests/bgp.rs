@@ -344,6 +344,66 @@ fn birds_death_is_reported_and_repaired_while_the_router_forwards() {
     assert!(t < Duration::from_secs(3), "within the hold time: {t:?}");
 }
 
+/// BIRD that cannot start under a router (its program missing, as on a machine without
+/// bird2): the router says so (`slr ctl` status with the error, slr_bgp_bird_up 0), tries
+/// again every second, and forwards what reaches it; the core routes the subnet by the other
+/// router alone.
+#[test]
+fn a_bird_that_cannot_start_is_reported_and_the_router_forwards() {
+    let name = "bgp-nobird";
+    let lab = Lab::up(name, &anycast(name, ""));
+    let (r1, r2, vip) = (lab.addr("r1"), lab.addr("r2"), lab.vip(0));
+    let path = lab.router_config("r1");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("bird = \"bird\""), "{text}");
+    std::fs::write(
+        &path,
+        text.replace("bird = \"bird\"", "bird = \"/nonexistent/bird\""),
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::slr())
+        .args(["lab", "restart", "r1", "--lab", name])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    poll(Duration::from_secs(5), || {
+        core_next_hops(&lab) == BTreeSet::from([r2])
+    })
+    .expect("the core routes the subnet by r2 alone");
+    // (The restarted router's control socket comes up a moment after it starts.)
+    wait_until(Duration::from_secs(10), || {
+        lab.ctl_args("r1", &["status"])
+            .ok()
+            .and_then(|v| v["snapshot"]["bgp"]["bird_restarts"].as_u64())
+            >= Some(2)
+    })
+    .expect("r1 runs, and tries again every second");
+    let status = bgp_status(&lab, "r1");
+    println!("r1 without BIRD: {status}");
+    assert_eq!(status["bird_up"], false);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/nonexistent/bird")),
+        "the error names the program: {status}"
+    );
+    assert_eq!(metric(&lab, "r1", "slr_bgp_bird_up"), 0.0);
+    let text = lab.ctl_args("r1", &["status"]);
+    assert!(text.is_ok(), "r1 answers slr ctl");
+    // r1 forwards what reaches it: the core sends the VIP (a /32, more specific than the
+    // announced /24) to r1 for a moment.
+    let before = client_flows(&lab, "r1");
+    let o = lab.sh("core", &format!("ip route add {vip}/32 via {r1}"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for _ in 0..5 {
+        lab.curl("c1", &format!("http://{vip}/"))
+            .expect("served through r1 without BIRD");
+    }
+    let through_r1 = new_flows(&lab, "r1", &before);
+    let _ = lab.sh("core", &format!("ip route del {vip}/32 via {r1}"));
+    assert!(through_r1 >= 5, "r1 carried the connections ({through_r1})");
+}
+
 /// A router withdraws a subnet when it has no next hop that takes new flows (every host
 /// drained here), and announces it again when one comes back.
 #[test]

@@ -162,11 +162,19 @@ fn copies_outlive_the_idle_timeout_while_their_owner_carries_them() {
     assert_eq!(intact, 30, "every upload survives on r2's fresh copies");
 }
 
-/// `examples/anycast-sites.toml` as lab `name`; `whohas`: with its `[cluster]` (WHOHAS on,
-/// mirroring off), else without (the control: neither).
+/// `examples/anycast-sites.toml` as lab `name`, with r2 hashing by another seed than r1 (a
+/// fresh choice at r2 lands on another site three times in four, as when the costs the two
+/// routers see have drifted apart); `whohas`: with its `[cluster]` (WHOHAS on, mirroring off),
+/// else without (the control: neither).
 fn sites_topology(name: &str, whohas: bool) -> String {
+    let r2 = "name = \"r2\"\nrole = \"router\"\nlevel = \"network\"\n";
     let example = include_str!("../../../examples/anycast-sites.toml")
-        .replace("name = \"anycast-sites\"", &format!("name = \"{name}\""));
+        .replace("name = \"anycast-sites\"", &format!("name = \"{name}\""))
+        .replace(
+            r2,
+            &format!("{r2}router_config = {{ router = {{ hash_seed = 2 }} }}\n"),
+        );
+    assert!(example.contains("hash_seed = 2"));
     assert!(example.contains("mirror = false") && example.contains("whohas = true"));
     if whohas {
         return example;
