@@ -503,6 +503,10 @@ pub struct Counters {
     pub shortcut_signals: u64,
     /// Signals dropped because the driver did not take them (queue full).
     pub shortcut_signals_dropped: u64,
+    /// Flows from a parent signalled again because their packets still came this way (the
+    /// first signal lost, or the ingress lost its entry): at their 16th, 32nd, 64th, ...
+    /// packet here.
+    pub shortcut_resignals: u64,
     /// Children's signals installed (this router is the flow's ingress).
     pub shortcuts_installed: u64,
     /// Children's signals to pass up (the flow came from this router's parent).
@@ -709,6 +713,11 @@ const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_FRAGMENT_FLOWS: usize = 4096;
 /// Most non-first fragments held while their first fragment is missing.
 const MAX_HELD_FRAGMENTS: usize = 256;
+/// Under the shortcut, a flow from the parent whose packets keep coming to this router is
+/// signalled again at its `RESIGNAL_FROM`th packet here and at every power of two after (a flow
+/// whose shortcut works sends this router its first packet or two only): a lost signal costs a
+/// few more packets down the hierarchy, never the whole flow, at most 60 signals in all.
+pub const RESIGNAL_FROM: u64 = 16;
 
 /// The router state machine. See the module documentation for the calling order.
 pub struct Router<T: Tunnel = IpIpTunnel> {
@@ -1697,6 +1706,13 @@ impl<T: Tunnel> Router<T> {
                 e.has_mark(FlowMark::Awaiting),
                 e.created(),
             );
+            // A flow from the parent that still comes this way has no shortcut at its ingress:
+            // a signal was lost (a session reset, a parent that took no signals for a moment)
+            // or the ingress lost its entry. Signal it again, at exponentially spaced packets.
+            let resignal = from_parent
+                && e.has_mark(FlowMark::FromParent)
+                && e.packets() >= RESIGNAL_FROM
+                && e.packets().is_power_of_two();
             let shortcut = if has_shortcut {
                 self.shortcuts.get(&key).copied()
             } else {
@@ -1716,6 +1732,9 @@ impl<T: Tunnel> Router<T> {
                     _ => !self.next_hops[nh].eligible(),
                 };
             if !reuse {
+                if resignal {
+                    self.resignal(key, nh);
+                }
                 if shortcut.is_some() {
                     self.shortcut_to = shortcut;
                 } else if awaiting && !is_syn && self.await_shortcut(now, key, created, buf) {
@@ -1800,6 +1819,26 @@ impl<T: Tunnel> Router<T> {
             }
         } else if is_syn && sc.hold > Duration::ZERO && self.next_hops[nh].shortcut_signals > 0 {
             self.flows.mark(&key, &[FlowMark::Awaiting], &[]);
+        }
+    }
+
+    /// Signals again a flow from the parent whose packets still come this way (see
+    /// [`RESIGNAL_FROM`]).
+    fn resignal(&mut self, key: FlowKey, nh: usize) {
+        let Some(sc) = self.config.shortcut.filter(|sc| sc.signal) else {
+            return;
+        };
+        if key.protocol != 6 && key.protocol != 17 {
+            return;
+        }
+        if self.signals.len() < sc.max_signals {
+            self.signals.push_back(ShortcutSignal {
+                key,
+                next_hop: nh as u32,
+            });
+            self.counters.shortcut_resignals += 1;
+        } else {
+            self.counters.shortcut_signals_dropped += 1;
         }
     }
 
@@ -4856,6 +4895,48 @@ mod tests {
         }
         assert!(!c.ingress.shortcuts.contains_key(&key));
         assert_accounted(&c.ingress);
+    }
+
+    /// A signal lost on its way up (a session reset, a parent that took no signals for a
+    /// moment): the flow's packets keep coming down the hierarchy, and the site signals it again
+    /// at its 16th packet, then at every power of two. The first of those that arrives gives
+    /// the ingress its shortcut; the rest of the flow skips the hierarchy.
+    #[test]
+    fn a_lost_signal_is_sent_again_while_the_flow_still_comes_this_way() {
+        let mut c = Chain::new();
+        let host0 = c.send(T0, &syn(40000)).1.expect("down the hierarchy");
+        assert!(c.site.poll_shortcut_signal().is_some(), "the first signal");
+        while c.mid.poll_shortcut_signal().is_some() {}
+        // That signal is lost. Packets 2..=15 at the site: nothing more.
+        for _ in 2..RESIGNAL_FROM {
+            assert_eq!(c.send(T0 + ms(1), &ack(40000)).1, Some(host0));
+            assert!(c.site.poll_shortcut_signal().is_none());
+        }
+        assert_eq!(c.send(T0 + ms(2), &ack(40000)).1, Some(host0));
+        assert_eq!(c.site.counters().shortcut_resignals, 1, "the 16th packet");
+        while c.mid.poll_shortcut_signal().is_some() {}
+        assert_eq!(c.signal(T0 + ms(3)), 1, "it reaches the ingress");
+        for _ in 0..40 {
+            assert_eq!(
+                c.send(T0 + ms(4), &ack(40000)).0,
+                Action::Tunnel { next_hop: host0 }
+            );
+        }
+        assert_eq!(c.site.counters().packets_in, RESIGNAL_FROM);
+        assert_eq!(c.site.counters().shortcut_resignals, 1);
+        // Lost again (the ingress flushed, and its re-signals went nowhere): at 32 and 64.
+        c.ingress.flush_shortcuts();
+        for _ in 0..48 {
+            assert_eq!(c.send(T0 + ms(5), &ack(40000)).1, Some(host0));
+        }
+        assert_eq!(c.site.counters().packets_in, 64);
+        assert_eq!(c.site.counters().shortcut_resignals, 3);
+        assert_eq!(c.signal(T0 + ms(6)), 2, "each re-signal installs again");
+        assert_eq!(
+            c.send(T0 + ms(7), &ack(40000)).0,
+            Action::Tunnel { next_hop: host0 }
+        );
+        assert_accounted(&c.site);
     }
 
     // ---- tunnels from parents ------------------------------------------------------------

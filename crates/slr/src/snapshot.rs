@@ -343,6 +343,7 @@ pub fn snapshot(r: &Router, d: &DaemonState) -> Snapshot {
             "tunnels_terminated": c.tunnels_terminated, "drops_total": c.drops_total(),
             "shortcut_signals": c.shortcut_signals,
             "shortcut_signals_dropped": c.shortcut_signals_dropped,
+            "shortcut_resignals": c.shortcut_resignals,
             "shortcuts_installed": c.shortcuts_installed,
             "shortcuts_relayed": c.shortcuts_relayed,
             "shortcuts_kept": c.shortcuts_kept,

@@ -341,6 +341,28 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             "  100 MiB upload: {below} bytes through the routers below the ingress ({:.4} %)",
             share * 100.0
         );
+        if share >= 0.01 {
+            // What the signals did, level by level, before the assertion below fails.
+            for r in ["net", "as1", "as2", "site-a", "site-b", "site-c", "site-d"] {
+                let c = &lab.ctl(r, "stats")["snapshot"]["counters"];
+                let keys = [
+                    "shortcut_signals",
+                    "shortcut_resignals",
+                    "shortcut_signals_dropped",
+                    "shortcuts_installed",
+                    "shortcuts_relayed",
+                    "shortcuts_refused_unknown_flow",
+                    "shortcuts_refused_not_pinned",
+                    "shortcut_hold_expired",
+                ];
+                let shown: Vec<String> = keys.iter().map(|k| format!("{k} {}", c[k])).collect();
+                println!("  {r}: {}", shown.join(", "));
+                println!(
+                    "  {r} relay: {}",
+                    lab.ctl(r, "parents")["control"]["shortcut_relay"]
+                );
+            }
+        }
         assert!(
             share < 0.01,
             "less than 1 % of the upload below the ingress"
@@ -356,10 +378,11 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             continue;
         }
 
-        // Flushed mid-upload: the rest goes down the hierarchy, to the same host. The upload
-        // takes about 10 s; the flush comes after 7, when the copies below (which saw only its
-        // SYN: half-open, 5 s) live only because their routers' keepalives found the flow at
-        // the ingress.
+        // Flushed mid-upload: the next packets go down the hierarchy, to the same host, and
+        // the site, seeing the flow again, signals it anew: the ingress gets its shortcut back.
+        // The upload takes about 10 s; the flush comes after 7, when the copies below (which
+        // saw only its SYN: half-open, 5 s) live only because their routers' keepalives found
+        // the flow at the ingress.
         let child = lab.spawn(
             "c1",
             &format!(
@@ -376,6 +399,15 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             "one AS and one site kept their copy alive past its half-open timeout: {held:?}"
         );
         let before = below_ingress_bytes(&lab);
+        let sites = ["site-a", "site-b", "site-c", "site-d"];
+        let resignals = |lab: &Lab| -> u64 {
+            sites
+                .iter()
+                .map(|r| lab.counter(r, "shortcut_resignals"))
+                .sum()
+        };
+        let (resignals_before, installed_before) =
+            (resignals(&lab), lab.counter("net", "shortcuts_installed"));
         let flushed = lab
             .ctl_args("net", &["shortcuts", "flush"])
             .expect("slr ctl net shortcuts flush");
@@ -384,14 +416,28 @@ fn later_packets_skip_the_routers_below_the_ingress() {
         let out = child.wait_with_output().unwrap();
         let answer = String::from_utf8_lossy(&out.stdout).into_owned();
         let after = below_ingress_bytes(&lab) - before;
-        println!("  after the flush, {after} bytes crossed the routers below the ingress");
+        let (resignalled, reinstalled) = (
+            resignals(&lab) - resignals_before,
+            lab.counter("net", "shortcuts_installed") - installed_before,
+        );
+        println!(
+            "  after the flush, {after} bytes crossed the routers below the ingress; the site signalled the flow again {resignalled} time(s), the ingress installed {reinstalled}"
+        );
         assert!(
             answer.starts_with(&expect),
             "upload intact after the flush: {answer}"
         );
         assert!(
-            after > 10 << 20,
+            after > 0,
             "after the flush the upload went down the hierarchy"
+        );
+        assert!(
+            resignalled >= 1 && reinstalled >= 1,
+            "the site signalled the flow again and the ingress took its shortcut back"
+        );
+        assert!(
+            after < 10 << 20,
+            "the rest of the upload skipped the hierarchy again ({after} bytes below)"
         );
     }
     println!("| level | packets per connection: shortcut off | on | on, XDP |");

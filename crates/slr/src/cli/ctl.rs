@@ -291,6 +291,21 @@ fn human_control(command: &str, c: &Value) -> String {
             p["last_error"].as_str().unwrap_or("")
         );
     }
+    let r = &c["shortcut_relay"];
+    if r.is_object() {
+        let _ = writeln!(
+            o,
+            "shortcut signals: sent {}  accepted {}  refused {}  lost {}  not for a host {}  from children {}; keepalives sent {}  held {}",
+            t(&r["sent"]),
+            t(&r["accepted"]),
+            t(&r["refused"]),
+            t(&r["failed"]),
+            t(&r["not_host"]),
+            t(&r["from_children"]),
+            t(&r["keepalives"]),
+            t(&r["kept"])
+        );
+    }
     o
 }
 

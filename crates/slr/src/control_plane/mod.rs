@@ -150,6 +150,9 @@ pub fn start_router(
     }
     let children = parent.as_ref().map(ParentServer::child_table);
     let stats: Arc<ShortcutStats> = Arc::default();
+    if shortcut {
+        lock(&view).relay_stats = Some(stats.clone());
+    }
     let relay = shortcut.then(|| shortcut::Relay {
         own: signals_rx,
         questions: parent.as_ref().map(|_| questions_rx),

@@ -37,12 +37,39 @@ pub struct ControlView {
     pub gateway_version: u64,
     /// Where the gateway table came from: "static" or the URL.
     pub gateway_source: String,
+    /// The shortcut's relay (with `[control] shortcut`): what became of the signals and
+    /// keepalives this router sent up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shortcut_relay: Option<RelayRow>,
     #[serde(skip)]
     pub(super) parent_counters: Option<Arc<ParentCounters>>,
     #[serde(skip)]
     pub(super) fetcher_counters: Option<Arc<FetcherCounters>>,
     #[serde(skip)]
     pub(super) reporter_counters: Vec<(String, Arc<ReporterCounters>)>,
+    #[serde(skip)]
+    pub(super) relay_stats: Option<Arc<super::ShortcutStats>>,
+}
+
+/// The shortcut relay's counters, as `slr ctl R parents` shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayRow {
+    /// Signals sent to the parents (own and relayed).
+    pub sent: u64,
+    /// Signals a parent installed or relayed.
+    pub accepted: u64,
+    /// Signals no parent took (refused, or kept on its path).
+    pub refused: u64,
+    /// Signals lost: no parent session answered.
+    pub failed: u64,
+    /// Own signals not sent because the next hop is no host.
+    pub not_host: u64,
+    /// Children's signals judged here.
+    pub from_children: u64,
+    /// Keepalives sent.
+    pub keepalives: u64,
+    /// Keepalives a parent held.
+    pub kept: u64,
 }
 
 /// A child as `slr ctl NAME children` shows it.
@@ -132,6 +159,20 @@ pub type SharedView = Arc<Mutex<ControlView>>;
 impl ControlView {
     /// Reads the reporters' counters into [`ControlView::parents`].
     pub(super) fn refresh_counters(&mut self) {
+        self.shortcut_relay = self.relay_stats.as_ref().map(|s| {
+            let get =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            RelayRow {
+                sent: get(&s.sent),
+                accepted: get(&s.accepted),
+                refused: get(&s.refused),
+                failed: get(&s.failed),
+                not_host: get(&s.not_host),
+                from_children: get(&s.from_children),
+                keepalives: get(&s.keepalives),
+                kept: get(&s.kept),
+            }
+        });
         self.parents = self
             .reporter_counters
             .iter()
@@ -234,6 +275,30 @@ impl ControlView {
                 &[("parent", &r.name)],
                 f64::from(u8::from(r.connected)),
             );
+        }
+        if let Some(r) = &self.shortcut_relay {
+            for (outcome, n) in [
+                ("sent", r.sent),
+                ("accepted", r.accepted),
+                ("refused", r.refused),
+                ("failed", r.failed),
+                ("not_host", r.not_host),
+            ] {
+                p.counter(
+                    "slr_shortcut_relay_signals_total",
+                    "Shortcut signals the control thread handled: sent to the parents (own and relayed), accepted or refused by them, failed (no parent answered: lost), not sent (next hop not a host).",
+                    &[("outcome", outcome)],
+                    n,
+                );
+            }
+            for (outcome, n) in [("sent", r.keepalives), ("held", r.kept)] {
+                p.counter(
+                    "slr_shortcut_keepalives_total",
+                    "Keepalives for signalled flows sent to the parents, and those a parent still held.",
+                    &[("outcome", outcome)],
+                    n,
+                );
+            }
         }
         if let Some(f) = &self.fetcher_counters {
             for (result, n) in [

@@ -487,6 +487,12 @@ fn add_shortcut_metrics(p: &mut Exposition, router: &str, get: &dyn Fn(&str) -> 
         get("shortcut_signals"),
     );
     p.counter(
+        "slr_shortcut_resignals_total",
+        "Flows from the parent signalled again because their packets still came this way (a lost signal, or an ingress that lost its entry), at their 16th, 32nd, 64th, ... packet here.",
+        &r,
+        get("shortcut_resignals"),
+    );
+    p.counter(
         "slr_shortcut_signals_dropped_total",
         "Shortcut signals lost because the queue to the control thread was full.",
         &r,
