@@ -1806,39 +1806,39 @@ impl<T: Tunnel> Router<T> {
     ) {
         if from_parent {
             self.flows.mark(&key, &[FlowMark::FromParent], &[]);
-            if sc.signal && (key.protocol == 6 || key.protocol == 17) {
-                if self.signals.len() < sc.max_signals {
-                    self.signals.push_back(ShortcutSignal {
-                        key,
-                        next_hop: nh as u32,
-                    });
-                    self.counters.shortcut_signals += 1;
-                } else {
-                    self.counters.shortcut_signals_dropped += 1;
-                }
+            if self.signal(key, nh) {
+                self.counters.shortcut_signals += 1;
             }
         } else if is_syn && sc.hold > Duration::ZERO && self.next_hops[nh].shortcut_signals > 0 {
             self.flows.mark(&key, &[FlowMark::Awaiting], &[]);
         }
     }
 
+    /// Queues a signal for a TCP or UDP flow from the parent pinned to next hop `nh`, if this
+    /// router signals; `false` if it does not, or the queue is full (counted).
+    fn signal(&mut self, key: FlowKey, nh: usize) -> bool {
+        let Some(sc) = self.config.shortcut.filter(|sc| sc.signal) else {
+            return false;
+        };
+        if key.protocol != 6 && key.protocol != 17 {
+            return false;
+        }
+        if self.signals.len() >= sc.max_signals {
+            self.counters.shortcut_signals_dropped += 1;
+            return false;
+        }
+        self.signals.push_back(ShortcutSignal {
+            key,
+            next_hop: nh as u32,
+        });
+        true
+    }
+
     /// Signals again a flow from the parent whose packets still come this way (see
     /// [`RESIGNAL_FROM`]).
     fn resignal(&mut self, key: FlowKey, nh: usize) {
-        let Some(sc) = self.config.shortcut.filter(|sc| sc.signal) else {
-            return;
-        };
-        if key.protocol != 6 && key.protocol != 17 {
-            return;
-        }
-        if self.signals.len() < sc.max_signals {
-            self.signals.push_back(ShortcutSignal {
-                key,
-                next_hop: nh as u32,
-            });
+        if self.signal(key, nh) {
             self.counters.shortcut_resignals += 1;
-        } else {
-            self.counters.shortcut_signals_dropped += 1;
         }
     }
 

@@ -312,6 +312,19 @@ fn later_packets_skip_the_routers_below_the_ingress() {
             .map(|r| lab.counter(r, "shortcuts_kept"))
             .sum();
         println!("  signals for the AS routers' own health probes, kept on their path: {kept}");
+        // The shortcut's families, as Prometheus's own checker reads them, at every level.
+        for r in ["net", "as1", "site-a"] {
+            let page = lab.sh(r, "curl -sS -m 3 http://127.0.0.1:9464/metrics");
+            let page = String::from_utf8_lossy(&page.stdout).into_owned();
+            assert!(
+                page.contains("slr_shortcut_relay_signals_total")
+                    && page.contains("slr_shortcut_resignals_total"),
+                "{r}"
+            );
+            if let Err(e) = common::promtool(&page) {
+                panic!("promtool check metrics refuses {r}'s page: {e}");
+            }
+        }
         assert!(
             kept > 0,
             "the AS routers' probes of their sites were signalled"
