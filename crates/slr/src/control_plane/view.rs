@@ -48,7 +48,7 @@ pub struct ControlView {
     #[serde(skip)]
     pub(super) reporter_counters: Vec<(String, Arc<ReporterCounters>)>,
     #[serde(skip)]
-    pub(super) relay_stats: Option<Arc<super::ShortcutStats>>,
+    pub(super) relay_stats: Option<Arc<super::shortcut::ShortcutStats>>,
 }
 
 /// The shortcut relay's counters, as `slr ctl R parents` shows them.
